@@ -1,1 +1,21 @@
+//! The jetwasm host: runs WebAssembly components as JetStream message handlers.
+//!
+//! A message flows: durable pull consumer ([`consumer`]) → a fresh sandbox per message
+//! ([`dispatch`], on the engine from [`engine`], with the imports in [`imports`]) → an outcome
+//! mapped to a JetStream action ([`ack`]) → ack, nak, or a dead-letter record
+//! ([`dead_letter`]) then term. [`run`] wires it together from a [`config::Config`].
 
+pub mod ack;
+pub mod bindings;
+pub mod config;
+pub mod consumer;
+pub mod dead_letter;
+pub mod dispatch;
+pub mod engine;
+mod guest_output;
+pub mod http;
+pub mod imports;
+pub mod limiter;
+pub mod metrics;
+pub mod registry;
+pub mod run;

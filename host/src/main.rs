@@ -1,1 +1,87 @@
-fn main() {}
+//! `jetwasm`: the host binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use jetwasm::run::{run, RunOptions};
+use stream_init::connect::NatsArgs;
+
+/// Run WebAssembly components as JetStream message handlers.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "JETWASM_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Readable lines
+    Human,
+    /// One JSON object per line
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the handlers in a config file until SIGTERM/SIGINT.
+    Run {
+        /// The host configuration
+        #[arg(long, short = 'c', default_value = "jetwasm.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Check that a component fits the handler world, without NATS.
+    Check {
+        /// The component to check
+        component: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run { config, nats } => run(RunOptions { config, nats }).await,
+        Command::Check { component } => check(&component).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check(component: &std::path::Path) -> anyhow::Result<()> {
+    let engine = jetwasm::engine::new(jetwasm::engine::PoolSize {
+        instances: 1,
+        max_memory: 64 << 20,
+    })?;
+    let linker = jetwasm::imports::linker(&engine)?;
+    jetwasm::registry::load_handler(&engine, &linker, component).await?;
+    println!(
+        "{}: fits the handler world (jetwasm:runtime@0.1.0)",
+        component.display()
+    );
+    Ok(())
+}

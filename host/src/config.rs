@@ -1,0 +1,394 @@
+//! `jetwasm.toml`: where NATS is, which streams to set up first, runtime defaults and the
+//! handlers to run. Parsing is strict (unknown keys name the key and line); [`Config::load`]
+//! reports every validation problem at once. Relative paths are relative to the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// NATS connection (the URL may also come from `--server` or `NATS_URL`).
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// A stream-init spec applied before any handler starts.
+    #[serde(default)]
+    pub streams: Option<PathBuf>,
+    /// The overlay of `streams` to apply (e.g. `dev`).
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Host-wide settings and handler defaults.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// The handlers to run.
+    #[serde(default, rename = "handler")]
+    pub handlers: Vec<HandlerConfig>,
+}
+
+/// `[nats]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: Option<String>,
+    /// NATS credentials file.
+    pub creds: Option<PathBuf>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Address of the HTTP listener serving `/metrics`, `/healthz` and `/readyz`.
+    pub http: Option<SocketAddr>,
+    /// Dead-letter records go to `<dead_letter>.<stream>.<consumer>`.
+    pub dead_letter: String,
+    /// How long in-flight messages may run after SIGTERM/SIGINT before the host exits.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// Limits for handlers that do not set their own.
+    pub limits: Limits,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            http: None,
+            dead_letter: "deadletter".to_owned(),
+            grace_period: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Per-handler limits. Each is optional in a handler's table; unset ones come from
+/// `[runtime.limits]`, then the built-in defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest linear memory one instance may grow to.
+    pub memory: ByteSize,
+    /// Longest a single call may run (guest code and the host calls it makes); the host sends
+    /// in-progress to JetStream meanwhile, so a long call is not redelivered.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most messages handled at once.
+    pub max_in_flight: usize,
+    /// Largest message handed to the handler; larger ones are dead-lettered unread.
+    pub max_message_size: ByteSize,
+    /// Most messages one call may publish.
+    pub max_publishes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: ByteSize::mib(64),
+            timeout: Duration::from_secs(30),
+            max_in_flight: 64,
+            max_message_size: ByteSize::mib(1),
+            max_publishes: 100,
+        }
+    }
+}
+
+/// Limits as written in a handler's table: each field may be absent.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    memory: Option<ByteSize>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    max_in_flight: Option<usize>,
+    max_message_size: Option<ByteSize>,
+    max_publishes: Option<u32>,
+}
+
+impl LimitOverrides {
+    /// These overrides laid over `base`.
+    pub fn over(&self, base: Limits) -> Limits {
+        Limits {
+            memory: self.memory.unwrap_or(base.memory),
+            timeout: self.timeout.unwrap_or(base.timeout),
+            max_in_flight: self.max_in_flight.unwrap_or(base.max_in_flight),
+            max_message_size: self.max_message_size.unwrap_or(base.max_message_size),
+            max_publishes: self.max_publishes.unwrap_or(base.max_publishes),
+        }
+    }
+}
+
+/// One `[[handler]]`: a component bound to a durable consumer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Path to the `.wasm` component.
+    pub component: PathBuf,
+    /// The stream the consumer reads.
+    pub stream: String,
+    /// The durable pull consumer to bind.
+    pub consumer: String,
+    /// Subjects (wildcards allowed) the handler may publish to. Empty: none.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Wait for the server to confirm each ack (slower; for effects that must not repeat).
+    #[serde(default)]
+    pub confirm_acks: bool,
+    /// Limits for this handler.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    /// Values the component reads through the `config` import.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+/// Subjects no guest may publish to, whatever its allow-list says.
+pub const RESERVED_SUBJECTS: [&str; 3] = ["$JS.>", "$SYS.>", "_INBOX.>"];
+
+impl Config {
+    /// Reads and validates `path`; relative paths in it are resolved against its folder.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|problems| {
+            anyhow::anyhow!(
+                "invalid config {}:\n  - {}",
+                path.display(),
+                problems.join("\n  - ")
+            )
+        })
+    }
+
+    /// Parses config text, resolving relative paths against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<String>> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| vec![e.to_string().trim_end().to_owned()])?;
+        config.resolve_paths(base);
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        self.streams.iter_mut().for_each(resolve);
+        self.nats.creds.iter_mut().for_each(resolve);
+        self.handlers
+            .iter_mut()
+            .for_each(|h| resolve(&mut h.component));
+    }
+
+    /// The limits `handler` runs with.
+    pub fn limits(&self, handler: &HandlerConfig) -> Limits {
+        handler.limits.over(self.runtime.limits)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.env.is_some() && self.streams.is_none() {
+            problems.push("`env` is set but `streams` is not".to_owned());
+        }
+        if let Err(why) = stream_init::subject::validate(&self.runtime.dead_letter) {
+            problems.push(format!(
+                "runtime.dead_letter {:?} {why}",
+                self.runtime.dead_letter
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, h) in self.handlers.iter().enumerate() {
+            let at = if h.name.is_empty() {
+                format!("handler #{}", i + 1)
+            } else {
+                format!("handler {}", h.name)
+            };
+            if h.name.is_empty() {
+                problems.push(format!("{at}: `name` must not be empty"));
+            }
+            if !names.insert(h.name.as_str()) {
+                problems.push(format!("{at}: declared more than once"));
+            }
+            for subject in &h.publish {
+                if let Err(why) = stream_init::subject::validate(subject) {
+                    problems.push(format!("{at}: publish subject {subject:?} {why}"));
+                } else if let Some(reserved) = RESERVED_SUBJECTS
+                    .iter()
+                    .find(|r| stream_init::subject::overlaps(subject, r))
+                {
+                    problems.push(format!(
+                        "{at}: publish subject {subject:?} overlaps the reserved {reserved}"
+                    ));
+                }
+            }
+            let limits = self.limits(h);
+            if limits.max_in_flight == 0 {
+                problems.push(format!("{at}: limits.max_in_flight must be at least 1"));
+            }
+            if limits.timeout < Duration::from_millis(10) {
+                problems.push(format!("{at}: limits.timeout must be at least 10ms"));
+            }
+            if limits.memory < ByteSize::mib(1) {
+                problems.push(format!("{at}: limits.memory must be at least 1MiB"));
+            }
+            for (key, value) in &h.config {
+                if config_value(value).is_none() {
+                    problems.push(format!(
+                        "{at}: config.{key} must be a string, number or boolean, not a {}",
+                        value.type_str()
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
+impl HandlerConfig {
+    /// The `config` table as the strings the component reads, sorted by key.
+    pub fn config_strings(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .filter_map(|(k, v)| config_value(v).map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    /// True when this handler may publish to `subject`.
+    pub fn may_publish(&self, subject: &str) -> bool {
+        self.publish
+            .iter()
+            .any(|allowed| stream_init::subject::is_subset(subject, allowed))
+            && !RESERVED_SUBJECTS
+                .iter()
+                .any(|r| stream_init::subject::overlaps(subject, r))
+    }
+}
+
+fn config_value(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+streams = "streams.toml"
+env = "dev"
+
+[runtime]
+http = "127.0.0.1:9090"
+
+[runtime.limits]
+memory = "32MiB"
+
+[[handler]]
+name = "orders"
+component = "orders.wasm"
+stream = "ORDERS"
+consumer = "orders-processor"
+publish = ["orders.processed"]
+limits = { timeout = "2s" }
+config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
+"#;
+
+    #[test]
+    fn parses_and_layers_limits() {
+        let config = Config::parse(EXAMPLE, Path::new("/etc/jw")).unwrap();
+        assert_eq!(
+            config.streams.as_deref(),
+            Some(Path::new("/etc/jw/streams.toml"))
+        );
+        let h = &config.handlers[0];
+        assert_eq!(h.component, Path::new("/etc/jw/orders.wasm"));
+        let limits = config.limits(h);
+        assert_eq!(limits.memory, ByteSize::mib(32));
+        assert_eq!(limits.timeout, Duration::from_secs(2));
+        assert_eq!(limits.max_in_flight, Limits::default().max_in_flight);
+        assert_eq!(
+            h.config_strings(),
+            vec![
+                ("output_subject".to_owned(), "orders.processed".to_owned()),
+                ("retry_delay_ms".to_owned(), "1500".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn publish_allow_list_and_reserved_subjects() {
+        let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
+        let h = &config.handlers[0];
+        assert!(h.may_publish("orders.processed"));
+        assert!(!h.may_publish("orders.created"));
+        assert!(!h.may_publish("$JS.API.STREAM.DELETE.ORDERS"));
+
+        let bad = EXAMPLE.replace("[\"orders.processed\"]", "[\">\"]");
+        let err = Config::parse(&bad, Path::new(".")).unwrap_err();
+        assert!(
+            err.iter()
+                .any(|e| e.contains("overlaps the reserved $JS.>")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err =
+            Config::parse(&EXAMPLE.replace("consumer =", "consumr ="), Path::new(".")).unwrap_err();
+        assert!(
+            err[0].contains("unknown field `consumr`") && err[0].contains("line 15"),
+            "{err:?}"
+        );
+        let err = Config::parse(
+            &EXAMPLE.replace("\"2s\"", "\"2 fortnights\""),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            err[0].contains("timeout") || err[0].contains("line 17"),
+            "{err:?}"
+        );
+        let bad = EXAMPLE.replace("retry_delay_ms = 1500", "retry_delay_ms = [1]");
+        let err = Config::parse(&bad, Path::new(".")).unwrap_err();
+        assert!(
+            err[0].contains("config.retry_delay_ms must be a string, number or boolean"),
+            "{err:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// The example in deploy/ must always parse, so it never drifts from the code.
+    #[test]
+    fn deploy_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/jetwasm.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.handlers.len(), 1);
+        assert_eq!(config.handlers[0].consumer, "orders-processor");
+        assert!(config.streams.unwrap().ends_with("streams.toml"));
+        assert_eq!(config.env.as_deref(), Some("dev"));
+    }
+}

@@ -1,0 +1,60 @@
+//! The wasmtime engine every component runs on: Cranelift, async calls, epoch interruption
+//! driven by a 10 ms ticker, and a pooling allocator tuned for a fresh instance per message.
+
+use std::time::Duration;
+
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+    Strategy,
+};
+
+/// How often the epoch advances; the granularity of deadlines and of yielding.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Sizing of the instance pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSize {
+    /// Component instances alive at once (the sum of handlers' in-flight limits, plus room).
+    pub instances: u32,
+    /// The largest linear memory any handler may grow to, in bytes.
+    pub max_memory: usize,
+}
+
+/// Builds the engine and starts its epoch ticker (a thread that stops with the engine).
+pub fn new(pool: PoolSize) -> anyhow::Result<Engine> {
+    let mut pooling = PoolingAllocationConfig::default();
+    pooling
+        .total_component_instances(pool.instances)
+        // A component holds a few core instances, memories and tables (the WASI adapter, libc).
+        .total_core_instances(pool.instances * 8)
+        .total_memories(pool.instances * 4)
+        .total_tables(pool.instances * 8)
+        .total_stacks(pool.instances)
+        .max_memory_size(pool.max_memory)
+        .max_component_instance_size(1 << 20)
+        .max_core_instances_per_component(32)
+        .max_memories_per_component(16)
+        .max_tables_per_component(32)
+        .linear_memory_keep_resident(2 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
+    let mut config = Config::new();
+    config
+        .strategy(Strategy::Cranelift)
+        .cranelift_opt_level(OptLevel::Speed)
+        .epoch_interruption(true)
+        .concurrency_support(false)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    let engine = Engine::new(&config)?;
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("jetwasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+    Ok(engine)
+}

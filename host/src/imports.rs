@@ -1,0 +1,263 @@
+//! The host side of the WIT imports (`log`, `config`, `publish`) and the per-call store data
+//! they work on. WASI is linked with an empty context: no files, no environment, no network;
+//! guest stdout and stderr go to the log.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::jetwasm::runtime::{config, log, publish, types};
+use crate::bindings::{Handler, PublishAck, PublishError};
+use crate::guest_output::GuestOutput;
+use crate::limiter::MemoryLimiter;
+
+/// What a handler's imports may see and do; shared by all its calls.
+pub struct HandlerEnv {
+    /// The handler's name, for logs and derived message ids.
+    pub name: Arc<str>,
+    /// The `config` table, sorted by key.
+    pub config: Vec<(String, String)>,
+    /// Subjects the handler may publish to (already checked against reserved ones).
+    pub may_publish: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Most publishes per call.
+    pub max_publishes: u32,
+    /// Where publishes go.
+    pub js: jetstream::Context,
+}
+
+/// The message a call is processing, for log fields and derived message ids.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Stream of the message.
+    pub stream: String,
+    /// Its stream sequence.
+    pub seq: u64,
+}
+
+/// Store data for one call: a fresh one per message.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Enforces the handler's memory limit.
+    pub limiter: MemoryLimiter,
+    env: Arc<HandlerEnv>,
+    origin: Origin,
+    published: u32,
+}
+
+impl HostState {
+    /// Store data for a call of `env`'s handler on the message at `origin`.
+    pub fn new(env: Arc<HandlerEnv>, origin: Origin, memory_limit: usize) -> Self {
+        let wasi = WasiCtx::builder()
+            .stdout(GuestOutput::new(env.name.clone(), "stdout"))
+            .stderr(GuestOutput::new(env.name.clone(), "stderr"))
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_limit),
+            env,
+            origin,
+            published: 0,
+        }
+    }
+}
+
+/// A linker with WASI (no capabilities) and the jetwasm imports.
+pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    Handler::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+    Ok(linker)
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let (handler, stream, seq) = (&*self.env.name, &self.origin.stream, self.origin.seq);
+        match level {
+            log::Level::Trace => tracing::trace!(handler, stream, seq, "{message}"),
+            log::Level::Debug => tracing::debug!(handler, stream, seq, "{message}"),
+            log::Level::Info => tracing::info!(handler, stream, seq, "{message}"),
+            log::Level::Warn => tracing::warn!(handler, stream, seq, "{message}"),
+            log::Level::Error => tracing::error!(handler, stream, seq, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl config::Host for HostState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .env
+            .config
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone()))
+    }
+
+    async fn get_all(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self.env.config.clone())
+    }
+}
+
+impl publish::Host for HostState {
+    async fn publish(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        msg_id: Option<String>,
+    ) -> wasmtime::Result<Result<PublishAck, PublishError>> {
+        self.published += 1;
+        if self.published > self.env.max_publishes {
+            return Ok(Err(PublishError::QuotaExceeded));
+        }
+        if let Err(why) = stream_init::subject::validate(&subject) {
+            return Ok(Err(PublishError::Invalid(format!(
+                "subject {subject:?} {why}"
+            ))));
+        }
+        if subject.contains(['*', '>']) {
+            return Ok(Err(PublishError::Invalid(format!(
+                "subject {subject:?} has a wildcard"
+            ))));
+        }
+        if !(self.env.may_publish)(&subject) {
+            tracing::warn!(handler = %self.env.name, subject, "publish denied");
+            return Ok(Err(PublishError::Denied(subject)));
+        }
+        let max_payload = self.env.js.client().server_info().max_payload;
+        if payload.len() > max_payload {
+            return Ok(Err(PublishError::TooLarge(max_payload as u64)));
+        }
+        let mut map = match header_map(headers) {
+            Ok(map) => map,
+            Err(why) => return Ok(Err(PublishError::Invalid(why))),
+        };
+        let id =
+            msg_id.unwrap_or_else(|| derived_msg_id(&self.env.name, &self.origin, self.published));
+        match HeaderValue::from_str(&id) {
+            Ok(value) => map.insert(NATS_MESSAGE_ID, value),
+            Err(e) => {
+                return Ok(Err(PublishError::Invalid(format!(
+                    "message id {id:?}: {e}"
+                ))))
+            }
+        }
+        Ok(publish_acked(&self.env.js, subject, map, payload.into()).await)
+    }
+}
+
+/// `handler:stream:seq:n`: the same for every delivery of a message, so a redelivery's
+/// publishes are dropped as duplicates within the stream's duplicate window.
+fn derived_msg_id(handler: &str, origin: &Origin, n: u32) -> String {
+    format!("{handler}:{}:{}:{n}", origin.stream, origin.seq)
+}
+
+fn header_map(headers: Vec<(String, String)>) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let header =
+            HeaderName::from_str(&name).map_err(|e| format!("header name {name:?}: {e}"))?;
+        if name.to_ascii_lowercase().starts_with("nats-") {
+            return Err(format!(
+                "header {name:?} is reserved for the server; pass a message id instead"
+            ));
+        }
+        let value =
+            HeaderValue::from_str(&value).map_err(|e| format!("header {name:?} value: {e}"))?;
+        map.append(header, value);
+    }
+    Ok(map)
+}
+
+/// Publishes and waits for the PubAck. A timed-out publish is retried once with the same
+/// message id, which the stream deduplicates.
+pub async fn publish_acked(
+    js: &jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<PublishAck, PublishError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sent = js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await;
+        let result = match sent {
+            Ok(ack) => ack.await,
+            Err(e) => return Err(PublishError::Unavailable(e.to_string())),
+        };
+        match result {
+            Ok(ack) => {
+                return Ok(PublishAck {
+                    stream: ack.stream,
+                    seq: ack.sequence,
+                    duplicate: ack.duplicate,
+                })
+            }
+            Err(e) => match e.kind() {
+                PublishErrorKind::StreamNotFound => return Err(PublishError::NoStream(subject)),
+                PublishErrorKind::TimedOut if attempt < 2 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                PublishErrorKind::TimedOut => return Err(PublishError::Timeout),
+                PublishErrorKind::MaxPayloadExceeded => {
+                    return Err(PublishError::TooLarge(
+                        js.client().server_info().max_payload as u64,
+                    ))
+                }
+                _ => return Err(PublishError::Unavailable(e.to_string())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_stable_per_message_and_distinct_per_publish() {
+        let origin = Origin {
+            stream: "ORDERS".into(),
+            seq: 42,
+        };
+        assert_eq!(derived_msg_id("orders", &origin, 1), "orders:ORDERS:42:1");
+        assert_ne!(
+            derived_msg_id("orders", &origin, 1),
+            derived_msg_id("orders", &origin, 2)
+        );
+    }
+
+    #[test]
+    fn headers_keep_repeats_and_refuse_bad_or_reserved_names() {
+        let map = header_map(vec![("a".into(), "1".into()), ("a".into(), "2".into())]).unwrap();
+        let values: Vec<&str> = map.get_all("a").map(|v| v.as_str()).collect();
+        assert_eq!(values, ["1", "2"]);
+        assert!(header_map(vec![("bad:name".into(), "x".into())])
+            .unwrap_err()
+            .contains("bad:name"));
+        assert!(header_map(vec![("Nats-Msg-Id".into(), "x".into())])
+            .unwrap_err()
+            .contains("reserved"));
+        assert!(header_map(vec![("a".into(), "line\r\nbreak".into())]).is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! Prometheus metrics, per handler: outcomes by kind, call latency, in-flight calls, dead
+//! letters, and the consumer's pending and ack-pending counts.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the host exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `jetwasm_messages_total{handler, outcome}`.
+    pub outcomes: IntCounterVec,
+    /// `jetwasm_handler_seconds{handler}`: time in the handler call, sandbox setup included.
+    pub latency: HistogramVec,
+    /// `jetwasm_in_flight{handler}`.
+    pub in_flight: IntGaugeVec,
+    /// `jetwasm_dead_letters_total{handler}`.
+    pub dead_letters: IntCounterVec,
+    /// `jetwasm_consumer_pending{handler}`: messages not yet delivered.
+    pub pending: IntGaugeVec,
+    /// `jetwasm_consumer_ack_pending{handler}`: delivered, not yet acked.
+    pub ack_pending: IntGaugeVec,
+}
+
+/// Outcome label values.
+pub mod outcome {
+    /// The handler acked.
+    pub const ACK: &str = "ack";
+    /// The handler nak'd.
+    pub const NAK: &str = "nak";
+    /// The handler termed.
+    pub const TERM: &str = "term";
+    /// The guest trapped or panicked.
+    pub const TRAP: &str = "trap";
+    /// The guest ran past its deadline.
+    pub const TIMEOUT: &str = "timeout";
+    /// The guest hit its memory cap.
+    pub const MEMORY: &str = "memory";
+    /// The message was over the size cap and never reached the handler.
+    pub const OVERSIZE: &str = "oversize";
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let outcomes = IntCounterVec::new(
+            Opts::new("jetwasm_messages_total", "Messages handled, by outcome"),
+            &["handler", "outcome"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "jetwasm_handler_seconds",
+                "Time per handler call, sandbox setup included",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["handler"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGaugeVec::new(
+            Opts::new("jetwasm_in_flight", "Calls running now"),
+            &["handler"],
+        )
+        .expect("valid metric");
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "jetwasm_dead_letters_total",
+                "Messages dead-lettered and terminated",
+            ),
+            &["handler"],
+        )
+        .expect("valid metric");
+        let pending = IntGaugeVec::new(
+            Opts::new(
+                "jetwasm_consumer_pending",
+                "Messages the consumer has not delivered yet",
+            ),
+            &["handler"],
+        )
+        .expect("valid metric");
+        let ack_pending = IntGaugeVec::new(
+            Opts::new(
+                "jetwasm_consumer_ack_pending",
+                "Messages delivered and not yet acknowledged",
+            ),
+            &["handler"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(outcomes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(pending.clone()),
+            Box::new(ack_pending.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            outcomes,
+            latency,
+            in_flight,
+            dead_letters,
+            pending,
+            ack_pending,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

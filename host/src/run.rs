@@ -1,0 +1,172 @@
+//! `jetwasm run`: connect, set up streams, load and check every handler, bind the consumers,
+//! serve metrics, and on SIGTERM/SIGINT stop pulling and let in-flight calls finish.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use stream_init::connect::NatsArgs;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::consumer::{self, Binding};
+use crate::dispatch::Dispatcher;
+use crate::imports::HandlerEnv;
+use crate::metrics::Metrics;
+use crate::{engine, http, imports, registry};
+
+/// What `jetwasm run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The `jetwasm.toml` to load.
+    pub config: PathBuf,
+    /// Connection flags; the URL falls back to the config file's.
+    pub nats: NatsArgs,
+}
+
+/// Runs the host until a shutdown signal, then drains. Fails before consuming anything if a
+/// handler's component or consumer is unusable.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let config = Config::load(&options.config)?;
+    let mut nats = options.nats.clone();
+    if nats.creds.is_none() {
+        nats.creds = config.nats.creds.clone();
+    }
+    let url = nats.url_or(config.nats.url.as_deref());
+    let client = nats.connect(&url).await?;
+    let js = jetstream::new(client.clone());
+    tracing::info!(%url, "connected to NATS");
+
+    if let Some(streams) = &config.streams {
+        set_up_streams(&js, streams, config.env.as_deref()).await?;
+    }
+
+    let metrics = Metrics::new();
+    let bindings = load_handlers(&config, &js, &metrics).await?;
+    for binding in &bindings {
+        consumer::check_bindable(&js, binding).await?;
+    }
+
+    let shutdown = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.runtime.http {
+        let status = http::Status {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        let bound = http::serve(addr, status, shutdown.clone()).await?;
+        tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+    }
+
+    let calls = TaskTracker::new();
+    let loops: Vec<_> = bindings
+        .into_iter()
+        .map(|binding| {
+            tokio::spawn(consumer::run(
+                binding,
+                js.clone(),
+                shutdown.clone(),
+                calls.clone(),
+            ))
+        })
+        .collect();
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(handlers = loops.len(), "jetwasm running");
+
+    shutdown_signal().await?;
+    ready.store(false, Ordering::SeqCst);
+    tracing::info!(grace = ?config.runtime.grace_period, "shutting down: no new messages; waiting for in-flight calls");
+    shutdown.cancel();
+    for pull_loop in loops {
+        pull_loop.await.context("a consumer loop panicked")?;
+    }
+    calls.close();
+    tokio::select! {
+        _ = calls.wait() => tracing::info!("in-flight calls finished"),
+        _ = tokio::time::sleep(config.runtime.grace_period) => {
+            tracing::warn!(still_running = calls.len(), "grace period over; unfinished messages will be redelivered")
+        }
+        _ = shutdown_signal() => tracing::warn!("second signal; exiting now, unfinished messages will be redelivered"),
+    }
+    // Acks are buffered in the client: make sure they reach the server before exiting.
+    client.flush().await.context("flushing acknowledgements")?;
+    Ok(())
+}
+
+async fn set_up_streams(
+    js: &jetstream::Context,
+    file: &std::path::Path,
+    env: Option<&str>,
+) -> anyhow::Result<()> {
+    let spec = stream_init::Spec::load(file, env)?;
+    let plan = stream_init::plan(js, &spec)
+        .await
+        .with_context(|| format!("planning {}", file.display()))?;
+    if plan.is_empty() {
+        tracing::info!(file = %file.display(), "streams up to date");
+    }
+    for line in stream_init::apply(js, &plan).await? {
+        tracing::info!(file = %file.display(), "stream-init: {line}");
+    }
+    Ok(())
+}
+
+/// Loads every handler's component and checks it against the `handler` world.
+async fn load_handlers(
+    config: &Config,
+    js: &jetstream::Context,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<Arc<Binding>>> {
+    let limits: Vec<_> = config.handlers.iter().map(|h| config.limits(h)).collect();
+    let pool = engine::PoolSize {
+        instances: limits.iter().map(|l| l.max_in_flight as u32).sum::<u32>() + 16,
+        max_memory: limits
+            .iter()
+            .map(|l| l.memory.as_u64() as usize)
+            .max()
+            .unwrap_or(64 << 20),
+    };
+    let engine = engine::new(pool)?;
+    let linker = imports::linker(&engine)?;
+    let mut bindings = Vec::new();
+    for (handler, limits) in config.handlers.iter().zip(limits) {
+        let pre = registry::load_handler(&engine, &linker, &handler.component)
+            .await
+            .with_context(|| format!("handler {}", handler.name))?;
+        let name: Arc<str> = handler.name.as_str().into();
+        let allowed = handler.clone();
+        let env = Arc::new(HandlerEnv {
+            name: name.clone(),
+            config: handler.config_strings(),
+            may_publish: Box::new(move |subject| allowed.may_publish(subject)),
+            max_publishes: limits.max_publishes,
+            js: js.clone(),
+        });
+        tracing::info!(handler = %name, component = %handler.component.display(), "handler loaded");
+        bindings.push(Arc::new(Binding {
+            name,
+            dispatcher: Dispatcher::new(pre, env, limits),
+            stream: handler.stream.clone(),
+            consumer: handler.consumer.clone(),
+            dead_letter: config.runtime.dead_letter.clone(),
+            confirm_acks: handler.confirm_acks,
+            max_in_flight: limits.max_in_flight,
+            max_message_size: limits.max_message_size.as_u64() as usize,
+            metrics: metrics.clone(),
+        }));
+    }
+    Ok(bindings)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        interrupted = tokio::signal::ctrl_c() => interrupted?,
+    }
+    Ok(())
+}

@@ -1,0 +1,626 @@
+//! The host end to end: a real nats-server, the real `jetwasm` binary and real components from
+//! `handlers/`, through every path of the failure model.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream::Stream};
+use futures::TryStreamExt;
+use harness::{handler_wasm, http_get, Host, NatsServer};
+use tempfile::TempDir;
+
+/// The consumer settings most tests use: quick backoff so retries finish fast.
+const QUICK_RETRIES: &str = r#"max_deliver = 3
+backoff = ["200ms", "400ms"]"#;
+
+/// Streams for the tests: ORDERS with consumer `proc` (plus `consumer` lines), DEADLETTER,
+/// and PAYMENTS (a stream no handler may publish to).
+fn streams(consumer: &str) -> String {
+    format!(
+        r#"
+[[stream]]
+name = "ORDERS"
+subjects = ["orders.*"]
+storage = "memory"
+
+[[stream.consumer]]
+durable = "proc"
+filter_subjects = ["orders.created"]
+{consumer}
+
+[[stream]]
+name = "DEADLETTER"
+subjects = ["deadletter.>"]
+storage = "memory"
+
+[[stream]]
+name = "PAYMENTS"
+subjects = ["payments.*"]
+storage = "memory"
+"#
+    )
+}
+
+/// A running server with the test streams applied, and the folder holding the spec.
+struct Setup {
+    server: NatsServer,
+    js: jetstream::Context,
+    dir: TempDir,
+}
+
+impl Setup {
+    async fn new(consumer: &str) -> Setup {
+        let server = NatsServer::start().await.unwrap();
+        let js = server.jetstream().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec_path = dir.path().join("streams.toml");
+        std::fs::write(&spec_path, streams(consumer)).unwrap();
+        let spec = stream_init::Spec::load(&spec_path, None).unwrap();
+        let plan = stream_init::plan(&js, &spec).await.unwrap();
+        stream_init::apply(&js, &plan).await.unwrap();
+        Setup { server, js, dir }
+    }
+
+    /// A host config running `component` as handler `h` on ORDERS/proc. `handler` adds keys
+    /// to the handler table (limits, config); `runtime` adds keys to `[runtime]`.
+    fn config(&self, component: &Path, handler: &str, runtime: &str) -> String {
+        format!(
+            r#"
+streams = "{streams}"
+
+[runtime]
+http = "{{http}}"
+{runtime}
+
+[[handler]]
+name = "h"
+component = "{component}"
+stream = "ORDERS"
+consumer = "proc"
+publish = ["orders.processed"]
+{handler}
+"#,
+            streams = self.dir.path().join("streams.toml").display(),
+            component = component.display(),
+        )
+    }
+
+    async fn host(&self, component: &str, handler: &str) -> Host {
+        let config = self.config(&handler_wasm(component), handler, "");
+        Host::start(&self.server.url, &config).await.unwrap()
+    }
+
+    async fn stream(&self, name: &str) -> Stream {
+        self.js.get_stream(name).await.unwrap()
+    }
+
+    async fn consumer(&self) -> async_nats::jetstream::consumer::Info {
+        self.stream("ORDERS")
+            .await
+            .consumer_info("proc")
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the consumer has nothing pending and nothing unacknowledged.
+    async fn drained(&self, within: Duration, host: &Host) {
+        let deadline = Instant::now() + within;
+        loop {
+            let info = self.consumer().await;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not drained after {within:?}: {} pending, {} ack pending\n{}",
+                info.num_pending,
+                info.num_ack_pending,
+                tail(&host.log())
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Messages stored under `subject` in `stream`.
+    async fn count(&self, stream: &str, subject: &str) -> usize {
+        let subjects: Vec<(String, usize)> = self
+            .stream(stream)
+            .await
+            .info_with_subjects(subject)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        subjects.into_iter().map(|(_, n)| n).sum()
+    }
+
+    /// Every dead-letter record, oldest first.
+    async fn dead_letters(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let mut stream = self.stream("DEADLETTER").await;
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let mut records = Vec::new();
+        for seq in 1..=last {
+            records.push(stream.get_raw_message(seq).await.unwrap());
+        }
+        records
+    }
+
+    /// Waits for `n` dead-letter records.
+    async fn wait_dead_letters(
+        &self,
+        n: usize,
+        within: Duration,
+        host: &Host,
+    ) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let deadline = Instant::now() + within;
+        loop {
+            let records = self.dead_letters().await;
+            if records.len() >= n {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} dead letters after {within:?}\n{}",
+                records.len(),
+                tail(&host.log())
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes payloads to `orders.created`, pipelined, each confirmed.
+    async fn publish_all(&self, payloads: impl IntoIterator<Item = String>) {
+        let mut pending = Vec::new();
+        for payload in payloads {
+            pending.push(
+                self.js
+                    .publish("orders.created", payload.into())
+                    .await
+                    .unwrap(),
+            );
+            if pending.len() == 500 {
+                for ack in pending.drain(..) {
+                    ack.await.unwrap();
+                }
+            }
+        }
+        for ack in pending {
+            ack.await.unwrap();
+        }
+    }
+}
+
+fn order(i: usize) -> String {
+    format!(
+        r#"{{"id":"o-{i}","customer":"c-{}","items":[{{"sku":"A1","qty":1,"price":9.5}}],"total":9.5}}"#,
+        i % 97
+    )
+}
+
+fn header<'a>(record: &'a async_nats::jetstream::message::StreamMessage, name: &str) -> &'a str {
+    record
+        .headers
+        .get(name)
+        .unwrap_or_else(|| panic!("dead letter has no {name} header"))
+        .as_str()
+}
+
+/// The last lines of a log, for assertion messages.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn sample(handler_outcome: &str) -> String {
+    format!("jetwasm_messages_total{{handler=\"h\",outcome=\"{handler_outcome}\"}}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_orders_are_all_acked_and_processed_once() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let host = setup.host("orders", "").await;
+    setup.publish_all((0..10_000).map(order)).await;
+    setup.drained(Duration::from_secs(120), &host).await;
+
+    assert_eq!(setup.count("ORDERS", "orders.processed").await, 10_000);
+    assert_eq!(host.metric(&sample("ack")).unwrap(), 10_000.0);
+    assert!(setup.dead_letters().await.is_empty());
+    let info = setup.consumer().await;
+    assert_eq!(info.num_redelivered, 0, "nothing should need a redelivery");
+
+    let (status, body) = http_get(host.http, "/healthz").unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let metrics = host.metrics().unwrap();
+    assert!(
+        metrics.contains("jetwasm_handler_seconds_count{handler=\"h\"} 10000"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nak_with_delay_is_redelivered_no_earlier_than_the_delay_then_dead_lettered() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let host = setup
+        .host("orders", "config = { retry_delay_ms = 1500 }")
+        .await;
+    let busy = r#"{"id":"o-busy","customer":"c","items":[1],"total":1,"inventory_busy":true}"#;
+    setup.publish_all([busy.to_owned()]).await;
+
+    // Watch deliveries: the second comes no earlier than 1.5s after the first.
+    let poll = Duration::from_millis(20);
+    let mut first = None;
+    let second = loop {
+        let delivered = setup.consumer().await.delivered.consumer_sequence;
+        if delivered >= 1 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if delivered >= 2 {
+            break Instant::now();
+        }
+        assert!(
+            first.is_none_or(|f| f.elapsed() < Duration::from_secs(10)),
+            "no redelivery"
+        );
+        tokio::time::sleep(poll).await;
+    };
+    let gap = second - first.unwrap();
+    assert!(
+        gap >= Duration::from_millis(1500) - poll,
+        "redelivered after {gap:?}"
+    );
+
+    // Still busy at the last allowed delivery: dead-lettered, not silently dropped.
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(10), &host)
+        .await;
+    assert!(
+        header(&records[0], "Jetwasm-Reason").contains("last allowed delivery (delivery 3 of 3)")
+    );
+    setup.drained(Duration::from_secs(5), &host).await;
+    assert_eq!(host.metric(&sample("nak")).unwrap(), 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn term_writes_exactly_one_dead_letter_with_the_reason() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let host = setup.host("orders", "").await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.append("trace-id", "t-1");
+    setup
+        .js
+        .publish_with_headers("orders.created", headers, "{not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    setup
+        .publish_all([r#"{"id":"o-1","items":[1],"total":1}"#.to_owned()])
+        .await;
+    setup.drained(Duration::from_secs(10), &host).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut records = setup.dead_letters().await;
+    assert_eq!(records.len(), 2, "one record per termed message");
+    // Calls run concurrently, so records may be stored in either order.
+    records.sort_by_key(|r| header(r, "Jetwasm-Sequence").parse::<u64>().unwrap());
+    let bad_json = &records[0];
+    assert_eq!(bad_json.subject.as_str(), "deadletter.ORDERS.proc");
+    assert_eq!(&bad_json.payload[..], b"{not json");
+    assert!(
+        header(bad_json, "Jetwasm-Reason").starts_with("invalid JSON"),
+        "{:?}",
+        bad_json.headers
+    );
+    assert_eq!(header(bad_json, "Jetwasm-Subject"), "orders.created");
+    assert_eq!(header(bad_json, "Jetwasm-Stream"), "ORDERS");
+    assert_eq!(header(bad_json, "Jetwasm-Sequence"), "1");
+    assert_eq!(header(bad_json, "Jetwasm-Delivered"), "1");
+    assert_eq!(header(bad_json, "Jetwasm-Handler"), "h");
+    assert_eq!(
+        header(bad_json, "trace-id"),
+        "t-1",
+        "original headers travel along"
+    );
+    assert!(header(&records[1], "Jetwasm-Reason").contains("missing field `customer`"));
+    assert_eq!(setup.consumer().await.num_redelivered, 0, "a term is final");
+    assert_eq!(host.metric(&sample("term")).unwrap(), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_is_retried_with_backoff_then_dead_lettered_once() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let host = setup.host("fixture_trap", "").await;
+    let published = Instant::now();
+    setup.publish_all(["boom".to_owned()]).await;
+
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(10), &host)
+        .await;
+    assert!(
+        published.elapsed() >= Duration::from_millis(600),
+        "two backoff steps (200ms + 400ms) come first"
+    );
+    let reason = header(&records[0], "Jetwasm-Reason");
+    assert!(
+        reason.starts_with("trap:") && reason.ends_with("(delivery 3 of 3)"),
+        "{reason}"
+    );
+    assert_eq!(header(&records[0], "Jetwasm-Delivered"), "3");
+    setup.drained(Duration::from_secs(5), &host).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(setup.dead_letters().await.len(), 1, "exactly one record");
+    assert_eq!(host.metric(&sample("trap")).unwrap(), 3.0);
+    assert!(
+        host.log().contains("fixture-trap: boom"),
+        "the guest's panic message reaches the log"
+    );
+
+    // The host is unaffected: it still serves.
+    assert_eq!(http_get(host.http, "/readyz").unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_interrupted_at_its_deadline_while_other_messages_flow() {
+    let setup = Setup::new("max_deliver = 2\nbackoff = [\"100ms\"]").await;
+    let host = setup
+        .host(
+            "fixture_loop",
+            "limits = { timeout = \"5s\", max_in_flight = 4 }",
+        )
+        .await;
+    let looping = Instant::now();
+    setup.publish_all(["loop".to_owned()]).await;
+    setup.publish_all((0..200).map(|i| format!("ok {i}"))).await;
+    // The 200 others are all acked while the loop still spins in one of the four slots.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.metric(&sample("ack")).unwrap() < 200.0 {
+        assert!(
+            Instant::now() < deadline,
+            "others did not flow\n{}",
+            tail(&host.log())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        host.metric(&sample("timeout")).unwrap(),
+        0.0,
+        "acked while the loop was still running"
+    );
+
+    // The loop is interrupted at its 5s deadline, not before and not long after.
+    while host.metric(&sample("timeout")).unwrap() < 1.0 {
+        assert!(
+            looping.elapsed() < Duration::from_secs(15),
+            "never interrupted\n{}",
+            tail(&host.log())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let interrupted_after = looping.elapsed();
+    assert!(
+        interrupted_after >= Duration::from_secs(5) && interrupted_after < Duration::from_secs(8),
+        "interrupted after {interrupted_after:?}"
+    );
+
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(15), &host)
+        .await;
+    assert_eq!(
+        header(&records[0], "Jetwasm-Reason"),
+        "timeout: interrupted after 5s (delivery 2 of 2)"
+    );
+    assert_eq!(host.metric(&sample("timeout")).unwrap(), 2.0);
+    setup.drained(Duration::from_secs(5), &host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_stopped_at_its_cap_and_the_host_stays_small() {
+    let setup = Setup::new("max_deliver = 1").await;
+    let host = setup
+        .host(
+            "fixture_membomb",
+            "limits = { memory = \"32MiB\", max_in_flight = 4 }",
+        )
+        .await;
+    setup
+        .publish_all(
+            (0..4)
+                .map(|_| "bomb".to_owned())
+                .chain((0..50).map(|i| format!("ok {i}"))),
+        )
+        .await;
+    let records = setup
+        .wait_dead_letters(4, Duration::from_secs(20), &host)
+        .await;
+    for record in &records {
+        let reason = header(record, "Jetwasm-Reason");
+        assert!(
+            reason.starts_with("memory limit exceeded") && reason.contains("33554432"),
+            "{reason}"
+        );
+    }
+    setup.drained(Duration::from_secs(10), &host).await;
+    assert_eq!(host.metric(&sample("memory")).unwrap(), 4.0);
+    assert_eq!(host.metric(&sample("ack")).unwrap(), 50.0);
+    // Four bombs at once, each stopped at 32 MiB: the host's own memory stays bounded.
+    let rss = host.rss_bytes().unwrap();
+    assert!(rss < 400 << 20, "host RSS {} MiB", rss >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_is_kept_in_progress_and_not_redelivered() {
+    // No backoff: JetStream would redeliver after 1s without an ack or in-progress.
+    let setup = Setup::new("ack_wait = \"1s\"\nmax_deliver = 5").await;
+    let host = setup
+        .host(
+            "fixture_slow",
+            "limits = { timeout = \"10s\" }\nconfig = { sleep_ms = 3500 }",
+        )
+        .await;
+    setup.publish_all(["slow".to_owned()]).await;
+    setup.drained(Duration::from_secs(15), &host).await;
+    let info = setup.consumer().await;
+    assert_eq!(
+        info.delivered.consumer_sequence, 1,
+        "delivered exactly once"
+    );
+    assert_eq!(info.num_redelivered, 0);
+    assert_eq!(host.metric(&sample("ack")).unwrap(), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_work_and_loses_nothing() {
+    let setup = Setup::new("ack_wait = \"2s\"\nmax_deliver = 10").await;
+    let handler = "limits = { max_in_flight = 4 }\nconfig = { sleep_ms = 700 }";
+    let mut host = setup.host("fixture_slow", handler).await;
+    setup.publish_all((0..20).map(|i| format!("m{i}"))).await;
+    // Let the first four start, then ask the host to stop while they run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.terminate().unwrap();
+    let status = host.wait_exit(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "exit {status}\n{}", tail(&host.log()));
+    let acked_before_restart = setup.consumer().await.ack_floor.stream_sequence;
+    assert!(
+        acked_before_restart >= 4,
+        "in-flight calls finished and were acked: {acked_before_restart}"
+    );
+    assert!(
+        host.log().contains("in-flight calls finished"),
+        "{}",
+        tail(&host.log())
+    );
+
+    host.restart(&setup.server.url).await.unwrap();
+    setup.drained(Duration::from_secs(30), &host).await;
+    let info = setup.consumer().await;
+    assert_eq!(info.ack_floor.stream_sequence, 20, "every message acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_restart_processes_everything_once() {
+    let setup = Setup::new("ack_wait = \"2s\"").await;
+    setup.publish_all((0..3_000).map(order)).await;
+    let mut host = setup.host("orders", "").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while setup.count("ORDERS", "orders.processed").await < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress\n{}",
+            tail(&host.log())
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    host.kill().unwrap();
+    let processed_at_kill = setup.count("ORDERS", "orders.processed").await;
+    assert!(processed_at_kill < 3_000, "killed before the end");
+
+    host.restart(&setup.server.url).await.unwrap();
+    setup.drained(Duration::from_secs(60), &host).await;
+    // Redelivered messages publish with the same derived ids, so the stream drops repeats.
+    assert_eq!(setup.count("ORDERS", "orders.processed").await, 3_000);
+    let redone = host.metric(&sample("ack")).unwrap() as u64;
+    let window = 64 + 64; // max in-flight plus one prefetched batch
+    assert!(
+        redone <= 3_000 - processed_at_kill as u64 + window,
+        "second run acked {redone}, {processed_at_kill} were processed before the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_of_another_world_is_rejected_before_anything_is_consumed() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    setup.publish_all([order(1)]).await;
+    let config = setup.config(&handler_wasm("fixture_publisher"), "", "");
+    let mut host = Host::spawn(&setup.server.url, &config).unwrap();
+    let status = host.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert!(!status.success());
+    let log = host.log();
+    assert!(
+        log.contains("handler h") && log.contains("does not fit the handler world"),
+        "{log}"
+    );
+    assert!(
+        log.contains("handle"),
+        "the error names the missing export: {log}"
+    );
+    let info = setup.consumer().await;
+    assert_eq!(info.delivered.consumer_sequence, 0, "nothing consumed");
+    assert_eq!(info.num_pending, 1);
+
+    // A file that is not a component at all.
+    let junk = setup.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\x00\x00\x00").unwrap();
+    let mut host = Host::spawn(&setup.server.url, &setup.config(&junk, "", "")).unwrap();
+    assert!(!host
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .success());
+    let log = host.log();
+    assert!(
+        log.contains("junk.wasm") && log.contains("core WebAssembly module, not a component"),
+        "{log}"
+    );
+    assert_eq!(setup.consumer().await.delivered.consumer_sequence, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_outside_the_allow_list_is_denied_and_nothing_is_published() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let host = setup.host("fixture_forbidden", "").await;
+    setup.publish_all([order(1)]).await;
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(10), &host)
+        .await;
+    assert_eq!(
+        header(&records[0], "Jetwasm-Reason"),
+        "publish denied: payments.charged"
+    );
+    assert_eq!(
+        setup.count("PAYMENTS", ">").await,
+        0,
+        "nothing reached PAYMENTS"
+    );
+    setup.drained(Duration::from_secs(5), &host).await;
+
+    // Reserved subjects are denied even when asked for explicitly.
+    let host = setup
+        .host(
+            "fixture_forbidden",
+            "config = { subject = \"$JS.API.STREAM.DELETE.ORDERS\" }",
+        )
+        .await;
+    setup.publish_all([order(2)]).await;
+    let records = setup
+        .wait_dead_letters(2, Duration::from_secs(10), &host)
+        .await;
+    assert!(header(&records[1], "Jetwasm-Reason").starts_with("publish denied"));
+    assert!(
+        setup.js.get_stream("ORDERS").await.is_ok(),
+        "ORDERS still exists"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_recovers_when_the_server_restarts_without_being_restarted_itself() {
+    // File storage so the stream and consumer survive the server restart.
+    let server_consumer = "ack_wait = \"2s\"";
+    let mut setup = Setup::new(server_consumer).await;
+    let text = streams(server_consumer).replace("storage = \"memory\"", "storage = \"file\"");
+    let js = setup.js.clone();
+    for name in ["ORDERS", "DEADLETTER", "PAYMENTS"] {
+        js.delete_stream(name).await.unwrap();
+    }
+    std::fs::write(setup.dir.path().join("streams.toml"), text).unwrap();
+    let host = setup.host("orders", "").await;
+    setup.publish_all((0..100).map(order)).await;
+    setup.drained(Duration::from_secs(20), &host).await;
+
+    setup.server.restart().await.unwrap();
+    let js = setup.server.jetstream().await.unwrap();
+    setup.js = js;
+    setup.publish_all((100..200).map(order)).await;
+    setup.drained(Duration::from_secs(60), &host).await;
+    assert_eq!(setup.count("ORDERS", "orders.processed").await, 200);
+}

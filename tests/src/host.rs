@@ -1,0 +1,199 @@
+//! The `jetwasm` host as a real child process, and the handler components it runs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use tempfile::TempDir;
+
+use crate::{free_port, workspace_bin, workspace_root};
+
+/// A built handler component, e.g. `handler_wasm("orders")` or `handler_wasm("fixture_trap")`.
+/// They come from `JETWASM_HANDLERS_DIR` (set by `make test`), else `handlers/target`.
+pub fn handler_wasm(name: &str) -> PathBuf {
+    let dir = std::env::var_os("JETWASM_HANDLERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("handlers/target/wasm32-wasip2/release"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the components with `make handlers`",
+        path.display()
+    );
+    path
+}
+
+/// A running `jetwasm run`, killed on drop.
+pub struct Host {
+    child: Child,
+    /// The HTTP listener (metrics, health).
+    pub http: SocketAddr,
+    log: PathBuf,
+    dir: TempDir,
+}
+
+impl Host {
+    /// Starts `jetwasm run` against `url` with `config`, in which `{http}` stands for the
+    /// listener address the harness picks; returns once `/readyz` answers 200.
+    pub async fn start(url: &str, config: &str) -> anyhow::Result<Host> {
+        let mut host = Host::spawn(url, config)?;
+        host.wait_ready(Duration::from_secs(60)).await?;
+        Ok(host)
+    }
+
+    /// Starts `jetwasm run` without waiting for it to become ready.
+    pub fn spawn(url: &str, config: &str) -> anyhow::Result<Host> {
+        let dir = tempfile::tempdir()?;
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        if !config.contains("{http}") {
+            bail!("the host config needs `http = \"{{http}}\"` under [runtime]");
+        }
+        std::fs::write(
+            dir.path().join("jetwasm.toml"),
+            config.replace("{http}", &http.to_string()),
+        )?;
+        let log = dir.path().join("host.log");
+        let child = spawn_host(&dir, url, &log)?;
+        Ok(Host {
+            child,
+            http,
+            log,
+            dir,
+        })
+    }
+
+    /// Starts the host again with the same config (after [`Host::kill`] or an exit).
+    pub async fn restart(&mut self, url: &str) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_host(&self.dir, url, &self.log)?;
+        self.wait_ready(Duration::from_secs(60)).await
+    }
+
+    async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "jetwasm exited before it was ready ({status}):\n{}",
+                    self.log()
+                );
+            }
+            if matches!(http_get(self.http, "/readyz"), Ok((200, _))) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("jetwasm not ready after {within:?}:\n{}", self.log())
+    }
+
+    /// Waits for the host to exit on its own.
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("jetwasm still running after {within:?}:\n{}", self.log())
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping the host would.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(())
+    }
+
+    /// Kills the host with SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Everything the host has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = http_get(self.http, "/metrics")?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        Ok(body)
+    }
+
+    /// The value of one sample in `/metrics`, e.g.
+    /// `metric("jetwasm_messages_total{handler=\"orders\",outcome=\"ack\"}")`; 0 when absent.
+    pub fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let text = self.metrics()?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// The host's resident memory, from /proc.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS in /proc/PID/status")?;
+        Ok(kib * 1024)
+    }
+}
+
+fn spawn_host(dir: &TempDir, url: &str, log: &std::path::Path) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new(workspace_bin("jetwasm")?)
+        .args(["run", "--config"])
+        .arg(dir.path().join("jetwasm.toml"))
+        .args(["--server", url])
+        .env_remove("NATS_URL")
+        .env(
+            "RUST_LOG",
+            std::env::var("JETWASM_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .context("starting jetwasm")
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns the status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("HTTP status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
