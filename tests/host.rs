@@ -328,6 +328,32 @@ async fn term_writes_exactly_one_dead_letter_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_cap_is_dead_lettered_without_running_the_handler() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let host = setup
+        .host("orders", "limits = { max_message_size = \"1KiB\" }")
+        .await;
+    setup.publish_all(["x".repeat(2048), order(1)]).await;
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(10), &host)
+        .await;
+    assert_eq!(
+        header(&records[0], "Jetwasm-Reason"),
+        "message is 2048 bytes, over the handler's 1024-byte limit"
+    );
+    assert_eq!(records[0].payload.len(), 2048, "the payload is kept whole");
+    setup.drained(Duration::from_secs(5), &host).await;
+    assert_eq!(host.metric(&sample("oversize")).unwrap(), 1.0);
+    assert_eq!(host.metric(&sample("ack")).unwrap(), 1.0);
+    let calls = "jetwasm_handler_seconds_count{handler=\"h\"}";
+    assert_eq!(
+        host.metric(calls).unwrap(),
+        1.0,
+        "the handler ran only for the small message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_is_retried_with_backoff_then_dead_lettered_once() {
     let setup = Setup::new(QUICK_RETRIES).await;
     let host = setup.host("fixture_trap", "").await;
@@ -361,12 +387,12 @@ async fn a_trap_is_retried_with_backoff_then_dead_lettered_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endless_loop_is_interrupted_at_its_deadline_while_other_messages_flow() {
+async fn an_endless_loop_is_interrupted_at_its_cpu_limit_while_other_messages_flow() {
     let setup = Setup::new("max_deliver = 2\nbackoff = [\"100ms\"]").await;
     let host = setup
         .host(
             "fixture_loop",
-            "limits = { timeout = \"5s\", max_in_flight = 4 }",
+            "limits = { cpu_time = \"3s\", max_in_flight = 4 }",
         )
         .await;
     let looping = Instant::now();
@@ -388,7 +414,7 @@ async fn an_endless_loop_is_interrupted_at_its_deadline_while_other_messages_flo
         "acked while the loop was still running"
     );
 
-    // The loop is interrupted at its 5s deadline, not before and not long after.
+    // The loop is interrupted once it has used 3s of CPU time, not before and not long after.
     while host.metric(&sample("timeout")).unwrap() < 1.0 {
         assert!(
             looping.elapsed() < Duration::from_secs(15),
@@ -399,7 +425,7 @@ async fn an_endless_loop_is_interrupted_at_its_deadline_while_other_messages_flo
     }
     let interrupted_after = looping.elapsed();
     assert!(
-        interrupted_after >= Duration::from_secs(5) && interrupted_after < Duration::from_secs(8),
+        interrupted_after >= Duration::from_secs(3) && interrupted_after < Duration::from_secs(6),
         "interrupted after {interrupted_after:?}"
     );
 
@@ -408,7 +434,7 @@ async fn an_endless_loop_is_interrupted_at_its_deadline_while_other_messages_flo
         .await;
     assert_eq!(
         header(&records[0], "Jetwasm-Reason"),
-        "timeout: interrupted after 5s (delivery 2 of 2)"
+        "timeout: used more than 3s of CPU time (delivery 2 of 2)"
     );
     assert_eq!(host.metric(&sample("timeout")).unwrap(), 2.0);
     setup.drained(Duration::from_secs(5), &host).await;
@@ -467,6 +493,33 @@ async fn a_slow_handler_is_kept_in_progress_and_not_redelivered() {
     );
     assert_eq!(info.num_redelivered, 0);
     assert_eq!(host.metric(&sample("ack")).unwrap(), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_wall_clock_ceiling_is_stopped() {
+    let setup = Setup::new("max_deliver = 1").await;
+    let limits =
+        "limits = { timeout = \"1s\", cpu_time = \"500ms\" }\nconfig = { sleep_ms = 5000 }";
+    let host = setup.host("fixture_slow", limits).await;
+    let started = Instant::now();
+    setup.publish_all(["sleepy".to_owned()]).await;
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(10), &host)
+        .await;
+    assert_eq!(
+        header(&records[0], "Jetwasm-Reason"),
+        "timeout: still running after 1s (delivery 1 of 1)"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped before the sleep ended"
+    );
+    assert_eq!(host.metric(&sample("timeout")).unwrap(), 1.0);
+    assert_eq!(
+        http_get(host.http, "/readyz").unwrap().0,
+        200,
+        "the host is unaffected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,7 +75,10 @@ impl Default for Runtime {
 pub struct Limits {
     /// Largest linear memory one instance may grow to.
     pub memory: ByteSize,
-    /// Longest a single call may run (guest code and the host calls it makes); the host sends
+    /// CPU time one call's guest code may use (counted in epoch ticks while it runs).
+    #[serde(with = "humantime_serde")]
+    pub cpu_time: Duration,
+    /// Wall-clock ceiling for one call, host calls and sleeps included; the host sends
     /// in-progress to JetStream meanwhile, so a long call is not redelivered.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -91,6 +94,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory: ByteSize::mib(64),
+            cpu_time: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             max_in_flight: 64,
             max_message_size: ByteSize::mib(1),
@@ -105,6 +109,8 @@ impl Default for Limits {
 pub struct LimitOverrides {
     memory: Option<ByteSize>,
     #[serde(default, with = "humantime_serde")]
+    cpu_time: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     max_in_flight: Option<usize>,
     max_message_size: Option<ByteSize>,
@@ -116,6 +122,7 @@ impl LimitOverrides {
     pub fn over(&self, base: Limits) -> Limits {
         Limits {
             memory: self.memory.unwrap_or(base.memory),
+            cpu_time: self.cpu_time.unwrap_or(base.cpu_time),
             timeout: self.timeout.unwrap_or(base.timeout),
             max_in_flight: self.max_in_flight.unwrap_or(base.max_in_flight),
             max_message_size: self.max_message_size.unwrap_or(base.max_message_size),
@@ -239,7 +246,10 @@ impl Config {
             if limits.max_in_flight == 0 {
                 problems.push(format!("{at}: limits.max_in_flight must be at least 1"));
             }
-            if limits.timeout < Duration::from_millis(10) {
+            if limits.cpu_time < crate::engine::EPOCH_TICK {
+                problems.push(format!("{at}: limits.cpu_time must be at least 10ms"));
+            }
+            if limits.timeout < crate::engine::EPOCH_TICK {
                 problems.push(format!("{at}: limits.timeout must be at least 10ms"));
             }
             if limits.memory < ByteSize::mib(1) {

@@ -1,6 +1,7 @@
 //! Binding a handler to its durable pull consumer and running every message through it:
 //! admission (a free in-flight slot) before each message is taken, in-progress while a call
-//! runs, the outcome applied to JetStream, and a rebind when the pull stream fails or stalls.
+//! runs, the outcome applied to JetStream, and a rebind when the pull stream fails (missed
+//! heartbeats, a deleted consumer) or the [`watchdog`] finds it stalled.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use crate::bindings::Message;
 use crate::dead_letter;
 use crate::dispatch::{Dispatcher, Failure, Outcome};
 use crate::metrics::{outcome, Metrics};
+use crate::watchdog::{self, Activity};
 
 /// Idle heartbeat asked of the server; two missed ones end the pull stream and force a rebind.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -105,11 +107,16 @@ pub async fn run(
                 continue;
             }
         };
-        let stop_reporting = shutdown.child_token();
-        tracker.spawn(report_pending(
+        let scope = shutdown.child_token();
+        let stalled = CancellationToken::new();
+        let activity = Arc::new(Activity::new());
+        tracker.spawn(watchdog::watch(
             binding.clone(),
             bound.consumer.clone(),
-            stop_reporting.clone(),
+            slots.clone(),
+            activity.clone(),
+            stalled.clone(),
+            scope.clone(),
         ));
         let batch = binding.max_in_flight.clamp(1, 256);
         let messages = bound
@@ -123,7 +130,7 @@ pub async fn run(
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(handler = %binding.name, error = %e, "cannot start pulling; rebinding");
-                stop_reporting.cancel();
+                scope.cancel();
                 pause(&shutdown).await;
                 continue;
             }
@@ -137,10 +144,12 @@ pub async fn run(
             };
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = stalled.cancelled() => break,
                 next = messages.next() => next,
             };
             match next {
                 Some(Ok(message)) => {
+                    activity.touch();
                     tracker.spawn(process(binding.clone(), bound.clone(), message, permit));
                 }
                 Some(Err(e)) => {
@@ -153,7 +162,7 @@ pub async fn run(
                 }
             }
         }
-        stop_reporting.cancel();
+        scope.cancel();
         pause(&shutdown).await;
     }
 }
@@ -162,34 +171,6 @@ async fn pause(shutdown: &CancellationToken) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(REBIND_DELAY) => {}
-    }
-}
-
-/// Keeps the pending and ack-pending gauges current while the binding lives.
-async fn report_pending(
-    binding: Arc<Binding>,
-    mut consumer: PullConsumer,
-    stop: CancellationToken,
-) {
-    let mut every = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        if let Ok(info) = consumer.info().await {
-            let labels = [&*binding.name];
-            binding
-                .metrics
-                .pending
-                .with_label_values(&labels)
-                .set(info.num_pending as i64);
-            binding
-                .metrics
-                .ack_pending
-                .with_label_values(&labels)
-                .set(info.num_ack_pending as i64);
-        }
     }
 }
 
@@ -282,7 +263,7 @@ fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::Nak(_) => outcome::NAK,
         Outcome::Term(_) => outcome::TERM,
         Outcome::Failed(Failure::Trap(_)) => outcome::TRAP,
-        Outcome::Failed(Failure::Timeout(_)) => outcome::TIMEOUT,
+        Outcome::Failed(Failure::Timeout(_) | Failure::CpuTime(_)) => outcome::TIMEOUT,
         Outcome::Failed(Failure::Memory(_)) => outcome::MEMORY,
     }
 }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream;
 
-use crate::imports::publish_acked;
+use crate::publishing::publish_acked;
 
 /// Where a dead-lettered message came from.
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::{Disposition, HandlerPre, Message};
 use crate::config::Limits;
+use crate::engine::EPOCH_TICK;
 use crate::imports::{HandlerEnv, HostState, Origin};
 use crate::limiter::MemoryLimitExceeded;
 
@@ -29,7 +30,9 @@ pub enum Outcome {
 pub enum Failure {
     /// A trap or panic in the guest, with wasmtime's description.
     Trap(String),
-    /// The call ran past its deadline and was interrupted.
+    /// The guest used more CPU time than allowed and was interrupted.
+    CpuTime(Duration),
+    /// The call ran past its wall-clock ceiling and was interrupted.
     Timeout(Duration),
     /// The guest tried to grow memory past its cap.
     Memory(String),
@@ -40,7 +43,8 @@ impl Failure {
     pub fn describe(&self) -> String {
         match self {
             Failure::Trap(what) => format!("trap: {what}"),
-            Failure::Timeout(limit) => format!("timeout: interrupted after {limit:?}"),
+            Failure::CpuTime(limit) => format!("timeout: used more than {limit:?} of CPU time"),
+            Failure::Timeout(limit) => format!("timeout: still running after {limit:?}"),
             Failure::Memory(what) => what.clone(),
         }
     }
@@ -59,11 +63,6 @@ impl Dispatcher {
         Dispatcher { pre, env, limits }
     }
 
-    /// The handler's environment.
-    pub fn env(&self) -> &Arc<HandlerEnv> {
-        &self.env
-    }
-
     /// Calls `handle` on `msg` in a fresh sandbox.
     pub async fn call(&self, msg: &Message) -> Outcome {
         let origin = Origin {
@@ -77,15 +76,30 @@ impl Dispatcher {
         );
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
-        // Every epoch tick the guest yields to other tasks; past the deadline it is interrupted.
-        let timeout = self.limits.timeout;
+        // The callback runs at each epoch tick the guest spends executing (never while it is
+        // blocked in a host call): it counts CPU time, yields to other tasks, and interrupts
+        // the guest past either limit.
+        let Limits {
+            cpu_time, timeout, ..
+        } = self.limits;
         let deadline = Instant::now() + timeout;
+        let mut cpu_used = Duration::ZERO;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
+        store.epoch_deadline_callback(move |mut store| {
+            cpu_used += EPOCH_TICK;
+            let over = if Instant::now() >= deadline {
+                Some(Failure::Timeout(timeout))
+            } else if cpu_used > cpu_time {
+                Some(Failure::CpuTime(cpu_time))
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                None
+            };
+            match over {
+                Some(failure) => {
+                    store.data_mut().interrupted = Some(failure);
+                    Ok(UpdateDeadline::Interrupt)
+                }
+                None => Ok(UpdateDeadline::Yield(1)),
             }
         });
         let call = async {
@@ -100,18 +114,21 @@ impl Dispatcher {
                 Disposition::Nak(delay) => Outcome::Nak(delay.map(Duration::from_millis)),
                 Disposition::Term(reason) => Outcome::Term(reason),
             },
-            Ok(Err(error)) => Outcome::Failed(classify(&error, timeout)),
+            Ok(Err(error)) => {
+                let interrupted = store.data_mut().interrupted.take();
+                Outcome::Failed(classify(&error, interrupted))
+            }
         }
     }
 }
 
-/// Names what made a call fail.
-pub fn classify(error: &wasmtime::Error, timeout: Duration) -> Failure {
+/// Names what made a call fail; `interrupted` is why the host interrupted it, if it did.
+pub fn classify(error: &wasmtime::Error, interrupted: Option<Failure>) -> Failure {
     if let Some(memory) = error.downcast_ref::<MemoryLimitExceeded>() {
         return Failure::Memory(memory.to_string());
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Failure::Timeout(timeout),
+        Some(Trap::Interrupt) => interrupted.unwrap_or(Failure::Trap("interrupted".to_owned())),
         Some(trap) => Failure::Trap(trap.to_string()),
         None => Failure::Trap(
             format!("{error:#}")
@@ -130,20 +147,19 @@ mod tests {
     #[test]
     fn classifies_interrupts_memory_and_other_traps() {
         let limit = Duration::from_secs(1);
-        assert_eq!(
-            classify(&wasmtime::Error::new(Trap::Interrupt), limit),
-            Failure::Timeout(limit)
-        );
+        let interrupt = wasmtime::Error::new(Trap::Interrupt);
+        let cpu = classify(&interrupt, Some(Failure::CpuTime(limit)));
+        assert_eq!(cpu, Failure::CpuTime(limit));
+        let wall = classify(&interrupt, Some(Failure::Timeout(limit)));
+        assert_eq!(wall, Failure::Timeout(limit));
         let memory = wasmtime::Error::new(MemoryLimitExceeded {
             desired: 10,
             limit: 5,
         });
-        assert!(
-            matches!(classify(&memory, limit), Failure::Memory(m) if m.contains("memory limit exceeded"))
-        );
+        let failure = classify(&memory, None);
+        assert!(matches!(failure, Failure::Memory(m) if m.contains("memory limit exceeded")));
         let unreachable = wasmtime::Error::new(Trap::UnreachableCodeReached);
-        assert!(
-            matches!(classify(&unreachable, limit), Failure::Trap(t) if t.contains("unreachable"))
-        );
+        let failure = classify(&unreachable, None);
+        assert!(matches!(failure, Failure::Trap(t) if t.contains("unreachable")));
     }
 }

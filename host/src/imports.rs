@@ -4,10 +4,9 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
-use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::jetstream;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -15,6 +14,7 @@ use crate::bindings::jetwasm::runtime::{config, log, publish, types};
 use crate::bindings::{Handler, PublishAck, PublishError};
 use crate::guest_output::GuestOutput;
 use crate::limiter::MemoryLimiter;
+use crate::publishing::publish_acked;
 
 /// What a handler's imports may see and do; shared by all its calls.
 pub struct HandlerEnv {
@@ -45,6 +45,8 @@ pub struct HostState {
     table: ResourceTable,
     /// Enforces the handler's memory limit.
     pub limiter: MemoryLimiter,
+    /// Set when the host interrupts the call, saying why.
+    pub interrupted: Option<crate::dispatch::Failure>,
     env: Arc<HandlerEnv>,
     origin: Origin,
     published: u32,
@@ -61,6 +63,7 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_limit),
+            interrupted: None,
             env,
             origin,
             published: 0,
@@ -185,49 +188,6 @@ fn header_map(headers: Vec<(String, String)>) -> Result<HeaderMap, String> {
         map.append(header, value);
     }
     Ok(map)
-}
-
-/// Publishes and waits for the PubAck. A timed-out publish is retried once with the same
-/// message id, which the stream deduplicates.
-pub async fn publish_acked(
-    js: &jetstream::Context,
-    subject: String,
-    headers: HeaderMap,
-    payload: bytes::Bytes,
-) -> Result<PublishAck, PublishError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sent = js
-            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-            .await;
-        let result = match sent {
-            Ok(ack) => ack.await,
-            Err(e) => return Err(PublishError::Unavailable(e.to_string())),
-        };
-        match result {
-            Ok(ack) => {
-                return Ok(PublishAck {
-                    stream: ack.stream,
-                    seq: ack.sequence,
-                    duplicate: ack.duplicate,
-                })
-            }
-            Err(e) => match e.kind() {
-                PublishErrorKind::StreamNotFound => return Err(PublishError::NoStream(subject)),
-                PublishErrorKind::TimedOut if attempt < 2 => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                PublishErrorKind::TimedOut => return Err(PublishError::Timeout),
-                PublishErrorKind::MaxPayloadExceeded => {
-                    return Err(PublishError::TooLarge(
-                        js.client().server_info().max_payload as u64,
-                    ))
-                }
-                _ => return Err(PublishError::Unavailable(e.to_string())),
-            },
-        }
-    }
 }
 
 #[cfg(test)]

@@ -17,5 +17,7 @@ pub mod http;
 pub mod imports;
 pub mod limiter;
 pub mod metrics;
+pub mod publishing;
 pub mod registry;
 pub mod run;
+pub mod watchdog;
