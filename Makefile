@@ -10,7 +10,7 @@ CARGO ?= cargo
 export NATS_SERVER_BIN
 export JETWASM_HANDLERS_DIR := $(HANDLERS_TARGET)/wasm32-wasip2/release
 
-.PHONY: demo test lint handlers tools wasm-target nats-server fmt clean
+.PHONY: demo test lint handlers tools wasm-target nats-server fmt clean bench
 
 ## demo: start a local JetStream, apply deploy/streams.toml (dev overlay), show the result
 demo: tools
@@ -51,3 +51,7 @@ wasm-target:
 clean:
 	$(CARGO) clean
 	rm -rf $(HANDLERS_TARGET) .demo
+
+## bench: host vs native async-nats throughput, and the cost of a sandboxed call
+bench: tools handlers
+	$(CARGO) bench -p jetwasm-tests --bench throughput --profile bench

@@ -114,8 +114,9 @@ async fn set_up_streams(
     Ok(())
 }
 
-/// Loads every handler's component and checks it against the `handler` world.
-async fn load_handlers(
+/// Loads every handler's component, checks it against the `handler` world, and prepares
+/// its binding (not yet bound: see [`consumer::run`]).
+pub async fn load_handlers(
     config: &Config,
     js: &jetstream::Context,
     metrics: &Metrics,
