@@ -12,9 +12,9 @@ export JETWASM_HANDLERS_DIR := $(HANDLERS_TARGET)/wasm32-wasip2/release
 
 .PHONY: demo test lint handlers tools wasm-target nats-server fmt clean bench
 
-## demo: start a local JetStream, apply deploy/streams.toml (dev overlay), show the result
-demo: tools
-	$(CARGO) build --bins
+## demo: a local JetStream, stream-init (dev overlay), the host and the orders handler at work
+demo: tools handlers
+	$(CARGO) build --bins --example demo_orders
 	deploy/demo.sh
 
 ## test: every test, against real nats-server processes and real components

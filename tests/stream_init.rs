@@ -153,10 +153,15 @@ async fn apply_creates_the_reference_setup_and_a_second_apply_changes_nothing() 
     assert_eq!(consumer.max_deliver, 5);
     assert_eq!(
         consumer.ack_wait,
-        Duration::from_secs(5),
-        "JetStream waits the first backoff step"
+        Duration::from_secs(1),
+        "JetStream waits the first backoff step (the dev overlay's 1s)"
     );
     assert_eq!(consumer.backoff.len(), 4);
+    assert_eq!(
+        consumer.backoff[3],
+        Duration::from_secs(8),
+        "the dev overlay's backoff"
+    );
 
     let again = ok(stream_init(&server.url, &["apply", "--file", &spec, "--env", "dev"]).await);
     assert!(again.starts_with("No changes:"), "{again}");

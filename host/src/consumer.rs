@@ -18,7 +18,7 @@ use crate::ack::{self, Action, DeliveryPolicy};
 use crate::bindings::Message;
 use crate::dead_letter;
 use crate::dispatch::{Dispatcher, Failure, Outcome};
-use crate::metrics::{outcome, Metrics};
+use crate::metrics::{outcome, HandlerMetrics};
 use crate::watchdog::{self, Activity};
 
 /// Idle heartbeat asked of the server; two missed ones end the pull stream and force a rebind.
@@ -44,8 +44,8 @@ pub struct Binding {
     pub max_in_flight: usize,
     /// Largest payload handed to the handler.
     pub max_message_size: usize,
-    /// Where metrics go.
-    pub metrics: Metrics,
+    /// The handler's metrics.
+    pub metrics: HandlerMetrics,
 }
 
 /// The consumer's settings that shape processing, read at each bind.
@@ -207,23 +207,21 @@ async fn process(
         published_ms: u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
         pending: info.pending,
     };
-    let labels = [&*binding.name];
     let started = Instant::now();
     let outcome = if wit.payload.len() > binding.max_message_size {
         None
     } else {
-        binding.metrics.in_flight.with_label_values(&labels).inc();
+        binding.metrics.in_flight.inc();
         let outcome = with_progress(
             binding.dispatcher.call(&wit),
             &message,
             bound.progress_every,
         )
         .await;
-        binding.metrics.in_flight.with_label_values(&labels).dec();
+        binding.metrics.in_flight.dec();
         binding
             .metrics
             .latency
-            .with_label_values(&labels)
             .observe(started.elapsed().as_secs_f64());
         Some(outcome)
     };
@@ -241,11 +239,7 @@ async fn process(
             ack::decide(outcome, wit.delivered, &bound.policy),
         ),
     };
-    binding
-        .metrics
-        .outcomes
-        .with_label_values(&[&*binding.name, kind])
-        .inc();
+    binding.metrics.count(kind);
     let (handler, stream, seq, delivered) =
         (&*binding.name, &wit.stream, wit.stream_seq, wit.delivered);
     match &outcome {
@@ -323,11 +317,7 @@ async fn apply(
             .await;
             match written {
                 Ok(()) => {
-                    binding
-                        .metrics
-                        .dead_letters
-                        .with_label_values(&[handler])
-                        .inc();
+                    binding.metrics.dead_letters.inc();
                     tracing::warn!(handler, stream, seq, reason, "dead-lettered");
                     message.ack_with(AckKind::Term).await
                 }

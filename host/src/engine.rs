@@ -37,7 +37,7 @@ pub fn new(pool: PoolSize) -> anyhow::Result<Engine> {
         .max_tables_per_component(32)
         .linear_memory_keep_resident(2 << 20)
         .table_keep_resident(64 << 10)
-        .pagemap_scan(Enabled::Auto);
+        .pagemap_scan(Enabled::Yes);
     let mut config = Config::new();
     config
         .strategy(Strategy::Cranelift)

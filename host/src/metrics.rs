@@ -2,7 +2,8 @@
 //! letters, and the consumer's pending and ack-pending counts.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the host exports.
@@ -10,21 +11,48 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// `jetwasm_messages_total{handler, outcome}`.
-    pub outcomes: IntCounterVec,
+    outcomes: IntCounterVec,
     /// `jetwasm_handler_seconds{handler}`: time in the handler call, sandbox setup included.
-    pub latency: HistogramVec,
+    latency: HistogramVec,
     /// `jetwasm_in_flight{handler}`.
-    pub in_flight: IntGaugeVec,
+    in_flight: IntGaugeVec,
     /// `jetwasm_dead_letters_total{handler}`.
-    pub dead_letters: IntCounterVec,
+    dead_letters: IntCounterVec,
     /// `jetwasm_consumer_pending{handler}`: messages not yet delivered.
-    pub pending: IntGaugeVec,
+    pending: IntGaugeVec,
     /// `jetwasm_consumer_ack_pending{handler}`: delivered, not yet acked.
-    pub ack_pending: IntGaugeVec,
+    ack_pending: IntGaugeVec,
+}
+
+/// One handler's metrics, resolved once so the per-message path does no label lookups.
+#[derive(Clone)]
+pub struct HandlerMetrics {
+    outcomes: Vec<(&'static str, IntCounter)>,
+    /// Time per call.
+    pub latency: Histogram,
+    /// Calls running now.
+    pub in_flight: IntGauge,
+    /// Messages dead-lettered.
+    pub dead_letters: IntCounter,
+    /// Messages the consumer has not delivered yet.
+    pub pending: IntGauge,
+    /// Messages delivered and not yet acknowledged.
+    pub ack_pending: IntGauge,
+}
+
+impl HandlerMetrics {
+    /// Counts one message with outcome `kind` (one of [`outcome::ALL`]).
+    pub fn count(&self, kind: &str) {
+        if let Some((_, counter)) = self.outcomes.iter().find(|(k, _)| *k == kind) {
+            counter.inc();
+        }
+    }
 }
 
 /// Outcome label values.
 pub mod outcome {
+    /// Every outcome, in the order they are reported.
+    pub const ALL: [&str; 7] = [ACK, NAK, TERM, TRAP, TIMEOUT, MEMORY, OVERSIZE];
     /// The handler acked.
     pub const ACK: &str = "ack";
     /// The handler nak'd.
@@ -111,6 +139,23 @@ impl Metrics {
             dead_letters,
             pending,
             ack_pending,
+        }
+    }
+
+    /// The metrics of handler `name`; its outcome counters start at zero, so they show up in
+    /// `/metrics` before the first message.
+    pub fn handler(&self, name: &str) -> HandlerMetrics {
+        let labels = [name];
+        HandlerMetrics {
+            outcomes: outcome::ALL
+                .iter()
+                .map(|kind| (*kind, self.outcomes.with_label_values(&[name, kind])))
+                .collect(),
+            latency: self.latency.with_label_values(&labels),
+            in_flight: self.in_flight.with_label_values(&labels),
+            dead_letters: self.dead_letters.with_label_values(&labels),
+            pending: self.pending.with_label_values(&labels),
+            ack_pending: self.ack_pending.with_label_values(&labels),
         }
     }
 

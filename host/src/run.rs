@@ -156,7 +156,7 @@ pub async fn load_handlers(
             confirm_acks: handler.confirm_acks,
             max_in_flight: limits.max_in_flight,
             max_message_size: limits.max_message_size.as_u64() as usize,
-            metrics: metrics.clone(),
+            metrics: metrics.handler(&handler.name),
         }));
     }
     Ok(bindings)

@@ -73,16 +73,8 @@ pub async fn watch(
         let Ok(info) = consumer.info().await else {
             continue;
         };
-        let labels = [&*binding.name];
-        let metrics = &binding.metrics;
-        metrics
-            .pending
-            .with_label_values(&labels)
-            .set(info.num_pending as i64);
-        metrics
-            .ack_pending
-            .with_label_values(&labels)
-            .set(info.num_ack_pending as i64);
+        binding.metrics.pending.set(info.num_pending as i64);
+        binding.metrics.ack_pending.set(info.num_ack_pending as i64);
         if is_stalled(info.num_pending, activity.idle(), slots.available_permits()) {
             tracing::warn!(handler = %binding.name, pending = info.num_pending, "pull stalled; re-issuing it");
             stalled.cancel();

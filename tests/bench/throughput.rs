@@ -3,7 +3,8 @@
 //! nats-server in the same run. Prints msgs/s for both, the ratio, and the per-message cost
 //! of a sandboxed call (p50/p99). Numbers, not assertions: run it with `make bench`.
 //!
-//! Environment: `BENCH_MESSAGES` (default 100000), `BENCH_ROUNDS` (default 3).
+//! Environment: `BENCH_MESSAGES` (default 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS`
+//! (default 20000).
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,10 @@ use tokio_util::task::TaskTracker;
 const STREAM: &str = "BENCH";
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::main]
@@ -43,14 +47,20 @@ async fn main() -> anyhow::Result<()> {
     for round in 1..=rounds {
         let n = drain_native(&js, &format!("native{round}"), messages).await?;
         let h = drain_host(&js, &format!("host{round}"), messages).await?;
-        println!("round {round}: native {n:>9.0} msgs/s   host {h:>9.0} msgs/s   ratio {:.2}", h / n);
+        println!(
+            "round {round}: native {n:>9.0} msgs/s   host {h:>9.0} msgs/s   ratio {:.2}",
+            h / n
+        );
         native.push(n);
         host.push(h);
     }
     let (n, h) = (median(&mut native), median(&mut host));
-    println!("median: native {n:.0} msgs/s, host (fresh sandbox per message) {h:.0} msgs/s, ratio {:.2}", h / n);
+    println!(
+        "median: native {n:.0} msgs/s, host (fresh sandbox per message) {h:.0} msgs/s, ratio {:.2}",
+        h / n
+    );
 
-    let (p50, p99) = call_overhead(&js, 20_000).await?;
+    let (p50, p99) = call_overhead(&js, env_or("BENCH_CALLS", 20_000)).await?;
     println!("sandboxed call (new store + instance + handle): p50 {p50:?}, p99 {p99:?}");
     Ok(())
 }
@@ -60,7 +70,10 @@ async fn fill(js: &jetstream::Context, n: usize) -> anyhow::Result<()> {
     let payload = bytes::Bytes::from(vec![b'x'; 64]);
     let mut acks = Vec::with_capacity(1000);
     for i in 0..n {
-        acks.push(js.publish(format!("bench.{}", i % 16), payload.clone()).await?);
+        acks.push(
+            js.publish(format!("bench.{}", i % 16), payload.clone())
+                .await?,
+        );
         if acks.len() == 1000 {
             for ack in acks.drain(..) {
                 ack.await?;
@@ -82,11 +95,19 @@ fn consumer_config(name: &str) -> pull::Config {
 }
 
 /// Waits until `consumer` has delivered and seen acked every message; returns msgs/s from `start`.
-async fn wait_drained(js: &jetstream::Context, consumer: &str, n: usize, start: Instant) -> anyhow::Result<f64> {
+async fn wait_drained(
+    js: &jetstream::Context,
+    consumer: &str,
+    n: usize,
+    start: Instant,
+) -> anyhow::Result<f64> {
     let stream = js.get_stream(STREAM).await?;
     loop {
         let info = stream.consumer_info(consumer).await?;
-        if info.num_pending == 0 && info.num_ack_pending == 0 && info.ack_floor.stream_sequence as usize >= n {
+        if info.num_pending == 0
+            && info.num_ack_pending == 0
+            && info.ack_floor.stream_sequence as usize >= n
+        {
             return Ok(n as f64 / start.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -95,9 +116,17 @@ async fn wait_drained(js: &jetstream::Context, consumer: &str, n: usize, start: 
 
 /// The baseline: a plain pull consumer that acks each message as it arrives.
 async fn drain_native(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Result<f64> {
-    let consumer = js.get_stream(STREAM).await?.create_consumer(consumer_config(name)).await?;
+    let consumer = js
+        .get_stream(STREAM)
+        .await?
+        .create_consumer(consumer_config(name))
+        .await?;
     let start = Instant::now();
-    let mut messages = consumer.stream().max_messages_per_batch(256).messages().await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(256)
+        .messages()
+        .await?;
     let mut seen = 0;
     while seen < n {
         let message = messages.next().await.expect("stream ended")?;
@@ -109,7 +138,10 @@ async fn drain_native(js: &jetstream::Context, name: &str, n: usize) -> anyhow::
 
 /// The host: the no-op component bound to its own consumer, in this process.
 async fn drain_host(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Result<f64> {
-    js.get_stream(STREAM).await?.create_consumer(consumer_config(name)).await?;
+    js.get_stream(STREAM)
+        .await?
+        .create_consumer(consumer_config(name))
+        .await?;
     let config = host_config(name)?;
     let bindings = jetwasm::run::load_handlers(&config, js, &Metrics::new()).await?;
     let shutdown = CancellationToken::new();
@@ -117,7 +149,14 @@ async fn drain_host(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Re
     let start = Instant::now();
     let loops: Vec<_> = bindings
         .into_iter()
-        .map(|b| tokio::spawn(jetwasm::consumer::run(b, js.clone(), shutdown.clone(), calls.clone())))
+        .map(|b| {
+            tokio::spawn(jetwasm::consumer::run(
+                b,
+                js.clone(),
+                shutdown.clone(),
+                calls.clone(),
+            ))
+        })
         .collect();
     let rate = wait_drained(js, name, n, start).await?;
     shutdown.cancel();
@@ -144,8 +183,12 @@ consumer = "{consumer}"
 }
 
 /// p50 and p99 of one sandboxed call on the no-op handler, one at a time.
-async fn call_overhead(js: &jetstream::Context, calls: usize) -> anyhow::Result<(Duration, Duration)> {
-    let bindings = jetwasm::run::load_handlers(&host_config("unused")?, js, &Metrics::new()).await?;
+async fn call_overhead(
+    js: &jetstream::Context,
+    calls: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let bindings =
+        jetwasm::run::load_handlers(&host_config("unused")?, js, &Metrics::new()).await?;
     let dispatcher = &bindings[0].dispatcher;
     let message = Message {
         subject: "bench.1".into(),

@@ -1,0 +1,97 @@
+//! The demo's order source and scoreboard: publishes a mix of orders to `orders.created`
+//! (mostly valid, some malformed, some hitting "inventory busy"), then follows the host's
+//! `/metrics` and prints what became of them until the consumer has nothing pending.
+//!
+//! `cargo run --example demo_orders -- [ORDERS] [METRICS_URL]` (defaults: 40,
+//! `127.0.0.1:9090`); the NATS URL comes from `NATS_URL`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn order(i: usize) -> String {
+    match i % 10 {
+        // Malformed: dead-lettered at once with the reason.
+        3 => format!(r#"{{"id":"o-{i}","items":[{{"sku":"B2","qty":1}}],"total":4.5}}"#),
+        7 => "{\"id\": \"o-broken\", ".to_owned(),
+        // Inventory busy: retried after a delay, dead-lettered once deliveries run out.
+        9 => format!(
+            r#"{{"id":"o-{i}","customer":"c-9","items":[{{"sku":"C3","qty":2}}],"total":12.0,"inventory_busy":true}}"#
+        ),
+        _ => format!(
+            r#"{{"id":"o-{i}","customer":"c-{}","items":[{{"sku":"A1","qty":{}}}],"total":{}.5}}"#,
+            i % 13,
+            1 + i % 3,
+            10 + i
+        ),
+    }
+}
+
+/// `(processed, retried, dead-lettered)` from the host's metrics.
+fn scoreboard(metrics: &str) -> anyhow::Result<(u64, u64, u64)> {
+    let mut stream = TcpStream::connect(metrics)?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let sample = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let processed = sample("jetwasm_messages_total{handler=\"orders\",outcome=\"ack\"}");
+    let retried = sample("jetwasm_messages_total{handler=\"orders\",outcome=\"nak\"}");
+    let dead = sample("jetwasm_dead_letters_total{handler=\"orders\"}");
+    Ok((processed, retried, dead))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let count: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(40);
+    let metrics = args.next().unwrap_or_else(|| "127.0.0.1:9090".to_owned());
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+
+    let before = scoreboard(&metrics)?;
+    let mut sequences = Vec::with_capacity(count);
+    for i in 0..count {
+        let ack = js.publish("orders.created", order(i).into()).await?.await?;
+        sequences.push(ack.sequence);
+    }
+    println!(
+        "published {count} orders to orders.created (ORDERS seq {}..{}): 3 in 10 are malformed or busy",
+        sequences.first().unwrap_or(&0),
+        sequences.last().unwrap_or(&0)
+    );
+    let started = Instant::now();
+    let mut last = None;
+    loop {
+        let (processed, retried, dead) = scoreboard(&metrics)?;
+        let now = (processed - before.0, retried - before.1, dead - before.2);
+        if last != Some(now) {
+            println!(
+                "published {count} | processed {} | retried {} | dead-lettered {}",
+                now.0, now.1, now.2
+            );
+            last = Some(now);
+        }
+        let info = js
+            .get_stream("ORDERS")
+            .await?
+            .consumer_info("orders-processor")
+            .await?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            println!(
+                "every order accounted for in {:.1?}: nothing pending on ORDERS/orders-processor",
+                started.elapsed()
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "orders still unaccounted for after 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
