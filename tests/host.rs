@@ -677,3 +677,36 @@ async fn the_host_recovers_when_the_server_restarts_without_being_restarted_itse
     setup.drained(Duration::from_secs(60), &host).await;
     assert_eq!(setup.count("ORDERS", "orders.processed").await, 200);
 }
+
+#[test]
+fn check_says_whether_a_component_fits_without_nats() {
+    let bin = harness::workspace_bin("jetwasm").unwrap();
+    let ok = std::process::Command::new(&bin)
+        .arg("check")
+        .arg(handler_wasm("orders"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("fits the handler world"), "{stdout}");
+
+    let bad = std::process::Command::new(&bin)
+        .arg("check")
+        .arg(handler_wasm("fixture_publisher"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr.contains("fixture_publisher.wasm does not fit the handler world"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("handle"),
+        "names the missing export: {stderr}"
+    );
+}
