@@ -37,6 +37,11 @@ storage = "memory"
 name = "PAYMENTS"
 subjects = ["payments.*"]
 storage = "memory"
+
+[[stream]]
+name = "TICKS"
+subjects = ["ticks.>"]
+storage = "memory"
 "#
     )
 }
@@ -83,6 +88,37 @@ publish = ["orders.processed"]
             streams = self.dir.path().join("streams.toml").display(),
             component = component.display(),
         )
+    }
+
+    /// A host config running `component` as a timer publisher `p` (no handlers).
+    fn publisher_config(&self, component: &Path, publisher: &str) -> String {
+        format!(
+            r#"
+streams = "{streams}"
+
+[runtime]
+http = "{{http}}"
+
+[[publisher]]
+name = "p"
+component = "{component}"
+publish = ["orders.created", "ticks.>"]
+{publisher}
+"#,
+            streams = self.dir.path().join("streams.toml").display(),
+            component = component.display(),
+        )
+    }
+
+    /// Every message in `stream`, oldest first.
+    async fn messages(&self, stream: &str) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let mut handle = self.stream(stream).await;
+        let last = handle.info().await.unwrap().state.last_sequence;
+        let mut all = Vec::new();
+        for seq in 1..=last {
+            all.push(handle.get_raw_message(seq).await.unwrap());
+        }
+        all
     }
 
     async fn host(&self, component: &str, handler: &str) -> Host {
@@ -137,13 +173,7 @@ publish = ["orders.processed"]
 
     /// Every dead-letter record, oldest first.
     async fn dead_letters(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
-        let mut stream = self.stream("DEADLETTER").await;
-        let last = stream.info().await.unwrap().state.last_sequence;
-        let mut records = Vec::new();
-        for seq in 1..=last {
-            records.push(stream.get_raw_message(seq).await.unwrap());
-        }
-        records
+        self.messages("DEADLETTER").await
     }
 
     /// Waits for `n` dead-letter records.
@@ -709,4 +739,114 @@ fn check_says_whether_a_component_fits_without_nats() {
         stderr.contains("handle"),
         "names the missing export: {stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_publisher_publishes_once_per_tick_with_derived_ids() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let config = setup.publisher_config(
+        &handler_wasm("orders_generator"),
+        "every = \"200ms\"\nconfig = { invalid_every = 5 }",
+    );
+    let mut host = Host::start(&setup.server.url, &config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    host.terminate().unwrap();
+    assert!(host
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .success());
+
+    let messages = setup.messages("ORDERS").await;
+    assert!(
+        messages.len() >= 5,
+        "about ten ticks in 2s, got {}",
+        messages.len()
+    );
+    for (i, message) in messages.iter().enumerate() {
+        let seq = i + 1;
+        assert_eq!(
+            message.headers.get("Nats-Msg-Id").unwrap().as_str(),
+            format!("gen-{seq}")
+        );
+        let order: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(order["id"], format!("gen-{seq}"));
+        // Every fifth order is deliberately invalid (no customer), for the dead-letter path.
+        assert_eq!(order.get("customer").is_none(), seq % 5 == 0, "{order}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_tick_never_overlaps_the_next_and_missed_ticks_are_counted() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let config = setup.publisher_config(
+        &handler_wasm("fixture_slow_publisher"),
+        "every = \"100ms\"\nconfig = { sleep_ms = 300 }",
+    );
+    let mut host = Host::start(&setup.server.url, &config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let missed = host
+        .metric("jetwasm_publisher_missed_ticks_total{publisher=\"p\"}")
+        .unwrap();
+    host.terminate().unwrap();
+    assert!(host
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .success());
+
+    let payloads: Vec<String> = setup
+        .messages("TICKS")
+        .await
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert!(payloads.len() >= 6, "{payloads:?}");
+    assert_eq!(
+        payloads.len() % 2,
+        0,
+        "every started tick finished, even at shutdown: {payloads:?}"
+    );
+    let mut last_seq = 0;
+    for pair in payloads.chunks(2) {
+        let seq: u64 = pair[0]
+            .strip_prefix("start:")
+            .expect("a tick starts")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            pair[1],
+            format!("end:{seq}"),
+            "the tick ends before the next starts: {payloads:?}"
+        );
+        assert!(seq > last_seq, "{payloads:?}");
+        last_seq = seq;
+    }
+    assert!(
+        missed >= 2.0,
+        "a 300ms tick every 100ms misses firings: {missed}"
+    );
+    let ticks_run = (payloads.len() / 2) as u64;
+    assert!(
+        last_seq > ticks_run,
+        "tick numbers count the missed firings: {payloads:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_of_the_wrong_world_is_rejected() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let config = setup.publisher_config(&handler_wasm("noop"), "every = \"1s\"");
+    let mut host = Host::spawn(&setup.server.url, &config).unwrap();
+    assert!(!host
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .success());
+    let log = host.log();
+    assert!(
+        log.contains("publisher p") && log.contains("does not fit the publisher world"),
+        "{log}"
+    );
+    assert!(log.contains("on-tick"), "names the missing export: {log}");
 }

@@ -1,4 +1,6 @@
-//! Host-side bindings generated from `wit/`: the `handler` world, with async imports.
+//! Host-side bindings generated from `wit/`, with async imports: the `handler` world at the
+//! top level, the `publisher` world in [`publisher`] (sharing the same import interfaces, so
+//! one linker serves both).
 
 wasmtime::component::bindgen!({
     world: "handler",
@@ -7,4 +9,20 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use jetwasm::runtime::types::{PublishAck, PublishError};
+pub use jetwasm::runtime::types::{PublishAck, PublishError, Tick};
+
+/// The `publisher` world: exports called by host timers.
+pub mod publisher {
+    wasmtime::component::bindgen!({
+        world: "publisher",
+        path: "../wit",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "jetwasm:runtime/types": super::jetwasm::runtime::types,
+            "jetwasm:runtime/log": super::jetwasm::runtime::log,
+            "jetwasm:runtime/config": super::jetwasm::runtime::config,
+            "jetwasm:runtime/publish": super::jetwasm::runtime::publish,
+        },
+    });
+}

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -30,6 +31,9 @@ pub struct Config {
     /// The handlers to run.
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerConfig>,
+    /// The publishers to run.
+    #[serde(default, rename = "publisher")]
+    pub publishers: Vec<PublisherConfig>,
 }
 
 /// `[nats]`.
@@ -157,6 +161,104 @@ pub struct HandlerConfig {
     pub config: BTreeMap<String, toml::Value>,
 }
 
+/// One `[[publisher]]`: a component called on a schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherConfig {
+    /// Name used in logs, metrics and derived message ids.
+    pub name: String,
+    /// Path to the `.wasm` component (the `publisher` world).
+    pub component: PathBuf,
+    /// Fire at this interval.
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+    /// Fire on this cron schedule, in UTC, seconds first: `"0/5 * * * * *"`.
+    pub cron: Option<String>,
+    /// Subjects (wildcards allowed) the publisher may publish to. Empty: none.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Limits for each tick.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    /// Values the component reads through the `config` import.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+/// What handlers and publishers share: a component with a name, an allow-list, limits and
+/// a `config` table.
+pub trait ComponentConfig {
+    /// `handler NAME` or `publisher NAME`, for error messages.
+    fn label(&self) -> String;
+    /// The component's name.
+    fn name(&self) -> &str;
+    /// Subjects it may publish to.
+    fn publish(&self) -> &[String];
+    /// Its `config` table.
+    fn config(&self) -> &BTreeMap<String, toml::Value>;
+    /// Its own limits.
+    fn limit_overrides(&self) -> &LimitOverrides;
+
+    /// The `config` table as the strings the component reads, sorted by key.
+    fn config_strings(&self) -> Vec<(String, String)> {
+        self.config()
+            .iter()
+            .filter_map(|(k, v)| config_value(v).map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    /// True when the component may publish to `subject`.
+    fn may_publish(&self, subject: &str) -> bool {
+        may_publish(self.publish(), subject)
+    }
+}
+
+/// True when `subject` is inside one of `allowed` and outside every reserved subject.
+pub fn may_publish(allowed: &[String], subject: &str) -> bool {
+    allowed
+        .iter()
+        .any(|a| stream_init::subject::is_subset(subject, a))
+        && !RESERVED_SUBJECTS
+            .iter()
+            .any(|r| stream_init::subject::overlaps(subject, r))
+}
+
+impl ComponentConfig for HandlerConfig {
+    fn label(&self) -> String {
+        format!("handler {}", self.name)
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn publish(&self) -> &[String] {
+        &self.publish
+    }
+    fn config(&self) -> &BTreeMap<String, toml::Value> {
+        &self.config
+    }
+    fn limit_overrides(&self) -> &LimitOverrides {
+        &self.limits
+    }
+}
+
+impl ComponentConfig for PublisherConfig {
+    fn label(&self) -> String {
+        format!("publisher {}", self.name)
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn publish(&self) -> &[String] {
+        &self.publish
+    }
+    fn config(&self) -> &BTreeMap<String, toml::Value> {
+        &self.config
+    }
+    fn limit_overrides(&self) -> &LimitOverrides {
+        &self.limits
+    }
+}
+
 /// Subjects no guest may publish to, whatever its allow-list says.
 pub const RESERVED_SUBJECTS: [&str; 3] = ["$JS.>", "$SYS.>", "_INBOX.>"];
 
@@ -196,14 +298,17 @@ impl Config {
         };
         self.streams.iter_mut().for_each(resolve);
         self.nats.creds.iter_mut().for_each(resolve);
+        self.publishers
+            .iter_mut()
+            .for_each(|p| resolve(&mut p.component));
         self.handlers
             .iter_mut()
             .for_each(|h| resolve(&mut h.component));
     }
 
-    /// The limits `handler` runs with.
-    pub fn limits(&self, handler: &HandlerConfig) -> Limits {
-        handler.limits.over(self.runtime.limits)
+    /// The limits a handler or publisher runs with.
+    pub fn limits(&self, component: &dyn ComponentConfig) -> Limits {
+        component.limit_overrides().over(self.runtime.limits)
     }
 
     fn problems(&self) -> Vec<String> {
@@ -218,73 +323,79 @@ impl Config {
             ));
         }
         let mut names = BTreeSet::new();
-        for (i, h) in self.handlers.iter().enumerate() {
-            let at = if h.name.is_empty() {
-                format!("handler #{}", i + 1)
-            } else {
-                format!("handler {}", h.name)
-            };
-            if h.name.is_empty() {
+        let components = self.handlers.iter().map(|h| h as &dyn ComponentConfig);
+        let components =
+            components.chain(self.publishers.iter().map(|p| p as &dyn ComponentConfig));
+        for component in components {
+            let at = component.label();
+            if component.name().is_empty() {
                 problems.push(format!("{at}: `name` must not be empty"));
+            } else if !names.insert(component.name()) {
+                problems.push(format!("{at}: the name is used more than once"));
             }
-            if !names.insert(h.name.as_str()) {
-                problems.push(format!("{at}: declared more than once"));
-            }
-            for subject in &h.publish {
-                if let Err(why) = stream_init::subject::validate(subject) {
-                    problems.push(format!("{at}: publish subject {subject:?} {why}"));
-                } else if let Some(reserved) = RESERVED_SUBJECTS
-                    .iter()
-                    .find(|r| stream_init::subject::overlaps(subject, r))
-                {
-                    problems.push(format!(
-                        "{at}: publish subject {subject:?} overlaps the reserved {reserved}"
-                    ));
+            problems.extend(
+                self.component_problems(component)
+                    .into_iter()
+                    .map(|p| format!("{at}: {p}")),
+            );
+        }
+        for publisher in &self.publishers {
+            let at = publisher.label();
+            match (&publisher.every, &publisher.cron) {
+                (None, None) => problems.push(format!("{at}: set `every` or `cron`")),
+                (Some(_), Some(_)) => {
+                    problems.push(format!("{at}: set `every` or `cron`, not both"))
                 }
-            }
-            let limits = self.limits(h);
-            if limits.max_in_flight == 0 {
-                problems.push(format!("{at}: limits.max_in_flight must be at least 1"));
-            }
-            if limits.cpu_time < crate::engine::EPOCH_TICK {
-                problems.push(format!("{at}: limits.cpu_time must be at least 10ms"));
-            }
-            if limits.timeout < crate::engine::EPOCH_TICK {
-                problems.push(format!("{at}: limits.timeout must be at least 10ms"));
-            }
-            if limits.memory < ByteSize::mib(1) {
-                problems.push(format!("{at}: limits.memory must be at least 1MiB"));
-            }
-            for (key, value) in &h.config {
-                if config_value(value).is_none() {
-                    problems.push(format!(
-                        "{at}: config.{key} must be a string, number or boolean, not a {}",
-                        value.type_str()
-                    ));
+                (Some(every), None) if *every < Duration::from_millis(10) => {
+                    problems.push(format!("{at}: `every` must be at least 10ms"))
                 }
+                (None, Some(cron)) => {
+                    if let Err(e) = cron::Schedule::from_str(cron) {
+                        problems.push(format!("{at}: cron {cron:?}: {e}"));
+                    }
+                }
+                _ => {}
             }
         }
         problems
     }
-}
 
-impl HandlerConfig {
-    /// The `config` table as the strings the component reads, sorted by key.
-    pub fn config_strings(&self) -> Vec<(String, String)> {
-        self.config
-            .iter()
-            .filter_map(|(k, v)| config_value(v).map(|v| (k.clone(), v)))
-            .collect()
-    }
-
-    /// True when this handler may publish to `subject`.
-    pub fn may_publish(&self, subject: &str) -> bool {
-        self.publish
-            .iter()
-            .any(|allowed| stream_init::subject::is_subset(subject, allowed))
-            && !RESERVED_SUBJECTS
+    fn component_problems(&self, component: &dyn ComponentConfig) -> Vec<String> {
+        let mut problems = Vec::new();
+        for subject in component.publish() {
+            if let Err(why) = stream_init::subject::validate(subject) {
+                problems.push(format!("publish subject {subject:?} {why}"));
+            } else if let Some(reserved) = RESERVED_SUBJECTS
                 .iter()
-                .any(|r| stream_init::subject::overlaps(subject, r))
+                .find(|r| stream_init::subject::overlaps(subject, r))
+            {
+                problems.push(format!(
+                    "publish subject {subject:?} overlaps the reserved {reserved}"
+                ));
+            }
+        }
+        let limits = self.limits(component);
+        if limits.max_in_flight == 0 {
+            problems.push("limits.max_in_flight must be at least 1".to_owned());
+        }
+        if limits.cpu_time < crate::engine::EPOCH_TICK {
+            problems.push("limits.cpu_time must be at least 10ms".to_owned());
+        }
+        if limits.timeout < crate::engine::EPOCH_TICK {
+            problems.push("limits.timeout must be at least 10ms".to_owned());
+        }
+        if limits.memory < ByteSize::mib(1) {
+            problems.push("limits.memory must be at least 1MiB".to_owned());
+        }
+        for (key, value) in component.config() {
+            if config_value(value).is_none() {
+                problems.push(format!(
+                    "config.{key} must be a string, number or boolean, not a {}",
+                    value.type_str()
+                ));
+            }
+        }
+        problems
     }
 }
 

@@ -16,13 +16,13 @@ use crate::guest_output::GuestOutput;
 use crate::limiter::MemoryLimiter;
 use crate::publishing::publish_acked;
 
-/// What a handler's imports may see and do; shared by all its calls.
-pub struct HandlerEnv {
-    /// The handler's name, for logs and derived message ids.
+/// What a component's imports may see and do; shared by all its calls.
+pub struct ComponentEnv {
+    /// The component's name (handler or publisher), for logs and derived message ids.
     pub name: Arc<str>,
     /// The `config` table, sorted by key.
     pub config: Vec<(String, String)>,
-    /// Subjects the handler may publish to (already checked against reserved ones).
+    /// Whether the component may publish to a subject.
     pub may_publish: Box<dyn Fn(&str) -> bool + Send + Sync>,
     /// Most publishes per call.
     pub max_publishes: u32,
@@ -30,13 +30,21 @@ pub struct HandlerEnv {
     pub js: jetstream::Context,
 }
 
-/// The message a call is processing, for log fields and derived message ids.
+/// What a call is working on, for log fields and derived message ids: `ORDERS:42` for the
+/// message at sequence 42 of ORDERS, `tick:7` for a publisher's seventh tick.
 #[derive(Debug, Clone)]
-pub struct Origin {
-    /// Stream of the message.
-    pub stream: String,
-    /// Its stream sequence.
-    pub seq: u64,
+pub struct Origin(String);
+
+impl Origin {
+    /// A handler call on the message at `seq` in `stream`.
+    pub fn message(stream: &str, seq: u64) -> Self {
+        Origin(format!("{stream}:{seq}"))
+    }
+
+    /// A publisher's timer tick number `seq`.
+    pub fn tick(seq: u64) -> Self {
+        Origin(format!("tick:{seq}"))
+    }
 }
 
 /// Store data for one call: a fresh one per message.
@@ -47,14 +55,14 @@ pub struct HostState {
     pub limiter: MemoryLimiter,
     /// Set when the host interrupts the call, saying why.
     pub interrupted: Option<crate::dispatch::Failure>,
-    env: Arc<HandlerEnv>,
+    env: Arc<ComponentEnv>,
     origin: Origin,
     published: u32,
 }
 
 impl HostState {
     /// Store data for a call of `env`'s handler on the message at `origin`.
-    pub fn new(env: Arc<HandlerEnv>, origin: Origin, memory_limit: usize) -> Self {
+    pub fn new(env: Arc<ComponentEnv>, origin: Origin, memory_limit: usize) -> Self {
         let wasi = WasiCtx::builder()
             .stdout(GuestOutput::new(env.name.clone(), "stdout"))
             .stderr(GuestOutput::new(env.name.clone(), "stderr"))
@@ -92,13 +100,13 @@ impl types::Host for HostState {}
 
 impl log::Host for HostState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        let (handler, stream, seq) = (&*self.env.name, &self.origin.stream, self.origin.seq);
+        let (component, origin) = (&*self.env.name, &self.origin.0);
         match level {
-            log::Level::Trace => tracing::trace!(handler, stream, seq, "{message}"),
-            log::Level::Debug => tracing::debug!(handler, stream, seq, "{message}"),
-            log::Level::Info => tracing::info!(handler, stream, seq, "{message}"),
-            log::Level::Warn => tracing::warn!(handler, stream, seq, "{message}"),
-            log::Level::Error => tracing::error!(handler, stream, seq, "{message}"),
+            log::Level::Trace => tracing::trace!(component, origin, "{message}"),
+            log::Level::Debug => tracing::debug!(component, origin, "{message}"),
+            log::Level::Info => tracing::info!(component, origin, "{message}"),
+            log::Level::Warn => tracing::warn!(component, origin, "{message}"),
+            log::Level::Error => tracing::error!(component, origin, "{message}"),
         }
         Ok(())
     }
@@ -167,10 +175,11 @@ impl publish::Host for HostState {
     }
 }
 
-/// `handler:stream:seq:n`: the same for every delivery of a message, so a redelivery's
-/// publishes are dropped as duplicates within the stream's duplicate window.
-fn derived_msg_id(handler: &str, origin: &Origin, n: u32) -> String {
-    format!("{handler}:{}:{}:{n}", origin.stream, origin.seq)
+/// `name:origin:n` (e.g. `orders:ORDERS:42:1`, `generator:tick:7:1`): the same for every
+/// delivery of a message, so a redelivery's publishes are dropped as duplicates within the
+/// stream's duplicate window.
+fn derived_msg_id(name: &str, origin: &Origin, n: u32) -> String {
+    format!("{name}:{}:{n}", origin.0)
 }
 
 fn header_map(headers: Vec<(String, String)>) -> Result<HeaderMap, String> {
@@ -196,11 +205,9 @@ mod tests {
 
     #[test]
     fn derived_ids_are_stable_per_message_and_distinct_per_publish() {
-        let origin = Origin {
-            stream: "ORDERS".into(),
-            seq: 42,
-        };
+        let origin = Origin::message("ORDERS", 42);
         assert_eq!(derived_msg_id("orders", &origin, 1), "orders:ORDERS:42:1");
+        assert_eq!(derived_msg_id("gen", &Origin::tick(7), 2), "gen:tick:7:2");
         assert_ne!(
             derived_msg_id("orders", &origin, 1),
             derived_msg_id("orders", &origin, 2)

@@ -7,6 +7,7 @@
 
 pub mod ack;
 pub mod bindings;
+pub mod components;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
@@ -17,7 +18,9 @@ pub mod http;
 pub mod imports;
 pub mod limiter;
 pub mod metrics;
+pub mod publisher;
 pub mod publishing;
 pub mod registry;
 pub mod run;
+pub mod sandbox;
 pub mod watchdog;

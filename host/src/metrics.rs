@@ -22,6 +22,43 @@ pub struct Metrics {
     pending: IntGaugeVec,
     /// `jetwasm_consumer_ack_pending{handler}`: delivered, not yet acked.
     ack_pending: IntGaugeVec,
+    /// `jetwasm_publisher_ticks_total{publisher, outcome}`.
+    ticks: IntCounterVec,
+    /// `jetwasm_publisher_missed_ticks_total{publisher}`.
+    missed_ticks: IntCounterVec,
+}
+
+/// One publisher's metrics, resolved once.
+#[derive(Clone)]
+pub struct PublisherMetrics {
+    ticks: Vec<(&'static str, IntCounter)>,
+    /// Firings skipped because the previous tick was still running.
+    pub missed_ticks: IntCounter,
+}
+
+impl PublisherMetrics {
+    /// Counts one tick with outcome `kind` (one of [`tick_outcome::ALL`]).
+    pub fn count(&self, kind: &str) {
+        if let Some((_, counter)) = self.ticks.iter().find(|(k, _)| *k == kind) {
+            counter.inc();
+        }
+    }
+}
+
+/// Tick outcome label values.
+pub mod tick_outcome {
+    /// Every tick outcome.
+    pub const ALL: [&str; 5] = [OK, ERROR, TRAP, TIMEOUT, MEMORY];
+    /// The tick returned `ok`.
+    pub const OK: &str = "ok";
+    /// The tick returned an error.
+    pub const ERROR: &str = "error";
+    /// The guest trapped.
+    pub const TRAP: &str = "trap";
+    /// The guest ran past a time limit.
+    pub const TIMEOUT: &str = "timeout";
+    /// The guest hit its memory cap.
+    pub const MEMORY: &str = "memory";
 }
 
 /// One handler's metrics, resolved once so the per-message path does no label lookups.
@@ -119,6 +156,22 @@ impl Metrics {
             &["handler"],
         )
         .expect("valid metric");
+        let ticks = IntCounterVec::new(
+            Opts::new(
+                "jetwasm_publisher_ticks_total",
+                "Publisher ticks run, by outcome",
+            ),
+            &["publisher", "outcome"],
+        )
+        .expect("valid metric");
+        let missed_ticks = IntCounterVec::new(
+            Opts::new(
+                "jetwasm_publisher_missed_ticks_total",
+                "Timer firings skipped because the previous tick was still running",
+            ),
+            &["publisher"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(outcomes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -126,6 +179,8 @@ impl Metrics {
             Box::new(dead_letters.clone()),
             Box::new(pending.clone()),
             Box::new(ack_pending.clone()),
+            Box::new(ticks.clone()),
+            Box::new(missed_ticks.clone()),
         ] {
             registry
                 .register(collector)
@@ -139,6 +194,19 @@ impl Metrics {
             dead_letters,
             pending,
             ack_pending,
+            ticks,
+            missed_ticks,
+        }
+    }
+
+    /// The metrics of publisher `name`, every counter starting at zero.
+    pub fn publisher(&self, name: &str) -> PublisherMetrics {
+        PublisherMetrics {
+            ticks: tick_outcome::ALL
+                .iter()
+                .map(|kind| (*kind, self.ticks.with_label_values(&[name, kind])))
+                .collect(),
+            missed_ticks: self.missed_ticks.with_label_values(&[name]),
         }
     }
 

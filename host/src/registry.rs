@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
+use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::imports::HostState;
 
@@ -16,6 +17,20 @@ use crate::imports::HostState;
 pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 /// Longest a component may take to compile.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Reads, compiles and checks the component at `path` against the `publisher` world.
+pub async fn load_publisher(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    path: &Path,
+) -> anyhow::Result<PublisherPre<HostState>> {
+    let component = compile(engine, path).await?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(anyhow::Error::from);
+    pre.and_then(|pre| PublisherPre::new(pre).map_err(anyhow::Error::from))
+        .with_context(|| format!("{} does not fit the publisher world", path.display()))
+}
 
 /// Reads, compiles and checks the component at `path` against the `handler` world.
 pub async fn load_handler(

@@ -1,5 +1,6 @@
-//! `jetwasm run`: connect, set up streams, load and check every handler, bind the consumers,
-//! serve metrics, and on SIGTERM/SIGINT stop pulling and let in-flight calls finish.
+//! `jetwasm run`: connect, set up streams, load and check every component, bind the
+//! consumers, start the publishers' timers, serve metrics, and on SIGTERM/SIGINT stop pulling
+//! and ticking and let in-flight calls finish.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,12 +12,11 @@ use stream_init::connect::NatsArgs;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::components::{self, Components};
 use crate::config::Config;
-use crate::consumer::{self, Binding};
-use crate::dispatch::Dispatcher;
-use crate::imports::HandlerEnv;
+use crate::consumer;
 use crate::metrics::Metrics;
-use crate::{engine, http, imports, registry};
+use crate::{http, publisher};
 
 /// What `jetwasm run` was asked to do.
 #[derive(Debug, Clone)]
@@ -45,8 +45,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
 
     let metrics = Metrics::new();
-    let bindings = load_handlers(&config, &js, &metrics).await?;
-    for binding in &bindings {
+    let Components {
+        handlers,
+        publishers,
+    } = components::load(&config, &js, &metrics).await?;
+    for binding in &handlers {
         consumer::check_bindable(&js, binding).await?;
     }
 
@@ -62,7 +65,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
 
     let calls = TaskTracker::new();
-    let loops: Vec<_> = bindings
+    let loops: Vec<_> = handlers
         .into_iter()
         .map(|binding| {
             tokio::spawn(consumer::run(
@@ -73,8 +76,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             ))
         })
         .collect();
+    let (handler_count, publisher_count) = (loops.len(), publishers.len());
+    for publisher in publishers {
+        calls.spawn(publisher::run(publisher, shutdown.clone()));
+    }
     ready.store(true, Ordering::SeqCst);
-    tracing::info!(handlers = loops.len(), "jetwasm running");
+    tracing::info!(
+        handlers = handler_count,
+        publishers = publisher_count,
+        "jetwasm running"
+    );
 
     shutdown_signal().await?;
     ready.store(false, Ordering::SeqCst);
@@ -112,54 +123,6 @@ async fn set_up_streams(
         tracing::info!(file = %file.display(), "stream-init: {line}");
     }
     Ok(())
-}
-
-/// Loads every handler's component, checks it against the `handler` world, and prepares
-/// its binding (not yet bound: see [`consumer::run`]).
-pub async fn load_handlers(
-    config: &Config,
-    js: &jetstream::Context,
-    metrics: &Metrics,
-) -> anyhow::Result<Vec<Arc<Binding>>> {
-    let limits: Vec<_> = config.handlers.iter().map(|h| config.limits(h)).collect();
-    let pool = engine::PoolSize {
-        instances: limits.iter().map(|l| l.max_in_flight as u32).sum::<u32>() + 16,
-        max_memory: limits
-            .iter()
-            .map(|l| l.memory.as_u64() as usize)
-            .max()
-            .unwrap_or(64 << 20),
-    };
-    let engine = engine::new(pool)?;
-    let linker = imports::linker(&engine)?;
-    let mut bindings = Vec::new();
-    for (handler, limits) in config.handlers.iter().zip(limits) {
-        let pre = registry::load_handler(&engine, &linker, &handler.component)
-            .await
-            .with_context(|| format!("handler {}", handler.name))?;
-        let name: Arc<str> = handler.name.as_str().into();
-        let allowed = handler.clone();
-        let env = Arc::new(HandlerEnv {
-            name: name.clone(),
-            config: handler.config_strings(),
-            may_publish: Box::new(move |subject| allowed.may_publish(subject)),
-            max_publishes: limits.max_publishes,
-            js: js.clone(),
-        });
-        tracing::info!(handler = %name, component = %handler.component.display(), "handler loaded");
-        bindings.push(Arc::new(Binding {
-            name,
-            dispatcher: Dispatcher::new(pre, env, limits),
-            stream: handler.stream.clone(),
-            consumer: handler.consumer.clone(),
-            dead_letter: config.runtime.dead_letter.clone(),
-            confirm_acks: handler.confirm_acks,
-            max_in_flight: limits.max_in_flight,
-            max_message_size: limits.max_message_size.as_u64() as usize,
-            metrics: metrics.handler(&handler.name),
-        }));
-    }
-    Ok(bindings)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -143,7 +143,9 @@ async fn drain_host(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Re
         .create_consumer(consumer_config(name))
         .await?;
     let config = host_config(name)?;
-    let bindings = jetwasm::run::load_handlers(&config, js, &Metrics::new()).await?;
+    let bindings = jetwasm::components::load(&config, js, &Metrics::new())
+        .await?
+        .handlers;
     let shutdown = CancellationToken::new();
     let calls = TaskTracker::new();
     let start = Instant::now();
@@ -187,8 +189,9 @@ async fn call_overhead(
     js: &jetstream::Context,
     calls: usize,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let bindings =
-        jetwasm::run::load_handlers(&host_config("unused")?, js, &Metrics::new()).await?;
+    let bindings = jetwasm::components::load(&host_config("unused")?, js, &Metrics::new())
+        .await?
+        .handlers;
     let dispatcher = &bindings[0].dispatcher;
     let message = Message {
         subject: "bench.1".into(),

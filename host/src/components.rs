@@ -1,0 +1,115 @@
+//! Loading every configured component: one engine sized for all of them, each component
+//! compiled and checked against its world, and its environment (config, publish allow-list,
+//! limits) prepared. Nothing is bound or started here.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+
+use crate::config::{self, ComponentConfig, Config, Limits};
+use crate::consumer::Binding;
+use crate::dispatch::Dispatcher;
+use crate::imports::ComponentEnv;
+use crate::metrics::Metrics;
+use crate::publisher::{Schedule, TimerPublisher};
+use crate::{engine, imports, registry};
+
+/// Every configured component, loaded and checked.
+pub struct Components {
+    /// Handlers, ready to bind to their consumers.
+    pub handlers: Vec<Arc<Binding>>,
+    /// Publishers, ready to start their timers.
+    pub publishers: Vec<Arc<TimerPublisher>>,
+}
+
+/// Loads and checks every handler and publisher in `config`. Fails on the first component
+/// that cannot be read, compiled or does not fit its world, naming it.
+pub async fn load(
+    config: &Config,
+    js: &jetstream::Context,
+    metrics: &Metrics,
+) -> anyhow::Result<Components> {
+    let handler_limits: Vec<Limits> = config.handlers.iter().map(|h| config.limits(h)).collect();
+    let publisher_limits: Vec<Limits> =
+        config.publishers.iter().map(|p| config.limits(p)).collect();
+    let all = handler_limits.iter().chain(&publisher_limits);
+    let pool = engine::PoolSize {
+        instances: handler_limits
+            .iter()
+            .map(|l| l.max_in_flight as u32)
+            .sum::<u32>()
+            + publisher_limits.len() as u32
+            + 16,
+        max_memory: all
+            .map(|l| l.memory.as_u64() as usize)
+            .max()
+            .unwrap_or(64 << 20),
+    };
+    let engine = engine::new(pool)?;
+    let linker = imports::linker(&engine)?;
+
+    let mut handlers = Vec::new();
+    for (handler, limits) in config.handlers.iter().zip(handler_limits) {
+        let pre = registry::load_handler(&engine, &linker, &handler.component)
+            .await
+            .with_context(|| handler.label())?;
+        let env = environment(handler, &limits, js);
+        tracing::info!(handler = %handler.name, component = %handler.component.display(), "handler loaded");
+        handlers.push(Arc::new(Binding {
+            name: env.name.clone(),
+            dispatcher: Dispatcher::new(pre, env, limits),
+            stream: handler.stream.clone(),
+            consumer: handler.consumer.clone(),
+            dead_letter: config.runtime.dead_letter.clone(),
+            confirm_acks: handler.confirm_acks,
+            max_in_flight: limits.max_in_flight,
+            max_message_size: limits.max_message_size.as_u64() as usize,
+            metrics: metrics.handler(&handler.name),
+        }));
+    }
+
+    let mut publishers = Vec::new();
+    for (publisher, limits) in config.publishers.iter().zip(publisher_limits) {
+        let pre = registry::load_publisher(&engine, &linker, &publisher.component)
+            .await
+            .with_context(|| publisher.label())?;
+        let schedule = match (&publisher.every, &publisher.cron) {
+            (Some(every), _) => Schedule::Every(*every),
+            (None, Some(cron)) => Schedule::Cron(Box::new(
+                cron::Schedule::from_str(cron).with_context(|| publisher.label())?,
+            )),
+            (None, None) => anyhow::bail!("{}: no schedule", publisher.label()),
+        };
+        let env = environment(publisher, &limits, js);
+        tracing::info!(publisher = %publisher.name, component = %publisher.component.display(), ?schedule, "publisher loaded");
+        publishers.push(Arc::new(TimerPublisher::new(
+            pre,
+            env,
+            limits,
+            schedule,
+            metrics.publisher(&publisher.name),
+        )));
+    }
+    Ok(Components {
+        handlers,
+        publishers,
+    })
+}
+
+/// What a component's imports see: its name, config, allow-list and publish quota.
+fn environment(
+    component: &dyn ComponentConfig,
+    limits: &Limits,
+    js: &jetstream::Context,
+) -> Arc<ComponentEnv> {
+    let allowed = component.publish().to_vec();
+    Arc::new(ComponentEnv {
+        name: component.name().into(),
+        config: component.config_strings(),
+        may_publish: Box::new(move |subject| config::may_publish(&allowed, subject)),
+        max_publishes: limits.max_publishes,
+        js: js.clone(),
+    })
+}

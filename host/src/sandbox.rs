@@ -1,0 +1,147 @@
+//! A fresh sandbox for one call, handler or publisher: a new store with the memory cap, the
+//! CPU-time limit and the wall-clock ceiling applied, and the classification of how a call
+//! failed. Nothing a guest does here can affect the host or another call.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+use crate::config::Limits;
+use crate::engine::EPOCH_TICK;
+use crate::imports::{ComponentEnv, HostState, Origin};
+use crate::limiter::MemoryLimitExceeded;
+
+/// A guest failure; its instance is gone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// A trap or panic in the guest, with wasmtime's description.
+    Trap(String),
+    /// The guest used more CPU time than allowed and was interrupted.
+    CpuTime(Duration),
+    /// The call ran past its wall-clock ceiling and was interrupted.
+    Timeout(Duration),
+    /// The guest tried to grow memory past its cap.
+    Memory(String),
+}
+
+impl Failure {
+    /// A one-line description, used as a dead-letter reason.
+    pub fn describe(&self) -> String {
+        match self {
+            Failure::Trap(what) => format!("trap: {what}"),
+            Failure::CpuTime(limit) => format!("timeout: used more than {limit:?} of CPU time"),
+            Failure::Timeout(limit) => format!("timeout: still running after {limit:?}"),
+            Failure::Memory(what) => what.clone(),
+        }
+    }
+}
+
+/// A new store for one call of `env`'s component on behalf of `origin`, with `limits` applied.
+///
+/// The epoch callback runs at each tick the guest spends executing (never while it is
+/// blocked in a host call): it counts CPU time, yields to other tasks, and interrupts the
+/// guest past either limit, recording why.
+pub fn store(
+    engine: &Engine,
+    env: Arc<ComponentEnv>,
+    origin: Origin,
+    limits: &Limits,
+) -> Store<HostState> {
+    let state = HostState::new(env, origin, limits.memory.as_u64() as usize);
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    let Limits {
+        cpu_time, timeout, ..
+    } = *limits;
+    let deadline = Instant::now() + timeout;
+    let mut cpu_used = Duration::ZERO;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |mut store| {
+        cpu_used += EPOCH_TICK;
+        let over = if Instant::now() >= deadline {
+            Some(Failure::Timeout(timeout))
+        } else if cpu_used > cpu_time {
+            Some(Failure::CpuTime(cpu_time))
+        } else {
+            None
+        };
+        match over {
+            Some(failure) => {
+                store.data_mut().interrupted = Some(failure);
+                Ok(UpdateDeadline::Interrupt)
+            }
+            None => Ok(UpdateDeadline::Yield(1)),
+        }
+    });
+    store
+}
+
+/// Runs `call` (instantiation and the export, on a store from [`store`]) within the wall-clock
+/// ceiling. The epoch callback stops guest code; this also bounds time spent blocked in host
+/// calls. On failure, pass the store's `interrupted` to [`classify`].
+pub async fn within_ceiling<T>(
+    limits: &Limits,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> Result<T, Option<wasmtime::Error>> {
+    match tokio::time::timeout(limits.timeout + Duration::from_secs(1), call).await {
+        Err(_) => Err(None),
+        Ok(result) => result.map_err(Some),
+    }
+}
+
+/// Names what made a call fail: `error` is the call's error (`None` when the wall-clock
+/// ceiling cut it off while blocked), `interrupted` why the host interrupted it, if it did.
+pub fn classify(
+    error: Option<&wasmtime::Error>,
+    interrupted: Option<Failure>,
+    limits: &Limits,
+) -> Failure {
+    let Some(error) = error else {
+        return Failure::Timeout(limits.timeout);
+    };
+    if let Some(memory) = error.downcast_ref::<MemoryLimitExceeded>() {
+        return Failure::Memory(memory.to_string());
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => interrupted.unwrap_or(Failure::Timeout(limits.timeout)),
+        Some(trap) => Failure::Trap(trap.to_string()),
+        None => Failure::Trap(
+            format!("{error:#}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_interrupts_memory_and_other_traps() {
+        let limits = Limits::default();
+        let interrupt = wasmtime::Error::new(Trap::Interrupt);
+        let second = Duration::from_secs(1);
+        let cpu = classify(Some(&interrupt), Some(Failure::CpuTime(second)), &limits);
+        assert_eq!(cpu, Failure::CpuTime(second));
+        let wall = classify(Some(&interrupt), Some(Failure::Timeout(second)), &limits);
+        assert_eq!(wall, Failure::Timeout(second));
+        assert_eq!(
+            classify(None, None, &limits),
+            Failure::Timeout(limits.timeout)
+        );
+        let memory = wasmtime::Error::new(MemoryLimitExceeded {
+            desired: 10,
+            limit: 5,
+        });
+        let failure = classify(Some(&memory), None, &limits);
+        assert!(matches!(failure, Failure::Memory(m) if m.contains("memory limit exceeded")));
+        let unreachable = wasmtime::Error::new(Trap::UnreachableCodeReached);
+        let failure = classify(Some(&unreachable), None, &limits);
+        assert!(matches!(failure, Failure::Trap(t) if t.contains("unreachable")));
+    }
+}
