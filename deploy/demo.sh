@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# The local demo: a JetStream server with its store under .demo/, deploy/streams.toml applied
-# with the dev overlay (run it twice: the second apply finds nothing to change), then the
-# jetwasm host running the orders handler while a batch of orders flows through it.
-# Called by `make demo`, which builds the binaries and components first.
+# The local demo, through `jetwasm up`: a local JetStream (store under .demo/), deploy/streams.toml
+# applied with the dev overlay (run the demo twice: the second time nothing needs to change),
+# the orders handler and the orders generator running, and a batch of orders sent by hand to
+# show processing, retries and dead letters. Called by `make demo`, which builds first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin_dir="${CARGO_TARGET_DIR:-target}/debug"
-nats_server="${NATS_SERVER_BIN:-nats-server}"
 port="${DEMO_NATS_PORT:-4222}"
-monitor="${DEMO_MONITOR_PORT:-8222}"
 state=.demo
 mkdir -p "$state"
 
@@ -18,43 +16,35 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   exit 1
 fi
 
-"$nats_server" -js -a 127.0.0.1 -p "$port" -m "$monitor" -sd "$state/jetstream" >"$state/nats.log" 2>&1 &
-nats_pid=$!
-host_pid=
-cleanup() {
-  [ -n "$host_pid" ] && kill "$host_pid" 2>/dev/null && wait "$host_pid" 2>/dev/null
-  kill "$nats_pid" 2>/dev/null; wait "$nats_pid" 2>/dev/null || true
-}
-trap cleanup EXIT
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
-export NATS_URL="nats://127.0.0.1:$port"
-echo "== JetStream on $NATS_URL (store: $state/jetstream, log: $state/nats.log)"
-
-echo "== stream-init apply --file deploy/streams.toml --env dev"
-"$bin_dir/stream-init" apply --file deploy/streams.toml --env dev
-echo
-echo "== stream-init plan --file deploy/streams.toml --env dev (the server now matches the file)"
-"$bin_dir/stream-init" plan --file deploy/streams.toml --env dev
-
-echo
-echo "== jetwasm run --config deploy/jetwasm.toml (log: $state/jetwasm.log)"
-"$bin_dir/jetwasm" run --config deploy/jetwasm.toml >"$state/jetwasm.log" 2>&1 &
+echo "== jetwasm up --config deploy/jetwasm.toml --data $state (log: $state/jetwasm.log)"
+echo "   a local nats-server with JetStream, stream-init with the dev overlay, the orders handler"
+echo "   and the orders generator (a timer publisher)"
+"$bin_dir/jetwasm" up --config deploy/jetwasm.toml --data "$state" --port "$port" >"$state/jetwasm.log" 2>&1 &
 host_pid=$!
+trap 'kill $host_pid 2>/dev/null; wait $host_pid 2>/dev/null || true' EXIT
 for _ in $(seq 300); do
   if (exec 3<>/dev/tcp/127.0.0.1/9090) 2>/dev/null; then break; fi
   if ! kill -0 "$host_pid" 2>/dev/null; then cat "$state/jetwasm.log" >&2; exit 1; fi
   sleep 0.1
 done
-grep -E "handler loaded|consumer bound" "$state/jetwasm.log" | sed 's/^/   /'
+grep -E "stream-init|streams up to date|loaded|consumer bound" "$state/jetwasm.log" | sed -E 's/^[^ ]+ +[A-Z]+ +//; s/^/   /'
+export NATS_URL="nats://127.0.0.1:$port"
 
 echo
-echo "== orders flowing: valid ones processed, malformed ones dead-lettered, busy ones retried"
+echo "== stream-init plan --file deploy/streams.toml --env dev (the server matches the file)"
+"$bin_dir/stream-init" plan --file deploy/streams.toml --env dev
+
+echo
+echo "== a batch of orders by hand: valid ones processed, malformed ones dead-lettered, busy ones retried"
 "$bin_dir/examples/demo_orders" 40 127.0.0.1:9090
 echo
-echo "== what the host logged about the failures"
-grep -E "dead-lettered" "$state/jetwasm.log" | tail -n 4 | sed 's/^/   /'
+echo "== the last dead letters, as the host logged them"
+grep -E "dead-lettered" "$state/jetwasm.log" | tail -n 4 | sed -E 's/^[^ ]+ +[A-Z]+ +//; s/^/   /'
 echo
-echo "Metrics: http://127.0.0.1:9090/metrics (while the host runs). Stopping the host (SIGTERM)."
+echo "Metrics: curl -s http://127.0.0.1:9090/metrics | grep ^jetwasm"
+if [ -n "${DEMO_KEEP:-}" ]; then
+  echo "Running until Ctrl-C (DEMO_KEEP is set). More orders: NATS_URL=$NATS_URL $bin_dir/examples/demo_orders 10"
+  wait "$host_pid"
+else
+  echo "Stopping (SIGTERM): the host drains, then stops its nats-server. DEMO_KEEP=1 make demo keeps it running."
+fi

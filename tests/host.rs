@@ -763,17 +763,37 @@ async fn a_timer_publisher_publishes_once_per_tick_with_derived_ids() {
         "about ten ticks in 2s, got {}",
         messages.len()
     );
+    let mut ids = std::collections::BTreeSet::new();
     for (i, message) in messages.iter().enumerate() {
         let seq = i + 1;
-        assert_eq!(
-            message.headers.get("Nats-Msg-Id").unwrap().as_str(),
-            format!("gen-{seq}")
-        );
+        // The host derives the message id from the firing's due time: unique across restarts.
+        let id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .as_str()
+            .to_owned();
+        assert!(id.starts_with("p:tick:") && id.ends_with(":1"), "{id}");
+        assert!(ids.insert(id), "message ids are unique");
         let order: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-        assert_eq!(order["id"], format!("gen-{seq}"));
+        let order_id = order["id"].as_str().unwrap();
+        assert!(order_id.ends_with(&format!("-{seq}")), "{order}");
         // Every fifth order is deliberately invalid (no customer), for the dead-letter path.
         assert_eq!(order.get("customer").is_none(), seq % 5 == 0, "{order}");
     }
+
+    // A restart publishes new orders: none is dropped as a duplicate of the first run's.
+    let stored = messages.len();
+    host.restart(&setup.server.url).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    host.terminate().unwrap();
+    assert!(host
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .success());
+    let after_restart = setup.messages("ORDERS").await.len();
+    assert!(after_restart >= stored + 3, "{stored} then {after_restart}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

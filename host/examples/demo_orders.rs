@@ -27,8 +27,8 @@ fn order(i: usize) -> String {
     }
 }
 
-/// `(processed, retried, dead-lettered)` from the host's metrics.
-fn scoreboard(metrics: &str) -> anyhow::Result<(u64, u64, u64)> {
+/// `(processed, retried, dead-lettered, generated)` from the host's metrics.
+fn scoreboard(metrics: &str) -> anyhow::Result<(u64, u64, u64, u64)> {
     let mut stream = TcpStream::connect(metrics)?;
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n")?;
     let mut text = String::new();
@@ -42,7 +42,9 @@ fn scoreboard(metrics: &str) -> anyhow::Result<(u64, u64, u64)> {
     let processed = sample("jetwasm_messages_total{handler=\"orders\",outcome=\"ack\"}");
     let retried = sample("jetwasm_messages_total{handler=\"orders\",outcome=\"nak\"}");
     let dead = sample("jetwasm_dead_letters_total{handler=\"orders\"}");
-    Ok((processed, retried, dead))
+    let generated =
+        sample("jetwasm_publisher_ticks_total{outcome=\"ok\",publisher=\"orders-generator\"}");
+    Ok((processed, retried, dead, generated))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -67,12 +69,17 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last = None;
     loop {
-        let (processed, retried, dead) = scoreboard(&metrics)?;
-        let now = (processed - before.0, retried - before.1, dead - before.2);
+        let (processed, retried, dead, generated) = scoreboard(&metrics)?;
+        let now = (
+            processed - before.0,
+            retried - before.1,
+            dead - before.2,
+            generated - before.3,
+        );
         if last != Some(now) {
             println!(
-                "published {count} | processed {} | retried {} | dead-lettered {}",
-                now.0, now.1, now.2
+                "sent by hand {count} + by the generator {} | processed {} | retried {} | dead-lettered {}",
+                now.3, now.0, now.1, now.2
             );
             last = Some(now);
         }
@@ -92,6 +99,6 @@ async fn main() -> anyhow::Result<()> {
             started.elapsed() < Duration::from_secs(120),
             "orders still unaccounted for after 2 minutes"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }

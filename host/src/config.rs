@@ -473,6 +473,26 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
     }
 
     #[test]
+    fn a_publisher_needs_exactly_one_valid_schedule() {
+        let publisher = |schedule: &str| {
+            format!("[[publisher]]\nname = \"p\"\ncomponent = \"p.wasm\"\n{schedule}\n")
+        };
+        let err = Config::parse(&publisher(""), Path::new(".")).unwrap_err();
+        assert_eq!(err, vec!["publisher p: set `every` or `cron`"]);
+        let both = publisher("every = \"1s\"\ncron = \"* * * * * *\"");
+        let err = Config::parse(&both, Path::new(".")).unwrap_err();
+        assert_eq!(err, vec!["publisher p: set `every` or `cron`, not both"]);
+        let err =
+            Config::parse(&publisher("cron = \"every tuesday\""), Path::new(".")).unwrap_err();
+        assert!(
+            err[0].starts_with("publisher p: cron \"every tuesday\""),
+            "{err:?}"
+        );
+        let ok = Config::parse(&publisher("cron = \"0/5 * * * * *\""), Path::new(".")).unwrap();
+        assert_eq!(ok.publishers[0].cron.as_deref(), Some("0/5 * * * * *"));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let err =
             Config::parse(&EXAMPLE.replace("consumer =", "consumr ="), Path::new(".")).unwrap_err();
@@ -508,6 +528,8 @@ mod example {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/jetwasm.toml");
         let config = Config::load(&path).unwrap();
         assert_eq!(config.handlers.len(), 1);
+        assert_eq!(config.publishers.len(), 1);
+        assert_eq!(config.publishers[0].every, Some(Duration::from_millis(500)));
         assert_eq!(config.handlers[0].consumer, "orders-processor");
         assert!(config.streams.unwrap().ends_with("streams.toml"));
         assert_eq!(config.env.as_deref(), Some("dev"));

@@ -31,7 +31,8 @@ pub struct ComponentEnv {
 }
 
 /// What a call is working on, for log fields and derived message ids: `ORDERS:42` for the
-/// message at sequence 42 of ORDERS, `tick:7` for a publisher's seventh tick.
+/// message at sequence 42 of ORDERS, `tick:1764316800000` for a publisher's firing due at that
+/// Unix time in milliseconds (unique across restarts, unlike the tick's sequence number).
 #[derive(Debug, Clone)]
 pub struct Origin(String);
 
@@ -41,9 +42,9 @@ impl Origin {
         Origin(format!("{stream}:{seq}"))
     }
 
-    /// A publisher's timer tick number `seq`.
-    pub fn tick(seq: u64) -> Self {
-        Origin(format!("tick:{seq}"))
+    /// A publisher's firing due at `due_ms` (Unix milliseconds).
+    pub fn tick(due_ms: u64) -> Self {
+        Origin(format!("tick:{due_ms}"))
     }
 }
 
@@ -175,7 +176,7 @@ impl publish::Host for HostState {
     }
 }
 
-/// `name:origin:n` (e.g. `orders:ORDERS:42:1`, `generator:tick:7:1`): the same for every
+/// `name:origin:n` (e.g. `orders:ORDERS:42:1`, `generator:tick:1764316800000:1`): the same for every
 /// delivery of a message, so a redelivery's publishes are dropped as duplicates within the
 /// stream's duplicate window.
 fn derived_msg_id(name: &str, origin: &Origin, n: u32) -> String {
@@ -207,7 +208,10 @@ mod tests {
     fn derived_ids_are_stable_per_message_and_distinct_per_publish() {
         let origin = Origin::message("ORDERS", 42);
         assert_eq!(derived_msg_id("orders", &origin, 1), "orders:ORDERS:42:1");
-        assert_eq!(derived_msg_id("gen", &Origin::tick(7), 2), "gen:tick:7:2");
+        assert_eq!(
+            derived_msg_id("gen", &Origin::tick(1_000), 2),
+            "gen:tick:1000:2"
+        );
         assert_ne!(
             derived_msg_id("orders", &origin, 1),
             derived_msg_id("orders", &origin, 2)

@@ -23,4 +23,5 @@ pub mod publishing;
 pub mod registry;
 pub mod run;
 pub mod sandbox;
+pub mod up;
 pub mod watchdog;

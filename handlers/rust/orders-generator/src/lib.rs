@@ -1,8 +1,8 @@
 //! The example publisher that feeds the ORDERS stream: on each timer tick it publishes one
-//! realistic order, derived deterministically from the tick's sequence number (so a replayed
-//! tick yields the same order, and its message id `gen-<seq>` de-duplicates it). Every
-//! `invalid_every`-th tick publishes an order without a `customer` instead, so the demo also
-//! exercises `term` and dead letters.
+//! realistic order, its contents derived deterministically from the tick's sequence number and
+//! its id (`gen-<tick ms>-<seq>`) unique across restarts. The message id is left to the host,
+//! which derives it from the firing. Every `invalid_every`-th tick publishes an order without a
+//! `customer` instead, so the demo also exercises `term` and dead letters.
 //!
 //! Config keys: `subject` (default `orders.created`) and `invalid_every` (default 20; 0 never
 //! publishes an invalid order).
@@ -67,7 +67,7 @@ impl SplitMix64 {
 }
 
 /// The order for tick `seq`; invalid (no customer) when `invalid_every` divides `seq`.
-fn generate_order(seq: u64, invalid_every: u64) -> Order {
+fn generate_order(seq: u64, now_ms: u64, invalid_every: u64) -> Order {
     let mut rng = SplitMix64(seq);
     let customer = format!("c-{}", 1 + rng.below(CUSTOMERS));
     let lines = 1 + rng.below(3);
@@ -91,7 +91,7 @@ fn generate_order(seq: u64, invalid_every: u64) -> Order {
         .collect();
     let invalid = invalid_every != 0 && seq.is_multiple_of(invalid_every);
     Order {
-        id: format!("gen-{seq}"),
+        id: format!("gen-{now_ms}-{seq}"),
         customer: (!invalid).then_some(customer),
         items,
         total: cents(total_cents),
@@ -111,10 +111,10 @@ impl Guest for OrdersGenerator {
         let invalid_every = config::get("invalid_every")
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_INVALID_EVERY);
-        let order = generate_order(tick.seq, invalid_every);
+        let order = generate_order(tick.seq, tick.now_ms, invalid_every);
         let payload = serde_json::to_vec(&order).expect("an order always serializes");
 
-        let ack = publish::publish(&subject, &payload, &[], Some(&order.id))
+        let ack = publish::publish(&subject, &payload, &[], None)
             .map_err(|e| format!("publish failed: {e:?}"))?;
         log::log(
             Level::Info,
@@ -132,15 +132,15 @@ mod tests {
 
     #[test]
     fn is_deterministic() {
-        let a = serde_json::to_string(&generate_order(7, 20)).unwrap();
-        let b = serde_json::to_string(&generate_order(7, 20)).unwrap();
+        let a = serde_json::to_string(&generate_order(7, 1_000, 20)).unwrap();
+        let b = serde_json::to_string(&generate_order(7, 1_000, 20)).unwrap();
         assert_eq!(a, b);
     }
 
     #[test]
     fn totals_add_up() {
         for seq in 1..200 {
-            let order = generate_order(seq, 20);
+            let order = generate_order(seq, 1_000, 20);
             assert!((1..=3).contains(&order.items.len()));
             let sum: f64 = order.items.iter().map(|i| i.qty as f64 * i.price).sum();
             assert!((sum - order.total).abs() < 0.005, "{order:?}");
@@ -150,7 +150,7 @@ mod tests {
     #[test]
     fn skus_within_an_order_are_distinct() {
         for seq in 1..200 {
-            let order = generate_order(seq, 20);
+            let order = generate_order(seq, 1_000, 20);
             let mut skus: Vec<_> = order.items.iter().map(|i| i.sku).collect();
             skus.sort_unstable();
             skus.dedup();
@@ -160,10 +160,10 @@ mod tests {
 
     #[test]
     fn every_nth_order_lacks_a_customer() {
-        assert!(generate_order(40, 20).customer.is_none());
-        assert!(generate_order(41, 20).customer.is_some());
-        assert!(generate_order(40, 0).customer.is_some());
-        let json = serde_json::to_string(&generate_order(20, 20)).unwrap();
+        assert!(generate_order(40, 1_000, 20).customer.is_none());
+        assert!(generate_order(41, 1_000, 20).customer.is_some());
+        assert!(generate_order(40, 1_000, 0).customer.is_some());
+        let json = serde_json::to_string(&generate_order(20, 1_000, 20)).unwrap();
         assert!(!json.contains("customer"), "{json}");
     }
 }
