@@ -692,7 +692,8 @@ async fn the_host_recovers_when_the_server_restarts_without_being_restarted_itse
     let mut setup = Setup::new(server_consumer).await;
     let text = streams(server_consumer).replace("storage = \"memory\"", "storage = \"file\"");
     let js = setup.js.clone();
-    for name in ["ORDERS", "DEADLETTER", "PAYMENTS"] {
+    let names: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    for name in names {
         js.delete_stream(name).await.unwrap();
     }
     std::fs::write(setup.dir.path().join("streams.toml"), text).unwrap();
@@ -869,4 +870,96 @@ async fn a_publisher_of_the_wrong_world_is_rejected() {
         "{log}"
     );
     assert!(log.contains("on-tick"), "names the missing export: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_starts_a_local_jetstream_runs_the_components_and_stops_it_with_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("streams.toml"), streams(QUICK_RETRIES)).unwrap();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+    let port = harness::free_port();
+    let config = format!(
+        r#"
+streams = "streams.toml"
+
+[runtime]
+http = "{http}"
+
+[[handler]]
+name = "h"
+component = "{}"
+stream = "ORDERS"
+consumer = "proc"
+publish = ["orders.processed"]
+"#,
+        handler_wasm("orders").display()
+    );
+    std::fs::write(dir.path().join("jetwasm.toml"), config).unwrap();
+    let mut up = std::process::Command::new(harness::workspace_bin("jetwasm").unwrap())
+        .args(["up", "--config"])
+        .arg(dir.path().join("jetwasm.toml"))
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .args(["--port", &port.to_string()])
+        .env("NATS_SERVER_BIN", harness::nats_server_bin().unwrap())
+        .env_remove("NATS_URL")
+        .stderr(std::fs::File::create(dir.path().join("up.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(http_get(http, "/readyz"), Ok((200, _))) {
+        assert!(up.try_wait().unwrap().is_none(), "exited:\n{}", log());
+        assert!(Instant::now() < deadline, "not ready:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Its own server, with the streams applied and the handler at work.
+    let url = format!("nats://127.0.0.1:{port}");
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    js.publish("orders.created", order(1).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = js
+            .get_stream("ORDERS")
+            .await
+            .unwrap()
+            .consumer_info("proc")
+            .await
+            .unwrap();
+        if info.ack_floor.stream_sequence == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not processed:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        dir.path().join("data/jetstream").is_dir(),
+        "data under --data"
+    );
+
+    let pid = up.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{}", log());
+    assert!(log().contains("stopped the local nats-server"), "{}", log());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the local server stopped with the host"
+    );
 }

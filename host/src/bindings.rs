@@ -9,7 +9,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use jetwasm::runtime::types::{PublishAck, PublishError, Tick};
+pub use self::jetwasm::runtime::types::{PublishAck, PublishError, Tick};
 
 /// The `publisher` world: exports called by host timers.
 pub mod publisher {
