@@ -102,7 +102,7 @@ http = "{{http}}"
 [[publisher]]
 name = "p"
 component = "{component}"
-publish = ["orders.created", "ticks.>"]
+publish = ["orders.created", "ticks.>", "nostream.>"]
 {publisher}
 "#,
             streams = self.dir.path().join("streams.toml").display(),
@@ -962,4 +962,34 @@ publish = ["orders.processed"]
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the local server stopped with the host"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_errors_are_typed_and_reach_the_component() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    for (subject, expected) in [
+        ("nostream.x", "NoStream(\"nostream.x\")"),
+        ("payments.x", "Denied(\"payments.x\")"),
+    ] {
+        let extra = format!("every = \"100ms\"\nconfig = {{ subject = \"{subject}\" }}");
+        let config = setup.publisher_config(&handler_wasm("orders_generator"), &extra);
+        let host = Host::start(&setup.server.url, &config).await.unwrap();
+        let errors = "jetwasm_publisher_ticks_total{outcome=\"error\",publisher=\"p\"}";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while host.metric(errors).unwrap() < 3.0 {
+            assert!(
+                Instant::now() < deadline,
+                "no failed ticks\n{}",
+                tail(&host.log())
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            host.log().contains(expected),
+            "{expected} in:\n{}",
+            tail(&host.log())
+        );
+        assert_eq!(host.metric(&errors.replace("error", "ok")).unwrap(), 0.0);
+    }
+    assert_eq!(setup.count("PAYMENTS", ">").await, 0);
 }

@@ -38,7 +38,10 @@ impl Dispatcher {
 
     /// Calls `handle` on `msg` in a fresh sandbox.
     pub async fn call(&self, msg: &Message) -> Outcome {
-        let origin = Origin::message(&msg.stream, msg.stream_seq);
+        let origin = Origin::Message {
+            stream: msg.stream.clone(),
+            seq: msg.stream_seq,
+        };
         let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &self.limits);
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;

@@ -2,6 +2,7 @@
 //! they work on. WASI is linked with an empty context: no files, no environment, no network;
 //! guest stdout and stderr go to the log.
 
+use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -30,21 +31,30 @@ pub struct ComponentEnv {
     pub js: jetstream::Context,
 }
 
-/// What a call is working on, for log fields and derived message ids: `ORDERS:42` for the
-/// message at sequence 42 of ORDERS, `tick:1764316800000` for a publisher's firing due at that
-/// Unix time in milliseconds (unique across restarts, unlike the tick's sequence number).
+/// What a call is working on, for log fields and derived message ids.
 #[derive(Debug, Clone)]
-pub struct Origin(String);
+pub enum Origin {
+    /// A handler call on the message at `seq` in `stream`; shown as `ORDERS:42`.
+    Message {
+        /// The message's stream.
+        stream: String,
+        /// Its stream sequence.
+        seq: u64,
+    },
+    /// A publisher's firing due at `due_ms` (Unix milliseconds; unique across restarts,
+    /// unlike the tick's sequence number); shown as `tick:1764316800000`.
+    Tick {
+        /// When the firing was due.
+        due_ms: u64,
+    },
+}
 
-impl Origin {
-    /// A handler call on the message at `seq` in `stream`.
-    pub fn message(stream: &str, seq: u64) -> Self {
-        Origin(format!("{stream}:{seq}"))
-    }
-
-    /// A publisher's firing due at `due_ms` (Unix milliseconds).
-    pub fn tick(due_ms: u64) -> Self {
-        Origin(format!("tick:{due_ms}"))
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Message { stream, seq } => write!(f, "{stream}:{seq}"),
+            Origin::Tick { due_ms } => write!(f, "tick:{due_ms}"),
+        }
     }
 }
 
@@ -101,13 +111,20 @@ impl types::Host for HostState {}
 
 impl log::Host for HostState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        let (component, origin) = (&*self.env.name, &self.origin.0);
+        let name = &*self.env.name;
+        let span = match &self.origin {
+            Origin::Message { stream, seq } => {
+                tracing::info_span!("call", handler = name, stream, seq)
+            }
+            Origin::Tick { due_ms } => tracing::info_span!("tick", publisher = name, due_ms),
+        };
+        let _entered = span.enter();
         match level {
-            log::Level::Trace => tracing::trace!(component, origin, "{message}"),
-            log::Level::Debug => tracing::debug!(component, origin, "{message}"),
-            log::Level::Info => tracing::info!(component, origin, "{message}"),
-            log::Level::Warn => tracing::warn!(component, origin, "{message}"),
-            log::Level::Error => tracing::error!(component, origin, "{message}"),
+            log::Level::Trace => tracing::trace!("{message}"),
+            log::Level::Debug => tracing::debug!("{message}"),
+            log::Level::Info => tracing::info!("{message}"),
+            log::Level::Warn => tracing::warn!("{message}"),
+            log::Level::Error => tracing::error!("{message}"),
         }
         Ok(())
     }
@@ -180,7 +197,7 @@ impl publish::Host for HostState {
 /// delivery of a message, so a redelivery's publishes are dropped as duplicates within the
 /// stream's duplicate window.
 fn derived_msg_id(name: &str, origin: &Origin, n: u32) -> String {
-    format!("{name}:{}:{n}", origin.0)
+    format!("{name}:{origin}:{n}")
 }
 
 fn header_map(headers: Vec<(String, String)>) -> Result<HeaderMap, String> {
@@ -206,10 +223,13 @@ mod tests {
 
     #[test]
     fn derived_ids_are_stable_per_message_and_distinct_per_publish() {
-        let origin = Origin::message("ORDERS", 42);
+        let origin = Origin::Message {
+            stream: "ORDERS".into(),
+            seq: 42,
+        };
         assert_eq!(derived_msg_id("orders", &origin, 1), "orders:ORDERS:42:1");
         assert_eq!(
-            derived_msg_id("gen", &Origin::tick(1_000), 2),
+            derived_msg_id("gen", &Origin::Tick { due_ms: 1_000 }, 2),
             "gen:tick:1000:2"
         );
         assert_ne!(

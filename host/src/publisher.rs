@@ -120,7 +120,9 @@ impl TimerPublisher {
         let unix_ms =
             |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let (now_ms, seq) = (unix_ms(SystemTime::now()), firing.seq);
-        let origin = Origin::tick(unix_ms(firing.at));
+        let origin = Origin::Tick {
+            due_ms: unix_ms(firing.at),
+        };
         let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &self.limits);
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
