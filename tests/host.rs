@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream::Stream};
 use futures::TryStreamExt;
-use harness::{handler_wasm, http_get, Host, NatsServer};
+use harness::{handler_wasm, http_get, http_request, Host, NatsServer};
 use tempfile::TempDir;
 
 /// The consumer settings most tests use: quick backoff so retries finish fast.
@@ -992,4 +992,110 @@ async fn publish_errors_are_typed_and_reach_the_component() {
         assert_eq!(host.metric(&errors.replace("error", "ok")).unwrap(), 0.0);
     }
     assert_eq!(setup.count("PAYMENTS", ">").await, 0);
+}
+
+const POST_ORDERS: &str = "http = { method = \"POST\", path = \"/orders\" }";
+
+fn post(host: &Host, body: &str, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let (status, body) =
+        http_request(host.http, "POST", "/orders", headers, body.as_bytes()).unwrap();
+    let json = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_http_orders_become_a_thousand_messages_with_matching_sequences() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let config = setup.publisher_config(&handler_wasm("orders_intake"), POST_ORDERS);
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    let mut sequences = Vec::new();
+    for i in 0..1_000 {
+        let (status, ack) = post(&host, &order(i), &[]);
+        assert_eq!(status, 202, "{ack}");
+        assert_eq!(ack["stream"], "ORDERS");
+        assert_eq!(ack["duplicate"], false);
+        sequences.push(ack["seq"].as_u64().unwrap());
+    }
+    let stored = setup.messages("ORDERS").await;
+    assert_eq!(stored.len(), 1_000);
+    let stored_sequences: Vec<u64> = stored.iter().map(|m| m.sequence).collect();
+    assert_eq!(
+        sequences, stored_sequences,
+        "each 202 names the sequence it was stored at"
+    );
+    for (i, message) in stored.iter().enumerate() {
+        assert_eq!(&message.payload[..], order(i).as_bytes());
+        assert_eq!(
+            message.headers.get("order-id").unwrap().as_str(),
+            format!("o-{i}")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_intake_answers_each_case_with_a_clear_status() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let limits = format!("{POST_ORDERS}\nlimits = {{ max_message_size = \"4KiB\" }}");
+    let config = setup.publisher_config(&handler_wasm("orders_intake"), &limits);
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+
+    // The same idempotency key twice: one message, the same sequence, flagged duplicate.
+    let key = [("Idempotency-Key", "order-42")];
+    let (first, a) = post(&host, &order(42), &key);
+    let (second, b) = post(&host, &order(42), &key);
+    assert_eq!((first, second), (202, 202));
+    assert_eq!(a["seq"], b["seq"]);
+    assert_eq!(
+        (a["duplicate"].as_bool(), b["duplicate"].as_bool()),
+        (Some(false), Some(true))
+    );
+
+    // Bad input is the component's to judge: 400 with the reason, nothing published.
+    let (status, error) = post(&host, "{not json", &[]);
+    assert_eq!(status, 400);
+    assert!(error["error"].as_str().unwrap().contains("JSON"), "{error}");
+    let (status, error) = post(&host, r#"{"id":"o-1","items":[1],"total":1}"#, &[]);
+    assert_eq!(status, 400);
+    assert!(
+        error["error"].as_str().unwrap().contains("customer"),
+        "{error}"
+    );
+    // Over the host's body cap: refused before the component runs.
+    let (status, error) = post(&host, &"x".repeat(5_000), &[]);
+    assert_eq!(status, 413, "{error}");
+    // Another route is not served.
+    let (status, _) = http_request(host.http, "GET", "/orders", &[], b"").unwrap();
+    assert_eq!(status, 405);
+    assert_eq!(setup.messages("ORDERS").await.len(), 1);
+
+    // A subject outside the allow-list: 403, nothing published.
+    let denied = format!("{POST_ORDERS}\nconfig = {{ subject = \"payments.x\" }}");
+    let host = Host::start(
+        &setup.server.url,
+        &setup.publisher_config(&handler_wasm("orders_intake"), &denied),
+    )
+    .await
+    .unwrap();
+    let (status, error) = post(&host, &order(1), &[]);
+    assert_eq!(status, 403, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("payments.x"),
+        "{error}"
+    );
+    assert_eq!(setup.count("PAYMENTS", ">").await, 0);
+
+    // No stream captures the subject: 503 naming it.
+    let missing = format!("{POST_ORDERS}\nconfig = {{ subject = \"nostream.x\" }}");
+    let host = Host::start(
+        &setup.server.url,
+        &setup.publisher_config(&handler_wasm("orders_intake"), &missing),
+    )
+    .await
+    .unwrap();
+    let (status, error) = post(&host, &order(1), &[]);
+    assert_eq!(status, 503, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("nostream.x"),
+        "{error}"
+    );
 }

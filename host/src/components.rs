@@ -11,6 +11,7 @@ use async_nats::jetstream;
 use crate::config::{self, ComponentConfig, Config, Limits};
 use crate::consumer::Binding;
 use crate::dispatch::Dispatcher;
+use crate::http_guest::HttpPublisher;
 use crate::imports::ComponentEnv;
 use crate::metrics::Metrics;
 use crate::publisher::{Schedule, TimerPublisher};
@@ -20,8 +21,10 @@ use crate::{engine, imports, registry};
 pub struct Components {
     /// Handlers, ready to bind to their consumers.
     pub handlers: Vec<Arc<Binding>>,
-    /// Publishers, ready to start their timers.
+    /// Timer publishers, ready to start.
     pub publishers: Vec<Arc<TimerPublisher>>,
+    /// HTTP publishers, ready to be routed to.
+    pub http_publishers: Vec<Arc<HttpPublisher>>,
 }
 
 /// Loads and checks every handler and publisher in `config`. Fails on the first component
@@ -71,8 +74,26 @@ pub async fn load(
     }
 
     let mut publishers = Vec::new();
+    let mut http_publishers = Vec::new();
     for (publisher, limits) in config.publishers.iter().zip(publisher_limits) {
-        let pre = registry::load_publisher(&engine, &linker, &publisher.component)
+        let env = environment(publisher, &limits, js);
+        let path = &publisher.component;
+        let loaded =
+            tracing::info_span!("publisher", name = %publisher.name, component = %path.display());
+        if let Some(route) = &publisher.http {
+            let pre = registry::load_http_publisher(&engine, &linker, path)
+                .await
+                .with_context(|| publisher.label())?;
+            loaded.in_scope(|| tracing::info!(method = %route.method, path = %route.path, "http publisher loaded"));
+            http_publishers.push(Arc::new(HttpPublisher::new(
+                pre,
+                env,
+                limits,
+                route.clone(),
+            )));
+            continue;
+        }
+        let pre = registry::load_publisher(&engine, &linker, path)
             .await
             .with_context(|| publisher.label())?;
         let schedule = match (&publisher.every, &publisher.cron) {
@@ -82,8 +103,7 @@ pub async fn load(
             )),
             (None, None) => anyhow::bail!("{}: no schedule", publisher.label()),
         };
-        let env = environment(publisher, &limits, js);
-        tracing::info!(publisher = %publisher.name, component = %publisher.component.display(), ?schedule, "publisher loaded");
+        loaded.in_scope(|| tracing::info!(?schedule, "timer publisher loaded"));
         publishers.push(Arc::new(TimerPublisher::new(
             pre,
             env,
@@ -95,6 +115,7 @@ pub async fn load(
     Ok(Components {
         handlers,
         publishers,
+        http_publishers,
     })
 }
 

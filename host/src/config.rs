@@ -174,6 +174,9 @@ pub struct PublisherConfig {
     pub every: Option<Duration>,
     /// Fire on this cron schedule, in UTC, seconds first: `"0/5 * * * * *"`.
     pub cron: Option<String>,
+    /// Serve this route on the host's HTTP listener (the component is then a `wasi:http`
+    /// incoming handler: the `http-publisher` world).
+    pub http: Option<HttpRoute>,
     /// Subjects (wildcards allowed) the publisher may publish to. Empty: none.
     #[serde(default)]
     pub publish: Vec<String>,
@@ -183,6 +186,16 @@ pub struct PublisherConfig {
     /// Values the component reads through the `config` import.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+}
+
+/// An HTTP route: `{ method = "POST", path = "/orders" }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRoute {
+    /// The HTTP method, e.g. `POST`.
+    pub method: String,
+    /// The path, e.g. `/orders`.
+    pub path: String,
 }
 
 /// What handlers and publishers share: a component with a name, an allow-list, limits and
@@ -341,20 +354,45 @@ impl Config {
         }
         for publisher in &self.publishers {
             let at = publisher.label();
-            match (&publisher.every, &publisher.cron) {
-                (None, None) => problems.push(format!("{at}: set `every` or `cron`")),
-                (Some(_), Some(_)) => {
-                    problems.push(format!("{at}: set `every` or `cron`, not both"))
+            let triggers = [
+                publisher.every.is_some(),
+                publisher.cron.is_some(),
+                publisher.http.is_some(),
+            ];
+            match triggers.iter().filter(|set| **set).count() {
+                0 => problems.push(format!("{at}: set one of `every`, `cron` or `http`")),
+                1 => {}
+                _ => problems.push(format!("{at}: set only one of `every`, `cron` or `http`")),
+            }
+            if publisher
+                .every
+                .is_some_and(|every| every < Duration::from_millis(10))
+            {
+                problems.push(format!("{at}: `every` must be at least 10ms"));
+            }
+            if let Some(cron) = &publisher.cron {
+                if let Err(e) = cron::Schedule::from_str(cron) {
+                    problems.push(format!("{at}: cron {cron:?}: {e}"));
                 }
-                (Some(every), None) if *every < Duration::from_millis(10) => {
-                    problems.push(format!("{at}: `every` must be at least 10ms"))
+            }
+            if let Some(route) = &publisher.http {
+                if http::Method::from_str(&route.method).is_err() {
+                    problems.push(format!(
+                        "{at}: http.method {:?} is not an HTTP method",
+                        route.method
+                    ));
                 }
-                (None, Some(cron)) => {
-                    if let Err(e) = cron::Schedule::from_str(cron) {
-                        problems.push(format!("{at}: cron {cron:?}: {e}"));
-                    }
+                if !route.path.starts_with('/') {
+                    problems.push(format!(
+                        "{at}: http.path {:?} must start with '/'",
+                        route.path
+                    ));
                 }
-                _ => {}
+                if self.runtime.http.is_none() {
+                    problems.push(format!(
+                        "{at}: an HTTP route needs the listener: set [runtime] http"
+                    ));
+                }
             }
         }
         problems
@@ -478,10 +516,25 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
             format!("[[publisher]]\nname = \"p\"\ncomponent = \"p.wasm\"\n{schedule}\n")
         };
         let err = Config::parse(&publisher(""), Path::new(".")).unwrap_err();
-        assert_eq!(err, vec!["publisher p: set `every` or `cron`"]);
+        assert_eq!(
+            err,
+            vec!["publisher p: set one of `every`, `cron` or `http`"]
+        );
         let both = publisher("every = \"1s\"\ncron = \"* * * * * *\"");
         let err = Config::parse(&both, Path::new(".")).unwrap_err();
-        assert_eq!(err, vec!["publisher p: set `every` or `cron`, not both"]);
+        assert_eq!(
+            err,
+            vec!["publisher p: set only one of `every`, `cron` or `http`"]
+        );
+        let route = publisher("http = { method = \"POST\", path = \"orders\" }");
+        let err = Config::parse(&route, Path::new(".")).unwrap_err();
+        assert_eq!(
+            err,
+            vec![
+                "publisher p: http.path \"orders\" must start with '/'",
+                "publisher p: an HTTP route needs the listener: set [runtime] http"
+            ]
+        );
         let err =
             Config::parse(&publisher("cron = \"every tuesday\""), Path::new(".")).unwrap_err();
         assert!(

@@ -1,17 +1,23 @@
-//! The host's HTTP listener: `/metrics` (Prometheus text), `/healthz` (the process is up) and
-//! `/readyz` (every handler is bound and the host is not shutting down).
+//! The host's HTTP listener: `/metrics` (Prometheus text), `/healthz` (the process is up),
+//! `/readyz` (every handler is bound and the host is not shutting down), and the routes of
+//! HTTP publishers, each request run through its component with a body-size cap and a
+//! timeout, never left hanging.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, on, MethodFilter};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use crate::http_guest::{HttpPublisher, RequestFailure};
 use crate::metrics::Metrics;
 
 /// What the endpoints report on.
@@ -28,17 +34,27 @@ pub struct Status {
 pub async fn serve(
     addr: SocketAddr,
     status: Status,
+    publishers: Vec<Arc<HttpPublisher>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTP listener on {addr}"))?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(status);
+    for publisher in publishers {
+        let method = http::Method::from_str(&publisher.route.method)
+            .ok()
+            .and_then(|m| MethodFilter::try_from(m).ok())
+            .with_context(|| format!("publisher {}: unsupported method", publisher.name))?;
+        let path = publisher.route.path.clone();
+        let handler = move |request: Request| serve_publisher(publisher.clone(), request);
+        app = app.route(&path, on(method, handler));
+    }
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -68,4 +84,47 @@ async fn ready(State(status): State<Status>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
+}
+
+/// One request through an HTTP publisher. Host-side failures get their own statuses: 413 for
+/// a body over the cap, 500 when the component failed or did not answer, 504 on timeout.
+async fn serve_publisher(publisher: Arc<HttpPublisher>, request: Request) -> Response {
+    let limit = publisher.limits.max_message_size.as_u64() as usize;
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {limit} bytes"),
+        );
+    };
+    let request = hyper::Request::from_parts(parts, http_body_util::Full::new(body));
+    let name = &*publisher.name;
+    match publisher.call(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(RequestFailure::Timeout(limit)) => {
+            tracing::warn!(publisher = name, "request timed out");
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("no answer within {limit:?}"),
+            )
+        }
+        Err(RequestFailure::Failed(failure)) => {
+            tracing::warn!(publisher = name, failure = %failure.describe(), "request failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, failure.describe())
+        }
+        Err(RequestFailure::NoResponse(why)) => {
+            tracing::warn!(publisher = name, why, "request got no response");
+            error(StatusCode::INTERNAL_SERVER_ERROR, why)
+        }
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    response
 }

@@ -10,10 +10,12 @@ use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::jetwasm::runtime::{config, log, publish, types};
 use crate::bindings::{Handler, PublishAck, PublishError};
 use crate::guest_output::GuestOutput;
+use crate::http_guest::NoOutgoingRequests;
 use crate::limiter::MemoryLimiter;
 use crate::publishing::publish_acked;
 
@@ -47,6 +49,11 @@ pub enum Origin {
         /// When the firing was due.
         due_ms: u64,
     },
+    /// An HTTP request to a publisher, `id` unique to it; shown as `req:<id>`.
+    Request {
+        /// Arrival time in Unix milliseconds and a counter, e.g. `1764316800000-7`.
+        id: String,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -54,6 +61,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Message { stream, seq } => write!(f, "{stream}:{seq}"),
             Origin::Tick { due_ms } => write!(f, "tick:{due_ms}"),
+            Origin::Request { id } => write!(f, "req:{id}"),
         }
     }
 }
@@ -61,6 +69,8 @@ impl fmt::Display for Origin {
 /// Store data for one call: a fresh one per message.
 pub struct HostState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_hooks: NoOutgoingRequests,
     table: ResourceTable,
     /// Enforces the handler's memory limit.
     pub limiter: MemoryLimiter,
@@ -80,6 +90,8 @@ impl HostState {
             .build();
         HostState {
             wasi,
+            http: WasiHttpCtx::new(),
+            http_hooks: NoOutgoingRequests,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_limit),
             interrupted: None,
@@ -90,12 +102,24 @@ impl HostState {
     }
 }
 
-/// A linker with WASI (no capabilities) and the jetwasm imports.
+/// A linker with WASI (no capabilities), `wasi:http` (incoming only: outgoing requests are
+/// refused) and the jetwasm imports.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     Handler::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
     Ok(linker)
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.http_hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -117,6 +141,7 @@ impl log::Host for HostState {
                 tracing::info_span!("call", handler = name, stream, seq)
             }
             Origin::Tick { due_ms } => tracing::info_span!("tick", publisher = name, due_ms),
+            Origin::Request { id } => tracing::info_span!("request", publisher = name, id),
         };
         let _entered = span.enter();
         match level {

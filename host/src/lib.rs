@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod engine;
 mod guest_output;
 pub mod http;
+pub mod http_guest;
 pub mod imports;
 pub mod limiter;
 pub mod metrics;

@@ -12,6 +12,7 @@ use wasmtime::Engine;
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::imports::HostState;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Largest component file accepted.
 pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
@@ -30,6 +31,21 @@ pub async fn load_publisher(
         .map_err(anyhow::Error::from);
     pre.and_then(|pre| PublisherPre::new(pre).map_err(anyhow::Error::from))
         .with_context(|| format!("{} does not fit the publisher world", path.display()))
+}
+
+/// Reads, compiles and checks the component at `path` against the `http-publisher` world
+/// (a `wasi:http/incoming-handler` export).
+pub async fn load_http_publisher(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    path: &Path,
+) -> anyhow::Result<ProxyPre<HostState>> {
+    let component = compile(engine, path).await?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(anyhow::Error::from);
+    pre.and_then(|pre| ProxyPre::new(pre).map_err(anyhow::Error::from))
+        .with_context(|| format!("{} does not fit the http-publisher world", path.display()))
 }
 
 /// Reads, compiles and checks the component at `path` against the `handler` world.

@@ -48,6 +48,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let Components {
         handlers,
         publishers,
+        http_publishers,
     } = components::load(&config, &js, &metrics).await?;
     for binding in &handlers {
         consumer::check_bindable(&js, binding).await?;
@@ -60,7 +61,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             ready: ready.clone(),
         };
-        let bound = http::serve(addr, status, shutdown.clone()).await?;
+        let bound = http::serve(addr, status, http_publishers, shutdown.clone()).await?;
         tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
     }
 

@@ -8,7 +8,7 @@
 mod host;
 mod nats;
 
-pub use host::{handler_wasm, http_get, Host};
+pub use host::{handler_wasm, http_get, http_request, Host};
 pub use nats::{Cluster, NatsServer};
 
 use std::ffi::OsString;

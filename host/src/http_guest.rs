@@ -1,0 +1,153 @@
+//! The host side of `wasi:http` for HTTP publishers: the store's HTTP context, with outgoing
+//! requests refused (guests get no network), and one request run through a component's
+//! `wasi:http/incoming-handler` export in a fresh sandbox.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::WasiHttpView;
+
+use crate::config::{HttpRoute, Limits};
+use crate::imports::{ComponentEnv, HostState, Origin};
+use crate::sandbox::{self, Failure};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
+
+/// Hooks that refuse every outgoing request: components may answer HTTP, not make it.
+#[derive(Default)]
+pub struct NoOutgoingRequests;
+
+impl WasiHttpHooks for NoOutgoingRequests {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// A request body already read in full (the host caps its size before the guest sees it).
+pub type RequestBody = http_body_util::Full<Bytes>;
+
+/// The response a component produced; its body may still be streaming from the guest.
+pub type GuestResponse = hyper::Response<HyperOutgoingBody>;
+
+/// A publisher serving an HTTP route.
+pub struct HttpPublisher {
+    /// Its name.
+    pub name: Arc<str>,
+    /// The route it serves.
+    pub route: HttpRoute,
+    pre: ProxyPre<HostState>,
+    env: Arc<ComponentEnv>,
+    /// Its limits; `max_message_size` caps the request body.
+    pub limits: Limits,
+    requests: AtomicU64,
+}
+
+/// Why a request got no response from the component.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestFailure {
+    /// The guest failed (trap, limit) before answering.
+    Failed(Failure),
+    /// The guest returned without answering, or answered with a wasi:http error.
+    NoResponse(String),
+    /// No answer within the wall-clock ceiling.
+    Timeout(Duration),
+}
+
+impl HttpPublisher {
+    /// A publisher for a loaded component.
+    pub fn new(
+        pre: ProxyPre<HostState>,
+        env: Arc<ComponentEnv>,
+        limits: Limits,
+        route: HttpRoute,
+    ) -> Self {
+        HttpPublisher {
+            name: env.name.clone(),
+            route,
+            pre,
+            env,
+            limits,
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `request` through the component in a fresh sandbox and returns its response,
+    /// whose body may still be streaming from the guest.
+    pub async fn call(
+        &self,
+        request: hyper::Request<RequestBody>,
+    ) -> Result<GuestResponse, RequestFailure> {
+        let arrival_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let origin = Origin::Request {
+            id: format!("{arrival_ms}-{n}"),
+        };
+        let limits = self.limits;
+        let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &limits);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let no_response = |e: wasmtime::Error| RequestFailure::NoResponse(format!("{e:#}"));
+        let mut http = store.data_mut().http();
+        let incoming = http
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(no_response)?;
+        let out = http.new_response_outparam(sender).map_err(no_response)?;
+        let pre = self.pre.clone();
+        // The guest may keep writing the body after answering, so it runs on its own task.
+        let guest = tokio::spawn(async move {
+            let call = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, out)
+                    .await
+            };
+            match sandbox::within_ceiling(&limits, call).await {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    let interrupted = store.data_mut().interrupted.take();
+                    Err(sandbox::classify(error.as_ref(), interrupted, &limits))
+                }
+            }
+        });
+        let ceiling = limits.timeout + Duration::from_secs(2);
+        match tokio::time::timeout(ceiling, receiver).await {
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(code))) => Err(RequestFailure::NoResponse(format!(
+                "the component answered with an error: {code:?}"
+            ))),
+            Ok(Err(_)) => match guest.await {
+                Ok(Err(failure)) => Err(RequestFailure::Failed(failure)),
+                Ok(Ok(())) => Err(RequestFailure::NoResponse(
+                    "the component returned without answering".into(),
+                )),
+                Err(join) => Err(RequestFailure::NoResponse(format!(
+                    "the call panicked: {join}"
+                ))),
+            },
+            Err(_) => Err(RequestFailure::Timeout(limits.timeout)),
+        }
+    }
+}
