@@ -17,8 +17,11 @@ demo: tools handlers
 	$(CARGO) build --bins --example demo_orders
 	deploy/demo.sh
 
+HOST_TRIPLE := $(shell rustc -vV | sed -n 's/^host: //p')
+
 ## test: every test, against real nats-server processes and real components
 test: tools handlers
+	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) test --release --workspace --target $(HOST_TRIPLE)
 	$(CARGO) test --workspace
 
 ## lint: formatting and clippy, host and handlers (CI runs it before the tests)

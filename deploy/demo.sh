@@ -38,6 +38,18 @@ echo
 echo "== a batch of orders by hand: valid ones processed, malformed ones dead-lettered, busy ones retried"
 "$bin_dir/examples/demo_orders" 40 127.0.0.1:9090
 echo
+echo "== an order over HTTP, twice with the same Idempotency-Key, then a bad one"
+if command -v curl >/dev/null; then
+  key="demo-$(date +%s)"
+  order='{"id":"o-http-1","customer":"c-7","items":[{"sku":"A1","qty":1}],"total":9.5}'
+  for body in "$order" "$order" '{"id":"o-http-2"}'; do
+    echo "   curl -X POST localhost:9090/orders -H 'Idempotency-Key: $key' -d '$body'"
+    curl -s -X POST localhost:9090/orders -H "Idempotency-Key: $key" -d "$body" -w ' → HTTP %{http_code}\n' | sed 's/^/     /'
+  done
+else
+  echo "   (curl is not installed: skipped)"
+fi
+echo
 echo "== the last dead letters, as the host logged them"
 grep -E "dead-lettered" "$state/jetwasm.log" | tail -n 4 | sed -E 's/^[^ ]+ +[A-Z]+ +//; s/^/   /'
 echo

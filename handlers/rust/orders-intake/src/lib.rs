@@ -21,10 +21,8 @@ use exports::wasi::http::incoming_handler::Guest;
 use jetwasm::runtime::log::{self, Level};
 use jetwasm::runtime::types::PublishError;
 use jetwasm::runtime::{config, publish};
-use serde::de::IgnoredAny;
-use serde::Deserialize;
-use serde_json::error::Category;
-use serde_json::{json, Map, Value};
+use order_model::parse_order;
+use serde_json::json;
 use wasi::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -41,33 +39,6 @@ const READ_CHUNK: u64 = 64 * 1024;
 /// The most bytes written to the response stream per call (`blocking-write-and-flush` allows
 /// no more than 4096).
 const WRITE_CHUNK: usize = 4096;
-
-/// The fields of an order that intake checks; the rest of the body is passed through untouched.
-#[derive(Debug, Deserialize)]
-struct Order {
-    id: String,
-    customer: String,
-    items: Vec<IgnoredAny>,
-    total: f64,
-}
-
-/// Parses and validates an order; the error is the reason given to the client.
-///
-/// The body is parsed to a JSON object first: serde would otherwise also accept an array of the
-/// four fields in order, which is not an order.
-fn validate(body: &[u8]) -> Result<Order, String> {
-    let object: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|e| match e.classify() {
-            Category::Data => format!("invalid order: {e}"),
-            Category::Io | Category::Syntax | Category::Eof => format!("invalid JSON: {e}"),
-        })?;
-    let order =
-        Order::deserialize(Value::Object(object)).map_err(|e| format!("invalid order: {e}"))?;
-    if order.items.is_empty() {
-        return Err("invalid order: no items".to_string());
-    }
-    Ok(order)
-}
 
 /// Reads the whole request body; `None` when it exceeds `MAX_BODY`. The stream is dropped
 /// before the body it belongs to (locals drop in reverse order).
@@ -170,7 +141,7 @@ impl Guest for OrdersIntake {
             }
             Err(reason) => return respond(response_out, 400, &error(reason)),
         };
-        let order = match validate(&body) {
+        let order = match parse_order(&body) {
             Ok(order) => order,
             Err(reason) => return respond(response_out, 400, &error(reason)),
         };
@@ -197,62 +168,3 @@ impl Guest for OrdersIntake {
 }
 
 export!(OrdersIntake);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepts_a_valid_order() {
-        let order = validate(
-            br#"{"id":"o-1","customer":"c-42","items":[{"sku":"A1","qty":2}],"total":19.0,"note":"x"}"#,
-        )
-        .unwrap();
-        assert_eq!((order.id.as_str(), order.items.len()), ("o-1", 1));
-    }
-
-    #[test]
-    fn accepts_an_integer_total() {
-        assert!(validate(br#"{"id":"o-1","customer":"c","items":[1],"total":19}"#).is_ok());
-    }
-
-    #[test]
-    fn rejects_malformed_json() {
-        let reason = validate(b"{not json").unwrap_err();
-        assert!(reason.starts_with("invalid JSON: "), "{reason}");
-        let reason = validate(b"").unwrap_err();
-        assert!(reason.starts_with("invalid JSON: "), "{reason}");
-    }
-
-    #[test]
-    fn names_a_missing_field() {
-        let reason = validate(br#"{"id":"o-1","items":[{}],"total":1.0}"#).unwrap_err();
-        assert!(
-            reason.starts_with("invalid order: missing field `customer`"),
-            "{reason}"
-        );
-    }
-
-    #[test]
-    fn rejects_ill_typed_fields() {
-        for body in [
-            &br#"{"id":1,"customer":"c","items":[{}],"total":1.0}"#[..],
-            br#"{"id":"o","customer":"c","items":{},"total":1.0}"#,
-            br#"{"id":"o","customer":"c","items":[{}],"total":"1.0"}"#,
-            br#"["o","c",[{}],1.0]"#,
-        ] {
-            let reason = validate(body).unwrap_err();
-            assert!(
-                reason.starts_with("invalid order: invalid type"),
-                "{reason}"
-            );
-        }
-    }
-
-    #[test]
-    fn rejects_an_order_without_items() {
-        let reason =
-            validate(br#"{"id":"o-1","customer":"c","items":[],"total":0.0}"#).unwrap_err();
-        assert_eq!(reason, "invalid order: no items");
-    }
-}

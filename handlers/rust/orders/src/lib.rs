@@ -6,26 +6,13 @@
 use jetwasm::runtime::log::{self, Level};
 use jetwasm::runtime::types::PublishError;
 use jetwasm::runtime::{config, publish};
-use serde::de::IgnoredAny;
-use serde::{Deserialize, Serialize};
-use serde_json::error::Category;
+use order_model::parse_order;
+use serde::Serialize;
 
 wit_bindgen::generate!({ world: "handler", path: "../../../wit" });
 
 const DEFAULT_OUTPUT_SUBJECT: &str = "orders.processed";
 const DEFAULT_RETRY_DELAY_MS: u64 = 2000;
-
-/// An incoming order. Only the item count matters here, so items are not inspected.
-#[derive(Debug, Deserialize)]
-struct Order {
-    id: String,
-    customer: String,
-    items: Vec<IgnoredAny>,
-    total: f64,
-    /// Inventory cannot take the order right now: a transient condition worth retrying.
-    #[serde(default)]
-    inventory_busy: bool,
-}
 
 /// The event published for each processed order.
 #[derive(Serialize)]
@@ -35,18 +22,6 @@ struct Processed<'a> {
     total: f64,
     items: usize,
     processed_seq: u64,
-}
-
-/// Parses and validates an order; the error is the reason to dead-letter it.
-fn parse_order(payload: &[u8]) -> Result<Order, String> {
-    let order: Order = serde_json::from_slice(payload).map_err(|e| match e.classify() {
-        Category::Data => format!("invalid order: {e}"),
-        Category::Io | Category::Syntax | Category::Eof => format!("invalid JSON: {e}"),
-    })?;
-    if order.items.is_empty() {
-        return Err("invalid order: no items".to_string());
-    }
-    Ok(order)
 }
 
 struct Orders;
@@ -96,40 +71,3 @@ impl Guest for Orders {
 }
 
 export!(Orders);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepts_a_valid_order() {
-        let order = parse_order(
-            br#"{"id":"o-1","customer":"c-42","items":[{"sku":"A1","qty":2,"price":9.5}],"total":19.0}"#,
-        )
-        .unwrap();
-        assert_eq!((order.id.as_str(), order.items.len()), ("o-1", 1));
-        assert!(!order.inventory_busy);
-    }
-
-    #[test]
-    fn rejects_malformed_json() {
-        let reason = parse_order(b"{not json").unwrap_err();
-        assert!(reason.starts_with("invalid JSON: "), "{reason}");
-    }
-
-    #[test]
-    fn names_a_missing_field() {
-        let reason = parse_order(br#"{"id":"o-1","items":[{}],"total":1.0}"#).unwrap_err();
-        assert!(
-            reason.starts_with("invalid order: missing field `customer`"),
-            "{reason}"
-        );
-    }
-
-    #[test]
-    fn rejects_an_order_without_items() {
-        let reason =
-            parse_order(br#"{"id":"o-1","customer":"c","items":[],"total":0.0}"#).unwrap_err();
-        assert_eq!(reason, "invalid order: no items");
-    }
-}
