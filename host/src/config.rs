@@ -584,7 +584,10 @@ mod example {
         assert_eq!(config.publishers.len(), 2);
         assert_eq!(config.publishers[0].every, Some(Duration::from_millis(500)));
         let route = config.publishers[1].http.as_ref().unwrap();
-        assert_eq!((route.method.as_str(), route.path.as_str()), ("POST", "/orders"));
+        assert_eq!(
+            (route.method.as_str(), route.path.as_str()),
+            ("POST", "/orders")
+        );
         assert_eq!(config.handlers[0].consumer, "orders-processor");
         assert!(config.streams.unwrap().ends_with("streams.toml"));
         assert_eq!(config.env.as_deref(), Some("dev"));

@@ -1,10 +1,13 @@
-//! Throughput benchmark: a native async-nats pull consumer acking each message versus the
-//! jetwasm host running a no-op Rust handler in a fresh sandbox per message, against the same
-//! nats-server in the same run. Prints msgs/s for both, the ratio, and the per-message cost
-//! of a sandboxed call (p50/p99). Numbers, not assertions: run it with `make bench`.
+//! Throughput benchmark, against the same nats-server in the same run:
+//! - consuming: a native async-nats pull consumer acking each message versus the jetwasm host
+//!   running a no-op Rust handler in a fresh sandbox per message, and the per-message cost of
+//!   a sandboxed call (p50/p99);
+//! - publishing: native async-nats publishes, each awaiting its PubAck, versus a publisher
+//!   component doing the same through the `publish` import.
 //!
-//! Environment: `BENCH_MESSAGES` (default 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS`
-//! (default 20000).
+//! Numbers, not assertions: run it with `make bench`. Environment: `BENCH_MESSAGES` (default
+//! 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS` (default 20000), `BENCH_PUBLISHES`
+//! (default 10000).
 
 use std::time::{Duration, Instant};
 
@@ -62,7 +65,70 @@ async fn main() -> anyhow::Result<()> {
 
     let (p50, p99) = call_overhead(&js, env_or("BENCH_CALLS", 20_000)).await?;
     println!("sandboxed call (new store + instance + handle): p50 {p50:?}, p99 {p99:?}");
+
+    let publishes = env_or("BENCH_PUBLISHES", 10_000);
+    js.create_stream(stream::Config {
+        name: "BENCHPUB".into(),
+        subjects: vec!["benchpub.out".into()],
+        storage: stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await?;
+    let mut native = Vec::new();
+    let mut component = Vec::new();
+    for round in 1..=rounds {
+        let n = publish_native(&js, publishes).await?;
+        let c = publish_component(&js, publishes).await?;
+        println!("publish round {round}: native {n:>7.0} msgs/s   component {c:>7.0} msgs/s   ratio {:.2}", c / n);
+        native.push(n);
+        component.push(c);
+    }
+    let (n, c) = (median(&mut native), median(&mut component));
+    println!("publish median ({publishes} sequential publishes, each awaiting its PubAck): native {n:.0} msgs/s, component {c:.0} msgs/s, ratio {:.2}", c / n);
     Ok(())
+}
+
+/// The baseline: publishes one after another, each awaiting its PubAck.
+async fn publish_native(js: &jetstream::Context, n: usize) -> anyhow::Result<f64> {
+    let payload = bytes::Bytes::from(vec![b'x'; 64]);
+    let start = Instant::now();
+    for _ in 0..n {
+        js.publish("benchpub.out", payload.clone()).await?.await?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A publisher component making the same publishes in one tick, through the `publish` import.
+async fn publish_component(js: &jetstream::Context, n: usize) -> anyhow::Result<f64> {
+    let text = format!(
+        r#"
+[[publisher]]
+name = "burst"
+component = "{}"
+every = "1h"
+publish = ["benchpub.out"]
+limits = {{ max_publishes = {n}, timeout = "10m", cpu_time = "10m" }}
+config = {{ count = {n}, subject = "benchpub.out" }}
+"#,
+        handler_wasm("fixture_publish_burst").display()
+    );
+    let config = Config::parse(&text, std::path::Path::new("."))
+        .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    let publisher = jetwasm::components::load(&config, js, &Metrics::new())
+        .await?
+        .publishers
+        .remove(0);
+    let firing = jetwasm::publisher::Firing {
+        seq: 1,
+        at: std::time::SystemTime::now(),
+        missed: 0,
+    };
+    let start = Instant::now();
+    publisher
+        .tick(&firing)
+        .await
+        .map_err(|e| anyhow::anyhow!("tick failed: {e:?}"))?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Publishes `n` small messages, pipelined.
