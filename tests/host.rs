@@ -710,35 +710,42 @@ async fn the_host_recovers_when_the_server_restarts_without_being_restarted_itse
 }
 
 #[test]
-fn check_says_whether_a_component_fits_without_nats() {
-    let bin = harness::workspace_bin("jetwasm").unwrap();
-    let ok = std::process::Command::new(&bin)
-        .arg("check")
-        .arg(handler_wasm("orders"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&ok.stdout);
+fn check_says_which_world_a_component_fits_without_nats() {
+    let check = |component: &str| {
+        let bin = harness::workspace_bin("jetwasm").unwrap();
+        let out = std::process::Command::new(bin)
+            .arg("check")
+            .arg(handler_wasm(component))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    for (component, world) in [
+        ("orders", "handler"),
+        ("orders_generator", "publisher"),
+        ("orders_intake", "http-publisher"),
+    ] {
+        let (code, stdout, stderr) = check(component);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(
+            stdout.contains(&format!("fits the {world} world")),
+            "{stdout}"
+        );
+    }
+    let (code, _, stderr) = check("fixture_no_world");
+    assert_eq!(code, Some(1));
     assert!(
-        ok.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert!(stdout.contains("fits the handler world"), "{stdout}");
-
-    let bad = std::process::Command::new(&bin)
-        .arg("check")
-        .arg(handler_wasm("fixture_publisher"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(
-        stderr.contains("fixture_publisher.wasm does not fit the handler world"),
+        stderr.contains("fixture_no_world.wasm fits no jetwasm world"),
         "{stderr}"
     );
+    for world in ["handler: ", "publisher: ", "http-publisher: "] {
+        assert!(stderr.contains(world), "a reason per world: {stderr}");
+    }
     assert!(
-        stderr.contains("handle"),
-        "names the missing export: {stderr}"
+        stderr.contains("handle") && stderr.contains("on-tick"),
+        "names the missing exports: {stderr}"
     );
 }
 

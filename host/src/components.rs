@@ -8,6 +8,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_nats::jetstream;
 
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::bindings::publisher::PublisherPre;
+use crate::bindings::HandlerPre;
 use crate::config::{self, ComponentConfig, Config, Limits};
 use crate::consumer::Binding;
 use crate::dispatch::Dispatcher;
@@ -55,7 +59,7 @@ pub async fn load(
 
     let mut handlers = Vec::new();
     for (handler, limits) in config.handlers.iter().zip(handler_limits) {
-        let pre = registry::load_handler(&engine, &linker, &handler.component)
+        let pre = registry::load::<HandlerPre<_>>(&engine, &linker, &handler.component)
             .await
             .with_context(|| handler.label())?;
         let env = environment(handler, &limits, js);
@@ -81,7 +85,7 @@ pub async fn load(
         let loaded =
             tracing::info_span!("publisher", name = %publisher.name, component = %path.display());
         if let Some(route) = &publisher.http {
-            let pre = registry::load_http_publisher(&engine, &linker, path)
+            let pre = registry::load::<ProxyPre<_>>(&engine, &linker, path)
                 .await
                 .with_context(|| publisher.label())?;
             loaded.in_scope(|| tracing::info!(method = %route.method, path = %route.path, "http publisher loaded"));
@@ -93,7 +97,7 @@ pub async fn load(
             )));
             continue;
         }
-        let pre = registry::load_publisher(&engine, &linker, path)
+        let pre = registry::load::<PublisherPre<_>>(&engine, &linker, path)
             .await
             .with_context(|| publisher.label())?;
         let schedule = match (&publisher.every, &publisher.cron) {

@@ -1,12 +1,13 @@
-//! Loading a component: size cap, compile off the async runtime, then a check against the
-//! `handler` world (imports satisfiable, `handle` exported with the right type) before any
-//! consumer is bound. The result is an `InstancePre` shared by every call.
+//! Loading a component: size cap, compile off the async runtime, then a check against its
+//! world (`handler`, `publisher` or `http-publisher`: imports satisfiable, exports there with
+//! the right types) before anything is bound. The result is an `InstancePre` shared by every
+//! call.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::Engine;
 
 use crate::bindings::publisher::PublisherPre;
@@ -19,56 +20,53 @@ pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 /// Longest a component may take to compile.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Reads, compiles and checks the component at `path` against the `publisher` world.
-pub async fn load_publisher(
+/// A world a component can be checked against, with the typed `InstancePre` it yields.
+pub trait World: Sized {
+    /// The world's name in `wit/`.
+    const NAME: &'static str;
+    /// Checks the world's exports on an `InstancePre` whose imports already resolved.
+    fn from_pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self>;
+}
+
+impl World for HandlerPre<HostState> {
+    const NAME: &'static str = "handler";
+    fn from_pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self> {
+        HandlerPre::new(pre)
+    }
+}
+
+impl World for PublisherPre<HostState> {
+    const NAME: &'static str = "publisher";
+    fn from_pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self> {
+        PublisherPre::new(pre)
+    }
+}
+
+impl World for ProxyPre<HostState> {
+    const NAME: &'static str = "http-publisher";
+    fn from_pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self> {
+        ProxyPre::new(pre)
+    }
+}
+
+/// Reads, compiles and checks the component at `path` against world `W`.
+pub async fn load<W: World>(
     engine: &Engine,
     linker: &Linker<HostState>,
     path: &Path,
-) -> anyhow::Result<PublisherPre<HostState>> {
+) -> anyhow::Result<W> {
     let component = compile(engine, path).await?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .map_err(anyhow::Error::from);
-    pre.and_then(|pre| PublisherPre::new(pre).map_err(anyhow::Error::from))
-        .with_context(|| format!("{} does not fit the publisher world", path.display()))
+    check::<W>(linker, &component)
+        .with_context(|| format!("{} does not fit the {} world", path.display(), W::NAME))
 }
 
-/// Reads, compiles and checks the component at `path` against the `http-publisher` world
-/// (a `wasi:http/incoming-handler` export).
-pub async fn load_http_publisher(
-    engine: &Engine,
-    linker: &Linker<HostState>,
-    path: &Path,
-) -> anyhow::Result<ProxyPre<HostState>> {
-    let component = compile(engine, path).await?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .map_err(anyhow::Error::from);
-    pre.and_then(|pre| ProxyPre::new(pre).map_err(anyhow::Error::from))
-        .with_context(|| format!("{} does not fit the http-publisher world", path.display()))
-}
-
-/// Reads, compiles and checks the component at `path` against the `handler` world.
-pub async fn load_handler(
-    engine: &Engine,
-    linker: &Linker<HostState>,
-    path: &Path,
-) -> anyhow::Result<HandlerPre<HostState>> {
-    let component = compile(engine, path).await?;
-    check_handler(linker, &component)
-        .with_context(|| format!("{} does not fit the handler world", path.display()))
-}
-
-/// Checks a compiled component against the `handler` world: every import must be one the host
-/// provides, and `handle` must be exported with the contract's signature.
-pub fn check_handler(
-    linker: &Linker<HostState>,
-    component: &Component,
-) -> anyhow::Result<HandlerPre<HostState>> {
+/// Checks a compiled component against world `W`: every import must be one the host
+/// provides, and the world's exports must be there with the contract's types.
+pub fn check<W: World>(linker: &Linker<HostState>, component: &Component) -> anyhow::Result<W> {
     let pre = linker
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)?;
-    HandlerPre::new(pre).map_err(anyhow::Error::from)
+    W::from_pre(pre).map_err(anyhow::Error::from)
 }
 
 /// Reads `path` (at most [`MAX_COMPONENT_BYTES`]) and compiles it on a blocking thread.
