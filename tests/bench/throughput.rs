@@ -7,7 +7,7 @@
 //!
 //! Numbers, not assertions: run it with `make bench`. Environment: `BENCH_MESSAGES` (default
 //! 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS` (default 20000), `BENCH_PUBLISHES`
-//! (default 10000).
+//! (default 10000), `BENCH_IN_FLIGHT` (the host's max in flight, default 64 as in the config).
 
 use std::time::{Duration, Instant};
 
@@ -237,6 +237,7 @@ async fn drain_host(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Re
 }
 
 fn host_config(consumer: &str) -> anyhow::Result<Config> {
+    let in_flight = env_or("BENCH_IN_FLIGHT", 64);
     let text = format!(
         r#"
 [[handler]]
@@ -244,6 +245,7 @@ name = "noop"
 component = "{}"
 stream = "{STREAM}"
 consumer = "{consumer}"
+limits = {{ max_in_flight = {in_flight} }}
 "#,
         handler_wasm("noop").display()
     );
