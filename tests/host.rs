@@ -1106,3 +1106,26 @@ async fn http_intake_answers_each_case_with_a_clear_status() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_gets_no_environment_files_or_network() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    // A listener the guest will try to reach: it must never see a connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let host = setup.host("fixture_sandbox_probe", "").await;
+    setup.publish_all([target]).await;
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(10), &host)
+        .await;
+    let report = header(&records[0], "Jetwasm-Reason");
+    assert!(report.starts_with("env=0 "), "no environment: {report}");
+    assert!(report.contains("file=denied"), "no files: {report}");
+    assert!(report.contains("dir=denied"), "no directories: {report}");
+    assert!(report.contains("net=denied"), "no network: {report}");
+    assert!(
+        listener.accept().is_err(),
+        "nothing connected to the host's listener"
+    );
+}
