@@ -272,6 +272,12 @@ impl ComponentConfig for PublisherConfig {
     }
 }
 
+/// Methods an HTTP publisher may serve.
+pub const ROUTE_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Paths the host serves itself.
+const RESERVED_PATHS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
 /// Subjects no guest may publish to, whatever its allow-list says.
 pub const RESERVED_SUBJECTS: [&str; 3] = ["$JS.>", "$SYS.>", "_INBOX.>"];
 
@@ -352,6 +358,7 @@ impl Config {
                     .map(|p| format!("{at}: {p}")),
             );
         }
+        let mut routes = BTreeSet::new();
         for publisher in &self.publishers {
             let at = publisher.label();
             let triggers = [
@@ -376,16 +383,30 @@ impl Config {
                 }
             }
             if let Some(route) = &publisher.http {
-                if http::Method::from_str(&route.method).is_err() {
+                if !ROUTE_METHODS.contains(&route.method.as_str()) {
                     problems.push(format!(
-                        "{at}: http.method {:?} is not an HTTP method",
-                        route.method
+                        "{at}: http.method {:?} must be one of {}",
+                        route.method,
+                        ROUTE_METHODS.join(", ")
                     ));
                 }
-                if !route.path.starts_with('/') {
+                let plain = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
+                if !route.path.starts_with('/') || !route.path.chars().all(plain) {
                     problems.push(format!(
-                        "{at}: http.path {:?} must start with '/'",
+                        "{at}: http.path {:?} must start with '/' and use only letters, digits and /-._~",
                         route.path
+                    ));
+                }
+                if RESERVED_PATHS.contains(&route.path.as_str()) {
+                    problems.push(format!(
+                        "{at}: http.path {:?} is the host's own",
+                        route.path
+                    ));
+                }
+                if !routes.insert((route.method.as_str(), route.path.as_str())) {
+                    problems.push(format!(
+                        "{at}: another publisher already serves {} {}",
+                        route.method, route.path
                     ));
                 }
                 if self.runtime.http.is_none() {
@@ -526,12 +547,12 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
             err,
             vec!["publisher p: set only one of `every`, `cron` or `http`"]
         );
-        let route = publisher("http = { method = \"POST\", path = \"orders\" }");
+        let route = publisher("http = { method = \"POST\", path = \"orders/{id}\" }");
         let err = Config::parse(&route, Path::new(".")).unwrap_err();
         assert_eq!(
             err,
             vec![
-                "publisher p: http.path \"orders\" must start with '/'",
+                "publisher p: http.path \"orders/{id}\" must start with '/' and use only letters, digits and /-._~",
                 "publisher p: an HTTP route needs the listener: set [runtime] http"
             ]
         );
@@ -543,6 +564,40 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
         );
         let ok = Config::parse(&publisher("cron = \"0/5 * * * * *\""), Path::new(".")).unwrap();
         assert_eq!(ok.publishers[0].cron.as_deref(), Some("0/5 * * * * *"));
+    }
+
+    #[test]
+    fn http_routes_are_plain_unique_and_leave_the_host_paths_alone() {
+        let route = |name: &str, method: &str, path: &str| {
+            format!(
+                "[[publisher]]\nname = \"{name}\"\ncomponent = \"p.wasm\"\nhttp = {{ method = \"{method}\", path = \"{path}\" }}\n"
+            )
+        };
+        let text = format!(
+            "[runtime]\nhttp = \"127.0.0.1:0\"\n{}{}{}{}",
+            route("a", "POST", "/orders"),
+            route("b", "POST", "/orders"),
+            route("c", "GET", "/metrics"),
+            route("d", "BREW", "/tea"),
+        );
+        let err = Config::parse(&text, Path::new(".")).unwrap_err();
+        assert_eq!(
+            err,
+            vec![
+                "publisher b: another publisher already serves POST /orders",
+                "publisher c: http.path \"/metrics\" is the host's own",
+                "publisher d: http.method \"BREW\" must be one of GET, POST, PUT, PATCH, DELETE",
+            ]
+        );
+        let shared = format!(
+            "[runtime]\nhttp = \"127.0.0.1:0\"\n{}{}",
+            route("a", "POST", "/orders"),
+            route("b", "GET", "/orders")
+        );
+        assert!(
+            Config::parse(&shared, Path::new(".")).is_ok(),
+            "same path, other method"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! HTTP publishers, each request run through its component with a body-size cap and a
 //! timeout, never left hanging.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, on, MethodFilter};
+use axum::routing::{get, MethodFilter, MethodRouter};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,8 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(status);
+    // One method router per path, so two publishers may share a path with different methods.
+    let mut by_path: BTreeMap<String, MethodRouter> = BTreeMap::new();
     for publisher in publishers {
         let method = http::Method::from_str(&publisher.route.method)
             .ok()
@@ -53,7 +56,11 @@ pub async fn serve(
             .with_context(|| format!("publisher {}: unsupported method", publisher.name))?;
         let path = publisher.route.path.clone();
         let handler = move |request: Request| serve_publisher(publisher.clone(), request);
-        app = app.route(&path, on(method, handler));
+        let routes = by_path.remove(&path).unwrap_or_default();
+        by_path.insert(path, routes.on(method, handler));
+    }
+    for (path, routes) in by_path {
+        app = app.route(&path, routes);
     }
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
