@@ -1114,3 +1114,31 @@ async fn a_guest_gets_no_environment_files_or_network() {
         "nothing connected to the host's listener"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brief_dead_letter_outage_loses_nothing() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let host = setup.host("orders", "").await;
+    setup.js.delete_stream("DEADLETTER").await.unwrap();
+    setup.publish_all(["{not json".to_owned()]).await;
+    // The host retries the record while the stream is missing, then writes it once it is back.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let spec = stream_init::Spec::load(&setup.dir.path().join("streams.toml"), None).unwrap();
+    let plan = stream_init::plan(&setup.js, &spec).await.unwrap();
+    stream_init::apply(&setup.js, &plan).await.unwrap();
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(15), &host)
+        .await;
+    assert!(header(&records[0], "Jetwasm-Reason").starts_with("invalid JSON"));
+    setup.drained(Duration::from_secs(5), &host).await;
+    assert!(
+        host.log().contains("dead letter not written; retrying"),
+        "{}",
+        tail(&host.log())
+    );
+    assert_eq!(
+        setup.consumer().await.num_redelivered,
+        0,
+        "termed on its first delivery"
+    );
+}

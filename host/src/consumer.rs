@@ -306,23 +306,16 @@ async fn apply(
                 seq,
                 delivered: wit.delivered,
             };
-            let written = dead_letter::publish(
-                &message.context,
-                &binding.dead_letter,
-                &source,
-                &reason,
-                message.payload.clone(),
-                message.headers.as_ref(),
-            )
-            .await;
-            match written {
+            match write_dead_letter(binding, message, &source, &reason).await {
                 Ok(()) => {
                     binding.metrics.dead_letters.inc();
                     tracing::warn!(handler, stream, seq, reason, "dead-lettered");
                     message.ack_with(AckKind::Term).await
                 }
                 Err(e) => {
-                    tracing::error!(handler, stream, seq, error = %format!("{e:#}"), "dead letter not written; message will be redelivered");
+                    // At the last delivery JetStream will not redeliver: this is logged as an
+                    // error so an operator can recover the message from the stream.
+                    tracing::error!(handler, stream, seq, error = %format!("{e:#}"), "dead letter not written after retries; message nak'd");
                     let delay = policy
                         .backoff_after(wit.delivered)
                         .unwrap_or(ack::FAILURE_RETRY_DELAY);
@@ -334,5 +327,42 @@ async fn apply(
     if let Err(e) = result {
         // The message stays unacknowledged and JetStream redelivers it after the ack wait.
         tracing::warn!(handler, stream, seq, error = %e, "acknowledgement failed; JetStream will redeliver");
+    }
+}
+
+/// Attempts at writing a dead letter before giving up on this delivery.
+const DEAD_LETTER_ATTEMPTS: u32 = 6;
+
+/// Writes the dead-letter record, retrying with a growing pause (about 8s in all) while
+/// telling JetStream the message is still in progress, so a brief outage of the dead-letter
+/// stream loses nothing.
+async fn write_dead_letter(
+    binding: &Binding,
+    message: &jetstream::Message,
+    source: &dead_letter::Source<'_>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let mut pause = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        let written = dead_letter::publish(
+            &message.context,
+            &binding.dead_letter,
+            source,
+            reason,
+            message.payload.clone(),
+            message.headers.as_ref(),
+        )
+        .await;
+        match written {
+            Err(e) if attempt < DEAD_LETTER_ATTEMPTS => {
+                tracing::warn!(handler = source.handler, seq = source.seq, attempt, error = %format!("{e:#}"), "dead letter not written; retrying");
+                let _ = message.ack_with(AckKind::Progress).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(4));
+                attempt += 1;
+            }
+            result => return result,
+        }
     }
 }
