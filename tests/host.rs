@@ -1074,6 +1074,14 @@ async fn http_intake_answers_each_case_with_a_clear_status() {
     let (status, _) = http_request(host.http, "GET", "/orders", &[], b"").unwrap();
     assert_eq!(status, 405);
     assert_eq!(setup.messages("ORDERS").await.len(), 1);
+    let requests = |status: &str| {
+        let sample = format!("jetwasm_http_requests_total{{publisher=\"p\",status=\"{status}\"}}");
+        host.metric(&sample).unwrap()
+    };
+    assert_eq!(
+        (requests("202"), requests("400"), requests("413")),
+        (2.0, 2.0, 1.0)
+    );
 
     // A subject outside the allow-list: 403; no stream captures the subject: 503. Each names
     // the subject, and nothing is published.

@@ -46,16 +46,24 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(status);
+        .with_state(status.clone());
     // One method router per path, so two publishers may share a path with different methods.
     let mut by_path: BTreeMap<String, MethodRouter> = BTreeMap::new();
     for publisher in publishers {
+        let metrics = status.metrics.clone();
         let method = http::Method::from_str(&publisher.route.method)
             .ok()
             .and_then(|m| MethodFilter::try_from(m).ok())
             .with_context(|| format!("publisher {}: unsupported method", publisher.name))?;
         let path = publisher.route.path.clone();
-        let handler = move |request: Request| serve_publisher(publisher.clone(), request);
+        let handler = move |request: Request| {
+            let (publisher, metrics) = (publisher.clone(), metrics.clone());
+            async move {
+                let response = serve_publisher(publisher.clone(), request).await;
+                metrics.http_request(&publisher.name, response.status().as_u16());
+                response
+            }
+        };
         let routes = by_path.remove(&path).unwrap_or_default();
         by_path.insert(path, routes.on(method, handler));
     }

@@ -26,6 +26,8 @@ pub struct Metrics {
     ticks: IntCounterVec,
     /// `jetwasm_publisher_missed_ticks_total{publisher}`.
     missed_ticks: IntCounterVec,
+    /// `jetwasm_http_requests_total{publisher, status}`.
+    http_requests: IntCounterVec,
 }
 
 /// One publisher's metrics, resolved once.
@@ -172,6 +174,14 @@ impl Metrics {
             &["publisher"],
         )
         .expect("valid metric");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "jetwasm_http_requests_total",
+                "HTTP publisher requests, by response status",
+            ),
+            &["publisher", "status"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(outcomes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -181,6 +191,7 @@ impl Metrics {
             Box::new(ack_pending.clone()),
             Box::new(ticks.clone()),
             Box::new(missed_ticks.clone()),
+            Box::new(http_requests.clone()),
         ] {
             registry
                 .register(collector)
@@ -196,7 +207,15 @@ impl Metrics {
             ack_pending,
             ticks,
             missed_ticks,
+            http_requests,
         }
+    }
+
+    /// Counts one HTTP publisher request answered with `status`.
+    pub fn http_request(&self, publisher: &str, status: u16) {
+        self.http_requests
+            .with_label_values(&[publisher, &status.to_string()])
+            .inc();
     }
 
     /// The metrics of publisher `name`, every counter starting at zero.
