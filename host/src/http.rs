@@ -59,7 +59,7 @@ pub async fn serve(
         let handler = move |request: Request| {
             let (publisher, metrics) = (publisher.clone(), metrics.clone());
             async move {
-                let response = serve_publisher(publisher.clone(), request).await;
+                let response = serve_publisher(&publisher, request).await;
                 metrics.http_request(&publisher.name, response.status().as_u16());
                 response
             }
@@ -103,7 +103,7 @@ async fn ready(State(status): State<Status>) -> (StatusCode, &'static str) {
 
 /// One request through an HTTP publisher. Host-side failures get their own statuses: 413 for
 /// a body over the cap, 500 when the component failed or did not answer, 504 on timeout.
-async fn serve_publisher(publisher: Arc<HttpPublisher>, request: Request) -> Response {
+async fn serve_publisher(publisher: &HttpPublisher, request: Request) -> Response {
     let limit = publisher.limits.max_message_size.as_u64() as usize;
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, limit).await else {

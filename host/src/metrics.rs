@@ -112,91 +112,62 @@ impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let outcomes = IntCounterVec::new(
-            Opts::new("jetwasm_messages_total", "Messages handled, by outcome"),
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), labels))
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            registered(&registry, IntGaugeVec::new(Opts::new(name, help), labels))
+        };
+        let outcomes = counters(
+            "jetwasm_messages_total",
+            "Messages handled, by outcome",
             &["handler", "outcome"],
-        )
-        .expect("valid metric");
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "jetwasm_handler_seconds",
-                "Time per handler call, sandbox setup included",
-            )
-            .buckets(vec![
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["handler"],
-        )
-        .expect("valid metric");
-        let in_flight = IntGaugeVec::new(
-            Opts::new("jetwasm_in_flight", "Calls running now"),
-            &["handler"],
-        )
-        .expect("valid metric");
-        let dead_letters = IntCounterVec::new(
-            Opts::new(
-                "jetwasm_dead_letters_total",
-                "Messages dead-lettered and terminated",
+        );
+        let latency = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "jetwasm_handler_seconds",
+                    "Time per handler call, sandbox setup included",
+                )
+                .buckets(vec![
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["handler"],
             ),
+        );
+        let in_flight = gauges("jetwasm_in_flight", "Calls running now", &["handler"]);
+        let dead_letters = counters(
+            "jetwasm_dead_letters_total",
+            "Messages dead-lettered and terminated",
             &["handler"],
-        )
-        .expect("valid metric");
-        let pending = IntGaugeVec::new(
-            Opts::new(
-                "jetwasm_consumer_pending",
-                "Messages the consumer has not delivered yet",
-            ),
+        );
+        let pending = gauges(
+            "jetwasm_consumer_pending",
+            "Messages the consumer has not delivered yet",
             &["handler"],
-        )
-        .expect("valid metric");
-        let ack_pending = IntGaugeVec::new(
-            Opts::new(
-                "jetwasm_consumer_ack_pending",
-                "Messages delivered and not yet acknowledged",
-            ),
+        );
+        let ack_pending = gauges(
+            "jetwasm_consumer_ack_pending",
+            "Messages delivered and not yet acknowledged",
             &["handler"],
-        )
-        .expect("valid metric");
-        let ticks = IntCounterVec::new(
-            Opts::new(
-                "jetwasm_publisher_ticks_total",
-                "Publisher ticks run, by outcome",
-            ),
+        );
+        let ticks = counters(
+            "jetwasm_publisher_ticks_total",
+            "Publisher ticks run, by outcome",
             &["publisher", "outcome"],
-        )
-        .expect("valid metric");
-        let missed_ticks = IntCounterVec::new(
-            Opts::new(
-                "jetwasm_publisher_missed_ticks_total",
-                "Timer firings skipped because the previous tick was still running",
-            ),
+        );
+        let missed_ticks = counters(
+            "jetwasm_publisher_missed_ticks_total",
+            "Timer firings skipped because the previous tick was still running",
             &["publisher"],
-        )
-        .expect("valid metric");
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "jetwasm_http_requests_total",
-                "HTTP publisher requests, by response status",
-            ),
+        );
+        let http_requests = counters(
+            "jetwasm_http_requests_total",
+            "HTTP publisher requests, by response status",
             &["publisher", "status"],
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(outcomes.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(latency.clone()),
-            Box::new(in_flight.clone()),
-            Box::new(dead_letters.clone()),
-            Box::new(pending.clone()),
-            Box::new(ack_pending.clone()),
-            Box::new(ticks.clone()),
-            Box::new(missed_ticks.clone()),
-            Box::new(http_requests.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
+        );
         Metrics {
             registry,
             outcomes,
@@ -254,6 +225,19 @@ impl Metrics {
             .expect("text encoding cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// Registers a freshly built metric. Both steps only fail on a malformed or duplicate
+/// definition, which is a bug in this file.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("a well-formed metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 impl Default for Metrics {

@@ -432,10 +432,7 @@ fn apply_overlay(
 }
 
 fn merged_stream(stream: &StreamSpec, patch: &toml::Table) -> Result<StreamSpec, String> {
-    let toml::Value::Table(mut base) = toml::Value::try_from(stream).map_err(|e| e.to_string())?
-    else {
-        unreachable!("a struct serializes to a table")
-    };
+    let mut base = toml::Table::try_from(stream).map_err(|e| e.to_string())?;
     for (key, value) in patch {
         if key == "name" {
             return Err("an overlay cannot rename a stream".to_owned());
