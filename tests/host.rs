@@ -429,15 +429,9 @@ async fn an_endless_loop_is_interrupted_at_its_cpu_limit_while_other_messages_fl
     setup.publish_all(["loop".to_owned()]).await;
     setup.publish_all((0..200).map(|i| format!("ok {i}"))).await;
     // The 200 others are all acked while the loop still spins in one of the four slots.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while host.metric(&sample("ack")).unwrap() < 200.0 {
-        assert!(
-            Instant::now() < deadline,
-            "others did not flow\n{}",
-            tail(&host.log())
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    host.wait_metric(&sample("ack"), 200.0, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(
         host.metric(&sample("timeout")).unwrap(),
         0.0,
@@ -445,14 +439,9 @@ async fn an_endless_loop_is_interrupted_at_its_cpu_limit_while_other_messages_fl
     );
 
     // The loop is interrupted once it has used 3s of CPU time, not before and not long after.
-    while host.metric(&sample("timeout")).unwrap() < 1.0 {
-        assert!(
-            looping.elapsed() < Duration::from_secs(15),
-            "never interrupted\n{}",
-            tail(&host.log())
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    host.wait_metric(&sample("timeout"), 1.0, Duration::from_secs(15))
+        .await
+        .unwrap();
     let interrupted_after = looping.elapsed();
     assert!(
         interrupted_after >= Duration::from_secs(3) && interrupted_after < Duration::from_secs(6),
@@ -982,15 +971,9 @@ async fn publish_errors_are_typed_and_reach_the_component() {
         let config = setup.publisher_config(&handler_wasm("orders_generator"), &extra);
         let host = Host::start(&setup.server.url, &config).await.unwrap();
         let errors = "jetwasm_publisher_ticks_total{outcome=\"error\",publisher=\"p\"}";
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while host.metric(errors).unwrap() < 3.0 {
-            assert!(
-                Instant::now() < deadline,
-                "no failed ticks\n{}",
-                tail(&host.log())
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        host.wait_metric(errors, 3.0, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert!(
             host.log().contains(expected),
             "{expected} in:\n{}",

@@ -140,6 +140,33 @@ impl Host {
             .unwrap_or(0.0))
     }
 
+    /// Waits until the sample in `/metrics` reaches `at_least`; fails with the log's tail
+    /// after `within`.
+    pub async fn wait_metric(
+        &self,
+        sample: &str,
+        at_least: f64,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let value = self.metric(sample)?;
+            if value >= at_least {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "{sample} is {value}, not {at_least}, after {within:?}\n{}",
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The host's resident memory, from /proc.
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
