@@ -31,9 +31,23 @@ lint: wasm-target
 	cd handlers && $(CARGO) fmt --all -- --check
 	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) clippy --release --all-targets -- -D warnings
 
-## handlers: build every guest component in handlers/ into $(JETWASM_HANDLERS_DIR)
-handlers: wasm-target
+# Builds in other languages find the contract and their toolchains through these; each
+# toolchain is installed into $(TOOLS) the first time it is needed (handlers/toolchain.sh).
+export JETWASM_WIT := $(CURDIR)/wit
+export JETWASM_TOOLCHAIN := $(CURDIR)/handlers/toolchain.sh
+export JETWASM_TOOLS := $(TOOLS)
+POLYGLOT := python js go c
+
+## handlers: build every guest component in handlers/ (Rust, and the orders handler in each
+## other language) into $(JETWASM_HANDLERS_DIR)
+handlers: wasm-target $(POLYGLOT:%=$(JETWASM_HANDLERS_DIR)/orders_%.wasm)
 	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) build --release
+
+# handlers/<lang>/orders/build.sh → orders_<lang>.wasm, rebuilt when its sources change.
+.SECONDEXPANSION:
+$(JETWASM_HANDLERS_DIR)/orders_%.wasm: $$(wildcard handlers/%/orders/*) wit/jetwasm.wit handlers/toolchain.sh
+	@mkdir -p $(@D)
+	handlers/$*/orders/build.sh $@
 
 ## fmt: format host and handlers
 fmt:

@@ -12,6 +12,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
+use crate::compile_cache::CompileCache;
 use crate::config::{self, ComponentConfig, Config, Limits};
 use crate::consumer::Binding;
 use crate::dispatch::Dispatcher;
@@ -56,24 +57,29 @@ pub async fn load(
     };
     let engine = engine::new(pool)?;
     let linker = imports::linker(&engine)?;
+    let cache = config.runtime.compile_cache.as_ref().map(CompileCache::new);
+    let cache = cache.as_ref();
 
     let mut handlers = Vec::new();
     for (handler, limits) in config.handlers.iter().zip(handler_limits) {
-        let pre = registry::load::<HandlerPre<_>>(&engine, &linker, &handler.component)
+        let pre = registry::load::<HandlerPre<_>>(&engine, &linker, &handler.component, cache)
             .await
             .with_context(|| handler.label())?;
         let env = environment(handler, &limits, js);
-        tracing::info!(handler = %handler.name, component = %handler.component.display(), "handler loaded");
+        tracing::info!(handler = %handler.name, component = %handler.component.display(), instances = ?handler.instances, "handler loaded");
+        let metrics = metrics.handler(&handler.name);
+        let dispatcher =
+            Dispatcher::new(pre, env, limits, handler.reuse(), metrics.instances.clone());
         handlers.push(Arc::new(Binding {
-            name: env.name.clone(),
-            dispatcher: Dispatcher::new(pre, env, limits),
+            name: handler.name.as_str().into(),
+            dispatcher,
             stream: handler.stream.clone(),
             consumer: handler.consumer.clone(),
             dead_letter: config.runtime.dead_letter.clone(),
             confirm_acks: handler.confirm_acks,
             max_in_flight: limits.max_in_flight,
             max_message_size: limits.max_message_size.as_u64() as usize,
-            metrics: metrics.handler(&handler.name),
+            metrics,
         }));
     }
 
@@ -85,7 +91,7 @@ pub async fn load(
         let loaded =
             tracing::info_span!("publisher", name = %publisher.name, component = %path.display());
         if let Some(route) = &publisher.http {
-            let pre = registry::load::<ProxyPre<_>>(&engine, &linker, path)
+            let pre = registry::load::<ProxyPre<_>>(&engine, &linker, path, cache)
                 .await
                 .with_context(|| publisher.label())?;
             loaded.in_scope(|| tracing::info!(method = %route.method, path = %route.path, "http publisher loaded"));
@@ -97,7 +103,7 @@ pub async fn load(
             )));
             continue;
         }
-        let pre = registry::load::<PublisherPre<_>>(&engine, &linker, path)
+        let pre = registry::load::<PublisherPre<_>>(&engine, &linker, path, cache)
             .await
             .with_context(|| publisher.label())?;
         let schedule = match (&publisher.every, &publisher.cron) {

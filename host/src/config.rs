@@ -59,6 +59,9 @@ pub struct Runtime {
     pub grace_period: Duration,
     /// Limits for handlers that do not set their own.
     pub limits: Limits,
+    /// Folder of compiled components, keyed by content hash and engine settings (see
+    /// [`crate::compile_cache`]); defaults to `~/.cache/jetwasm/compiled`.
+    pub compile_cache: Option<PathBuf>,
 }
 
 impl Default for Runtime {
@@ -68,6 +71,7 @@ impl Default for Runtime {
             dead_letter: "deadletter".to_owned(),
             grace_period: Duration::from_secs(10),
             limits: Limits::default(),
+            compile_cache: crate::compile_cache::CompileCache::default_dir(),
         }
     }
 }
@@ -153,12 +157,44 @@ pub struct HandlerConfig {
     /// Wait for the server to confirm each ack (slower; for effects that must not repeat).
     #[serde(default)]
     pub confirm_acks: bool,
+    /// A fresh instance per message (the default), or warm instances reused across messages.
+    #[serde(default)]
+    pub instances: Instances,
+    /// With `instances = "reuse"`: how many messages one instance serves before it is
+    /// replaced (default [`DEFAULT_MESSAGES_PER_INSTANCE`]).
+    pub messages_per_instance: Option<u32>,
     /// Limits for this handler.
     #[serde(default)]
     pub limits: LimitOverrides,
     /// Values the component reads through the `config` import.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+}
+
+/// How a handler's instances live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Instances {
+    /// A new sandbox for every message: nothing survives from one message to the next.
+    #[default]
+    Fresh,
+    /// A small pool of warm instances, each serving one message at a time; an instance is
+    /// discarded after any failure and after `messages_per_instance` messages. Guest state
+    /// (globals, memory) carries over between the messages one instance serves.
+    Reuse,
+}
+
+/// Messages a reused instance serves before it is replaced, unless the handler says.
+pub const DEFAULT_MESSAGES_PER_INSTANCE: u32 = 1000;
+
+impl HandlerConfig {
+    /// How the handler's instances live: `None` for fresh, else the messages per instance.
+    pub fn reuse(&self) -> Option<u32> {
+        (self.instances == Instances::Reuse).then(|| {
+            self.messages_per_instance
+                .unwrap_or(DEFAULT_MESSAGES_PER_INSTANCE)
+        })
+    }
 }
 
 /// One `[[publisher]]`: a component called on a schedule.
@@ -317,6 +353,7 @@ impl Config {
         };
         self.streams.iter_mut().for_each(resolve);
         self.nats.creds.iter_mut().for_each(resolve);
+        self.runtime.compile_cache.iter_mut().for_each(resolve);
         self.publishers
             .iter_mut()
             .for_each(|p| resolve(&mut p.component));
@@ -357,6 +394,18 @@ impl Config {
                     .into_iter()
                     .map(|p| format!("{at}: {p}")),
             );
+        }
+        for handler in &self.handlers {
+            let at = handler.label();
+            match (handler.instances, handler.messages_per_instance) {
+                (Instances::Fresh, Some(_)) => problems.push(format!(
+                    "{at}: `messages_per_instance` needs `instances = \"reuse\"`"
+                )),
+                (Instances::Reuse, Some(0)) => {
+                    problems.push(format!("{at}: `messages_per_instance` must be at least 1"))
+                }
+                _ => {}
+            }
         }
         let mut routes = BTreeSet::new();
         for publisher in &self.publishers {
@@ -597,6 +646,38 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
         assert!(
             Config::parse(&shared, Path::new(".")).is_ok(),
             "same path, other method"
+        );
+    }
+
+    #[test]
+    fn instances_are_fresh_unless_reuse_is_asked_for() {
+        let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
+        assert_eq!(config.handlers[0].reuse(), None);
+        let with = |extra: &str| EXAMPLE.replace("limits = {", &format!("{extra}\nlimits = {{"));
+        let reuse = Config::parse(&with("instances = \"reuse\""), Path::new(".")).unwrap();
+        assert_eq!(
+            reuse.handlers[0].reuse(),
+            Some(DEFAULT_MESSAGES_PER_INSTANCE)
+        );
+        let text = with("instances = \"reuse\"\nmessages_per_instance = 10");
+        let ten = Config::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(ten.handlers[0].reuse(), Some(10));
+
+        let err = Config::parse(&with("messages_per_instance = 10"), Path::new(".")).unwrap_err();
+        assert_eq!(
+            err,
+            vec!["handler orders: `messages_per_instance` needs `instances = \"reuse\"`"]
+        );
+        let text = with("instances = \"reuse\"\nmessages_per_instance = 0");
+        let err = Config::parse(&text, Path::new(".")).unwrap_err();
+        assert_eq!(
+            err,
+            vec!["handler orders: `messages_per_instance` must be at least 1"]
+        );
+        let err = Config::parse(&with("instances = \"warm\""), Path::new(".")).unwrap_err();
+        assert!(
+            err[0].contains("unknown variant `warm`, expected `fresh` or `reuse`"),
+            "{err:?}"
         );
     }
 

@@ -1,10 +1,19 @@
-//! One message through a handler: a fresh sandbox ([`sandbox::store`]) with an instance from
-//! the shared `InstancePre`, the call made, and its result as an [`Outcome`].
+//! One message through a handler: a sandbox ([`sandbox::store`]) with an instance from the
+//! shared `InstancePre`, the call made, and its result as an [`Outcome`].
+//!
+//! With [`Instances::Fresh`] every message gets a new instance. With [`Instances::Reuse`] an
+//! instance that answered goes back to a small pool of warm ones (never more than the calls
+//! in flight) and serves later messages, one at a time; it is discarded after any failure
+//! and after its quota of messages.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::bindings::{Disposition, HandlerPre, Message};
+use prometheus::IntCounter;
+use wasmtime::Store;
+
+use crate::bindings::{Disposition, Handler, HandlerPre, Message};
+pub use crate::config::Instances;
 use crate::config::Limits;
 use crate::imports::{ComponentEnv, HostState, Origin};
 use crate::sandbox;
@@ -23,38 +32,112 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+impl From<Disposition> for Outcome {
+    fn from(disposition: Disposition) -> Self {
+        match disposition {
+            Disposition::Ack => Outcome::Ack,
+            Disposition::Nak(delay) => Outcome::Nak(delay.map(Duration::from_millis)),
+            Disposition::Term(reason) => Outcome::Term(reason),
+        }
+    }
+}
+
+/// An instance kept for later messages, with its store.
+struct Warm {
+    store: Store<HostState>,
+    handler: Handler,
+    served: u32,
+}
+
 /// Runs one handler's calls.
 pub struct Dispatcher {
     pre: HandlerPre<HostState>,
     env: Arc<ComponentEnv>,
     limits: Limits,
+    /// `Some(n)`: reuse instances for up to `n` messages each.
+    reuse: Option<u32>,
+    warm: Mutex<Vec<Warm>>,
+    instances_created: IntCounter,
 }
 
 impl Dispatcher {
-    /// A dispatcher for a loaded component with its environment and limits.
-    pub fn new(pre: HandlerPre<HostState>, env: Arc<ComponentEnv>, limits: Limits) -> Self {
-        Dispatcher { pre, env, limits }
+    /// A dispatcher for a loaded component with its environment and limits; `reuse` is the
+    /// messages one instance may serve (`None`: a fresh instance per message).
+    /// `instances_created` counts the instances it makes.
+    pub fn new(
+        pre: HandlerPre<HostState>,
+        env: Arc<ComponentEnv>,
+        limits: Limits,
+        reuse: Option<u32>,
+        instances_created: IntCounter,
+    ) -> Self {
+        Dispatcher {
+            pre,
+            env,
+            limits,
+            reuse,
+            warm: Mutex::new(Vec::new()),
+            instances_created,
+        }
     }
 
-    /// Calls `handle` on `msg` in a fresh sandbox.
+    /// Calls `handle` on `msg`, on a warm instance when one is free and reuse is on, else on
+    /// a new one.
     pub async fn call(&self, msg: &Message) -> Outcome {
         let origin = Origin::Message {
             stream: msg.stream.clone(),
             seq: msg.stream_seq,
         };
-        let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &self.limits);
+        let warm = self.reuse.and_then(|_| self.lock_warm().pop());
+        let (mut store, handler, served) = match warm {
+            Some(Warm {
+                mut store,
+                handler,
+                served,
+            }) => {
+                sandbox::begin_call(&mut store, origin, &self.limits);
+                (store, Some(handler), served)
+            }
+            None => {
+                let store =
+                    sandbox::store(self.pre.engine(), self.env.clone(), origin, &self.limits);
+                (store, None, 0)
+            }
+        };
         let call = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance.call_handle(&mut store, msg).await
+            let handler = match handler {
+                Some(handler) => handler,
+                None => {
+                    self.instances_created.inc();
+                    self.pre.instantiate_async(&mut store).await?
+                }
+            };
+            let disposition = handler.call_handle(&mut store, msg).await?;
+            Ok((handler, disposition))
         };
         match sandbox::within_ceiling(&self.limits, call).await {
-            Ok(Disposition::Ack) => Outcome::Ack,
-            Ok(Disposition::Nak(delay)) => Outcome::Nak(delay.map(Duration::from_millis)),
-            Ok(Disposition::Term(reason)) => Outcome::Term(reason),
+            Ok((handler, disposition)) => {
+                let served = served + 1;
+                if self.reuse.is_some_and(|quota| served < quota) {
+                    self.lock_warm().push(Warm {
+                        store,
+                        handler,
+                        served,
+                    });
+                }
+                disposition.into()
+            }
             Err(error) => {
                 let interrupted = store.data_mut().interrupted.take();
                 Outcome::Failed(sandbox::classify(error.as_ref(), interrupted, &self.limits))
             }
         }
+    }
+
+    fn lock_warm(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        // A panic while holding the lock cannot leave the Vec inconsistent: use it anyway.
+        self.warm
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

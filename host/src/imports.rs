@@ -14,10 +14,12 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::jetwasm::runtime::{config, log, publish, types};
 use crate::bindings::{Handler, PublishAck, PublishError};
+use crate::config::Limits;
 use crate::guest_output::GuestOutput;
 use crate::http_guest::NoOutgoingRequests;
 use crate::limiter::MemoryLimiter;
 use crate::publishing::publish_acked;
+use crate::sandbox::Budget;
 
 /// What a component's imports may see and do; shared by all its calls.
 pub struct ComponentEnv {
@@ -76,14 +78,16 @@ pub struct HostState {
     pub limiter: MemoryLimiter,
     /// Set when the host interrupts the call, saying why.
     pub interrupted: Option<crate::dispatch::Failure>,
+    /// The time the current call may still use.
+    pub budget: Budget,
     env: Arc<ComponentEnv>,
     origin: Origin,
     published: u32,
 }
 
 impl HostState {
-    /// Store data for a call of `env`'s handler on the message at `origin`.
-    pub fn new(env: Arc<ComponentEnv>, origin: Origin, memory_limit: usize) -> Self {
+    /// Store data for calls of `env`'s component, the first on behalf of `origin`.
+    pub fn new(env: Arc<ComponentEnv>, origin: Origin, limits: &Limits) -> Self {
         let wasi = WasiCtx::builder()
             .stdout(GuestOutput::new(env.name.clone(), "stdout"))
             .stderr(GuestOutput::new(env.name.clone(), "stderr"))
@@ -93,12 +97,22 @@ impl HostState {
             http: WasiHttpCtx::new(),
             http_hooks: NoOutgoingRequests,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(memory_limit),
+            limiter: MemoryLimiter::new(limits.memory.as_u64() as usize),
             interrupted: None,
+            budget: Budget::new(limits),
             env,
             origin,
             published: 0,
         }
+    }
+
+    /// Starts another call on the same store (a reused instance): a new origin, publish
+    /// count and time budget.
+    pub fn begin_call(&mut self, origin: Origin, limits: &Limits) {
+        self.origin = origin;
+        self.published = 0;
+        self.interrupted = None;
+        self.budget = Budget::new(limits);
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod ack;
 pub mod bindings;
+pub mod compile_cache;
 pub mod components;
 pub mod config;
 pub mod consumer;
@@ -24,5 +25,6 @@ pub mod publishing;
 pub mod registry;
 pub mod run;
 pub mod sandbox;
+pub mod scaffold;
 pub mod up;
 pub mod watchdog;

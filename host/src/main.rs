@@ -61,6 +61,19 @@ enum Command {
         /// The component to check
         component: PathBuf,
     },
+    /// Write a new handler or publisher project that `./build.sh` builds into a component.
+    New {
+        /// What the component is
+        kind: jetwasm::scaffold::Kind,
+        /// The project's name (lowercase letters, digits, dashes); also its folder
+        name: String,
+        /// The language to write it in
+        #[arg(long, short = 'l', default_value = "rust")]
+        lang: jetwasm::scaffold::Lang,
+        /// Where to create the project's folder
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -98,6 +111,12 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Check { component } => check(&component).await,
+        Command::New {
+            kind,
+            name,
+            lang,
+            dir,
+        } => new(kind, &name, lang, &dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,6 +145,26 @@ async fn up(
     result
 }
 
+/// Writes a project and says how to build, check and run it.
+fn new(
+    kind: jetwasm::scaffold::Kind,
+    name: &str,
+    lang: jetwasm::scaffold::Lang,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let root = jetwasm::scaffold::create(kind, name, lang, dir)?;
+    let component = std::path::absolute(root.join(format!("{name}.wasm")))?;
+    println!("Created {} ({lang}). Next:", root.display());
+    println!("  cd {} && ./build.sh", root.display());
+    println!("  jetwasm check {name}.wasm");
+    println!("Then add it to the host's config:");
+    println!(
+        "{}",
+        jetwasm::scaffold::config_snippet(kind, name, &component)
+    );
+    Ok(())
+}
+
 /// Says which worlds the component fits; fails (listing why for each) when it fits none.
 async fn check(component: &std::path::Path) -> anyhow::Result<()> {
     use jetwasm::bindings::{publisher::PublisherPre, HandlerPre};
@@ -146,7 +185,9 @@ async fn check(component: &std::path::Path) -> anyhow::Result<()> {
         max_memory: 64 << 20,
     })?;
     let linker = jetwasm::imports::linker(&engine)?;
-    let compiled = registry::compile(&engine, component).await?;
+    let cache = jetwasm::compile_cache::CompileCache::default_dir()
+        .map(jetwasm::compile_cache::CompileCache::new);
+    let compiled = registry::compile(&engine, component, cache.as_ref()).await?;
     let verdicts = [
         verdict::<HandlerPre<HostState>>(&linker, &compiled),
         verdict::<PublisherPre<HostState>>(&linker, &compiled),

@@ -1,5 +1,5 @@
 //! Prometheus metrics, per handler: outcomes by kind, call latency, in-flight calls, dead
-//! letters, and the consumer's pending and ack-pending counts.
+//! letters, instances created, and the consumer's pending and ack-pending counts.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -18,6 +18,8 @@ pub struct Metrics {
     in_flight: IntGaugeVec,
     /// `jetwasm_dead_letters_total{handler}`.
     dead_letters: IntCounterVec,
+    /// `jetwasm_instances_total{handler}`: instances created.
+    instances: IntCounterVec,
     /// `jetwasm_consumer_pending{handler}`: messages not yet delivered.
     pending: IntGaugeVec,
     /// `jetwasm_consumer_ack_pending{handler}`: delivered, not yet acked.
@@ -73,6 +75,8 @@ pub struct HandlerMetrics {
     pub in_flight: IntGauge,
     /// Messages dead-lettered.
     pub dead_letters: IntCounter,
+    /// Instances created: one per message when fresh, far fewer when reused.
+    pub instances: IntCounter,
     /// Messages the consumer has not delivered yet.
     pub pending: IntGauge,
     /// Messages delivered and not yet acknowledged.
@@ -143,6 +147,11 @@ impl Metrics {
             "Messages dead-lettered and terminated",
             &["handler"],
         );
+        let instances = counters(
+            "jetwasm_instances_total",
+            "Handler instances created (one per message unless instances are reused)",
+            &["handler"],
+        );
         let pending = gauges(
             "jetwasm_consumer_pending",
             "Messages the consumer has not delivered yet",
@@ -174,6 +183,7 @@ impl Metrics {
             latency,
             in_flight,
             dead_letters,
+            instances,
             pending,
             ack_pending,
             ticks,
@@ -212,6 +222,7 @@ impl Metrics {
             latency: self.latency.with_label_values(&labels),
             in_flight: self.in_flight.with_label_values(&labels),
             dead_letters: self.dead_letters.with_label_values(&labels),
+            instances: self.instances.with_label_values(&labels),
             pending: self.pending.with_label_values(&labels),
             ack_pending: self.ack_pending.with_label_values(&labels),
         }

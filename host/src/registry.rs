@@ -4,7 +4,7 @@
 //! call.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use wasmtime::component::{Component, InstancePre, Linker};
@@ -12,6 +12,7 @@ use wasmtime::Engine;
 
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
+use crate::compile_cache::{CompileCache, Source};
 use crate::imports::HostState;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -49,13 +50,14 @@ impl World for ProxyPre<HostState> {
     }
 }
 
-/// Reads, compiles and checks the component at `path` against world `W`.
+/// Reads, compiles (or loads from `cache`) and checks the component at `path` against world `W`.
 pub async fn load<W: World>(
     engine: &Engine,
     linker: &Linker<HostState>,
     path: &Path,
+    cache: Option<&CompileCache>,
 ) -> anyhow::Result<W> {
-    let component = compile(engine, path).await?;
+    let component = compile(engine, path, cache).await?;
     check::<W>(linker, &component)
         .with_context(|| format!("{} does not fit the {} world", path.display(), W::NAME))
 }
@@ -69,8 +71,13 @@ pub fn check<W: World>(linker: &Linker<HostState>, component: &Component) -> any
     W::from_pre(pre).map_err(anyhow::Error::from)
 }
 
-/// Reads `path` (at most [`MAX_COMPONENT_BYTES`]) and compiles it on a blocking thread.
-pub async fn compile(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+/// Reads `path` (at most [`MAX_COMPONENT_BYTES`]) and compiles it on a blocking thread, or
+/// loads it from `cache` when that holds a valid entry for it.
+pub async fn compile(
+    engine: &Engine,
+    path: &Path,
+    cache: Option<&CompileCache>,
+) -> anyhow::Result<Component> {
     let shown = path.display().to_string();
     let size = std::fs::metadata(path)
         .with_context(|| format!("reading component {shown}"))?
@@ -80,14 +87,20 @@ pub async fn compile(engine: &Engine, path: &Path) -> anyhow::Result<Component> 
     }
     let bytes = std::fs::read(path).with_context(|| format!("reading component {shown}"))?;
     check_is_component(&bytes).with_context(|| format!("component {shown}"))?;
-    let engine = engine.clone();
-    let compiling = tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes));
-    match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
+    let (engine, cache, name) = (engine.clone(), cache.cloned(), shown.clone());
+    let started = Instant::now();
+    let compiling = tokio::task::spawn_blocking(move || match cache {
+        Some(cache) => cache.load(&engine, &bytes, &name),
+        None => Ok((Component::from_binary(&engine, &bytes)?, Source::Compiled)),
+    });
+    let (component, source) = match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
         Ok(joined) => joined?
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("compiling component {shown}")),
+            .with_context(|| format!("compiling component {shown}"))?,
         Err(_) => bail!("compiling component {shown} took longer than {COMPILE_TIMEOUT:?}"),
-    }
+    };
+    tracing::debug!(component = %shown, ?source, elapsed = ?started.elapsed(), "component ready");
+    Ok(component)
 }
 
 /// Tells a component from a core module or something else, with advice for each.

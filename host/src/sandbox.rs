@@ -38,44 +38,71 @@ impl Failure {
     }
 }
 
-/// A new store for one call of `env`'s component on behalf of `origin`, with `limits` applied.
+/// The time one call may use: a wall-clock deadline and CPU time, counted in epoch ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    deadline: Instant,
+    timeout: Duration,
+    cpu_used: Duration,
+    cpu_time: Duration,
+}
+
+impl Budget {
+    /// A full budget for a call starting now.
+    pub fn new(limits: &Limits) -> Self {
+        Budget {
+            deadline: Instant::now() + limits.timeout,
+            timeout: limits.timeout,
+            cpu_used: Duration::ZERO,
+            cpu_time: limits.cpu_time,
+        }
+    }
+
+    /// Counts one epoch tick of guest execution; says which limit is passed, if one is.
+    fn tick(&mut self) -> Option<Failure> {
+        self.cpu_used += EPOCH_TICK;
+        if Instant::now() >= self.deadline {
+            Some(Failure::Timeout(self.timeout))
+        } else if self.cpu_used > self.cpu_time {
+            Some(Failure::CpuTime(self.cpu_time))
+        } else {
+            None
+        }
+    }
+}
+
+/// A new store for calls of `env`'s component, the first on behalf of `origin`, with `limits`
+/// applied.
 ///
 /// The epoch callback runs at each tick the guest spends executing (never while it is
-/// blocked in a host call): it counts CPU time, yields to other tasks, and interrupts the
-/// guest past either limit, recording why.
+/// blocked in a host call): it counts CPU time against the call's [`Budget`], yields to other
+/// tasks, and interrupts the guest past either limit, recording why.
 pub fn store(
     engine: &Engine,
     env: Arc<ComponentEnv>,
     origin: Origin,
     limits: &Limits,
 ) -> Store<HostState> {
-    let state = HostState::new(env, origin, limits.memory.as_u64() as usize);
-    let mut store = Store::new(engine, state);
+    let mut store = Store::new(engine, HostState::new(env, origin, limits));
     store.limiter(|state| &mut state.limiter);
-    let Limits {
-        cpu_time, timeout, ..
-    } = *limits;
-    let deadline = Instant::now() + timeout;
-    let mut cpu_used = Duration::ZERO;
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |mut store| {
-        cpu_used += EPOCH_TICK;
-        let over = if Instant::now() >= deadline {
-            Some(Failure::Timeout(timeout))
-        } else if cpu_used > cpu_time {
-            Some(Failure::CpuTime(cpu_time))
-        } else {
-            None
-        };
-        match over {
+    store.epoch_deadline_callback(|mut store| {
+        let state = store.data_mut();
+        match state.budget.tick() {
             Some(failure) => {
-                store.data_mut().interrupted = Some(failure);
+                state.interrupted = Some(failure);
                 Ok(UpdateDeadline::Interrupt)
             }
             None => Ok(UpdateDeadline::Yield(1)),
         }
     });
     store
+}
+
+/// Readies a store that has served calls for another one, on behalf of `origin`.
+pub fn begin_call(store: &mut Store<HostState>, origin: Origin, limits: &Limits) {
+    store.data_mut().begin_call(origin, limits);
+    store.set_epoch_deadline(1);
 }
 
 /// Runs `call` (instantiation and the export, on a store from [`store`]) within the wall-clock

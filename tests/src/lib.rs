@@ -7,6 +7,7 @@
 
 mod host;
 mod nats;
+pub mod setup;
 
 pub use host::{handler_wasm, http_get, http_request, Host};
 pub use nats::{Cluster, NatsServer};

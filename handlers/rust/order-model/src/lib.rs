@@ -2,8 +2,9 @@
 //! and the HTTP intake so they accept exactly the same orders.
 //!
 //! An order is `{"id": string, "customer": string, "items": [..non-empty..], "total": number}`,
-//! optionally with `"inventory_busy": true` (a transient condition the handler retries); other
-//! fields are allowed.
+//! optionally with `"inventory_busy": true` (a transient condition the handler retries) and
+//! `"crash": true` (the handler fails, to show the host's failure handling); other fields are
+//! allowed.
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -24,6 +25,10 @@ pub struct Order {
     /// Inventory cannot take the order right now.
     #[serde(default)]
     pub inventory_busy: bool,
+    /// Make the handler crash on this order: shows (and tests) what the host does when a
+    /// guest fails.
+    #[serde(default)]
+    pub crash: bool,
 }
 
 /// Parses and validates an order; the error is the reason to reject it, starting with

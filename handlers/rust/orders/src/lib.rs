@@ -32,6 +32,9 @@ impl Guest for Orders {
             Ok(order) => order,
             Err(reason) => return Disposition::Term(reason),
         };
+        if order.crash {
+            panic!("crash requested by order {}", order.id);
+        }
         if order.inventory_busy {
             let delay = config::get("retry_delay_ms")
                 .and_then(|v| v.parse().ok())

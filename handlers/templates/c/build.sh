@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds the C files here into a jetwasm {{world}} component: ./build.sh [out.wasm]
+set -euo pipefail
+out="${1:-{{name}}.wasm}"
+out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")" # absolute, before we cd
+cd "$(dirname "$0")"
+wit="${JETWASM_WIT:-wit}"
+toolchain="$("${JETWASM_TOOLCHAIN:-./toolchain.sh}" c)" # fails the build if the install fails
+eval "$toolchain"
+world={{world}}
+
+# wit-bindgen writes $world.h (the WIT types and imports), $world.c (the glue that exports the
+# world's function and calls ours, e.g. exports_handler_handle) and ${world}_component_type.o
+# (the world, for wasm-tools) into a temporary directory. Nothing generated is kept.
+build="$(mktemp -d)"
+trap 'rm -rf "$build"' EXIT
+wit-bindgen c --world "$world" --out-dir "$build" "$wit"
+
+# A WASI preview1 core module (a reactor: a library, no main; --strip-debug drops the debug
+# info of wasi-libc, three quarters of the size)...
+clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Wl,--strip-debug \
+    -I "$build" -o "$build/core.wasm" ./*.c "$build/$world.c" "$build/${world}_component_type.o"
+# ...made a component via the preview1 adapter.
+wasm-tools component new "$build/core.wasm" --adapt "$JETWASM_ADAPTER" -o "$out"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Builds app.js into a jetwasm {{world}} component: ./build.sh [out.wasm]
+set -euo pipefail
+out="${1:-{{name}}.wasm}"
+out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")" # absolute, before we cd
+cd "$(dirname "$0")"
+wit="${JETWASM_WIT:-wit}"
+toolchain="$("${JETWASM_TOOLCHAIN:-./toolchain.sh}" js)" # fails the build if the install fails
+eval "$toolchain"
+
+# -d http -d fetch-event: leave out fetch() and incoming HTTP, which the host does not provide.
+componentize-js app.js --wit "$wit" --world-name {{world}} -d http -d fetch-event -o "$out"

@@ -1,0 +1,24 @@
+// {{name}}: a jetwasm publisher. The host calls `onTick` each time its timer fires.
+//
+// Config key: `subject`, where the ticks go (default `ticks`).
+
+import { get } from 'jetwasm:runtime/config@0.1.0';
+import { publish } from 'jetwasm:runtime/publish@0.1.0';
+
+// The export `on-tick: func(tick: tick) -> result<_, string>`. Returning nothing returns ok;
+// returning { tag: 'err', val: 'why' } returns err (the host logs and counts it; the timer
+// goes on). Throwing an Error traps instead.
+export function onTick(tick) {
+  const subject = get('subject') ?? 'ticks';
+  // tick.seq and tick.nowMs are BigInts, which JSON.stringify cannot write.
+  const payload = JSON.stringify({ tick: Number(tick.seq), now_ms: Number(tick.nowMs) });
+  try {
+    // No msg id (undefined): the host derives one, so a retried tick is not stored twice.
+    publish(subject, new TextEncoder().encode(payload), [], undefined);
+  } catch (e) {
+    if (e.payload === undefined) throw e; // a bug, not a publish error
+    const { tag, val } = e.payload; // the publish-error, e.g. { tag: 'no-stream', val: subject }
+    const why = val === undefined ? tag : `${tag}(${val})`;
+    return { tag: 'err', val: `publishing tick ${tick.seq} to ${subject} failed: ${why}` };
+  }
+}

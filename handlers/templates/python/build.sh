@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds app.py into a jetwasm {{world}} component: ./build.sh [out.wasm]
+set -euo pipefail
+out="${1:-{{name}}.wasm}"
+out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")" # absolute, before we cd
+cd "$(dirname "$0")"
+wit="${JETWASM_WIT:-wit}"
+toolchain="$("${JETWASM_TOOLCHAIN:-./toolchain.sh}" python)" # fails the build if the install fails
+eval "$toolchain"
+
+# Build from a copy of the sources so the build's __pycache__ stays out of this folder.
+# The bindings (modules wit_world, componentize_py_types) are generated during the build.
+src="$(mktemp -d)"
+trap 'rm -rf "$src"' EXIT
+cp ./*.py "$src/"
+componentize-py -d "$wit" -w {{world}} componentize app -p "$src" -o "$out"

@@ -1,0 +1,235 @@
+//! Compiled components cached on disk, keyed by the component's content hash and the engine's
+//! settings, so that a restart or a second host loads a large (Python, JavaScript) component in
+//! milliseconds instead of compiling it again.
+//!
+//! An entry is `<key>.cwasm`: the SHA-256 digest of the compiled artifact, then the artifact.
+//! The digest is checked before wasmtime sees the bytes, so a corrupt entry is detected (not
+//! executed) and rebuilt; an entry wasmtime refuses (another wasmtime version or engine
+//! setting) is rebuilt too. The cache only ever speeds things up: when it cannot be read or
+//! written, the component is compiled as if there were none, with a warning.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+/// Length of the digest that starts every entry.
+const DIGEST_LEN: usize = 32;
+
+/// Where a loaded component came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Compiled now (and stored, when the cache could be written).
+    Compiled,
+    /// Read from a valid cache entry.
+    Cached,
+}
+
+/// A folder of compiled components.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+}
+
+impl CompileCache {
+    /// A cache in `dir`, created on first write.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CompileCache { dir: dir.into() }
+    }
+
+    /// `$XDG_CACHE_HOME/jetwasm/compiled`, else `$HOME/.cache/jetwasm/compiled`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
+        Some(base.join("jetwasm").join("compiled"))
+    }
+
+    /// The folder entries live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The component compiled from `wasm`: from its cache entry when a valid one exists, else
+    /// compiled and stored. Blocking; `shown` names the component in warnings.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        shown: &str,
+    ) -> wasmtime::Result<(Component, Source)> {
+        let entry = self.entry(engine, wasm);
+        match self.read(engine, &entry) {
+            Ok(Some(component)) => return Ok((component, Source::Cached)),
+            Ok(None) => {}
+            Err(why) => tracing::warn!(
+                component = shown,
+                entry = %entry.display(),
+                "compile cache entry rebuilt: {why}"
+            ),
+        }
+        let component = Component::from_binary(engine, wasm)?;
+        if let Err(why) = self.write(&entry, &component) {
+            tracing::warn!(component = shown, dir = %self.dir.display(), "compile cache not written: {why:#}");
+        }
+        Ok((component, Source::Compiled))
+    }
+
+    /// The entry for `wasm` compiled by `engine`.
+    fn entry(&self, engine: &Engine, wasm: &[u8]) -> PathBuf {
+        let mut settings = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut settings);
+        let key = Sha256::new()
+            .chain_update(wasm)
+            .chain_update(settings.finish().to_le_bytes())
+            .chain_update(env!("CARGO_PKG_VERSION"))
+            .finalize();
+        self.dir.join(format!("{}.cwasm", hex(&key)))
+    }
+
+    /// The entry's component; `None` when there is no entry, an error when it is unusable.
+    fn read(&self, engine: &Engine, entry: &Path) -> Result<Option<Component>, String> {
+        let bytes = match std::fs::read(entry) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read it: {e}")),
+        };
+        if bytes.len() < DIGEST_LEN {
+            return Err("it is truncated".to_owned());
+        }
+        let (digest, artifact) = bytes.split_at(DIGEST_LEN);
+        if Sha256::digest(artifact).as_slice() != digest {
+            return Err("it is corrupt (digest mismatch)".to_owned());
+        }
+        // SAFETY: the bytes are exactly what `Component::serialize` wrote for this engine
+        // configuration: the digest above rules out corruption, and wasmtime itself checks
+        // that the artifact matches this engine's version and settings.
+        unsafe { Component::deserialize(engine, artifact) }
+            .map(Some)
+            .map_err(|e| format!("wasmtime refused it: {e}"))
+    }
+
+    /// Stores `component` at `entry`, atomically (a reader sees the old entry or the new one).
+    fn write(&self, entry: &Path, component: &Component) -> anyhow::Result<()> {
+        let artifact = component.serialize()?;
+        std::fs::create_dir_all(&self.dir)?;
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
+        file.write_all(&Sha256::digest(&artifact))?;
+        file.write_all(&artifact)?;
+        file.as_file().sync_all()?;
+        file.persist(entry)?;
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny component: one exported function returning 42.
+    const WAT: &str = r#"(component
+        (core module $m (func (export "f") (result i32) i32.const 42))
+        (core instance $i (instantiate $m))
+        (func (export "f") (result u32) (canon lift (core func $i "f"))))"#;
+
+    fn engine() -> Engine {
+        Engine::default()
+    }
+
+    fn call_f(engine: &Engine, component: &Component) -> u32 {
+        let mut store = wasmtime::Store::new(engine, ());
+        let linker = wasmtime::component::Linker::new(engine);
+        let instance = linker.instantiate(&mut store, component).unwrap();
+        let f = instance
+            .get_typed_func::<(), (u32,)>(&mut store, "f")
+            .unwrap();
+        f.call(&mut store, ()).unwrap().0
+    }
+
+    fn only_entry(dir: &Path) -> PathBuf {
+        let entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        entries.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn compiles_once_then_loads_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::new(dir.path().join("compiled"));
+        let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
+        let (first, source) = cache.load(&engine, &wasm, "f").unwrap();
+        assert_eq!(source, Source::Compiled);
+        assert_eq!(call_f(&engine, &first), 42);
+        let (second, source) = cache.load(&engine, &wasm, "f").unwrap();
+        assert_eq!(source, Source::Cached);
+        assert_eq!(call_f(&engine, &second), 42);
+        only_entry(cache.dir());
+    }
+
+    #[test]
+    fn a_corrupt_or_truncated_entry_is_detected_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::new(dir.path());
+        let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
+        cache.load(&engine, &wasm, "f").unwrap();
+        let entry = only_entry(dir.path());
+        let mut bytes = std::fs::read(&entry).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&entry, &bytes).unwrap();
+        let (component, source) = cache.load(&engine, &wasm, "f").unwrap();
+        assert_eq!(source, Source::Compiled, "a corrupt entry must not be used");
+        assert_eq!(call_f(&engine, &component), 42);
+        assert_eq!(cache.load(&engine, &wasm, "f").unwrap().1, Source::Cached);
+
+        std::fs::write(&entry, b"short").unwrap();
+        assert_eq!(cache.load(&engine, &wasm, "f").unwrap().1, Source::Compiled);
+    }
+
+    #[test]
+    fn an_entry_from_another_engine_setting_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::new(dir.path());
+        let wasm = wat::parse_str(WAT).unwrap();
+        let (engine, other) = (engine(), {
+            let mut config = wasmtime::Config::new();
+            config.epoch_interruption(true);
+            Engine::new(&config).unwrap()
+        });
+        cache.load(&engine, &wasm, "f").unwrap();
+        // Another engine's settings give another key: both live side by side.
+        assert_eq!(cache.load(&other, &wasm, "f").unwrap().1, Source::Compiled);
+        assert_eq!(cache.load(&other, &wasm, "f").unwrap().1, Source::Cached);
+        assert_eq!(cache.load(&engine, &wasm, "f").unwrap().1, Source::Cached);
+
+        // A stale entry under the right key (say, written by another wasmtime) is refused by
+        // wasmtime, then rebuilt.
+        let entry = cache.entry(&engine, &wasm);
+        let foreign = cache.entry(&other, &wasm);
+        std::fs::copy(&foreign, &entry).unwrap();
+        let (component, source) = cache.load(&engine, &wasm, "f").unwrap();
+        assert_eq!(source, Source::Compiled);
+        assert_eq!(call_f(&engine, &component), 42);
+    }
+
+    #[test]
+    fn an_unwritable_cache_still_compiles() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let cache = CompileCache::new(file.path().join("not-a-dir"));
+        let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
+        let (component, source) = cache.load(&engine, &wasm, "f").unwrap();
+        assert_eq!(source, Source::Compiled);
+        assert_eq!(call_f(&engine, &component), 42);
+    }
+}

@@ -1,0 +1,180 @@
+//! The authoring tools, without NATS: `jetwasm check` on good components and on each kind of
+//! mismatch, and `jetwasm new` in every language, built with its own `./build.sh` and checked.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use harness::{handler_wasm, workspace_bin};
+
+/// Runs `jetwasm check` on `component`: exit code, stdout, stderr.
+fn check(component: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(workspace_bin("jetwasm").unwrap())
+        .arg("check")
+        .arg(component)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stdout, stderr)
+}
+
+/// Writes the component in WAT text `wat` as a binary file in `dir`.
+fn component_from_wat(dir: &Path, name: &str, wat: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn check_says_which_world_a_component_fits_without_nats() {
+    let check = |component: &str| check(&handler_wasm(component));
+    for (component, world) in [
+        ("orders", "handler"),
+        ("orders_generator", "publisher"),
+        ("orders_intake", "http-publisher"),
+    ] {
+        let (code, stdout, stderr) = check(component);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(
+            stdout.contains(&format!("fits the {world} world")),
+            "{stdout}"
+        );
+    }
+    let (code, _, stderr) = check("fixture_no_world");
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("fixture_no_world.wasm fits no jetwasm world"),
+        "{stderr}"
+    );
+    for world in ["handler: ", "publisher: ", "http-publisher: "] {
+        assert!(stderr.contains(world), "a reason per world: {stderr}");
+    }
+    assert!(
+        stderr.contains("handle") && stderr.contains("on-tick"),
+        "names the missing exports: {stderr}"
+    );
+}
+
+#[test]
+fn check_names_a_wrong_signature_and_an_import_the_host_does_not_provide() {
+    let dir = tempfile::tempdir().unwrap();
+    // `handle` is there, but takes a string and returns a number.
+    let wrong = component_from_wat(
+        dir.path(),
+        "wrong_signature",
+        r#"(component
+            (core module $m
+                (memory (export "memory") 1)
+                (func (export "handle") (param i32 i32) (result i32) i32.const 0)
+                (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 0))
+            (core instance $i (instantiate $m))
+            (func (export "handle") (param "msg" string) (result u32)
+                (canon lift (core func $i "handle") (memory (core memory $i "memory"))
+                    (realloc (core func $i "realloc")))))"#,
+    );
+    let (code, _, stderr) = check(&wrong);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("handler: ") && stderr.contains("handle") && stderr.contains("type"),
+        "names the export and its type: {stderr}"
+    );
+
+    // Imports an interface this host does not have.
+    let import = component_from_wat(
+        dir.path(),
+        "unknown_import",
+        r#"(component
+            (import "acme:db/query@1.0.0" (instance (export "run" (func (param "sql" u32)))))
+        )"#,
+    );
+    let (code, _, stderr) = check(&import);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("acme:db/query@1.0.0"),
+        "names the missing import: {stderr}"
+    );
+
+    let (code, _, stderr) = check(&dir.path().join("absent.wasm"));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("absent.wasm"), "{stderr}");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").unwrap();
+    let (code, _, stderr) = check(&junk);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("is not a WebAssembly component"),
+        "{stderr}"
+    );
+}
+
+/// `jetwasm new <kind> <name> --lang <lang>`, then the project's own `./build.sh` (with the
+/// project's own `wit/` and `toolchain.sh`, not the repository's), then `jetwasm check`.
+fn new_builds_and_checks(lang: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, world) in [("handler", "handler"), ("publisher", "publisher")] {
+        let name = format!("my-{kind}");
+        let out = Command::new(workspace_bin("jetwasm").unwrap())
+            .args(["new", kind, &name, "--lang", lang, "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("./build.sh"), "says how to build: {stdout}");
+        let project = dir.path().join(&name);
+        let build = Command::new(project.join("build.sh"))
+            .current_dir(&project)
+            .env_remove("JETWASM_WIT")
+            .env_remove("JETWASM_TOOLCHAIN")
+            // Rust projects share one target folder across test runs.
+            .env("CARGO_TARGET_DIR", new_projects_target())
+            .output()
+            .unwrap();
+        assert!(
+            build.status.success(),
+            "{lang} {kind}: ./build.sh failed:\n{}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let (code, stdout, stderr) = check(&project.join(format!("{name}.wasm")));
+        assert_eq!(code, Some(0), "{lang} {kind}: {stderr}");
+        assert!(
+            stdout.contains(&format!("fits the {world} world")),
+            "{lang} {kind}: {stdout}"
+        );
+    }
+}
+
+/// Beside the test binaries: `target/<profile>/new-projects`.
+fn new_projects_target() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("new-projects")
+}
+
+#[test]
+fn new_rust_projects_build_and_fit_their_world() {
+    new_builds_and_checks("rust");
+}
+
+#[test]
+fn new_python_projects_build_and_fit_their_world() {
+    new_builds_and_checks("python");
+}
+
+#[test]
+fn new_js_projects_build_and_fit_their_world() {
+    new_builds_and_checks("js");
+}
+
+#[test]
+fn new_go_projects_build_and_fit_their_world() {
+    new_builds_and_checks("go");
+}
+
+#[test]
+fn new_c_projects_build_and_fit_their_world() {
+    new_builds_and_checks("c");
+}
