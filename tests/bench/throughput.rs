@@ -2,13 +2,19 @@
 //! - consuming: a native async-nats pull consumer acking each message versus the jetwasm host
 //!   running a no-op Rust handler in a fresh sandbox per message, and the per-message cost of
 //!   a sandboxed call (p50/p99);
+//! - per language: the handler `jetwasm new` writes (one log line, then ack) in Rust, Python,
+//!   JavaScript, Go and C, with fresh and with reused instances, against the same native
+//!   baseline, and the p50 of one call in each mode;
 //! - publishing: native async-nats publishes, each awaiting its PubAck, versus a publisher
 //!   component doing the same through the `publish` import.
 //!
 //! Numbers, not assertions: run it with `make bench`. Environment: `BENCH_MESSAGES` (default
-//! 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS` (default 20000), `BENCH_PUBLISHES`
-//! (default 10000), `BENCH_IN_FLIGHT` (the host's max in flight, default 64 as in the config).
+//! 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS` (default 20000), `BENCH_LANG_MESSAGES`
+//! (default 20000, per language and mode), `BENCH_PUBLISHES` (default 10000),
+//! `BENCH_IN_FLIGHT` (the host's max in flight, default 64 as in the config), `BENCH_LANGS`
+//! (default `rust,python,js,go,c`).
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -17,6 +23,7 @@ use harness::{handler_wasm, NatsServer};
 use jetwasm::bindings::Message;
 use jetwasm::config::Config;
 use jetwasm::metrics::Metrics;
+use jetwasm::scaffold::{self, Kind, Lang};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -63,8 +70,11 @@ async fn main() -> anyhow::Result<()> {
         h / n
     );
 
-    let (p50, p99) = call_overhead(&js, env_or("BENCH_CALLS", 20_000)).await?;
+    let noop = host_config(&handler_wasm("noop"), "fresh", "unused")?;
+    let (p50, p99) = call_overhead(&js, &noop, env_or("BENCH_CALLS", 20_000)).await?;
     println!("sandboxed call (new store + instance + handle): p50 {p50:?}, p99 {p99:?}");
+
+    per_language(&js, messages, n).await?;
 
     let publishes = env_or("BENCH_PUBLISHES", 10_000);
     js.create_stream(stream::Config {
@@ -202,14 +212,25 @@ async fn drain_native(js: &jetstream::Context, name: &str, n: usize) -> anyhow::
     wait_drained(js, name, n, start).await
 }
 
-/// The host: the no-op component bound to its own consumer, in this process.
+/// The host running the no-op component, on its own consumer, in this process.
 async fn drain_host(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Result<f64> {
+    let config = host_config(&handler_wasm("noop"), "fresh", name)?;
+    drain_with(js, &config, consumer_config(name), n).await
+}
+
+/// The host running `config`'s handler on `consumer` until it has acked `n` messages.
+async fn drain_with(
+    js: &jetstream::Context,
+    config: &Config,
+    consumer: pull::Config,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let name = consumer.durable_name.clone().unwrap_or_default();
     js.get_stream(STREAM)
         .await?
-        .create_consumer(consumer_config(name))
+        .create_consumer(consumer)
         .await?;
-    let config = host_config(name)?;
-    let bindings = jetwasm::components::load(&config, js, &Metrics::new())
+    let bindings = jetwasm::components::load(config, js, &Metrics::new())
         .await?
         .handlers;
     let shutdown = CancellationToken::new();
@@ -226,7 +247,7 @@ async fn drain_host(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Re
             ))
         })
         .collect();
-    let rate = wait_drained(js, name, n, start).await?;
+    let rate = wait_drained(js, &name, n, start).await?;
     shutdown.cancel();
     for l in loops {
         l.await?;
@@ -236,28 +257,84 @@ async fn drain_host(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Re
     Ok(rate)
 }
 
-fn host_config(consumer: &str) -> anyhow::Result<Config> {
+/// A host config running `component` on `consumer` with `instances` (`fresh` or `reuse`).
+fn host_config(component: &Path, instances: &str, consumer: &str) -> anyhow::Result<Config> {
     let in_flight = env_or("BENCH_IN_FLIGHT", 64);
     let text = format!(
         r#"
 [[handler]]
-name = "noop"
+name = "bench"
 component = "{}"
 stream = "{STREAM}"
 consumer = "{consumer}"
+instances = "{instances}"
 limits = {{ max_in_flight = {in_flight} }}
 "#,
-        handler_wasm("noop").display()
+        component.display()
     );
-    Config::parse(&text, std::path::Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))
+    Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))
 }
 
-/// p50 and p99 of one sandboxed call on the no-op handler, one at a time.
+/// A row per language and instance mode: the `jetwasm new` handler draining the last
+/// `BENCH_LANG_MESSAGES` of the stream, against the `native` msgs/s measured above.
+async fn per_language(js: &jetstream::Context, stored: usize, native: f64) -> anyhow::Result<()> {
+    let n = env_or("BENCH_LANG_MESSAGES", 20_000).min(stored);
+    let langs = std::env::var("BENCH_LANGS").unwrap_or_else(|_| "rust,python,js,go,c".into());
+    let projects = tempfile::tempdir()?;
+    println!("per language: the `jetwasm new` handler (a log line, then ack), {n} messages each; native {native:.0} msgs/s");
+    for lang in langs.split(',') {
+        let lang: Lang = clap::ValueEnum::from_str(lang, true).map_err(anyhow::Error::msg)?;
+        let component = build_template(lang, projects.path())?;
+        for instances in ["fresh", "reuse"] {
+            let consumer = format!("{lang}-{instances}");
+            let config = host_config(&component, instances, &consumer)?;
+            let mut from_tail = consumer_config(&consumer);
+            from_tail.deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: (stored - n + 1) as u64,
+            };
+            let rate = drain_with(js, &config, from_tail, n).await?;
+            let calls = (n / 5).max(100);
+            let (p50, _) = call_overhead(js, &config, calls).await?;
+            println!(
+                "  {lang:<6} {instances:<5} {rate:>8.0} msgs/s   ratio {:.2}   call p50 {p50:?}",
+                rate / native
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `jetwasm new handler` in `lang`, built with its own `./build.sh`; the component's path.
+fn build_template(lang: Lang, dir: &Path) -> anyhow::Result<PathBuf> {
+    let name = format!("bench-{lang}");
+    let project = scaffold::create(Kind::Handler, &name, lang, dir)?;
+    let target = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("new-projects"))
+        .ok_or_else(|| anyhow::anyhow!("locating the target directory"))?;
+    let build = std::process::Command::new(project.join("build.sh"))
+        .current_dir(&project)
+        .env_remove("JETWASM_WIT")
+        .env_remove("JETWASM_TOOLCHAIN")
+        .env("CARGO_TARGET_DIR", target)
+        .output()?;
+    if !build.status.success() {
+        anyhow::bail!(
+            "building the {lang} template: {}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+    }
+    Ok(project.join(format!("{name}.wasm")))
+}
+
+/// p50 and p99 of one call of `config`'s handler, one at a time.
 async fn call_overhead(
     js: &jetstream::Context,
+    config: &Config,
     calls: usize,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let bindings = jetwasm::components::load(&host_config("unused")?, js, &Metrics::new())
+    let bindings = jetwasm::components::load(config, js, &Metrics::new())
         .await?
         .handlers;
     let dispatcher = &bindings[0].dispatcher;
