@@ -7,6 +7,9 @@
 //! executed) and rebuilt; an entry wasmtime refuses (another wasmtime version or engine
 //! setting) is rebuilt too. The cache only ever speeds things up: when it cannot be read or
 //! written, the component is compiled as if there were none, with a warning.
+//!
+//! The folder is kept under a size cap: after each write, the least recently used entries
+//! (a hit refreshes an entry's modification time) are removed until the rest fit.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
@@ -28,16 +31,23 @@ pub enum Source {
     Cached,
 }
 
+/// Default cap on the folder's size.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
 /// A folder of compiled components.
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: PathBuf,
+    max_bytes: u64,
 }
 
 impl CompileCache {
-    /// A cache in `dir`, created on first write.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        CompileCache { dir: dir.into() }
+    /// A cache in `dir`, created on first write, holding at most `max_bytes` of entries.
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
+        CompileCache {
+            dir: dir.into(),
+            max_bytes,
+        }
     }
 
     /// `$XDG_CACHE_HOME/jetwasm/compiled`, else `$HOME/.cache/jetwasm/compiled`.
@@ -76,6 +86,9 @@ impl CompileCache {
         if let Err(why) = self.write(&entry, &component) {
             tracing::warn!(component = shown, dir = %self.dir.display(), "compile cache not written: {why:#}");
         }
+        if let Err(why) = self.evict() {
+            tracing::warn!(dir = %self.dir.display(), "compile cache not pruned: {why}");
+        }
         Ok((component, Source::Compiled))
     }
 
@@ -105,6 +118,11 @@ impl CompileCache {
         if Sha256::digest(artifact).as_slice() != digest {
             return Err("it is corrupt (digest mismatch)".to_owned());
         }
+        // Mark it used, for eviction; a failure here only makes it look older.
+        let _ = std::fs::File::options()
+            .append(true)
+            .open(entry)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         // SAFETY: the bytes are exactly what `Component::serialize` wrote for this engine
         // configuration: the digest above rules out corruption, and wasmtime itself checks
         // that the artifact matches this engine's version and settings.
@@ -122,6 +140,30 @@ impl CompileCache {
         file.write_all(&artifact)?;
         file.as_file().sync_all()?;
         file.persist(entry)?;
+        Ok(())
+    }
+}
+
+impl CompileCache {
+    /// Removes the least recently used entries until the rest fit in `max_bytes`.
+    fn evict(&self) -> std::io::Result<()> {
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.path().extension().is_some_and(|e| e == "cwasm") {
+                let meta = entry.metadata()?;
+                entries.push((meta.modified()?, meta.len(), entry.path()));
+            }
+        }
+        let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+        entries.sort();
+        for (_, len, path) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            std::fs::remove_file(&path)?;
+            total -= len;
+        }
         Ok(())
     }
 }
@@ -166,7 +208,7 @@ mod tests {
     #[test]
     fn compiles_once_then_loads_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(dir.path().join("compiled"));
+        let cache = CompileCache::new(dir.path().join("compiled"), DEFAULT_MAX_BYTES);
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
         let (first, source) = cache.load(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Compiled);
@@ -180,7 +222,7 @@ mod tests {
     #[test]
     fn a_corrupt_or_truncated_entry_is_detected_and_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(dir.path());
+        let cache = CompileCache::new(dir.path(), DEFAULT_MAX_BYTES);
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
         cache.load(&engine, &wasm, "f").unwrap();
         let entry = only_entry(dir.path());
@@ -200,7 +242,7 @@ mod tests {
     #[test]
     fn an_entry_from_another_engine_setting_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(dir.path());
+        let cache = CompileCache::new(dir.path(), DEFAULT_MAX_BYTES);
         let wasm = wat::parse_str(WAT).unwrap();
         let (engine, other) = (engine(), {
             let mut config = wasmtime::Config::new();
@@ -224,9 +266,44 @@ mod tests {
     }
 
     #[test]
+    fn the_least_recently_used_entries_go_when_the_cache_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let wasm = |n: i32| {
+            wat::parse_str(WAT.replace("i32.const 42", &format!("i32.const {n}"))).unwrap()
+        };
+        let unbounded = CompileCache::new(dir.path(), DEFAULT_MAX_BYTES);
+        unbounded.load(&engine, &wasm(1), "1").unwrap();
+        let one_entry = std::fs::metadata(only_entry(dir.path())).unwrap().len();
+        // Room for two entries: a third evicts the one used longest ago.
+        let cache = CompileCache::new(dir.path(), one_entry * 2 + one_entry / 2);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        cache.load(&engine, &wasm(2), "2").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            cache.load(&engine, &wasm(1), "1").unwrap().1,
+            Source::Cached
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        cache.load(&engine, &wasm(3), "3").unwrap();
+        let left = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(left, 2);
+        assert_eq!(
+            cache.load(&engine, &wasm(1), "1").unwrap().1,
+            Source::Cached,
+            "used recently"
+        );
+        assert_eq!(
+            cache.load(&engine, &wasm(2), "2").unwrap().1,
+            Source::Compiled,
+            "evicted"
+        );
+    }
+
+    #[test]
     fn an_unwritable_cache_still_compiles() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        let cache = CompileCache::new(file.path().join("not-a-dir"));
+        let cache = CompileCache::new(file.path().join("not-a-dir"), DEFAULT_MAX_BYTES);
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
         let (component, source) = cache.load(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Compiled);

@@ -57,7 +57,9 @@ pub async fn load(
     };
     let engine = engine::new(pool)?;
     let linker = imports::linker(&engine)?;
-    let cache = config.runtime.compile_cache.as_ref().map(CompileCache::new);
+    let cache_max = config.runtime.compile_cache_max.as_u64();
+    let cache =
+        (config.runtime.compile_cache.as_ref()).map(|dir| CompileCache::new(dir, cache_max));
     let cache = cache.as_ref();
 
     let mut handlers = Vec::new();

@@ -62,6 +62,8 @@ pub struct Runtime {
     /// Folder of compiled components, keyed by content hash and engine settings (see
     /// [`crate::compile_cache`]); defaults to `~/.cache/jetwasm/compiled`.
     pub compile_cache: Option<PathBuf>,
+    /// Most the compile cache may hold; least recently used entries go first.
+    pub compile_cache_max: ByteSize,
 }
 
 impl Default for Runtime {
@@ -72,6 +74,7 @@ impl Default for Runtime {
             grace_period: Duration::from_secs(10),
             limits: Limits::default(),
             compile_cache: crate::compile_cache::CompileCache::default_dir(),
+            compile_cache_max: ByteSize::b(crate::compile_cache::DEFAULT_MAX_BYTES),
         }
     }
 }

@@ -68,7 +68,7 @@ impl fmt::Display for Origin {
     }
 }
 
-/// Store data for one call: a fresh one per message.
+/// Store data: one per instance, so one per message unless the handler reuses instances.
 pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,

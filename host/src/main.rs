@@ -185,8 +185,8 @@ async fn check(component: &std::path::Path) -> anyhow::Result<()> {
         max_memory: 64 << 20,
     })?;
     let linker = jetwasm::imports::linker(&engine)?;
-    let cache = jetwasm::compile_cache::CompileCache::default_dir()
-        .map(jetwasm::compile_cache::CompileCache::new);
+    use jetwasm::compile_cache::{CompileCache, DEFAULT_MAX_BYTES};
+    let cache = CompileCache::default_dir().map(|dir| CompileCache::new(dir, DEFAULT_MAX_BYTES));
     let compiled = registry::compile(&engine, component, cache.as_ref()).await?;
     let verdicts = [
         verdict::<HandlerPre<HostState>>(&linker, &compiled),

@@ -170,23 +170,34 @@ fn consumer_config(name: &str) -> pull::Config {
     }
 }
 
-/// Waits until `consumer` has delivered and seen acked every message; returns msgs/s from `start`.
+/// Waits until `consumer` has seen all its `n` messages (stream sequences from `first`) acked.
+/// Returns msgs/s over the second half, so that start-up (binding, the first pulls, a
+/// component's load) does not count; from `start` when the drain was too quick to split.
 async fn wait_drained(
     js: &jetstream::Context,
     consumer: &str,
+    first: u64,
     n: usize,
     start: Instant,
 ) -> anyhow::Result<f64> {
     let stream = js.get_stream(STREAM).await?;
+    let (half, last) = (first + n as u64 / 2, first + n as u64 - 1);
+    let mut halfway = None;
     loop {
         let info = stream.consumer_info(consumer).await?;
-        if info.num_pending == 0
-            && info.num_ack_pending == 0
-            && info.ack_floor.stream_sequence as usize >= n
-        {
-            return Ok(n as f64 / start.elapsed().as_secs_f64());
+        let floor = info.ack_floor.stream_sequence;
+        if halfway.is_none() && floor >= half {
+            halfway = Some((Instant::now(), floor));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if info.num_pending == 0 && info.num_ack_pending == 0 && floor >= last {
+            return Ok(match halfway {
+                Some((at, from)) if floor - from >= n as u64 / 4 => {
+                    (floor - from) as f64 / at.elapsed().as_secs_f64()
+                }
+                _ => n as f64 / start.elapsed().as_secs_f64(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -209,7 +220,7 @@ async fn drain_native(js: &jetstream::Context, name: &str, n: usize) -> anyhow::
         message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         seen += 1;
     }
-    wait_drained(js, name, n, start).await
+    wait_drained(js, name, 1, n, start).await
 }
 
 /// The host running the no-op component, on its own consumer, in this process.
@@ -226,6 +237,10 @@ async fn drain_with(
     n: usize,
 ) -> anyhow::Result<f64> {
     let name = consumer.durable_name.clone().unwrap_or_default();
+    let first = match consumer.deliver_policy {
+        jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => start_sequence,
+        _ => 1,
+    };
     js.get_stream(STREAM)
         .await?
         .create_consumer(consumer)
@@ -247,7 +262,7 @@ async fn drain_with(
             ))
         })
         .collect();
-    let rate = wait_drained(js, &name, n, start).await?;
+    let rate = wait_drained(js, &name, first, n, start).await?;
     shutdown.cancel();
     for l in loops {
         l.await?;
