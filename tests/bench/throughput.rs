@@ -29,6 +29,39 @@ use tokio_util::task::TaskTracker;
 
 const STREAM: &str = "BENCH";
 
+/// The smallest component the `handler` world accepts: no imports, a bump allocator for the
+/// arguments the host copies in, and `handle` answering `ack` (discriminant 0, returned
+/// through memory as the canonical ABI asks for a variant).
+const MINIMAL_HANDLER: &str = r#"(component
+  (core module $m
+    (memory (export "memory") 1)
+    (global $next (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $at i32)
+      (local.set $at (i32.and
+        (i32.add (global.get $next) (i32.sub (local.get 2) (i32.const 1)))
+        (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $next (i32.add (local.get $at) (local.get 3)))
+      (local.get $at))
+    (func (export "handle")
+      (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i64 i64 i32 i64 i64) (result i32)
+      (i32.store8 (i32.const 0) (i32.const 0))
+      (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (type $message-def (record
+    (field "subject" string) (field "payload" (list u8))
+    (field "headers" (list (tuple string string)))
+    (field "stream" string) (field "consumer" string)
+    (field "stream-seq" u64) (field "consumer-seq" u64) (field "delivered" u32)
+    (field "published-ms" u64) (field "pending" u64)))
+  (export $message "message" (type $message-def))
+  (type $disposition-def
+    (variant (case "ack") (case "nak" (option u64)) (case "term" string)))
+  (export $disposition "disposition" (type $disposition-def))
+  (func (export "handle") (param "msg" $message) (result $disposition)
+    (canon lift (core func $i "handle") (memory (core memory $i "memory"))
+      (realloc (core func $i "realloc")))))"#;
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -52,27 +85,47 @@ async fn main() -> anyhow::Result<()> {
     fill(&js, messages).await?;
     println!("{messages} messages of 64 bytes in a memory stream; {rounds} rounds; 2-core machine");
 
-    let mut native = Vec::new();
-    let mut host = Vec::new();
+    // The host's own floor: the smallest component the handler world allows (no imports at
+    // all), beside the Rust no-op (whose std brings WASI's stdio and environment shims).
+    let scratch = tempfile::tempdir()?;
+    let minimal = scratch.path().join("minimal.wasm");
+    std::fs::write(&minimal, wat::parse_str(MINIMAL_HANDLER)?)?;
+
+    let (mut native, mut host, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let n = drain_native(&js, &format!("native{round}"), messages).await?;
-        let h = drain_host(&js, &format!("host{round}"), messages).await?;
+        let h = drain_host(
+            &js,
+            &handler_wasm("noop"),
+            &format!("host{round}"),
+            messages,
+        )
+        .await?;
+        let m = drain_host(&js, &minimal, &format!("minimal{round}"), messages).await?;
         println!(
-            "round {round}: native {n:>9.0} msgs/s   host {h:>9.0} msgs/s   ratio {:.2}",
-            h / n
+            "round {round}: native {n:>9.0} msgs/s   host {h:>9.0} msgs/s   ratio {:.2}   host, minimal component {m:>9.0} msgs/s   ratio {:.2}",
+            h / n,
+            m / n
         );
         native.push(n);
         host.push(h);
+        floor.push(m);
     }
-    let (n, h) = (median(&mut native), median(&mut host));
+    let (n, h, m) = (median(&mut native), median(&mut host), median(&mut floor));
     println!(
-        "median: native {n:.0} msgs/s, host (fresh sandbox per message) {h:.0} msgs/s, ratio {:.2}",
-        h / n
+        "median: native {n:.0} msgs/s, host (fresh sandbox per message) {h:.0} msgs/s, ratio {:.2}; with the minimal component {m:.0} msgs/s, ratio {:.2}",
+        h / n,
+        m / n
     );
 
-    let noop = host_config(&handler_wasm("noop"), "fresh", "unused")?;
-    let (p50, p99) = call_overhead(&js, &noop, env_or("BENCH_CALLS", 20_000)).await?;
-    println!("sandboxed call (new store + instance + handle): p50 {p50:?}, p99 {p99:?}");
+    let calls = env_or("BENCH_CALLS", 20_000);
+    for (what, component) in [("Rust no-op", handler_wasm("noop")), ("minimal", minimal)] {
+        let config = host_config(&component, "fresh", "unused")?;
+        let (p50, p99) = call_overhead(&js, &config, calls).await?;
+        println!(
+            "sandboxed call, {what} (new store + instance + handle): p50 {p50:?}, p99 {p99:?}"
+        );
+    }
 
     per_language(&js, messages, n).await?;
 
@@ -223,9 +276,14 @@ async fn drain_native(js: &jetstream::Context, name: &str, n: usize) -> anyhow::
     wait_drained(js, name, 1, n, start).await
 }
 
-/// The host running the no-op component, on its own consumer, in this process.
-async fn drain_host(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Result<f64> {
-    let config = host_config(&handler_wasm("noop"), "fresh", name)?;
+/// The host running `component` (fresh instances), on its own consumer, in this process.
+async fn drain_host(
+    js: &jetstream::Context,
+    component: &Path,
+    name: &str,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let config = host_config(component, "fresh", name)?;
     drain_with(js, &config, consumer_config(name), n).await
 }
 
