@@ -70,10 +70,11 @@ pub async fn load(
         let env = environment(handler, &limits, js);
         tracing::info!(handler = %handler.name, component = %handler.component.display(), instances = ?handler.instances, "handler loaded");
         let metrics = metrics.handler(&handler.name);
+        let name = env.name.clone();
         let dispatcher =
             Dispatcher::new(pre, env, limits, handler.reuse(), metrics.instances.clone());
         handlers.push(Arc::new(Binding {
-            name: handler.name.as_str().into(),
+            name,
             dispatcher,
             stream: handler.stream.clone(),
             consumer: handler.consumer.clone(),

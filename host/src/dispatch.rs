@@ -1,7 +1,8 @@
 //! One message through a handler: a sandbox ([`sandbox::store`]) with an instance from the
 //! shared `InstancePre`, the call made, and its result as an [`Outcome`].
 //!
-//! With [`Instances::Fresh`] every message gets a new instance. With [`Instances::Reuse`] an
+//! With [`Instances::Fresh`](crate::config::Instances::Fresh) every message gets a new
+//! instance. With [`Instances::Reuse`](crate::config::Instances::Reuse) an
 //! instance that answered goes back to a small pool of warm ones (never more than the calls
 //! in flight) and serves later messages, one at a time; it is discarded after any failure
 //! and after its quota of messages.
@@ -13,7 +14,6 @@ use prometheus::IntCounter;
 use wasmtime::Store;
 
 use crate::bindings::{Disposition, Handler, HandlerPre, Message};
-pub use crate::config::Instances;
 use crate::config::Limits;
 use crate::imports::{ComponentEnv, HostState, Origin};
 use crate::sandbox;

@@ -168,6 +168,7 @@ fn new(
 /// Says which worlds the component fits; fails (listing why for each) when it fits none.
 async fn check(component: &std::path::Path) -> anyhow::Result<()> {
     use jetwasm::bindings::{publisher::PublisherPre, HandlerPre};
+    use jetwasm::compile_cache::{CompileCache, DEFAULT_MAX_BYTES};
     use jetwasm::imports::HostState;
     use jetwasm::registry::{self, World};
     use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -185,7 +186,6 @@ async fn check(component: &std::path::Path) -> anyhow::Result<()> {
         max_memory: 64 << 20,
     })?;
     let linker = jetwasm::imports::linker(&engine)?;
-    use jetwasm::compile_cache::{CompileCache, DEFAULT_MAX_BYTES};
     let cache = CompileCache::default_dir().map(|dir| CompileCache::new(dir, DEFAULT_MAX_BYTES));
     let compiled = registry::compile(&engine, component, cache.as_ref()).await?;
     let verdicts = [
