@@ -1,6 +1,7 @@
 //! Guest stdout and stderr, line by line into the host log, tagged with the handler. Output
 //! past a per-call budget is dropped so a chatty guest cannot flood the log.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,12 +16,23 @@ const BUDGET: usize = 64 * 1024;
 pub struct GuestOutput {
     handler: Arc<str>,
     stream: &'static str,
+    /// Bytes written in the current call, shared by every handle the guest opens on it.
+    used: Arc<AtomicUsize>,
 }
 
 impl GuestOutput {
     /// Output of `handler`'s `stream` (`"stdout"` or `"stderr"`).
     pub fn new(handler: Arc<str>, stream: &'static str) -> Self {
-        GuestOutput { handler, stream }
+        GuestOutput {
+            handler,
+            stream,
+            used: Arc::default(),
+        }
+    }
+
+    /// Starts a new call's budget (a reused instance keeps its stream handles open).
+    pub fn begin_call(&self) {
+        self.used.store(0, Ordering::Relaxed);
     }
 }
 
@@ -34,7 +46,6 @@ impl StdoutStream for GuestOutput {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(LineWriter {
             out: self.clone(),
-            used: 0,
             line: Vec::new(),
         })
     }
@@ -47,7 +58,6 @@ impl StdoutStream for GuestOutput {
 
 struct LineWriter {
     out: GuestOutput,
-    used: usize,
     line: Vec<u8>,
 }
 
@@ -66,14 +76,22 @@ impl Pollable for LineWriter {
 
 impl OutputStream for LineWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        let keep = bytes.len().min(BUDGET.saturating_sub(self.used));
-        self.used += bytes.len();
+        let before = self.out.used.fetch_add(bytes.len(), Ordering::Relaxed);
+        let keep = bytes.len().min(BUDGET.saturating_sub(before));
         for &b in &bytes[..keep] {
             if b == b'\n' {
                 self.emit();
             } else {
                 self.line.push(b);
             }
+        }
+        if keep < bytes.len() && before <= BUDGET {
+            let (handler, stream) = (&*self.out.handler, self.out.stream);
+            tracing::warn!(
+                handler,
+                stream,
+                "guest output past {BUDGET} bytes in one call is dropped"
+            );
         }
         Ok(())
     }
@@ -92,8 +110,28 @@ impl Drop for LineWriter {
         if !self.line.is_empty() {
             self.emit();
         }
-        if self.used > BUDGET {
-            tracing::warn!(handler = %self.out.handler, stream = self.out.stream, bytes = self.used - BUDGET, "guest output dropped past the budget");
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_per_call_even_on_a_stream_kept_open() {
+        let out = GuestOutput::new("h".into(), "stdout");
+        let mut writer = LineWriter {
+            out: out.clone(),
+            line: Vec::new(),
+        };
+        writer.write(Bytes::from(vec![b'x'; BUDGET + 100])).unwrap();
+        assert_eq!(writer.line.len(), BUDGET, "past the budget is dropped");
+        writer.write(Bytes::from_static(b"more")).unwrap();
+        assert_eq!(writer.line.len(), BUDGET);
+
+        // A reused instance's next call writes on the same handle, with a new budget.
+        out.begin_call();
+        writer.write(Bytes::from_static(b"next call")).unwrap();
+        assert_eq!(writer.line.len(), BUDGET + "next call".len());
     }
 }

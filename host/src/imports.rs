@@ -73,6 +73,8 @@ pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     http_hooks: NoOutgoingRequests,
+    /// Guest stdout and stderr, whose output budget starts again with each call.
+    output: [GuestOutput; 2],
     table: ResourceTable,
     /// Enforces the handler's memory limit.
     pub limiter: MemoryLimiter,
@@ -88,14 +90,19 @@ pub struct HostState {
 impl HostState {
     /// Store data for calls of `env`'s component, the first on behalf of `origin`.
     pub fn new(env: Arc<ComponentEnv>, origin: Origin, limits: &Limits) -> Self {
+        let output = [
+            GuestOutput::new(env.name.clone(), "stdout"),
+            GuestOutput::new(env.name.clone(), "stderr"),
+        ];
         let wasi = WasiCtx::builder()
-            .stdout(GuestOutput::new(env.name.clone(), "stdout"))
-            .stderr(GuestOutput::new(env.name.clone(), "stderr"))
+            .stdout(output[0].clone())
+            .stderr(output[1].clone())
             .build();
         HostState {
             wasi,
             http: WasiHttpCtx::new(),
             http_hooks: NoOutgoingRequests,
+            output,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory.as_u64() as usize),
             interrupted: None,
@@ -113,6 +120,7 @@ impl HostState {
         self.published = 0;
         self.interrupted = None;
         self.budget = Budget::new(limits);
+        self.output.iter().for_each(GuestOutput::begin_call);
     }
 }
 
