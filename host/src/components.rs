@@ -81,6 +81,7 @@ pub async fn load(
             dead_letter: config.runtime.dead_letter.clone(),
             confirm_acks: handler.confirm_acks,
             max_in_flight: limits.max_in_flight,
+            prefetch: limits.prefetch,
             max_message_size: limits.max_message_size.as_u64() as usize,
             metrics,
         }));

@@ -95,6 +95,11 @@ pub struct Limits {
     pub timeout: Duration,
     /// Most messages handled at once.
     pub max_in_flight: usize,
+    /// Messages asked of the server ahead of need, so a free slot never waits for a pull
+    /// round trip. They wait in the host for a slot, and their ack wait runs meanwhile: for
+    /// a handler that takes seconds per message, keep `prefetch / max_in_flight` times the
+    /// call time well under the consumer's ack wait, or waiting messages are redelivered.
+    pub prefetch: usize,
     /// Largest message handed to the handler; larger ones are dead-lettered unread.
     pub max_message_size: ByteSize,
     /// Most messages one call may publish.
@@ -108,6 +113,7 @@ impl Default for Limits {
             cpu_time: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             max_in_flight: 64,
+            prefetch: 1024,
             max_message_size: ByteSize::mib(1),
             max_publishes: 100,
         }
@@ -124,6 +130,7 @@ pub struct LimitOverrides {
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     max_in_flight: Option<usize>,
+    prefetch: Option<usize>,
     max_message_size: Option<ByteSize>,
     max_publishes: Option<u32>,
 }
@@ -136,6 +143,7 @@ impl LimitOverrides {
             cpu_time: self.cpu_time.unwrap_or(base.cpu_time),
             timeout: self.timeout.unwrap_or(base.timeout),
             max_in_flight: self.max_in_flight.unwrap_or(base.max_in_flight),
+            prefetch: self.prefetch.unwrap_or(base.prefetch),
             max_message_size: self.max_message_size.unwrap_or(base.max_message_size),
             max_publishes: self.max_publishes.unwrap_or(base.max_publishes),
         }
@@ -489,6 +497,9 @@ impl Config {
         if limits.max_in_flight == 0 {
             problems.push("limits.max_in_flight must be at least 1".to_owned());
         }
+        if limits.prefetch == 0 {
+            problems.push("limits.prefetch must be at least 1".to_owned());
+        }
         if limits.cpu_time < crate::engine::EPOCH_TICK {
             problems.push("limits.cpu_time must be at least 10ms".to_owned());
         }
@@ -649,6 +660,25 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
         assert!(
             Config::parse(&shared, Path::new(".")).is_ok(),
             "same path, other method"
+        );
+    }
+
+    #[test]
+    fn prefetch_is_a_limit_like_the_others_and_never_zero() {
+        let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
+        assert_eq!(config.limits(&config.handlers[0]).prefetch, 1024);
+        let with = |prefetch: &str| {
+            EXAMPLE.replace(
+                "limits = {",
+                &format!("limits = {{ prefetch = {prefetch}, "),
+            )
+        };
+        let small = Config::parse(&with("16"), Path::new(".")).unwrap();
+        assert_eq!(small.limits(&small.handlers[0]).prefetch, 16);
+        let err = Config::parse(&with("0"), Path::new(".")).unwrap_err();
+        assert_eq!(
+            err,
+            vec!["handler orders: limits.prefetch must be at least 1"]
         );
     }
 

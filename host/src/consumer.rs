@@ -1,9 +1,17 @@
-//! Binding a handler to its durable pull consumer and running every message through it:
-//! admission (a free in-flight slot) before each message is taken, in-progress while a call
-//! runs, the outcome applied to JetStream, and a rebind when the pull stream fails (missed
-//! heartbeats, a deleted consumer) or the [`watchdog`] finds it stalled.
+//! Binding a handler to its durable pull consumer and running every message through it.
+//!
+//! A handler's `max_in_flight` calls are split into lanes, one per runtime worker thread,
+//! each a task with its own pull on the consumer. A message is taken only when its lane has a
+//! free slot for it, and its call starts inline in the lane: one that finishes without
+//! waiting (most do) costs no task or timer of its own, so the host's cost per message stays
+//! close to the sandbox's; one that waits becomes a task and is kept in progress with
+//! JetStream. The outcome is applied to JetStream, and a lane rebinds when its pull fails
+//! (missed heartbeats, a deleted consumer) or the [`watchdog`] finds it stalled.
 
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -42,6 +50,8 @@ pub struct Binding {
     pub confirm_acks: bool,
     /// Most calls at once.
     pub max_in_flight: usize,
+    /// Messages asked of the server ahead of need, waiting for a free slot.
+    pub prefetch: usize,
     /// Largest payload handed to the handler.
     pub max_message_size: usize,
     /// The handler's metrics.
@@ -89,15 +99,65 @@ pub async fn check_bindable(js: &jetstream::Context, binding: &Binding) -> anyho
     bind(js, binding).await.map(drop)
 }
 
-/// Pulls and processes messages until `shutdown` is cancelled. Calls already running are
-/// tracked by `tracker`, so the caller can wait for them.
-pub async fn run(
+/// Starts `binding`'s lanes on `tracker`. Each pulls and processes messages until `shutdown`
+/// is cancelled; calls still running then are tasks on `tracker` too, so the caller can wait
+/// for it (within a grace period) to let in-flight messages complete.
+pub fn start(
+    binding: Arc<Binding>,
+    js: &jetstream::Context,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    for lane in plan_lanes(binding.max_in_flight, binding.prefetch, workers) {
+        let lane = run_lane(
+            binding.clone(),
+            js.clone(),
+            lane,
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        tracker.spawn(lane);
+    }
+}
+
+/// One lane's share of a handler's limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Lane {
+    /// Most calls in progress at once.
+    capacity: usize,
+    /// Messages asked of the server ahead of need (the pull batch).
+    batch: usize,
+}
+
+/// Splits `max_in_flight` calls and `prefetch` messages into lanes, one per runtime worker
+/// thread (fewer when fewer calls are allowed), as evenly as possible.
+fn plan_lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<Lane> {
+    let max_in_flight = max_in_flight.max(1);
+    let lanes = workers.clamp(1, max_in_flight);
+    let share = |total: usize, i: usize| total / lanes + usize::from(i < total % lanes);
+    (0..lanes)
+        .map(|i| Lane {
+            capacity: share(max_in_flight, i),
+            batch: share(prefetch, i).max(1),
+        })
+        .collect()
+}
+
+/// One lane: its own pull on the durable consumer and up to `capacity` calls in progress. A
+/// message is only taken when a slot is free to run it; up to `batch` more wait in the client
+/// meanwhile. Each call starts inline, in the lane's task: most finish there, costing no task
+/// or timer of their own. A call that has to wait (a publish awaiting its ack, a long
+/// computation yielding at an epoch tick) carries on as a task of its own, so it never holds
+/// up the lane. The lane rebinds when its pull fails or stalls; on shutdown it stops pulling.
+async fn run_lane(
     binding: Arc<Binding>,
     js: jetstream::Context,
+    Lane { capacity, batch }: Lane,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(binding.max_in_flight));
+    let slots = Arc::new(Semaphore::new(capacity));
     while !shutdown.is_cancelled() {
         let bound = match bind(&js, &binding).await {
             Ok(bound) => Arc::new(bound),
@@ -107,18 +167,16 @@ pub async fn run(
                 continue;
             }
         };
-        let scope = shutdown.child_token();
-        let stalled = CancellationToken::new();
-        let activity = Arc::new(Activity::new());
-        tracker.spawn(watchdog::watch(
+        // Cancelled on shutdown, or by the watchdog when the pull stalls; ends this bind.
+        let pull = shutdown.child_token();
+        let activity = Arc::new(Activity::default());
+        tokio::spawn(watchdog::watch(
             binding.clone(),
             bound.consumer.clone(),
             slots.clone(),
             activity.clone(),
-            stalled.clone(),
-            scope.clone(),
+            pull.clone(),
         ));
-        let batch = binding.max_in_flight.clamp(1, 256);
         let messages = bound
             .consumer
             .stream()
@@ -130,27 +188,34 @@ pub async fn run(
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(handler = %binding.name, error = %e, "cannot start pulling; rebinding");
-                scope.cancel();
+                pull.cancel();
                 pause(&shutdown).await;
                 continue;
             }
         };
         tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, "consumer bound");
+        let mut pull_ended = pin!(pull.cancelled());
         loop {
-            // Admission first: a message is only taken when a slot is free to run it.
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = &mut pull_ended => break,
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                },
             };
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = stalled.cancelled() => break,
+                biased;
+                _ = &mut pull_ended => break,
                 next = messages.next() => next,
             };
             match next {
                 Some(Ok(message)) => {
-                    activity.touch();
-                    tracker.spawn(process(binding.clone(), bound.clone(), message, permit));
+                    activity.received();
+                    let mut call = Box::pin(process(binding.clone(), bound.clone(), message, slot));
+                    if futures::poll!(call.as_mut()).is_pending() {
+                        tracker.spawn(call);
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(handler = %binding.name, error = %e, "pull failed; rebinding");
@@ -162,7 +227,7 @@ pub async fn run(
                 }
             }
         }
-        scope.cancel();
+        pull.cancel();
         pause(&shutdown).await;
     }
 }
@@ -174,7 +239,7 @@ async fn pause(shutdown: &CancellationToken) {
     }
 }
 
-/// One message, start to finish. Holds its in-flight slot until JetStream has been told.
+/// One message, start to finish: its lane's slot stays taken until JetStream has been told.
 async fn process(
     binding: Arc<Binding>,
     bound: Arc<Bound>,
@@ -212,12 +277,8 @@ async fn process(
         None
     } else {
         binding.metrics.in_flight.inc();
-        let outcome = with_progress(
-            binding.dispatcher.call(&wit),
-            &message,
-            bound.progress_every,
-        )
-        .await;
+        let call = pin!(binding.dispatcher.call(&wit));
+        let outcome = with_progress(call, &message, bound.progress_every).await;
         binding.metrics.in_flight.dec();
         binding
             .metrics
@@ -263,17 +324,29 @@ fn outcome_kind(outcome: &Outcome) -> &'static str {
 }
 
 /// Runs `call`, telling JetStream the message is in progress every `every` meanwhile. The
-/// call's own deadline bounds how long that goes on.
-async fn with_progress<F: std::future::Future<Output = Outcome>>(
-    call: F,
+/// call's own deadline bounds how long that goes on. A call that finishes in its first poll
+/// (most do) needs no timer.
+async fn with_progress<F: Future<Output = Outcome>>(
+    mut call: Pin<&mut F>,
     message: &jetstream::Message,
     every: Duration,
 ) -> Outcome {
-    tokio::pin!(call);
+    if let Poll::Ready(outcome) = futures::poll!(call.as_mut()) {
+        return outcome;
+    }
+    // Boxed: the rare path, kept out of every message's future.
+    Box::pin(keep_in_progress(call, message, every)).await
+}
+
+async fn keep_in_progress<F: Future<Output = Outcome>>(
+    mut call: Pin<&mut F>,
+    message: &jetstream::Message,
+    every: Duration,
+) -> Outcome {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
-            outcome = &mut call => return outcome,
+            outcome = call.as_mut() => return outcome,
             _ = ticks.tick() => {
                 if let Err(e) = message.ack_with(AckKind::Progress).await {
                     tracing::warn!(error = %e, "in-progress update failed");
@@ -294,7 +367,7 @@ async fn apply(
 ) {
     let (handler, stream, seq) = (&*binding.name, &wit.stream, wit.stream_seq);
     let result = match action {
-        Action::Ack if binding.confirm_acks => message.double_ack().await,
+        Action::Ack if binding.confirm_acks => Box::pin(message.double_ack()).await,
         Action::Ack => message.ack().await,
         Action::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
         Action::DeadLetter(reason) => {
@@ -306,7 +379,8 @@ async fn apply(
                 seq,
                 delivered: wit.delivered,
             };
-            match write_dead_letter(binding, message, &source, &reason).await {
+            // Boxed: the rare path, kept out of every message's future.
+            match Box::pin(write_dead_letter(binding, message, &source, &reason)).await {
                 Ok(()) => {
                     binding.metrics.dead_letters.inc();
                     tracing::warn!(handler, stream, seq, reason, "dead-lettered");
@@ -364,5 +438,31 @@ async fn write_dead_letter(
             }
             result => return result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<(usize, usize)> {
+        plan_lanes(max_in_flight, prefetch, workers)
+            .into_iter()
+            .map(|lane| (lane.capacity, lane.batch))
+            .collect()
+    }
+
+    #[test]
+    fn calls_and_prefetch_are_shared_evenly_with_one_lane_per_worker() {
+        assert_eq!(lanes(64, 1024, 2), [(32, 512), (32, 512)]);
+        assert_eq!(lanes(5, 7, 2), [(3, 4), (2, 3)]);
+        assert_eq!(lanes(64, 1024, 1), [(64, 1024)]);
+    }
+
+    #[test]
+    fn never_more_lanes_than_calls_and_every_lane_pulls_something() {
+        assert_eq!(lanes(1, 1024, 8), [(1, 1024)]);
+        assert_eq!(lanes(3, 1, 8), [(1, 1), (1, 1), (1, 1)]);
+        assert_eq!(lanes(4, 100, 0), [(4, 100)], "no worker count: one lane");
     }
 }

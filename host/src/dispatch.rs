@@ -104,7 +104,9 @@ impl Dispatcher {
                 (store, None, 0)
             }
         };
-        let call = async {
+        // Boxed once here: the call's future is large, and moving it by value (into the
+        // ceiling, the lane's set of calls) would copy it each time.
+        let call = Box::pin(async {
             let handler = match handler {
                 Some(handler) => handler,
                 None => {
@@ -114,7 +116,7 @@ impl Dispatcher {
             };
             let disposition = handler.call_handle(&mut store, msg).await?;
             Ok((handler, disposition))
-        };
+        });
         match sandbox::within_ceiling(&self.limits, call).await {
             Ok((handler, disposition)) => {
                 let served = served + 1;

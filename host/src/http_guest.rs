@@ -124,7 +124,8 @@ impl HttpPublisher {
                     .call_handle(&mut store, incoming, out)
                     .await
             };
-            match sandbox::within_ceiling(&limits, call).await {
+            let result = sandbox::within_ceiling(&limits, std::pin::pin!(call)).await;
+            match result {
                 Ok(()) => Ok(()),
                 Err(error) => {
                     let interrupted = store.data_mut().interrupted.take();

@@ -70,11 +70,10 @@ impl fmt::Display for Origin {
 
 /// Store data: one per instance, so one per message unless the handler reuses instances.
 pub struct HostState {
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: most handler calls make none.
+    wasi: Option<Wasi>,
     http: WasiHttpCtx,
     http_hooks: NoOutgoingRequests,
-    /// Guest stdout and stderr, whose output budget starts again with each call.
-    output: [GuestOutput; 2],
     table: ResourceTable,
     /// Enforces the handler's memory limit.
     pub limiter: MemoryLimiter,
@@ -90,19 +89,10 @@ pub struct HostState {
 impl HostState {
     /// Store data for calls of `env`'s component, the first on behalf of `origin`.
     pub fn new(env: Arc<ComponentEnv>, origin: Origin, limits: &Limits) -> Self {
-        let output = [
-            GuestOutput::new(env.name.clone(), "stdout"),
-            GuestOutput::new(env.name.clone(), "stderr"),
-        ];
-        let wasi = WasiCtx::builder()
-            .stdout(output[0].clone())
-            .stderr(output[1].clone())
-            .build();
         HostState {
-            wasi,
+            wasi: None,
             http: WasiHttpCtx::new(),
             http_hooks: NoOutgoingRequests,
-            output,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory.as_u64() as usize),
             interrupted: None,
@@ -120,7 +110,30 @@ impl HostState {
         self.published = 0;
         self.interrupted = None;
         self.budget = Budget::new(limits);
-        self.output.iter().for_each(GuestOutput::begin_call);
+        if let Some(wasi) = &self.wasi {
+            wasi.output.iter().for_each(GuestOutput::begin_call);
+        }
+    }
+}
+
+/// A WASI context with no capabilities, its stdout and stderr going to the log.
+struct Wasi {
+    ctx: WasiCtx,
+    /// Guest stdout and stderr, whose output budget starts again with each call.
+    output: [GuestOutput; 2],
+}
+
+impl Wasi {
+    fn new(name: &Arc<str>) -> Self {
+        let output = [
+            GuestOutput::new(name.clone(), "stdout"),
+            GuestOutput::new(name.clone(), "stderr"),
+        ];
+        let ctx = WasiCtx::builder()
+            .stdout(output[0].clone())
+            .stderr(output[1].clone())
+            .build();
+        Wasi { ctx, output }
     }
 }
 
@@ -146,8 +159,10 @@ impl WasiHttpView for HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let name = &self.env.name;
+        let wasi = self.wasi.get_or_insert_with(|| Wasi::new(name));
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: &mut wasi.ctx,
             table: &mut self.table,
         }
     }

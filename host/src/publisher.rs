@@ -130,7 +130,8 @@ impl TimerPublisher {
                 .call_on_tick(&mut store, Tick { now_ms, seq })
                 .await
         };
-        match sandbox::within_ceiling(&self.limits, call).await {
+        let result = sandbox::within_ceiling(&self.limits, std::pin::pin!(call)).await;
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(TickError::Returned(reason)),
             Err(error) => {

@@ -66,18 +66,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
 
     let calls = TaskTracker::new();
-    let loops: Vec<_> = handlers
-        .into_iter()
-        .map(|binding| {
-            tokio::spawn(consumer::run(
-                binding,
-                js.clone(),
-                shutdown.clone(),
-                calls.clone(),
-            ))
-        })
-        .collect();
-    let (handler_count, publisher_count) = (loops.len(), publishers.len());
+    let (handler_count, publisher_count) = (handlers.len(), publishers.len());
+    for binding in handlers {
+        consumer::start(binding, &js, &shutdown, &calls);
+    }
     for publisher in publishers {
         calls.spawn(publisher::run(publisher, shutdown.clone()));
     }
@@ -92,9 +84,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     ready.store(false, Ordering::SeqCst);
     tracing::info!(grace = ?config.runtime.grace_period, "shutting down: no new messages; waiting for in-flight calls");
     shutdown.cancel();
-    for pull_loop in loops {
-        pull_loop.await.context("a consumer loop panicked")?;
-    }
     calls.close();
     tokio::select! {
         _ = calls.wait() => tracing::info!("in-flight calls finished"),

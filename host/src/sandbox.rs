@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
@@ -108,10 +109,17 @@ pub fn begin_call(store: &mut Store<HostState>, origin: Origin, limits: &Limits)
 /// Runs `call` (instantiation and the export, on a store from [`store`]) within the wall-clock
 /// ceiling. The epoch callback stops guest code; this also bounds time spent blocked in host
 /// calls. On failure, pass the store's `interrupted` to [`classify`].
+///
+/// Most calls never wait on anything and finish in their first poll; only a call that waits
+/// gets a timer, started then (the first poll is itself bounded by the epoch deadline). The
+/// call is taken pinned (boxed or `pin!`ned) so that it is never copied.
 pub async fn within_ceiling<T>(
     limits: &Limits,
-    call: impl Future<Output = wasmtime::Result<T>>,
+    mut call: impl Future<Output = wasmtime::Result<T>> + Unpin,
 ) -> Result<T, Option<wasmtime::Error>> {
+    if let Poll::Ready(result) = futures::poll!(&mut call) {
+        return result.map_err(Some);
+    }
     match tokio::time::timeout(limits.timeout + Duration::from_secs(1), call).await {
         Err(_) => Err(None),
         Ok(result) => result.map_err(Some),

@@ -1,6 +1,7 @@
-//! Watching a bound consumer: keeps the pending and ack-pending gauges current, and declares
-//! the pull stalled when the server holds messages for us, the host has free slots, and still
-//! nothing has arrived for a while (a pull lost across a reconnect or leader change).
+//! Watching a lane's pull: keeps the consumer's pending and ack-pending gauges current, and
+//! declares the pull stalled when the server holds messages for us, the lane has room for
+//! more, and still nothing has arrived for a while (a pull lost across a reconnect or leader
+//! change).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,36 +18,41 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Idle time, with messages pending and slots free, after which the pull counts as stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(15);
 
-/// When the pull loop last received a message.
+/// The messages a lane has received: a plain counter, so counting costs the lane no clock
+/// read.
+#[derive(Default)]
 pub struct Activity {
-    since: Instant,
-    last_ms: AtomicU64,
+    received: AtomicU64,
 }
 
 impl Activity {
-    /// Activity starting now.
-    pub fn new() -> Self {
-        Activity {
-            since: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Records a received message.
-    pub fn touch(&self) {
-        let ms = self.since.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.since.elapsed().saturating_sub(last)
+    /// Counts a received message.
+    pub fn received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-impl Default for Activity {
-    fn default() -> Self {
-        Self::new()
+/// How long a counter has stood still, from readings taken now and then.
+struct Silence {
+    count: u64,
+    since: Instant,
+}
+
+impl Silence {
+    fn new(now: Instant) -> Self {
+        Silence {
+            count: 0,
+            since: now,
+        }
+    }
+
+    /// Takes a reading of `count` at `now`; returns how long it has not changed.
+    fn observe(&mut self, count: u64, now: Instant) -> Duration {
+        if count != self.count {
+            self.count = count;
+            self.since = now;
+        }
+        now.saturating_duration_since(self.since)
     }
 }
 
@@ -55,29 +61,30 @@ pub fn is_stalled(pending: u64, idle: Duration, free_slots: usize) -> bool {
     pending > 0 && free_slots > 0 && idle >= STALL_AFTER
 }
 
-/// Runs until `stop`; cancels `stalled` (once) when the pull looks stuck.
+/// Runs until `pull` is cancelled; cancels it when the pull looks stuck, so the lane rebinds.
 pub async fn watch(
     binding: Arc<Binding>,
     mut consumer: PullConsumer,
     slots: Arc<Semaphore>,
     activity: Arc<Activity>,
-    stalled: CancellationToken,
-    stop: CancellationToken,
+    pull: CancellationToken,
 ) {
     let mut every = tokio::time::interval(CHECK_EVERY);
+    let mut silence = Silence::new(Instant::now());
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = pull.cancelled() => return,
             _ = every.tick() => {}
         }
+        let idle = silence.observe(activity.received.load(Ordering::Relaxed), Instant::now());
         let Ok(info) = consumer.info().await else {
             continue;
         };
         binding.metrics.pending.set(info.num_pending as i64);
         binding.metrics.ack_pending.set(info.num_ack_pending as i64);
-        if is_stalled(info.num_pending, activity.idle(), slots.available_permits()) {
+        if is_stalled(info.num_pending, idle, slots.available_permits()) {
             tracing::warn!(handler = %binding.name, pending = info.num_pending, "pull stalled; re-issuing it");
-            stalled.cancel();
+            pull.cancel();
             return;
         }
     }
@@ -102,11 +109,17 @@ mod tests {
     }
 
     #[test]
-    fn activity_measures_idle_time() {
-        let activity = Activity::new();
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(activity.idle() >= Duration::from_millis(20));
-        activity.touch();
-        assert!(activity.idle() < Duration::from_millis(20));
+    fn silence_is_the_time_since_the_count_last_moved() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut silence = Silence::new(start);
+        assert_eq!(silence.observe(0, at(4)), Duration::from_secs(4));
+        assert_eq!(
+            silence.observe(3, at(6)),
+            Duration::ZERO,
+            "messages arrived"
+        );
+        assert_eq!(silence.observe(3, at(20)), Duration::from_secs(14));
+        assert_eq!(silence.observe(4, at(21)), Duration::ZERO);
     }
 }

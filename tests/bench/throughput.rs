@@ -309,22 +309,11 @@ async fn drain_with(
     let shutdown = CancellationToken::new();
     let calls = TaskTracker::new();
     let start = Instant::now();
-    let loops: Vec<_> = bindings
-        .into_iter()
-        .map(|b| {
-            tokio::spawn(jetwasm::consumer::run(
-                b,
-                js.clone(),
-                shutdown.clone(),
-                calls.clone(),
-            ))
-        })
-        .collect();
+    for binding in bindings {
+        jetwasm::consumer::start(binding, js, &shutdown, &calls);
+    }
     let rate = wait_drained(js, &name, first, n, start).await?;
     shutdown.cancel();
-    for l in loops {
-        l.await?;
-    }
     calls.close();
     calls.wait().await;
     Ok(rate)
