@@ -9,6 +9,7 @@
 //! (missed heartbeats, a deleted consumer) or the [`watchdog`] finds it stalled.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -212,9 +213,14 @@ async fn run_lane(
             match next {
                 Some(Ok(message)) => {
                     activity.received();
-                    let mut call = Box::pin(process(binding.clone(), bound.clone(), message, slot));
-                    if futures::poll!(call.as_mut()).is_pending() {
-                        tracker.spawn(call);
+                    let call = process(binding.clone(), bound.clone(), message, slot);
+                    let mut call = Box::pin(AssertUnwindSafe(call).catch_unwind());
+                    match futures::poll!(call.as_mut()) {
+                        Poll::Ready(outcome) => contain_panic(&binding.name, outcome),
+                        Poll::Pending => {
+                            let name = binding.name.clone();
+                            tracker.spawn(async move { contain_panic(&name, call.await) });
+                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -229,6 +235,17 @@ async fn run_lane(
         }
         pull.cancel();
         pause(&shutdown).await;
+    }
+}
+
+/// Logs a panic in a message's processing: a host bug, kept from taking the lane down. A
+/// message not yet acknowledged is redelivered by JetStream after its ack wait.
+fn contain_panic(handler: &str, outcome: std::thread::Result<()>) {
+    if outcome.is_err() {
+        tracing::error!(
+            handler,
+            "processing a message panicked; unless acknowledged, it is redelivered after its ack wait"
+        );
     }
 }
 

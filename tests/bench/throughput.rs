@@ -11,10 +11,12 @@
 //! Numbers, not assertions: run it with `make bench`. Environment: `BENCH_MESSAGES` (default
 //! 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS` (default 20000), `BENCH_LANG_MESSAGES`
 //! (default 20000, per language and mode), `BENCH_PUBLISHES` (default 10000),
-//! `BENCH_IN_FLIGHT` (the host's max in flight, default 64 as in the config), `BENCH_LANGS`
+//! `BENCH_IN_FLIGHT` and `BENCH_PREFETCH` (the host's `max_in_flight` and `prefetch`, default
+//! 64 and 1024 as in the config), `BENCH_LANGS`
 //! (default `rust,python,js,go,c`).
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -69,11 +71,59 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The server's process id, for its CPU time.
+static SERVER_PID: OnceLock<u32> = OnceLock::new();
+
+/// CPU time used so far by process `pid`, all its threads, from `/proc/<pid>/task/*/schedstat`
+/// (nanoseconds on the CPU).
+fn cpu_time(pid: &str) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    let nanos = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// CPU time used so far by this process (the client or the host) and by the server.
+fn cpu_now() -> (Duration, Duration) {
+    let server = SERVER_PID
+        .get()
+        .map(|pid| pid.to_string())
+        .unwrap_or_default();
+    (cpu_time("self"), cpu_time(&server))
+}
+
+/// One drain: messages per second, and CPU time per message in this process (the native
+/// client, or the host) and in the server, over the same part of the drain.
+#[derive(Debug, Clone, Copy)]
+struct Drain {
+    rate: f64,
+    local_cpu: Duration,
+    server_cpu: Duration,
+}
+
+impl std::fmt::Display for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        write!(
+            f,
+            "{:.1} µs + server {:.1} µs",
+            us(self.local_cpu),
+            us(self.server_cpu)
+        )
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let messages = env_or("BENCH_MESSAGES", 100_000);
     let rounds = env_or("BENCH_ROUNDS", 3);
     let server = NatsServer::start().await?;
+    SERVER_PID.get_or_init(|| server.pid());
     let js = server.jetstream().await?;
     js.create_stream(stream::Config {
         name: STREAM.into(),
@@ -103,13 +153,19 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         let m = drain_host(&js, &minimal, &format!("minimal{round}"), messages).await?;
         println!(
-            "round {round}: native {n:>9.0} msgs/s   host {h:>9.0} msgs/s   ratio {:.2}   host, minimal component {m:>9.0} msgs/s   ratio {:.2}",
-            h / n,
-            m / n
+            "round {round}: native {:>9.0} msgs/s   host {:>9.0} msgs/s   ratio {:.2}   host, minimal component {:>9.0} msgs/s   ratio {:.2}",
+            n.rate,
+            h.rate,
+            h.rate / n.rate,
+            m.rate,
+            m.rate / n.rate
         );
-        native.push(n);
-        host.push(h);
-        floor.push(m);
+        println!(
+            "         CPU per message: native client {n}; host {h}; host, minimal component {m}"
+        );
+        native.push(n.rate);
+        host.push(h.rate);
+        floor.push(m.rate);
     }
     let (n, h, m) = (median(&mut native), median(&mut host), median(&mut floor));
     println!(
@@ -224,15 +280,15 @@ fn consumer_config(name: &str) -> pull::Config {
 }
 
 /// Waits until `consumer` has seen all its `n` messages (stream sequences from `first`) acked.
-/// Returns msgs/s over the second half, so that start-up (binding, the first pulls, a
-/// component's load) does not count; from `start` when the drain was too quick to split.
+/// Measures over the second half, so that start-up (binding, the first pulls, a component's
+/// load) does not count; from `start` when the drain was too quick to split.
 async fn wait_drained(
     js: &jetstream::Context,
     consumer: &str,
     first: u64,
     n: usize,
-    start: Instant,
-) -> anyhow::Result<f64> {
+    start: (Instant, (Duration, Duration)),
+) -> anyhow::Result<Drain> {
     let stream = js.get_stream(STREAM).await?;
     let (half, last) = (first + n as u64 / 2, first + n as u64 - 1);
     let mut halfway = None;
@@ -240,14 +296,18 @@ async fn wait_drained(
         let info = stream.consumer_info(consumer).await?;
         let floor = info.ack_floor.stream_sequence;
         if halfway.is_none() && floor >= half {
-            halfway = Some((Instant::now(), floor));
+            halfway = Some((Instant::now(), cpu_now(), floor));
         }
         if info.num_pending == 0 && info.num_ack_pending == 0 && floor >= last {
-            return Ok(match halfway {
-                Some((at, from)) if floor - from >= n as u64 / 4 => {
-                    (floor - from) as f64 / at.elapsed().as_secs_f64()
-                }
-                _ => n as f64 / start.elapsed().as_secs_f64(),
+            let ((at, (local, server)), done) = match halfway {
+                Some((at, cpu, from)) if floor - from >= n as u64 / 4 => ((at, cpu), floor - from),
+                _ => (start, n as u64),
+            };
+            let (local_now, server_now) = cpu_now();
+            return Ok(Drain {
+                rate: done as f64 / at.elapsed().as_secs_f64(),
+                local_cpu: (local_now - local) / done as u32,
+                server_cpu: (server_now - server) / done as u32,
             });
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -255,13 +315,13 @@ async fn wait_drained(
 }
 
 /// The baseline: a plain pull consumer that acks each message as it arrives.
-async fn drain_native(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Result<f64> {
+async fn drain_native(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Result<Drain> {
     let consumer = js
         .get_stream(STREAM)
         .await?
         .create_consumer(consumer_config(name))
         .await?;
-    let start = Instant::now();
+    let start = (Instant::now(), cpu_now());
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(256)
@@ -282,7 +342,7 @@ async fn drain_host(
     component: &Path,
     name: &str,
     n: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Drain> {
     let config = host_config(component, "fresh", name)?;
     drain_with(js, &config, consumer_config(name), n).await
 }
@@ -293,7 +353,7 @@ async fn drain_with(
     config: &Config,
     consumer: pull::Config,
     n: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Drain> {
     let name = consumer.durable_name.clone().unwrap_or_default();
     let first = match consumer.deliver_policy {
         jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => start_sequence,
@@ -308,7 +368,7 @@ async fn drain_with(
         .handlers;
     let shutdown = CancellationToken::new();
     let calls = TaskTracker::new();
-    let start = Instant::now();
+    let start = (Instant::now(), cpu_now());
     for binding in bindings {
         jetwasm::consumer::start(binding, js, &shutdown, &calls);
     }
@@ -322,6 +382,7 @@ async fn drain_with(
 /// A host config running `component` on `consumer` with `instances` (`fresh` or `reuse`).
 fn host_config(component: &Path, instances: &str, consumer: &str) -> anyhow::Result<Config> {
     let in_flight = env_or("BENCH_IN_FLIGHT", 64);
+    let prefetch = env_or("BENCH_PREFETCH", 1024);
     let text = format!(
         r#"
 [[handler]]
@@ -330,7 +391,7 @@ component = "{}"
 stream = "{STREAM}"
 consumer = "{consumer}"
 instances = "{instances}"
-limits = {{ max_in_flight = {in_flight} }}
+limits = {{ max_in_flight = {in_flight}, prefetch = {prefetch} }}
 "#,
         component.display()
     );
@@ -354,12 +415,13 @@ async fn per_language(js: &jetstream::Context, stored: usize, native: f64) -> an
             from_tail.deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: (stored - n + 1) as u64,
             };
-            let rate = drain_with(js, &config, from_tail, n).await?;
+            let drain = drain_with(js, &config, from_tail, n).await?;
             let calls = (n / 5).max(100);
             let (p50, _) = call_overhead(js, &config, calls).await?;
             println!(
-                "  {lang:<6} {instances:<5} {rate:>8.0} msgs/s   ratio {:.2}   call p50 {p50:?}",
-                rate / native
+                "  {lang:<6} {instances:<5} {:>8.0} msgs/s   ratio {:.2}   call p50 {p50:?}   CPU per message: host {drain}",
+                drain.rate,
+                drain.rate / native
             );
         }
     }

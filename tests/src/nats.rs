@@ -82,6 +82,11 @@ impl NatsServer {
         Ok(async_nats::jetstream::new(self.client().await?))
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
