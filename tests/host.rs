@@ -31,6 +31,30 @@ async fn ten_thousand_orders_are_all_acked_and_processed_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_stay_within_a_consumer_that_caps_its_batch_size() {
+    let setup = Setup::new("").await;
+    // A consumer made elsewhere may refuse pulls over `max_batch`: the default prefetch
+    // (1024) is far larger, and must be capped rather than refused and retried forever.
+    let stream = setup.stream("ORDERS").await;
+    let mut config = stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("proc")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    config.max_batch = 8;
+    stream.create_consumer(config).await.unwrap();
+    let host = setup.host("orders", "").await;
+    setup.publish_all((0..300).map(order)).await;
+    setup.drained(Duration::from_secs(30), &host).await;
+
+    assert_eq!(setup.count("ORDERS", "orders.processed").await, 300);
+    assert_eq!(setup.consumer().await.config.max_batch, 8, "left as it was");
+    assert!(!host.log().contains("pull failed"), "{}", tail(&host.log()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nak_with_delay_is_redelivered_no_earlier_than_the_delay_then_dead_lettered() {
     let setup = Setup::new(QUICK_RETRIES).await;
     let host = setup

@@ -65,6 +65,8 @@ struct Bound {
     policy: DeliveryPolicy,
     /// Interval for in-progress updates: half the consumer's ack wait.
     progress_every: Duration,
+    /// The largest pull the consumer accepts (`max_batch`), if it sets one.
+    max_batch: Option<usize>,
 }
 
 /// Looks up the durable consumer and reads its redelivery settings. Fails, naming the
@@ -88,10 +90,12 @@ async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<Boun
         backoff: config.backoff.clone(),
     };
     let progress_every = (config.ack_wait / 2).max(Duration::from_millis(100));
+    let max_batch = usize::try_from(config.max_batch).ok().filter(|n| *n > 0);
     Ok(Bound {
         consumer,
         policy,
         progress_every,
+        max_batch,
     })
 }
 
@@ -146,8 +150,8 @@ fn plan_lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<Lane
 }
 
 /// One lane: its own pull on the durable consumer and up to `capacity` calls in progress. A
-/// message is only taken when a slot is free to run it; up to `batch` more wait in the client
-/// meanwhile. Each call starts inline, in the lane's task: most finish there, costing no task
+/// message is only taken when a slot is free to run it; up to `batch` more (fewer if the
+/// consumer caps pulls with `max_batch`) wait in the client meanwhile. Each call starts inline, in the lane's task: most finish there, costing no task
 /// or timer of their own. A call that has to wait (a publish awaiting its ack, a long
 /// computation yielding at an epoch tick) carries on as a task of its own, so it never holds
 /// up the lane. The lane rebinds when its pull fails or stalls; on shutdown it stops pulling.
@@ -181,7 +185,7 @@ async fn run_lane(
         let messages = bound
             .consumer
             .stream()
-            .max_messages_per_batch(batch)
+            .max_messages_per_batch(bound.max_batch.map_or(batch, |max| batch.min(max)))
             .heartbeat(HEARTBEAT)
             .messages()
             .await;
