@@ -151,10 +151,11 @@ fn plan_lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<Lane
 
 /// One lane: its own pull on the durable consumer and up to `capacity` calls in progress. A
 /// message is only taken when a slot is free to run it; up to `batch` more (fewer if the
-/// consumer caps pulls with `max_batch`) wait in the client meanwhile. Each call starts inline, in the lane's task: most finish there, costing no task
-/// or timer of their own. A call that has to wait (a publish awaiting its ack, a long
-/// computation yielding at an epoch tick) carries on as a task of its own, so it never holds
-/// up the lane. The lane rebinds when its pull fails or stalls; on shutdown it stops pulling.
+/// consumer caps pulls with `max_batch`) wait in the client meanwhile. Each call starts
+/// inline, in the lane's task: most finish there, costing no task or timer of their own. A
+/// call that has to wait (a publish awaiting its ack, a long computation yielding at an epoch
+/// tick) carries on as a task of its own, so it never holds up the lane. The lane rebinds
+/// when its pull fails or stalls; on shutdown it stops pulling.
 async fn run_lane(
     binding: Arc<Binding>,
     js: jetstream::Context,
@@ -388,6 +389,7 @@ async fn apply(
 ) {
     let (handler, stream, seq) = (&*binding.name, &wit.stream, wit.stream_seq);
     let result = match action {
+        // Boxed, like the other paths that wait on the server, to keep the common future small.
         Action::Ack if binding.confirm_acks => Box::pin(message.double_ack()).await,
         Action::Ack => message.ack().await,
         Action::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
