@@ -51,7 +51,12 @@ async fn pulls_stay_within_a_consumer_that_caps_its_batch_size() {
 
     assert_eq!(setup.count("ORDERS", "orders.processed").await, 300);
     assert_eq!(setup.consumer().await.config.max_batch, 8, "left as it was");
-    assert!(!host.log().contains("pull failed"), "{}", tail(&host.log()));
+    let log = host.log();
+    assert!(!log.contains("pull failed"), "{}", tail(&log));
+    let capped = log
+        .lines()
+        .filter(|line| line.contains("consumer bound") && line.ends_with("prefetch=8"));
+    assert_eq!(capped.count(), 2, "both lanes pull 8 at a time\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

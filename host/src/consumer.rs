@@ -129,6 +129,8 @@ pub fn start(
 /// One lane's share of a handler's limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Lane {
+    /// Which lane, from 1, for the logs.
+    number: usize,
     /// Most calls in progress at once.
     capacity: usize,
     /// Messages asked of the server ahead of need (the pull batch).
@@ -143,6 +145,7 @@ fn plan_lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<Lane
     let share = |total: usize, i: usize| total / lanes + usize::from(i < total % lanes);
     (0..lanes)
         .map(|i| Lane {
+            number: i + 1,
             capacity: share(max_in_flight, i),
             batch: share(prefetch, i).max(1),
         })
@@ -159,7 +162,11 @@ fn plan_lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<Lane
 async fn run_lane(
     binding: Arc<Binding>,
     js: jetstream::Context,
-    Lane { capacity, batch }: Lane,
+    Lane {
+        number,
+        capacity,
+        batch,
+    }: Lane,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -183,10 +190,11 @@ async fn run_lane(
             activity.clone(),
             pull.clone(),
         ));
+        let pull_batch = bound.max_batch.map_or(batch, |max| batch.min(max));
         let messages = bound
             .consumer
             .stream()
-            .max_messages_per_batch(bound.max_batch.map_or(batch, |max| batch.min(max)))
+            .max_messages_per_batch(pull_batch)
             .heartbeat(HEARTBEAT)
             .messages()
             .await;
@@ -199,7 +207,7 @@ async fn run_lane(
                 continue;
             }
         };
-        tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, "consumer bound");
+        tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, lane = number, in_flight = capacity, prefetch = pull_batch, "consumer bound");
         let mut pull_ended = pin!(pull.cancelled());
         loop {
             let slot = match slots.clone().try_acquire_owned() {
