@@ -306,6 +306,25 @@ async fn a_slow_handler_is_kept_in_progress_and_not_redelivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_messages_waiting_for_a_slot_are_kept_in_progress() {
+    // One slot, calls of 700ms and an ack wait of 1s: the fourth message waits ~2s for its
+    // turn, long past its ack wait, and must still not be redelivered.
+    let setup = Setup::new("ack_wait = \"1s\"\nmax_deliver = 5").await;
+    let host = setup
+        .host(
+            "fixture_slow",
+            "limits = { max_in_flight = 1, prefetch = 4 }\nconfig = { sleep_ms = 700 }",
+        )
+        .await;
+    setup.publish_all((0..4).map(|i| format!("slow {i}"))).await;
+    setup.drained(Duration::from_secs(15), &host).await;
+    let info = setup.consumer().await;
+    assert_eq!(info.num_redelivered, 0, "{}", tail(&host.log()));
+    assert_eq!(info.delivered.consumer_sequence, 4, "each delivered once");
+    assert_eq!(host.metric(&sample("ack")).unwrap(), 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_past_its_wall_clock_ceiling_is_stopped() {
     let setup = Setup::new("max_deliver = 1").await;
     let limits =

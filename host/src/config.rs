@@ -96,9 +96,9 @@ pub struct Limits {
     /// Most messages handled at once.
     pub max_in_flight: usize,
     /// Messages asked of the server ahead of need, so a free slot never waits for a pull
-    /// round trip. They wait in the host for a slot, and their ack wait runs meanwhile: for
-    /// a handler that takes seconds per message, keep `prefetch / max_in_flight` times the
-    /// call time well under the consumer's ack wait, or waiting messages are redelivered.
+    /// round trip. Messages waiting for a slot are kept in progress with JetStream, so none
+    /// is redelivered for waiting its turn; while every slot is busy the host may hold up to
+    /// about twice this many, which other hosts on the same consumer then do not get.
     pub prefetch: usize,
     /// Largest message handed to the handler; larger ones are dead-lettered unread.
     pub max_message_size: ByteSize,

@@ -8,6 +8,7 @@
 //! JetStream. The outcome is applied to JetStream, and a lane rebinds when its pull fails
 //! (missed heartbeats, a deleted consumer) or the [`watchdog`] finds it stalled.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
@@ -152,13 +153,15 @@ fn plan_lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<Lane
         .collect()
 }
 
-/// One lane: its own pull on the durable consumer and up to `capacity` calls in progress. A
-/// message is only taken when a slot is free to run it; up to `batch` more (fewer if the
-/// consumer caps pulls with `max_batch`) wait in the client meanwhile. Each call starts
-/// inline, in the lane's task: most finish there, costing no task or timer of their own. A
-/// call that has to wait (a publish awaiting its ack, a long computation yielding at an epoch
-/// tick) carries on as a task of its own, so it never holds up the lane. The lane rebinds
-/// when its pull fails or stalls; on shutdown it stops pulling.
+/// One lane: its own pull on the durable consumer, asking for `batch` messages at a time
+/// (fewer if the consumer caps pulls with `max_batch`), and up to `capacity` calls in
+/// progress. A message that arrives while every slot is busy waits in the lane, kept in
+/// progress with JetStream (see [`Waiting`]). Each call starts inline, in the lane's task:
+/// most finish there, costing no task or timer of their own. A call that has to wait (a
+/// publish awaiting its ack, a long computation yielding at an epoch tick) carries on as a
+/// task of its own, so it never holds up the lane. The lane rebinds when its pull fails or
+/// stalls, and stops pulling on shutdown; messages still waiting then are redelivered by
+/// JetStream after their ack wait.
 async fn run_lane(
     binding: Arc<Binding>,
     js: jetstream::Context,
@@ -209,45 +212,116 @@ async fn run_lane(
         };
         tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, lane = number, in_flight = capacity, prefetch = pull_batch, "consumer bound");
         let mut pull_ended = pin!(pull.cancelled());
+        let mut waiting = Waiting::new(pull_batch, bound.progress_every / 2);
+        let mut ticks = tokio::time::interval(waiting.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let start = |message, slot| start_call(&binding, &bound, &tracker, message, slot);
         loop {
-            let slot = match slots.clone().try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(_) => tokio::select! {
-                    biased;
-                    _ = &mut pull_ended => break,
-                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-                },
-            };
-            let next = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = &mut pull_ended => break,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    activity.received();
-                    let call = process(binding.clone(), bound.clone(), message, slot);
-                    let mut call = Box::pin(AssertUnwindSafe(call).catch_unwind());
-                    match futures::poll!(call.as_mut()) {
-                        Poll::Ready(outcome) => contain_panic(&binding.name, outcome),
-                        Poll::Pending => {
-                            let name = binding.name.clone();
-                            tracker.spawn(async move { contain_panic(&name, call.await) });
+                _ = ticks.tick(), if !waiting.is_empty() => waiting.keep_in_progress().await,
+                slot = slots.clone().acquire_owned(), if !waiting.is_empty() => {
+                    let slot = slot.expect("the semaphore is never closed");
+                    start(waiting.pop(), slot);
+                }
+                next = messages.next(), if !waiting.is_full() => match next {
+                    Some(Ok(message)) => {
+                        activity.received();
+                        match slots.clone().try_acquire_owned() {
+                            Ok(slot) if waiting.is_empty() => start(message, slot),
+                            _ => waiting.push(message),
                         }
                     }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(handler = %binding.name, error = %e, "pull failed; rebinding");
-                    break;
-                }
-                None => {
-                    tracing::warn!(handler = %binding.name, "pull stream ended; rebinding");
-                    break;
-                }
+                    Some(Err(e)) => {
+                        tracing::warn!(handler = %binding.name, error = %e, "pull failed; rebinding");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(handler = %binding.name, "pull stream ended; rebinding");
+                        break;
+                    }
+                },
             }
         }
         pull.cancel();
         pause(&shutdown).await;
+    }
+}
+
+/// Starts processing `message` in its slot, inline: most calls finish in this first poll; one
+/// that has to wait carries on as a task on `tracker`.
+fn start_call(
+    binding: &Arc<Binding>,
+    bound: &Arc<Bound>,
+    tracker: &TaskTracker,
+    message: jetstream::Message,
+    slot: OwnedSemaphorePermit,
+) {
+    let call = process(binding.clone(), bound.clone(), message, slot);
+    let mut call = Box::pin(AssertUnwindSafe(call).catch_unwind());
+    let waker = futures::task::noop_waker();
+    match call
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker))
+    {
+        Poll::Ready(outcome) => contain_panic(&binding.name, outcome),
+        Poll::Pending => {
+            let name = binding.name.clone();
+            tracker.spawn(async move { contain_panic(&name, call.await) });
+        }
+    }
+}
+
+/// Messages a lane has received but has no free slot for yet. Their ack wait runs while they
+/// wait, so each is kept in progress with JetStream, like a running call, and none is
+/// redelivered for waiting its turn.
+struct Waiting {
+    messages: VecDeque<(Instant, jetstream::Message)>,
+    capacity: usize,
+    /// How long a message may wait before (another) in-progress is sent for it.
+    every: Duration,
+}
+
+impl Waiting {
+    fn new(capacity: usize, every: Duration) -> Self {
+        Waiting {
+            messages: VecDeque::new(),
+            capacity,
+            every,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.messages.len() >= self.capacity
+    }
+
+    fn push(&mut self, message: jetstream::Message) {
+        self.messages.push_back((Instant::now(), message));
+    }
+
+    /// The message that has waited longest. Only called when one waits.
+    fn pop(&mut self) -> jetstream::Message {
+        let (_, message) = self.messages.pop_front().expect("a message is waiting");
+        message
+    }
+
+    /// Sends in-progress for every message that has waited `every` since it arrived or since
+    /// its last in-progress.
+    async fn keep_in_progress(&mut self) {
+        let now = Instant::now();
+        for (since, message) in self.messages.iter_mut() {
+            if now.duration_since(*since) >= self.every {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "in-progress update failed");
+                }
+                *since = now;
+            }
+        }
     }
 }
 
