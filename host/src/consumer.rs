@@ -260,6 +260,8 @@ fn start_call(
 ) {
     let call = process(binding.clone(), bound.clone(), message, slot);
     let mut call = Box::pin(AssertUnwindSafe(call).catch_unwind());
+    // A no-op waker is enough for this first poll: a call that is not ready moves to a task of
+    // its own, which polls it again at once and so registers its real waker.
     let waker = futures::task::noop_waker();
     match call
         .as_mut()
