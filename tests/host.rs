@@ -60,6 +60,48 @@ async fn pulls_stay_within_a_consumer_that_caps_its_batch_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_and_carry_the_message_fields() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let config = setup.config(&handler_wasm("orders"), "", "");
+    let host = Host::start_with(&setup.server.url, &config, &["--log-format", "json"])
+        .await
+        .unwrap();
+    setup.publish_all((0..3).map(order)).await;
+    setup.drained(Duration::from_secs(15), &host).await;
+
+    let log = host.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let message = |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_owned();
+    // The guest's `log` calls: at their level, inside a span naming handler, stream and seq.
+    let guest: Vec<_> = lines
+        .iter()
+        .filter(|v| message(v).starts_with("processed order"))
+        .collect();
+    assert_eq!(guest.len(), 3, "{log}");
+    let mut seqs: Vec<u64> = guest
+        .iter()
+        .map(|v| {
+            assert_eq!(v["level"], "INFO");
+            assert_eq!(v["span"]["handler"], "h");
+            assert_eq!(v["span"]["stream"], "ORDERS");
+            v["span"]["seq"].as_u64().expect("a sequence number")
+        })
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, [1, 2, 3]);
+    // The host's own events keep their fields too.
+    assert!(
+        lines
+            .iter()
+            .any(|v| message(v) == "consumer bound" && v["fields"]["handler"] == "h"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nak_with_delay_is_redelivered_no_earlier_than_the_delay_then_dead_lettered() {
     let setup = Setup::new(QUICK_RETRIES).await;
     let host = setup

@@ -33,19 +33,30 @@ pub struct Host {
     pub http: SocketAddr,
     log: PathBuf,
     dir: TempDir,
+    /// Flags added to `jetwasm run`.
+    flags: Vec<String>,
 }
 
 impl Host {
     /// Starts `jetwasm run` against `url` with `config`, in which `{http}` stands for the
     /// listener address the harness picks; returns once `/readyz` answers 200.
     pub async fn start(url: &str, config: &str) -> anyhow::Result<Host> {
-        let mut host = Host::spawn(url, config)?;
+        Host::start_with(url, config, &[]).await
+    }
+
+    /// Like [`Host::start`], with `flags` added to `jetwasm run` (e.g. `--log-format json`).
+    pub async fn start_with(url: &str, config: &str, flags: &[&str]) -> anyhow::Result<Host> {
+        let mut host = Host::spawn_with(url, config, flags)?;
         host.wait_ready(Duration::from_secs(60)).await?;
         Ok(host)
     }
 
     /// Starts `jetwasm run` without waiting for it to become ready.
     pub fn spawn(url: &str, config: &str) -> anyhow::Result<Host> {
+        Host::spawn_with(url, config, &[])
+    }
+
+    fn spawn_with(url: &str, config: &str, flags: &[&str]) -> anyhow::Result<Host> {
         let dir = tempfile::tempdir()?;
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         if !config.contains("{http}") {
@@ -56,12 +67,14 @@ impl Host {
             config.replace("{http}", &http.to_string()),
         )?;
         let log = dir.path().join("host.log");
-        let child = spawn_host(&dir, url, &log)?;
+        let flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
+        let child = spawn_host(&dir, url, &log, &flags)?;
         Ok(Host {
             child,
             http,
             log,
             dir,
+            flags,
         })
     }
 
@@ -69,7 +82,7 @@ impl Host {
     pub async fn restart(&mut self, url: &str) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_host(&self.dir, url, &self.log)?;
+        self.child = spawn_host(&self.dir, url, &self.log, &self.flags)?;
         self.wait_ready(Duration::from_secs(60)).await
     }
 
@@ -179,7 +192,12 @@ impl Host {
     }
 }
 
-fn spawn_host(dir: &TempDir, url: &str, log: &std::path::Path) -> anyhow::Result<Child> {
+fn spawn_host(
+    dir: &TempDir,
+    url: &str,
+    log: &std::path::Path,
+    flags: &[String],
+) -> anyhow::Result<Child> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -188,7 +206,9 @@ fn spawn_host(dir: &TempDir, url: &str, log: &std::path::Path) -> anyhow::Result
         .args(["run", "--config"])
         .arg(dir.path().join("jetwasm.toml"))
         .args(["--server", url])
+        .args(flags)
         .env_remove("NATS_URL")
+        .env_remove("JETWASM_LOG_FORMAT")
         .env(
             "RUST_LOG",
             std::env::var("JETWASM_TEST_LOG").unwrap_or_else(|_| "info".into()),
