@@ -9,7 +9,9 @@
 //! written, the component is compiled as if there were none, with a warning.
 //!
 //! The folder is kept under a size cap: after each write, the least recently used entries
-//! (a hit refreshes an entry's modification time) are removed until the rest fit.
+//! (a hit refreshes an entry's modification time) are removed until the rest fit. An entry
+//! is written as a `.partial-*` file and renamed into place; one left by a process that died
+//! while writing it is removed at the first pruning an hour later.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
@@ -135,7 +137,9 @@ impl CompileCache {
     fn write(&self, entry: &Path, component: &Component) -> anyhow::Result<()> {
         let artifact = component.serialize()?;
         std::fs::create_dir_all(&self.dir)?;
-        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let mut file = tempfile::Builder::new()
+            .prefix(PARTIAL_PREFIX)
+            .tempfile_in(&self.dir)?;
         file.write_all(&Sha256::digest(&artifact))?;
         file.write_all(&artifact)?;
         file.as_file().sync_all()?;
@@ -144,15 +148,29 @@ impl CompileCache {
     }
 }
 
+/// Entries being written start with this; renamed into place when complete.
+const PARTIAL_PREFIX: &str = ".partial-";
+/// A partial entry this old was left by a process that died while writing it.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl CompileCache {
-    /// Removes the least recently used entries until the rest fit in `max_bytes`.
+    /// Removes the least recently used entries until the rest fit in `max_bytes`, and partial
+    /// entries abandoned by a process that died while writing them.
     fn evict(&self) -> std::io::Result<()> {
         let mut entries = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if entry.path().extension().is_some_and(|e| e == "cwasm") {
-                let meta = entry.metadata()?;
-                entries.push((meta.modified()?, meta.len(), entry.path()));
+            let meta = entry.metadata()?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "cwasm") {
+                entries.push((meta.modified()?, meta.len(), path));
+            } else if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(PARTIAL_PREFIX)
+                && meta.modified()?.elapsed().unwrap_or_default() > ABANDONED_AFTER
+            {
+                std::fs::remove_file(&path)?;
             }
         }
         let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
@@ -297,6 +315,29 @@ mod tests {
             cache.load(&engine, &wasm(2), "2").unwrap().1,
             Source::Compiled,
             "evicted"
+        );
+    }
+
+    #[test]
+    fn partial_entries_left_by_a_crash_are_removed_once_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = |name: &str, age: std::time::Duration| {
+            let path = dir.path().join(format!("{PARTIAL_PREFIX}{name}"));
+            let file = std::fs::File::create(&path).unwrap();
+            file.set_modified(std::time::SystemTime::now() - age)
+                .unwrap();
+            path
+        };
+        let abandoned = partial("crashed", ABANDONED_AFTER * 2);
+        let in_progress = partial("writing", std::time::Duration::from_secs(1));
+        let wasm = wat::parse_str(WAT).unwrap();
+        CompileCache::new(dir.path(), DEFAULT_MAX_BYTES)
+            .load(&engine(), &wasm, "f")
+            .unwrap();
+        assert!(!abandoned.exists(), "an abandoned partial entry is removed");
+        assert!(
+            in_progress.exists(),
+            "one another process may be writing stays"
         );
     }
 
