@@ -683,44 +683,8 @@ async fn a_publisher_of_the_wrong_world_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_starts_a_local_jetstream_runs_the_components_and_stops_it_with_the_host() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("streams.toml"), streams(QUICK_RETRIES)).unwrap();
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
-    let port = harness::free_port();
-    let config = format!(
-        r#"
-streams = "streams.toml"
-
-[runtime]
-http = "{http}"
-
-[[handler]]
-name = "h"
-component = "{}"
-stream = "ORDERS"
-consumer = "proc"
-publish = ["orders.processed"]
-"#,
-        handler_wasm("orders").display()
-    );
-    std::fs::write(dir.path().join("jetwasm.toml"), config).unwrap();
-    let mut up = std::process::Command::new(harness::workspace_bin("jetwasm").unwrap())
-        .args(["up", "--config"])
-        .arg(dir.path().join("jetwasm.toml"))
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .args(["--port", &port.to_string()])
-        .env("NATS_SERVER_BIN", harness::nats_server_bin().unwrap())
-        .env_remove("NATS_URL")
-        .stderr(std::fs::File::create(dir.path().join("up.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut up, port) = start_up(dir.path()).await;
     let log = || std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(http_get(http, "/readyz"), Ok((200, _))) {
-        assert!(up.try_wait().unwrap().is_none(), "exited:\n{}", log());
-        assert!(Instant::now() < deadline, "not ready:\n{}", log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // Its own server, with the streams applied and the handler at work.
     let url = format!("nats://127.0.0.1:{port}");
@@ -770,6 +734,67 @@ publish = ["orders.processed"]
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the local server stopped with the host"
     );
+}
+
+/// Starts `jetwasm up` in `dir` (its own nats-server on a free port, the orders handler),
+/// logging to `dir/up.log`; returns once it is ready, with the server's port.
+async fn start_up(dir: &std::path::Path) -> (std::process::Child, u16) {
+    std::fs::write(dir.join("streams.toml"), streams(QUICK_RETRIES)).unwrap();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+    let port = harness::free_port();
+    let config = format!(
+        r#"
+streams = "streams.toml"
+
+[runtime]
+http = "{http}"
+
+[[handler]]
+name = "h"
+component = "{}"
+stream = "ORDERS"
+consumer = "proc"
+publish = ["orders.processed"]
+"#,
+        handler_wasm("orders").display()
+    );
+    std::fs::write(dir.join("jetwasm.toml"), config).unwrap();
+    let mut up = std::process::Command::new(harness::workspace_bin("jetwasm").unwrap())
+        .args(["up", "--config"])
+        .arg(dir.join("jetwasm.toml"))
+        .arg("--data")
+        .arg(dir.join("data"))
+        .args(["--port", &port.to_string()])
+        .env("NATS_SERVER_BIN", harness::nats_server_bin().unwrap())
+        .env_remove("NATS_URL")
+        .stderr(std::fs::File::create(dir.join("up.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.join("up.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(http_get(http, "/readyz"), Ok((200, _))) {
+        assert!(up.try_wait().unwrap().is_none(), "exited:\n{}", log());
+        assert!(Instant::now() < deadline, "not ready:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (up, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_leaves_no_nats_server_behind_even_when_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, port) = start_up(dir.path()).await;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    up.kill().unwrap(); // SIGKILL: no chance to stop the server itself
+    up.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server outlived the killed host"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,12 +74,15 @@ impl LocalServer {
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
         let log_path = data.join("nats-server.log");
         let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(data.join("jetstream"))
             .stdout(Stdio::null())
             .stderr(log)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        stop_with_parent(&mut command);
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let started = Instant::now();
@@ -110,6 +113,30 @@ impl LocalServer {
         tracing::info!("stopped the local nats-server");
         Ok(())
     }
+}
+
+/// Has the child get SIGTERM when this process dies, even by SIGKILL, which leaves no chance to
+/// stop it otherwise (Linux; elsewhere only a normal exit stops it).
+fn stop_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getppid, set_parent_process_death_signal, Pid, Signal};
+        let parent = Pid::from_raw(std::process::id() as i32);
+        // SAFETY: between fork and exec the closure makes only two async-signal-safe
+        // syscalls (prctl, getppid) and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                set_parent_process_death_signal(Some(Signal::TERM))?;
+                // The parent may have died before the request took effect.
+                if getppid() != parent {
+                    return Err(rustix::io::Errno::SRCH.into());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 #[cfg(test)]
