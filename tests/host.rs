@@ -944,6 +944,32 @@ async fn a_guest_gets_no_environment_files_or_network() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_dead_letter_outage_on_the_last_delivery_loses_nothing() {
+    // One delivery only: a nak would never bring the message back, so the host holds it and
+    // keeps trying the record, past the ~8s it allows when a redelivery would follow.
+    let setup = Setup::new("max_deliver = 1").await;
+    let host = setup.host("orders", "").await;
+    setup.js.delete_stream("DEADLETTER").await.unwrap();
+    setup.publish_all(["{not json".to_owned()]).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(setup.consumer().await.num_ack_pending == 1, "still held");
+    let spec = stream_init::Spec::load(&setup.dir.path().join("streams.toml"), None).unwrap();
+    let plan = stream_init::plan(&setup.js, &spec).await.unwrap();
+    stream_init::apply(&setup.js, &plan).await.unwrap();
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(15), &host)
+        .await;
+    assert!(header(&records[0], "Jetwasm-Reason").starts_with("invalid JSON"));
+    setup.drained(Duration::from_secs(5), &host).await;
+    assert!(
+        host.log()
+            .contains("dead letter still not written on the message's last delivery"),
+        "{}",
+        tail(&host.log())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_brief_dead_letter_outage_loses_nothing() {
     let setup = Setup::new(QUICK_RETRIES).await;
     let host = setup.host("orders", "").await;

@@ -486,16 +486,21 @@ async fn apply(
                 seq,
                 delivered: wit.delivered,
             };
+            // At the last delivery a nak would not bring the message back: keep trying.
+            let attempts = if policy.is_last(wit.delivered) {
+                u32::MAX
+            } else {
+                DEAD_LETTER_ATTEMPTS
+            };
             // Boxed: the rare path, kept out of every message's future.
-            match Box::pin(write_dead_letter(binding, message, &source, &reason)).await {
+            let written = write_dead_letter(binding, message, &source, &reason, attempts);
+            match Box::pin(written).await {
                 Ok(()) => {
                     binding.metrics.dead_letters.inc();
                     tracing::warn!(handler, stream, seq, reason, "dead-lettered");
                     message.ack_with(AckKind::Term).await
                 }
                 Err(e) => {
-                    // At the last delivery JetStream will not redeliver: this is logged as an
-                    // error so an operator can recover the message from the stream.
                     tracing::error!(handler, stream, seq, error = %format!("{e:#}"), "dead letter not written after retries; message nak'd");
                     let delay = policy
                         .backoff_after(wit.delivered)
@@ -511,17 +516,19 @@ async fn apply(
     }
 }
 
-/// Attempts at writing a dead letter before giving up on this delivery.
+/// Attempts at writing a dead letter before giving up on this delivery, when JetStream will
+/// deliver the message again.
 const DEAD_LETTER_ATTEMPTS: u32 = 6;
 
-/// Writes the dead-letter record, retrying with a growing pause (about 8s in all) while
-/// telling JetStream the message is still in progress, so a brief outage of the dead-letter
-/// stream loses nothing.
+/// Writes the dead-letter record, up to `attempts` times with a growing pause (about 8s for
+/// the first 6, then every 4s) while telling JetStream the message is still in progress, so
+/// an outage of the dead-letter stream loses nothing.
 async fn write_dead_letter(
     binding: &Binding,
     message: &jetstream::Message,
     source: &dead_letter::Source<'_>,
     reason: &str,
+    attempts: u32,
 ) -> anyhow::Result<()> {
     let mut pause = Duration::from_millis(250);
     let mut attempt = 1;
@@ -536,8 +543,12 @@ async fn write_dead_letter(
         )
         .await;
         match written {
-            Err(e) if attempt < DEAD_LETTER_ATTEMPTS => {
-                tracing::warn!(handler = source.handler, seq = source.seq, attempt, error = %format!("{e:#}"), "dead letter not written; retrying");
+            Err(e) if attempt < attempts => {
+                if attempt < DEAD_LETTER_ATTEMPTS {
+                    tracing::warn!(handler = source.handler, seq = source.seq, attempt, error = %format!("{e:#}"), "dead letter not written; retrying");
+                } else {
+                    tracing::error!(handler = source.handler, seq = source.seq, attempt, error = %format!("{e:#}"), "dead letter still not written on the message's last delivery; holding it and retrying");
+                }
                 let _ = message.ack_with(AckKind::Progress).await;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(4));
