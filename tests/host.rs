@@ -953,9 +953,7 @@ async fn a_long_dead_letter_outage_on_the_last_delivery_loses_nothing() {
     setup.publish_all(["{not json".to_owned()]).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(setup.consumer().await.num_ack_pending == 1, "still held");
-    let spec = stream_init::Spec::load(&setup.dir.path().join("streams.toml"), None).unwrap();
-    let plan = stream_init::plan(&setup.js, &spec).await.unwrap();
-    stream_init::apply(&setup.js, &plan).await.unwrap();
+    setup.apply_streams().await;
     let records = setup
         .wait_dead_letters(1, Duration::from_secs(15), &host)
         .await;
@@ -977,9 +975,7 @@ async fn a_brief_dead_letter_outage_loses_nothing() {
     setup.publish_all(["{not json".to_owned()]).await;
     // The host retries the record while the stream is missing, then writes it once it is back.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let spec = stream_init::Spec::load(&setup.dir.path().join("streams.toml"), None).unwrap();
-    let plan = stream_init::plan(&setup.js, &spec).await.unwrap();
-    stream_init::apply(&setup.js, &plan).await.unwrap();
+    setup.apply_streams().await;
     let records = setup
         .wait_dead_letters(1, Duration::from_secs(15), &host)
         .await;

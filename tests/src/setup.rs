@@ -63,12 +63,18 @@ impl Setup {
         let server = NatsServer::start().await.unwrap();
         let js = server.jetstream().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let spec_path = dir.path().join("streams.toml");
-        std::fs::write(&spec_path, streams(consumer)).unwrap();
+        std::fs::write(dir.path().join("streams.toml"), streams(consumer)).unwrap();
+        let setup = Setup { server, js, dir };
+        setup.apply_streams().await;
+        setup
+    }
+
+    /// Applies the test streams (again), as stream-init would: restores a deleted stream.
+    pub async fn apply_streams(&self) {
+        let spec_path = self.dir.path().join("streams.toml");
         let spec = stream_init::Spec::load(&spec_path, None).unwrap();
-        let plan = stream_init::plan(&js, &spec).await.unwrap();
-        stream_init::apply(&js, &plan).await.unwrap();
-        Setup { server, js, dir }
+        let plan = stream_init::plan(&self.js, &spec).await.unwrap();
+        stream_init::apply(&self.js, &plan).await.unwrap();
     }
 
     /// A host config running `component` as handler `h` on ORDERS/proc. `handler` adds keys
