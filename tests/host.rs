@@ -338,13 +338,7 @@ async fn a_slow_handler_is_kept_in_progress_and_not_redelivered() {
         .await;
     setup.publish_all(["slow".to_owned()]).await;
     setup.drained(Duration::from_secs(15), &host).await;
-    let info = setup.consumer().await;
-    assert_eq!(
-        info.delivered.consumer_sequence, 1,
-        "delivered exactly once"
-    );
-    assert_eq!(info.num_redelivered, 0);
-    assert_eq!(host.metric(&sample("ack")).unwrap(), 1.0);
+    setup.assert_each_delivered_once(1, &host).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,10 +354,51 @@ async fn prefetched_messages_waiting_for_a_slot_are_kept_in_progress() {
         .await;
     setup.publish_all((0..4).map(|i| format!("slow {i}"))).await;
     setup.drained(Duration::from_secs(15), &host).await;
+    setup.assert_each_delivered_once(4, &host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hands_back_messages_still_waiting_for_a_slot() {
+    // A long ack wait: without the hand-back, the three waiting messages would stay
+    // unacknowledged for 30s after the host stopped.
+    let setup = Setup::new("ack_wait = \"30s\"\nmax_deliver = 5").await;
+    let handler = "limits = { max_in_flight = 1, prefetch = 4 }\nconfig = { sleep_ms = 700 }";
+    let mut host = setup.host("fixture_slow", handler).await;
+    setup.publish_all((0..4).map(|i| format!("slow {i}"))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.terminate().unwrap();
+    let status = host.wait_exit(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "exit {status}\n{}", tail(&host.log()));
     let info = setup.consumer().await;
-    assert_eq!(info.num_redelivered, 0, "{}", tail(&host.log()));
-    assert_eq!(info.delivered.consumer_sequence, 4, "each delivered once");
-    assert_eq!(host.metric(&sample("ack")).unwrap(), 4.0);
+    assert_eq!(
+        info.ack_floor.stream_sequence, 1,
+        "the running call finished"
+    );
+    // Naked, they are redelivered at once: another consumer gets them well inside the 30s.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = setup
+        .stream("ORDERS")
+        .await
+        .get_consumer("proc")
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .batch()
+        .max_messages(3)
+        .expires(Duration::from_secs(3))
+        .messages()
+        .await
+        .unwrap();
+    let mut redelivered = Vec::new();
+    while let Some(message) = batch.try_next().await.unwrap() {
+        redelivered.push(message.info().unwrap().delivered);
+    }
+    assert_eq!(redelivered, [2, 2, 2], "{}", tail(&host.log()));
+    assert!(
+        host.log()
+            .contains("handed back messages still waiting for a slot handler=\"h\" count=3"),
+        "{}",
+        tail(&host.log())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

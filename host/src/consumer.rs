@@ -160,8 +160,7 @@ fn plan_lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<Lane
 /// most finish there, costing no task or timer of their own. A call that has to wait (a
 /// publish awaiting its ack, a long computation yielding at an epoch tick) carries on as a
 /// task of its own, so it never holds up the lane. The lane rebinds when its pull fails or
-/// stalls, and stops pulling on shutdown; messages still waiting then are redelivered by
-/// JetStream after their ack wait.
+/// stalls, keeping its waiting messages; on shutdown it stops pulling and hands them back.
 async fn run_lane(
     binding: Arc<Binding>,
     js: jetstream::Context,
@@ -174,6 +173,7 @@ async fn run_lane(
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(capacity));
+    let mut waiting = Waiting::new(batch);
     while !shutdown.is_cancelled() {
         let bound = match bind(&js, &binding).await {
             Ok(bound) => Arc::new(bound),
@@ -212,16 +212,18 @@ async fn run_lane(
         };
         tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, lane = number, in_flight = capacity, prefetch = pull_batch, "consumer bound");
         let mut pull_ended = pin!(pull.cancelled());
-        let mut waiting = Waiting::new(pull_batch, bound.progress_every / 2);
-        let mut ticks = tokio::time::interval(waiting.every);
+        // A waiting message is kept in progress once it has waited a quarter of its ack wait.
+        let every = bound.progress_every / 2;
+        let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let start = |message, slot| start_call(&binding, &bound, &tracker, message, slot);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut pull_ended => break,
-                _ = ticks.tick(), if !waiting.is_empty() => waiting.keep_in_progress().await,
-                slot = slots.clone().acquire_owned(), if !waiting.is_empty() => {
+                _ = ticks.tick(), if !waiting.is_empty() => waiting.keep_in_progress(every).await,
+                // An async block, so the semaphore is only touched when a message waits.
+                slot = async { slots.clone().acquire_owned().await }, if !waiting.is_empty() => {
                     let slot = slot.expect("the semaphore is never closed");
                     start(waiting.pop(), slot);
                 }
@@ -247,6 +249,7 @@ async fn run_lane(
         pull.cancel();
         pause(&shutdown).await;
     }
+    waiting.hand_back(&binding.name).await;
 }
 
 /// Starts processing `message` in its slot, inline: most calls finish in this first poll; one
@@ -277,20 +280,18 @@ fn start_call(
 
 /// Messages a lane has received but has no free slot for yet. Their ack wait runs while they
 /// wait, so each is kept in progress with JetStream, like a running call, and none is
-/// redelivered for waiting its turn.
+/// redelivered for waiting its turn. They stay across a rebind; on shutdown they are handed
+/// back.
 struct Waiting {
     messages: VecDeque<(Instant, jetstream::Message)>,
     capacity: usize,
-    /// How long a message may wait before (another) in-progress is sent for it.
-    every: Duration,
 }
 
 impl Waiting {
-    fn new(capacity: usize, every: Duration) -> Self {
+    fn new(capacity: usize) -> Self {
         Waiting {
             messages: VecDeque::new(),
             capacity,
-            every,
         }
     }
 
@@ -314,16 +315,39 @@ impl Waiting {
 
     /// Sends in-progress for every message that has waited `every` since it arrived or since
     /// its last in-progress.
-    async fn keep_in_progress(&mut self) {
+    async fn keep_in_progress(&mut self, every: Duration) {
         let now = Instant::now();
         for (since, message) in self.messages.iter_mut() {
-            if now.duration_since(*since) >= self.every {
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %e, "in-progress update failed");
-                }
+            if now.duration_since(*since) >= every {
+                mark_in_progress(message).await;
                 *since = now;
             }
         }
+    }
+
+    /// Naks every waiting message, so that JetStream redelivers it now (to another host, or
+    /// to this one when it is back) rather than after its ack wait.
+    async fn hand_back(&mut self, handler: &str) {
+        let count = self.messages.len();
+        for (_, message) in self.messages.drain(..) {
+            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                tracing::warn!(handler, error = %e, "handing back a waiting message failed; JetStream redelivers it after its ack wait");
+            }
+        }
+        if count > 0 {
+            tracing::info!(
+                handler,
+                count,
+                "handed back messages still waiting for a slot"
+            );
+        }
+    }
+}
+
+/// Tells JetStream that `message` is still being worked on, so its ack wait starts again.
+async fn mark_in_progress(message: &jetstream::Message) {
+    if let Err(e) = message.ack_with(AckKind::Progress).await {
+        tracing::warn!(error = %e, "in-progress update failed");
     }
 }
 
@@ -441,10 +465,11 @@ async fn with_progress<F: Future<Output = Outcome>>(
         return outcome;
     }
     // Boxed: the rare path, kept out of every message's future.
-    Box::pin(keep_in_progress(call, message, every)).await
+    Box::pin(tick_in_progress(call, message, every)).await
 }
 
-async fn keep_in_progress<F: Future<Output = Outcome>>(
+/// Runs `call` to its end, marking the message in progress every `every`.
+async fn tick_in_progress<F: Future<Output = Outcome>>(
     mut call: Pin<&mut F>,
     message: &jetstream::Message,
     every: Duration,
@@ -453,11 +478,7 @@ async fn keep_in_progress<F: Future<Output = Outcome>>(
     loop {
         tokio::select! {
             outcome = call.as_mut() => return outcome,
-            _ = ticks.tick() => {
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %e, "in-progress update failed");
-                }
-            }
+            _ = ticks.tick() => mark_in_progress(message).await,
         }
     }
 }
@@ -549,7 +570,7 @@ async fn write_dead_letter(
                 } else {
                     tracing::error!(handler = source.handler, seq = source.seq, attempt, error = %format!("{e:#}"), "dead letter still not written on the message's last delivery; holding it and retrying");
                 }
-                let _ = message.ack_with(AckKind::Progress).await;
+                mark_in_progress(message).await;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(4));
                 attempt += 1;

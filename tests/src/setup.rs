@@ -155,6 +155,14 @@ publish = ["orders.created", "ticks.>", "nostream.>"]
             .unwrap()
     }
 
+    /// Asserts that each of the `n` messages was delivered once and acked, nothing redelivered.
+    pub async fn assert_each_delivered_once(&self, n: u64, host: &Host) {
+        let info = self.consumer().await;
+        assert_eq!(info.num_redelivered, 0, "{}", tail(&host.log()));
+        assert_eq!(info.delivered.consumer_sequence, n, "each delivered once");
+        assert_eq!(host.metric(&sample("ack")).unwrap(), n as f64);
+    }
+
     /// Waits until the consumer has nothing pending and nothing unacknowledged.
     pub async fn drained(&self, within: Duration, host: &Host) {
         let deadline = Instant::now() + within;
