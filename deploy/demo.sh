@@ -16,10 +16,10 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   exit 1
 fi
 
-echo "== jetwasm up --config deploy/jetwasm.toml --data $state (log: $state/jetwasm.log)"
+echo "== jetwasm up --config deploy/jetwasm.dev.toml --data $state (log: $state/jetwasm.log)"
 echo "   a local nats-server with JetStream, stream-init with the dev overlay, the orders handler"
 echo "   and the orders generator (a timer publisher)"
-"$bin_dir/jetwasm" up --config deploy/jetwasm.toml --data "$state" --port "$port" >"$state/jetwasm.log" 2>&1 &
+"$bin_dir/jetwasm" up --config deploy/jetwasm.dev.toml --data "$state" --port "$port" >"$state/jetwasm.log" 2>&1 &
 host_pid=$!
 trap 'kill $host_pid 2>/dev/null; wait $host_pid 2>/dev/null || true' EXIT
 for _ in $(seq 300); do

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 
 use harness::setup::{header, order, sample, streams, tail, Setup, QUICK_RETRIES};
-use harness::{handler_wasm, http_get, http_request, Host};
+use harness::{handler_wasm, http_exchange, http_get, http_request, Host};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_orders_are_all_acked_and_processed_once() {
@@ -1025,5 +1025,324 @@ async fn a_brief_dead_letter_outage_loses_nothing() {
         setup.consumer().await.num_redelivered,
         0,
         "termed on its first delivery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_retried_past_the_ack_wait_never_runs_the_handler_again() {
+    // A 1s ack wait, far shorter than the record's retry pauses (250ms doubling to 4s): the
+    // message must stay in progress through every pause, or JetStream redelivers it mid-retry.
+    let setup = Setup::new("max_deliver = 5\nack_wait = \"1s\"").await;
+    let host = setup.host("orders", "").await;
+    setup.js.delete_stream("DEADLETTER").await.unwrap();
+    setup
+        .publish_all((0..20).map(|i| format!("{{not json {i}")))
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    setup.apply_streams().await;
+    setup
+        .wait_dead_letters(20, Duration::from_secs(30), &host)
+        .await;
+    setup.drained(Duration::from_secs(10), &host).await;
+    assert_eq!(
+        host.metric(&sample("term")).unwrap(),
+        20.0,
+        "each message handled once\n{}",
+        tail(&host.log())
+    );
+    assert_eq!(setup.consumer().await.num_redelivered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_at_the_servers_max_payload_is_dead_lettered_with_its_payload_truncated() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let host = setup.host("orders", "").await;
+    let max_payload = setup
+        .server
+        .client()
+        .await
+        .unwrap()
+        .server_info()
+        .max_payload;
+    // Not JSON, so the orders handler terms it; with the record's headers it cannot fit.
+    let size = max_payload - 64;
+    setup.publish_all(["x".repeat(size)]).await;
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(15), &host)
+        .await;
+    let record = &records[0];
+    assert_eq!(header(record, "Jetwasm-Truncated"), size.to_string());
+    assert!(header(record, "Jetwasm-Reason").starts_with("invalid JSON"));
+    assert_eq!(
+        header(record, "Jetwasm-Sequence"),
+        "1",
+        "the original stays findable"
+    );
+    assert!(record.payload.len() < size && record.payload.iter().all(|b| *b == b'x'));
+    assert!(
+        record.payload.len() > size - 1024,
+        "only what does not fit is cut"
+    );
+    setup.drained(Duration::from_secs(10), &host).await;
+    assert_eq!(host.metric(&sample("term")).unwrap(), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_order_during_an_outage_gets_a_quick_503_and_is_never_stored_later() {
+    // File storage, so anything the host's client buffered during the outage and sent on
+    // reconnect would show up in the stream afterwards.
+    let mut setup = Setup::new(QUICK_RETRIES).await;
+    let text = streams(QUICK_RETRIES).replace("storage = \"memory\"", "storage = \"file\"");
+    let names: Vec<String> = setup.js.stream_names().try_collect().await.unwrap();
+    for name in names {
+        setup.js.delete_stream(name).await.unwrap();
+    }
+    std::fs::write(setup.dir.path().join("streams.toml"), &text).unwrap();
+    setup.apply_streams().await;
+    let config = setup.publisher_config(&handler_wasm("orders_intake"), POST_ORDERS);
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    assert_eq!(post(&host, &order(0), &[]).0, 202);
+
+    setup.server.kill().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 1..=5 {
+        let started = Instant::now();
+        let (status, head, body) =
+            http_exchange(host.http, "POST", "/orders", &[], order(i).as_bytes()).unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(head.contains("retry-after: 1"), "{head}");
+        assert!(body.contains("not connected"), "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    setup.server.start_again().await.unwrap();
+    setup.js = setup.server.jetstream().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post(&host, &order(6), &[]).0 != 202 {
+        assert!(Instant::now() < deadline, "{}", tail(&host.log()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids: Vec<String> = setup
+        .messages("ORDERS")
+        .await
+        .iter()
+        .map(|m| m.headers.get("order-id").unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["o-0", "o-6"], "nothing from the outage was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_unlimited_deliveries_a_poison_message_is_dead_lettered_at_max_failures() {
+    // No max_deliver on the consumer: JetStream would redeliver a trapping message forever.
+    let setup = Setup::new("backoff = [\"100ms\"]").await;
+    let config = setup.config(&handler_wasm("fixture_trap"), "", "max_failures = 4");
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    assert!(
+        host.log().contains("max_deliver is unlimited"),
+        "warned at bind\n{}",
+        host.log()
+    );
+    setup.publish_all(["boom".to_owned()]).await;
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(10), &host)
+        .await;
+    let reason = header(&records[0], "Jetwasm-Reason");
+    assert!(
+        reason.ends_with("(delivery 4; the host gives up after 4 failed deliveries)"),
+        "{reason}"
+    );
+    setup.drained(Duration::from_secs(5), &host).await;
+    assert_eq!(host.metric(&sample("trap")).unwrap(), 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_load_beside_a_backlog_on_a_small_pool_fails_no_call_and_answers_no_500() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    // Four handler calls and two HTTP requests at once: the pool reserves exactly that (plus
+    // its spare), and 32 clients at once must wait their turn or get a 503, never a trap.
+    let mut config = setup.config(
+        &handler_wasm("orders"),
+        "limits = { max_in_flight = 4 }",
+        "",
+    );
+    config.push_str(&format!(
+        "\n[[publisher]]\nname = \"intake\"\ncomponent = \"{}\"\n{POST_ORDERS}\npublish = [\"orders.created\"]\nlimits = {{ max_in_flight = 2 }}\n",
+        handler_wasm("orders_intake").display()
+    ));
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    setup.publish_all((0..2_000).map(order)).await;
+
+    let http = host.http;
+    let clients: Vec<_> = (0..32)
+        .map(|client| {
+            std::thread::spawn(move || {
+                (0..30)
+                    .map(|i| {
+                        let body = order(10_000 + client * 100 + i);
+                        let (status, _) =
+                            http_request(http, "POST", "/orders", &[], body.as_bytes()).unwrap();
+                        status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    let busy = statuses.iter().filter(|s| **s == 503).count();
+    assert_eq!(
+        accepted + busy,
+        statuses.len(),
+        "only 202 or 503: {statuses:?}"
+    );
+    let busy_metric = "jetwasm_http_requests_total{publisher=\"intake\",status=\"503\"}";
+    assert_eq!(host.metric(busy_metric).unwrap(), busy as f64);
+
+    setup.drained(Duration::from_secs(60), &host).await;
+    assert_eq!(
+        setup.count("ORDERS", "orders.processed").await,
+        2_000 + accepted
+    );
+    for outcome in ["trap", "host", "timeout"] {
+        assert_eq!(host.metric(&sample(outcome)).unwrap(), 0.0, "{outcome}");
+    }
+    assert!(setup.dead_letters().await.is_empty());
+    println!("{accepted} requests accepted, {busy} answered 503");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_handlers_reused_under_a_burst_never_trap_for_want_of_room() {
+    // Interpreters' components hold many core instances each: 64 warm ones at once must fit
+    // the pool the host sized, or valid orders trap and are retried for nothing.
+    for component in ["orders_python", "orders_js"] {
+        let setup = Setup::new(QUICK_RETRIES).await;
+        let host = setup.host(component, "instances = \"reuse\"").await;
+        setup.publish_all((0..1_500).map(order)).await;
+        setup.drained(Duration::from_secs(120), &host).await;
+        assert_eq!(
+            setup.count("ORDERS", "orders.processed").await,
+            1_500,
+            "{component}"
+        );
+        for outcome in ["trap", "host"] {
+            assert_eq!(
+                host.metric(&sample(outcome)).unwrap(),
+                0.0,
+                "{component}: {outcome}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_with_unreadable_headers_are_dead_lettered_and_their_neighbours_processed() {
+    use base64::Engine as _;
+    let setup = Setup::new(QUICK_RETRIES).await;
+    // Three messages the server stores but no UTF-8 reader takes, among valid orders, so all
+    // arrive in one pull batch.
+    let poison: [&[u8]; 3] = [
+        b"NATS/1.0\r\nX-Bad: \xff\xfe\r\n\r\n",
+        "NATS/1.0\r\nNa\u{ef}ve: 1\r\n\r\n".as_bytes(),
+        b"NATS/1.0\r\nno colon here\r\n\r\n",
+    ];
+    let mut frames = Vec::new();
+    for i in 0..10 {
+        frames.extend(harness::pub_frame(b"orders.created", order(i).as_bytes()));
+    }
+    for (i, headers) in poison.iter().enumerate() {
+        frames.extend(harness::hpub_frame(
+            b"orders.created",
+            headers,
+            format!("poison-{i}").as_bytes(),
+        ));
+    }
+    for i in 10..20 {
+        frames.extend(harness::pub_frame(b"orders.created", order(i).as_bytes()));
+    }
+    harness::publish_raw(&setup.server.url, &frames).unwrap();
+
+    let host = setup.host("orders", "").await;
+    let records = setup
+        .wait_dead_letters(3, Duration::from_secs(15), &host)
+        .await;
+    setup.drained(Duration::from_secs(10), &host).await;
+    assert_eq!(setup.count("ORDERS", "orders.processed").await, 20);
+    let expected = [
+        "a header is not valid UTF-8",
+        "a header name is not a valid token",
+        "a header line has no colon",
+    ];
+    for record in &records {
+        // Lanes run concurrently: find each record's message by its payload, kept intact.
+        let payload = std::str::from_utf8(&record.payload).unwrap();
+        let i: usize = payload.strip_prefix("poison-").unwrap().parse().unwrap();
+        let reason = header(record, "Jetwasm-Reason");
+        assert!(reason.contains(expected[i]), "{reason}");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(header(record, "Jetwasm-Original-Headers"))
+            .unwrap();
+        assert_eq!(raw, poison[i], "raw headers intact");
+    }
+    assert_eq!(host.metric(&sample("unreadable")).unwrap(), 3.0);
+    assert_eq!(
+        setup.consumer().await.num_redelivered,
+        0,
+        "no delivery lost its connection"
+    );
+    assert!(
+        !host.log().contains("disconnected"),
+        "{}",
+        tail(&host.log())
+    );
+}
+
+#[tokio::test]
+async fn the_client_reads_a_subject_that_is_not_utf8_and_keeps_its_connection() {
+    use futures::StreamExt as _;
+    let server = harness::NatsServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let mut messages = client.subscribe("balance.>").await.unwrap();
+    client.flush().await.unwrap();
+    let mut frames = harness::pub_frame(b"balance.\xff", b"first");
+    frames.extend(harness::pub_frame(b"balance.ok", b"second"));
+    harness::publish_raw(&server.url, &frames).unwrap();
+
+    let within = Duration::from_secs(5);
+    let first = tokio::time::timeout(within, messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.subject.as_str(), "balance.\u{fffd}");
+    assert_eq!(&first.payload[..], b"first");
+    let lossy = first.headers.as_ref().unwrap();
+    assert_eq!(
+        lossy
+            .get(async_nats::header::NATS_CLIENT_LOSSY)
+            .unwrap()
+            .as_str(),
+        "the subject is not valid UTF-8"
+    );
+    let second = tokio::time::timeout(within, messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (second.subject.as_str(), &second.payload[..]),
+        ("balance.ok", &b"second"[..])
+    );
+    assert_eq!(
+        client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
     );
 }

@@ -52,6 +52,14 @@ fn fails(out: Output) -> String {
     stderr(&out)
 }
 
+/// The EVENTS stream's configuration as the server has it.
+async fn events_config(
+    js: &async_nats::jetstream::Context,
+) -> async_nats::jetstream::stream::Config {
+    let mut stream = js.get_stream("EVENTS").await.unwrap();
+    stream.info().await.unwrap().config.clone()
+}
+
 fn reference_spec() -> String {
     workspace_root()
         .join("deploy/streams.toml")
@@ -194,15 +202,7 @@ async fn update_lists_field_changes_applies_them_and_keeps_unmanaged_fields() {
 
     // Something outside the spec, set by hand: an update must keep it.
     let js = server.jetstream().await.unwrap();
-    let mut config = js
-        .get_stream("EVENTS")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let mut config = events_config(&js).await;
     config.description = Some("set by hand".into());
     js.update_stream(&config).await.unwrap();
 
@@ -219,8 +219,28 @@ async fn update_lists_field_changes_applies_them_and_keeps_unmanaged_fields() {
         plan.contains("Plan: 0 to create, 2 to update, 0 unchanged."),
         "{plan}"
     );
+    assert!(
+        plan.contains(
+            "! destructive: stream EVENTS: a lower max_age makes the server delete older messages"
+        ),
+        "{plan}"
+    );
 
-    let out = ok(stream_init(&server.url, &["apply", "--file", &spec]).await);
+    // Lower limits delete messages: refused, nothing touched, unless explicitly allowed.
+    let refused = fails(stream_init(&server.url, &["apply", "--file", &spec]).await);
+    assert!(
+        refused.contains("stream EVENTS: a lower max_msgs")
+            && refused.contains("--allow-destructive"),
+        "{refused}"
+    );
+    let untouched = events_config(&js).await;
+    assert_eq!(untouched.max_age, Duration::from_secs(24 * 3600));
+
+    let out = ok(stream_init(
+        &server.url,
+        &["apply", "--file", &spec, "--allow-destructive"],
+    )
+    .await);
     assert!(
         out.contains("updated stream EVENTS: max_age 24h → 1h, max_msgs unlimited → 500"),
         "{out}"

@@ -23,6 +23,10 @@ pub struct DeliveryPolicy {
     pub max_deliver: Option<u32>,
     /// Redelivery delays by delivery number; the last one repeats.
     pub backoff: Vec<Duration>,
+    /// The host's own cap on deliveries of a message the handler keeps failing on (trap,
+    /// timeout, memory), applied only when `max_deliver` is unlimited, so a poison message
+    /// does not loop forever.
+    pub max_failures: Option<u32>,
 }
 
 /// The delay used after a guest failure when the consumer has no backoff, so a failing
@@ -41,10 +45,22 @@ impl DeliveryPolicy {
         self.backoff.get(index).or(self.backoff.last()).copied()
     }
 
-    fn budget(&self, delivered: u32) -> String {
+    /// True when a failed call on delivery `delivered` is dead-lettered: at the consumer's
+    /// last delivery, or, with unlimited deliveries, at the host's `max_failures`.
+    fn gives_up_on_failure(&self, delivered: u32) -> bool {
         match self.max_deliver {
-            Some(max) => format!("delivery {delivered} of {max}"),
-            None => format!("delivery {delivered}"),
+            Some(_) => self.is_last(delivered),
+            None => self.max_failures.is_some_and(|max| delivered >= max),
+        }
+    }
+
+    fn budget(&self, delivered: u32) -> String {
+        match (self.max_deliver, self.max_failures) {
+            (Some(max), _) => format!("delivery {delivered} of {max}"),
+            (None, Some(max)) => {
+                format!("delivery {delivered}; the host gives up after {max} failed deliveries")
+            }
+            (None, None) => format!("delivery {delivered}"),
         }
     }
 }
@@ -60,11 +76,9 @@ pub fn decide(outcome: &Outcome, delivered: u32, policy: &DeliveryPolicy) -> Act
             policy.budget(delivered)
         )),
         Outcome::Nak(delay) => Action::Nak(delay.or_else(|| policy.backoff_after(delivered))),
-        Outcome::Failed(failure) if last => Action::DeadLetter(format!(
-            "{} ({})",
-            failure.describe(),
-            policy.budget(delivered)
-        )),
+        Outcome::Failed(failure) if policy.gives_up_on_failure(delivered) => Action::DeadLetter(
+            format!("{} ({})", failure.describe(), policy.budget(delivered)),
+        ),
         Outcome::Failed(_) => Action::Nak(Some(
             policy
                 .backoff_after(delivered)
@@ -82,6 +96,7 @@ mod tests {
         DeliveryPolicy {
             max_deliver: Some(3),
             backoff: vec![Duration::from_secs(1), Duration::from_secs(5)],
+            max_failures: Some(10),
         }
     }
 
@@ -133,6 +148,35 @@ mod tests {
         let unlimited = DeliveryPolicy::default();
         assert_eq!(
             decide(&trap, 50, &unlimited),
+            Action::Nak(Some(FAILURE_RETRY_DELAY))
+        );
+    }
+
+    #[test]
+    fn with_unlimited_deliveries_the_host_gives_up_on_a_poison_message_at_max_failures() {
+        let p = DeliveryPolicy {
+            max_deliver: None,
+            backoff: Vec::new(),
+            max_failures: Some(10),
+        };
+        let trap = Outcome::Failed(Failure::Trap("unreachable".into()));
+        assert_eq!(decide(&trap, 9, &p), Action::Nak(Some(FAILURE_RETRY_DELAY)));
+        assert_eq!(
+            decide(&trap, 10, &p),
+            Action::DeadLetter(
+                "trap: unreachable (delivery 10; the host gives up after 10 failed deliveries)"
+                    .into()
+            )
+        );
+        // A nak is the handler's own choice to retry: not a failure, never capped.
+        assert_eq!(decide(&Outcome::Nak(None), 50, &p), Action::Nak(None));
+        // The consumer's own max_deliver wins over the host's cap.
+        let consumer = DeliveryPolicy {
+            max_deliver: Some(20),
+            ..p
+        };
+        assert_eq!(
+            decide(&trap, 10, &consumer),
             Action::Nak(Some(FAILURE_RETRY_DELAY))
         );
     }

@@ -44,12 +44,7 @@ pub async fn load(
         config.publishers.iter().map(|p| config.limits(p)).collect();
     let all = handler_limits.iter().chain(&publisher_limits);
     let pool = engine::PoolSize {
-        instances: handler_limits
-            .iter()
-            .map(|l| l.max_in_flight as u32)
-            .sum::<u32>()
-            + publisher_limits.len() as u32
-            + 16,
+        instances: pool_instances(config, &handler_limits, &publisher_limits),
         max_memory: all
             .map(|l| l.memory.as_u64() as usize)
             .max()
@@ -83,6 +78,7 @@ pub async fn load(
             max_in_flight: limits.max_in_flight,
             prefetch: limits.prefetch,
             max_message_size: limits.max_message_size.as_u64() as usize,
+            max_failures: config.runtime.max_failures,
             metrics,
         }));
     }
@@ -131,6 +127,25 @@ pub async fn load(
         publishers,
         http_publishers,
     })
+}
+
+/// Instances kept free beyond the reservations below: a reused instance being replaced while
+/// its successor starts, and room for a stray instance a host bug might hold.
+const SPARE_INSTANCES: u32 = 16;
+
+/// The pool's component instances, reserved so that none of its users can starve another:
+/// each handler its `max_in_flight` (its lanes never run more calls, and its warm instances
+/// are among them), each timer publisher one (ticks never overlap), each HTTP publisher its
+/// `max_in_flight` (requests beyond it wait briefly, then get a 503), plus a spare.
+fn pool_instances(config: &Config, handlers: &[Limits], publishers: &[Limits]) -> u32 {
+    let handlers: usize = handlers.iter().map(|l| l.max_in_flight).sum();
+    let publishers: usize = config
+        .publishers
+        .iter()
+        .zip(publishers)
+        .map(|(p, l)| if p.http.is_some() { l.max_in_flight } else { 1 })
+        .sum();
+    u32::try_from(handlers + publishers).unwrap_or(u32::MAX) + SPARE_INSTANCES
 }
 
 /// What a component's imports see: its name, config, allow-list and publish quota.

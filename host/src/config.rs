@@ -25,6 +25,10 @@ pub struct Config {
     /// The overlay of `streams` to apply (e.g. `dev`).
     #[serde(default)]
     pub env: Option<String>,
+    /// Let the host apply changes to `streams` that lower what protects stored messages
+    /// (fewer replicas, lower limits); refused by default, naming the field.
+    #[serde(default)]
+    pub allow_destructive: bool,
     /// Host-wide settings and handler defaults.
     #[serde(default)]
     pub runtime: Runtime,
@@ -64,6 +68,10 @@ pub struct Runtime {
     pub compile_cache: Option<PathBuf>,
     /// Most the compile cache may hold; least recently used entries go first.
     pub compile_cache_max: ByteSize,
+    /// With a consumer whose `max_deliver` is unlimited, a message the handler keeps failing
+    /// on (trap, timeout, memory) is dead-lettered at this delivery rather than retried
+    /// forever.
+    pub max_failures: u32,
 }
 
 impl Default for Runtime {
@@ -75,6 +83,7 @@ impl Default for Runtime {
             limits: Limits::default(),
             compile_cache: crate::compile_cache::CompileCache::default_dir(),
             compile_cache_max: ByteSize::b(crate::compile_cache::DEFAULT_MAX_BYTES),
+            max_failures: 10,
         }
     }
 }
@@ -319,6 +328,15 @@ impl ComponentConfig for PublisherConfig {
     }
 }
 
+/// Most calls one handler may run at once (each may hold an instance of the engine's pool).
+pub const MAX_IN_FLIGHT: usize = 4096;
+/// Most messages one handler may pull ahead of need.
+pub const MAX_PREFETCH: usize = 65_536;
+/// Largest `max_message_size`: the most a NATS server can be configured to carry.
+pub const MAX_MESSAGE_SIZE: ByteSize = ByteSize::mib(64);
+/// Largest `memory`: a 32-bit linear memory cannot grow past 4GiB.
+pub const MAX_MEMORY: ByteSize = ByteSize::gib(4);
+
 /// Methods an HTTP publisher may serve.
 pub const ROUTE_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
@@ -335,18 +353,16 @@ impl Config {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base).map_err(|problems| {
-            anyhow::anyhow!(
-                "invalid config {}:\n  - {}",
-                path.display(),
-                problems.join("\n  - ")
-            )
+            // One line per problem, each naming the file: `PATH: handler orders: ...`.
+            let at = path.display();
+            let lines: Vec<String> = problems.iter().map(|p| format!("{at}: {p}")).collect();
+            anyhow::anyhow!("{}", lines.join("\n"))
         })
     }
 
     /// Parses config text, resolving relative paths against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<String>> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| vec![e.to_string().trim_end().to_owned()])?;
+        let mut config: Config = toml::from_str(text).map_err(|e| vec![one_line(&e, text)])?;
         config.resolve_paths(base);
         let problems = config.problems();
         if problems.is_empty() {
@@ -382,6 +398,15 @@ impl Config {
         let mut problems = Vec::new();
         if self.env.is_some() && self.streams.is_none() {
             problems.push("`env` is set but `streams` is not".to_owned());
+        }
+        if self.runtime.max_failures == 0 {
+            problems.push("runtime.max_failures must be at least 1".to_owned());
+        }
+        if self.handlers.is_empty() && self.publishers.is_empty() {
+            problems.push("nothing to run: add a [[handler]] or a [[publisher]]".to_owned());
+        }
+        if self.allow_destructive && self.streams.is_none() {
+            problems.push("`allow_destructive` is set but `streams` is not".to_owned());
         }
         if let Err(why) = stream_init::subject::validate(&self.runtime.dead_letter) {
             problems.push(format!(
@@ -494,11 +519,24 @@ impl Config {
             }
         }
         let limits = self.limits(component);
-        if limits.max_in_flight == 0 {
-            problems.push("limits.max_in_flight must be at least 1".to_owned());
+        if !(1..=MAX_IN_FLIGHT).contains(&limits.max_in_flight) {
+            problems.push(format!(
+                "limits.max_in_flight is {}: it must be 1 to {MAX_IN_FLIGHT}",
+                limits.max_in_flight
+            ));
         }
-        if limits.prefetch == 0 {
-            problems.push("limits.prefetch must be at least 1".to_owned());
+        if !(1..=MAX_PREFETCH).contains(&limits.prefetch) {
+            problems.push(format!(
+                "limits.prefetch is {}: it must be 1 to {MAX_PREFETCH}",
+                limits.prefetch
+            ));
+        }
+        if limits.max_message_size.as_u64() == 0 || limits.max_message_size > MAX_MESSAGE_SIZE {
+            problems.push(format!(
+                "limits.max_message_size is {}: it must be 1B to {} (NATS's largest payload)",
+                limits.max_message_size.display().iec(),
+                MAX_MESSAGE_SIZE.display().iec()
+            ));
         }
         if limits.cpu_time < crate::engine::EPOCH_TICK {
             problems.push("limits.cpu_time must be at least 10ms".to_owned());
@@ -506,8 +544,12 @@ impl Config {
         if limits.timeout < crate::engine::EPOCH_TICK {
             problems.push("limits.timeout must be at least 10ms".to_owned());
         }
-        if limits.memory < ByteSize::mib(1) {
-            problems.push("limits.memory must be at least 1MiB".to_owned());
+        if limits.memory < ByteSize::mib(1) || limits.memory > MAX_MEMORY {
+            problems.push(format!(
+                "limits.memory is {}: it must be 1MiB to {} (a 32-bit linear memory's largest)",
+                limits.memory.display().iec(),
+                MAX_MEMORY.display().iec()
+            ));
         }
         for (key, value) in component.config() {
             if config_value(value).is_none() {
@@ -518,6 +560,20 @@ impl Config {
             }
         }
         problems
+    }
+}
+
+/// A TOML error as one line: `line L, column C: what is wrong`.
+fn one_line(error: &toml::de::Error, text: &str) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 
@@ -678,7 +734,7 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
         let err = Config::parse(&with("0"), Path::new(".")).unwrap_err();
         assert_eq!(
             err,
-            vec!["handler orders: limits.prefetch must be at least 1"]
+            vec!["handler orders: limits.prefetch is 0: it must be 1 to 65536"]
         );
     }
 
@@ -715,11 +771,33 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
     }
 
     #[test]
+    fn limits_out_of_range_and_an_empty_config_are_named_one_line_each() {
+        let limits =
+            "limits = { max_message_size = 0, memory = \"8GiB\", max_in_flight = 100000000, ";
+        let text = EXAMPLE.replace("limits = {", limits);
+        let err = Config::parse(&text, Path::new(".")).unwrap_err();
+        assert_eq!(
+            err,
+            vec![
+                "handler orders: limits.max_in_flight is 100000000: it must be 1 to 4096",
+                "handler orders: limits.max_message_size is 0 B: it must be 1B to 64.0 MiB (NATS's largest payload)",
+                "handler orders: limits.memory is 8.0 GiB: it must be 1MiB to 4.0 GiB (a 32-bit linear memory's largest)",
+            ]
+        );
+        let err = Config::parse("[runtime]\n", Path::new(".")).unwrap_err();
+        assert_eq!(
+            err,
+            vec!["nothing to run: add a [[handler]] or a [[publisher]]"]
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let err =
             Config::parse(&EXAMPLE.replace("consumer =", "consumr ="), Path::new(".")).unwrap_err();
         assert!(
-            err[0].contains("unknown field `consumr`") && err[0].contains("line 15"),
+            err[0].starts_with("line 15, column 1: unknown field `consumr`")
+                && !err[0].contains('\n'),
             "{err:?}"
         );
         let err = Config::parse(
@@ -744,11 +822,17 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
 mod example {
     use super::*;
 
-    /// The example in deploy/ must always parse, so it never drifts from the code.
+    fn deploy(file: &str) -> Config {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy")
+            .join(file);
+        Config::load(&path).unwrap()
+    }
+
+    /// The examples in deploy/ must always parse, so they never drift from the code.
     #[test]
-    fn deploy_example_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/jetwasm.toml");
-        let config = Config::load(&path).unwrap();
+    fn deploy_examples_parse() {
+        let config = deploy("jetwasm.toml");
         assert_eq!(config.handlers.len(), 1);
         assert_eq!(config.publishers.len(), 2);
         assert_eq!(config.publishers[0].every, Some(Duration::from_millis(500)));
@@ -759,6 +843,56 @@ mod example {
         );
         assert_eq!(config.handlers[0].consumer, "orders-processor");
         assert!(config.streams.unwrap().ends_with("streams.toml"));
-        assert_eq!(config.env.as_deref(), Some("dev"));
+        assert_eq!(
+            config.runtime.limits,
+            Limits::default(),
+            "documents every default"
+        );
+    }
+
+    /// The production config applies no overlay (one would scale the cluster's streams down);
+    /// the local one differs from it only in the overlay and the listener address.
+    #[test]
+    fn production_applies_no_overlay_and_dev_differs_only_in_overlay_and_listener() {
+        let (prod, dev) = (deploy("jetwasm.toml"), deploy("jetwasm.dev.toml"));
+        assert_eq!(prod.env, None);
+        assert!(!prod.allow_destructive);
+        assert_eq!(dev.env.as_deref(), Some("dev"));
+        assert_eq!(prod.streams, dev.streams);
+        assert_eq!(prod.runtime.limits, dev.runtime.limits);
+        let ip = |c: &Config| c.runtime.http.map(|a| a.ip().to_string());
+        assert_eq!(
+            ip(&prod).as_deref(),
+            Some("0.0.0.0"),
+            "reachable in a container"
+        );
+        assert_eq!(ip(&dev).as_deref(), Some("127.0.0.1"), "local only");
+        let components = |c: &Config| {
+            let handlers = c.handlers.iter().map(|h| {
+                format!(
+                    "{} {} {}/{} {:?} {:?}",
+                    h.name,
+                    h.component.display(),
+                    h.stream,
+                    h.consumer,
+                    h.publish,
+                    h.config
+                )
+            });
+            let publishers = c.publishers.iter().map(|p| {
+                format!(
+                    "{} {} {:?} {:?} {:?} {:?} {:?}",
+                    p.name,
+                    p.component.display(),
+                    p.every,
+                    p.http,
+                    p.publish,
+                    p.limits,
+                    p.config
+                )
+            });
+            handlers.chain(publishers).collect::<Vec<_>>()
+        };
+        assert_eq!(components(&prod), components(&dev));
     }
 }

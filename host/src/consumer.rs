@@ -56,6 +56,9 @@ pub struct Binding {
     pub prefetch: usize,
     /// Largest payload handed to the handler.
     pub max_message_size: usize,
+    /// Deliveries of a message the handler keeps failing on before the host dead-letters
+    /// it, when the consumer's `max_deliver` is unlimited.
+    pub max_failures: u32,
     /// The handler's metrics.
     pub metrics: HandlerMetrics,
 }
@@ -89,6 +92,7 @@ async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<Boun
     let policy = DeliveryPolicy {
         max_deliver: u32::try_from(config.max_deliver).ok().filter(|n| *n > 0),
         backoff: config.backoff.clone(),
+        max_failures: Some(binding.max_failures),
     };
     let progress_every = (config.ack_wait / 2).max(Duration::from_millis(100));
     let max_batch = usize::try_from(config.max_batch).ok().filter(|n| *n > 0);
@@ -102,7 +106,17 @@ async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<Boun
 
 /// Checks that every handler's consumer exists, before any message is taken.
 pub async fn check_bindable(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<()> {
-    bind(js, binding).await.map(drop)
+    let bound = bind(js, binding).await?;
+    if bound.policy.max_deliver.is_none() {
+        tracing::warn!(
+            handler = %binding.name,
+            stream = %binding.stream,
+            consumer = %binding.consumer,
+            max_failures = binding.max_failures,
+            "the consumer's max_deliver is unlimited: a message the handler keeps failing on is dead-lettered by the host after max_failures deliveries; set max_deliver on the consumer to choose"
+        );
+    }
+    Ok(())
 }
 
 /// Starts `binding`'s lanes on `tracker`. Each pulls and processes messages until `shutdown`
@@ -403,12 +417,17 @@ async fn process(
         pending: info.pending,
     };
     let started = Instant::now();
-    let outcome = if wit.payload.len() > binding.max_message_size {
+    let unreadable = dead_letter::unreadable(message.headers.as_ref());
+    let outcome = if wit.payload.len() > binding.max_message_size || unreadable.is_some() {
         None
     } else {
         binding.metrics.in_flight.inc();
         let call = pin!(binding.dispatcher.call(&wit));
-        let outcome = with_progress(call, &message, bound.progress_every).await;
+        let mut outcome = with_progress(call, &message, bound.progress_every).await;
+        if let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
+            // Boxed: the rare path, kept out of every message's future.
+            outcome = Box::pin(retry_in_place(&binding, &bound, &message, &wit, outcome)).await;
+        }
         binding.metrics.in_flight.dec();
         binding
             .metrics
@@ -416,8 +435,9 @@ async fn process(
             .observe(started.elapsed().as_secs_f64());
         Some(outcome)
     };
-    let (kind, action) = match &outcome {
-        None => (
+    let (kind, action) = match (&outcome, unreadable) {
+        (None, Some(why)) => (outcome::UNREADABLE, Action::DeadLetter(why)),
+        (None, None) => (
             outcome::OVERSIZE,
             Action::DeadLetter(format!(
                 "message is {} bytes, over the handler's {}-byte limit",
@@ -425,7 +445,7 @@ async fn process(
                 binding.max_message_size
             )),
         ),
-        Some(outcome) => (
+        (Some(outcome), _) => (
             outcome_kind(outcome),
             ack::decide(outcome, wit.delivered, &bound.policy),
         ),
@@ -439,7 +459,35 @@ async fn process(
         }
         _ => tracing::debug!(handler, stream, seq, delivered, outcome = kind, "handled"),
     }
-    apply(&binding, &message, &wit, action, &bound.policy).await;
+    apply(&binding, &bound, &message, &wit, action).await;
+}
+
+/// Pause between attempts at a call the host had no room for.
+const HOST_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Retries a call the host had no room for (its instance pool was full) until it runs, with
+/// the message kept in progress: the condition is the host's, so it costs the message no
+/// delivery and is never counted as the handler's failure (each attempt counts under the
+/// `host` outcome). Logged once per message; a host that stays full keeps the message in
+/// progress until it exits, and JetStream then redelivers it.
+async fn retry_in_place(
+    binding: &Binding,
+    bound: &Bound,
+    message: &jetstream::Message,
+    wit: &Message,
+    mut outcome: Outcome,
+) -> Outcome {
+    if let Outcome::Failed(failure) = &outcome {
+        tracing::error!(handler = %binding.name, stream = %wit.stream, seq = wit.stream_seq, failure = %failure.describe(), "no room for the call; retrying it in place (a host sizing problem, not the handler's)");
+    }
+    while let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
+        binding.metrics.count(outcome::HOST);
+        let pause = pin!(tokio::time::sleep(HOST_RETRY_PAUSE));
+        tick_in_progress(pause, message, bound.progress_every).await;
+        let call = pin!(binding.dispatcher.call(wit));
+        outcome = tick_in_progress(call, message, bound.progress_every).await;
+    }
+    outcome
 }
 
 fn outcome_kind(outcome: &Outcome) -> &'static str {
@@ -450,6 +498,7 @@ fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::Failed(Failure::Trap(_)) => outcome::TRAP,
         Outcome::Failed(Failure::Timeout(_) | Failure::CpuTime(_)) => outcome::TIMEOUT,
         Outcome::Failed(Failure::Memory(_)) => outcome::MEMORY,
+        Outcome::Failed(Failure::HostCapacity(_)) => outcome::HOST,
     }
 }
 
@@ -468,12 +517,12 @@ async fn with_progress<F: Future<Output = Outcome>>(
     Box::pin(tick_in_progress(call, message, every)).await
 }
 
-/// Runs `call` to its end, marking the message in progress every `every`.
-async fn tick_in_progress<F: Future<Output = Outcome>>(
+/// Runs `work` to its end, marking the message in progress every `every`.
+async fn tick_in_progress<T, F: Future<Output = T>>(
     mut call: Pin<&mut F>,
     message: &jetstream::Message,
     every: Duration,
-) -> Outcome {
+) -> T {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
@@ -487,12 +536,13 @@ async fn tick_in_progress<F: Future<Output = Outcome>>(
 /// the term; if it cannot be written the message is nak'd so it comes back.
 async fn apply(
     binding: &Binding,
+    bound: &Bound,
     message: &jetstream::Message,
     wit: &Message,
     action: Action,
-    policy: &DeliveryPolicy,
 ) {
     let (handler, stream, seq) = (&*binding.name, &wit.stream, wit.stream_seq);
+    let policy = &bound.policy;
     let result = match action {
         // Boxed, like the other paths that wait on the server, to keep the common future small.
         Action::Ack if binding.confirm_acks => Box::pin(message.double_ack()).await,
@@ -511,11 +561,17 @@ async fn apply(
             let attempts = if policy.is_last(wit.delivered) {
                 u32::MAX
             } else {
-                DEAD_LETTER_ATTEMPTS
+                dead_letter::ATTEMPTS
             };
-            // Boxed: the rare path, kept out of every message's future.
-            let written = write_dead_letter(binding, message, &source, &reason, attempts);
-            match Box::pin(written).await {
+            // In progress all along (attempts and pauses can outlast the ack wait), so the
+            // handler does not run again meanwhile. Boxed: the rare path, kept out of every
+            // message's future.
+            let prefix = &binding.dead_letter;
+            let mut written = Box::pin(dead_letter::write(
+                message, prefix, &source, &reason, attempts,
+            ));
+            let every = bound.progress_every;
+            match Box::pin(tick_in_progress(written.as_mut(), message, every)).await {
                 Ok(()) => {
                     binding.metrics.dead_letters.inc();
                     tracing::warn!(handler, stream, seq, reason, "dead-lettered");
@@ -534,49 +590,6 @@ async fn apply(
     if let Err(e) = result {
         // The message stays unacknowledged and JetStream redelivers it after the ack wait.
         tracing::warn!(handler, stream, seq, error = %e, "acknowledgement failed; JetStream will redeliver");
-    }
-}
-
-/// Attempts at writing a dead letter before giving up on this delivery, when JetStream will
-/// deliver the message again.
-const DEAD_LETTER_ATTEMPTS: u32 = 6;
-
-/// Writes the dead-letter record, up to `attempts` times with a growing pause (about 8s for
-/// the first 6, then every 4s) while telling JetStream the message is still in progress, so
-/// an outage of the dead-letter stream loses nothing.
-async fn write_dead_letter(
-    binding: &Binding,
-    message: &jetstream::Message,
-    source: &dead_letter::Source<'_>,
-    reason: &str,
-    attempts: u32,
-) -> anyhow::Result<()> {
-    let mut pause = Duration::from_millis(250);
-    let mut attempt = 1;
-    loop {
-        let written = dead_letter::publish(
-            &message.context,
-            &binding.dead_letter,
-            source,
-            reason,
-            message.payload.clone(),
-            message.headers.as_ref(),
-        )
-        .await;
-        match written {
-            Err(e) if attempt < attempts => {
-                if attempt < DEAD_LETTER_ATTEMPTS {
-                    tracing::warn!(handler = source.handler, seq = source.seq, attempt, error = %format!("{e:#}"), "dead letter not written; retrying");
-                } else {
-                    tracing::error!(handler = source.handler, seq = source.seq, attempt, error = %format!("{e:#}"), "dead letter still not written on the message's last delivery; holding it and retrying");
-                }
-                mark_in_progress(message).await;
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(4));
-                attempt += 1;
-            }
-            result => return result,
-        }
     }
 }
 

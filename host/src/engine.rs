@@ -11,6 +11,13 @@ use wasmtime::{
 /// How often the epoch advances; the granularity of deadlines and of yielding.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Most core instances one component instance may hold.
+pub const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Most linear memories one component instance may hold.
+pub const MEMORIES_PER_COMPONENT: u32 = 4;
+/// Most tables one component instance may hold.
+pub const TABLES_PER_COMPONENT: u32 = 32;
+
 /// Sizing of the instance pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSize {
@@ -25,16 +32,19 @@ pub fn new(pool: PoolSize) -> anyhow::Result<Engine> {
     let mut pooling = PoolingAllocationConfig::default();
     pooling
         .total_component_instances(pool.instances)
-        // A component holds a few core instances, memories and tables (the WASI adapter, libc).
-        .total_core_instances(pool.instances * 8)
-        .total_memories(pool.instances * 4)
-        .total_tables(pool.instances * 8)
+        // Every component instance slot can hold a component of the largest shape allowed
+        // (an interpreter's component holds many core instances and tables: the WASI adapter,
+        // libc, the runtime's own modules), so no call fails because others took the slots;
+        // unused ones cost address space only, touched when an instance uses them.
+        .total_core_instances(pool.instances * CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(pool.instances * MEMORIES_PER_COMPONENT)
+        .total_tables(pool.instances * TABLES_PER_COMPONENT)
         .total_stacks(pool.instances)
         .max_memory_size(pool.max_memory)
         .max_component_instance_size(1 << 20)
-        .max_core_instances_per_component(32)
-        .max_memories_per_component(16)
-        .max_tables_per_component(32)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
         .linear_memory_keep_resident(2 << 20)
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Yes);

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http_guest::{HttpPublisher, RequestFailure};
 use crate::metrics::Metrics;
+use crate::sandbox::Failure;
 
 /// What the endpoints report on.
 #[derive(Clone)]
@@ -101,8 +102,9 @@ async fn ready(State(status): State<Status>) -> (StatusCode, &'static str) {
     }
 }
 
-/// One request through an HTTP publisher. Host-side failures get their own statuses: 413 for
-/// a body over the cap, 500 when the component failed or did not answer, 504 on timeout.
+/// One request through an HTTP publisher. Host-side conditions get their own statuses: 413
+/// for a body over the cap, 503 with `Retry-After` when the route is at capacity, 504 past
+/// its timeout; 500 only when the component failed or did not answer.
 async fn serve_publisher(publisher: &HttpPublisher, request: Request) -> Response {
     let limit = publisher.limits.max_message_size.as_u64() as usize;
     let (parts, body) = request.into_parts();
@@ -116,8 +118,30 @@ async fn serve_publisher(publisher: &HttpPublisher, request: Request) -> Respons
     let name = &*publisher.name;
     match publisher.call(request).await {
         Ok(response) => response.map(Body::new),
+        Err(RequestFailure::Busy | RequestFailure::Failed(Failure::HostCapacity(_))) => {
+            tracing::debug!(publisher = name, "at capacity; request refused");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "busy: all {} instances of this route are in use; retry",
+                    publisher.limits.max_in_flight
+                ),
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            response
+        }
         Err(RequestFailure::Timeout(limit)) => {
             tracing::warn!(publisher = name, "request timed out");
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("no answer within {limit:?}"),
+            )
+        }
+        Err(RequestFailure::Failed(Failure::Timeout(limit))) => {
+            tracing::warn!(publisher = name, ?limit, "request timed out");
             error(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("no answer within {limit:?}"),

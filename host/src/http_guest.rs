@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::WasiHttpView;
 
@@ -57,9 +58,11 @@ pub struct HttpPublisher {
     pub route: HttpRoute,
     pre: ProxyPre<HostState>,
     env: Arc<ComponentEnv>,
-    /// Its limits; `max_message_size` caps the request body.
+    /// Its limits; `max_message_size` caps the request body, `max_in_flight` the requests
+    /// served at once (each holds one of the instances the pool reserves for it).
     pub limits: Limits,
     requests: AtomicU64,
+    admission: Arc<Semaphore>,
 }
 
 /// Why a request got no response from the component.
@@ -71,7 +74,13 @@ pub enum RequestFailure {
     NoResponse(String),
     /// No answer within the wall-clock ceiling.
     Timeout(Duration),
+    /// Every instance reserved for the route stayed busy for [`ADMISSION_WAIT`]: the host is
+    /// at capacity (a 503 with `Retry-After`, never a guest failure).
+    Busy,
 }
+
+/// How long a request waits for one of its route's instances before the host answers 503.
+pub const ADMISSION_WAIT: Duration = Duration::from_secs(1);
 
 impl HttpPublisher {
     /// A publisher for a loaded component.
@@ -88,6 +97,7 @@ impl HttpPublisher {
             env,
             limits,
             requests: AtomicU64::new(0),
+            admission: Arc::new(Semaphore::new(limits.max_in_flight)),
         }
     }
 
@@ -101,6 +111,13 @@ impl HttpPublisher {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
+        // Admission first: a request beyond the route's reserved instances waits briefly, then
+        // gets a 503, and never takes an instance that admitted messages need.
+        let wait = ADMISSION_WAIT.min(self.limits.timeout);
+        let admitted = tokio::time::timeout(wait, self.admission.clone().acquire_owned()).await;
+        let Ok(Ok(permit)) = admitted else {
+            return Err(RequestFailure::Busy);
+        };
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
         let origin = Origin::Request {
             id: format!("{arrival_ms}-{n}"),
@@ -117,6 +134,8 @@ impl HttpPublisher {
         let pre = self.pre.clone();
         // The guest may keep writing the body after answering, so it runs on its own task.
         let guest = tokio::spawn(async move {
+            // The instance is the route's until the guest is done, body included.
+            let _permit = permit;
             let call = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy

@@ -1,6 +1,7 @@
 //! `jetwasm`: the host binary.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +35,10 @@ enum Command {
         /// The host configuration
         #[arg(long, short = 'c', default_value = "jetwasm.toml")]
         config: PathBuf,
+        /// Serve /metrics, /healthz, /readyz and HTTP publishers here instead of the config's
+        /// `[runtime] http` (e.g. one port per host on a shared machine)
+        #[arg(long, env = "JETWASM_HTTP")]
+        http: Option<SocketAddr>,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -52,6 +57,10 @@ enum Command {
         /// The nats-server binary [default: NATS_SERVER_BIN, .tools/venv/bin, PATH]
         #[arg(long)]
         nats_server: Option<PathBuf>,
+        /// Serve /metrics, /healthz, /readyz and HTTP publishers here instead of the config's
+        /// `[runtime] http`
+        #[arg(long, env = "JETWASM_HTTP")]
+        http: Option<SocketAddr>,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -94,16 +103,17 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config, nats } => run(RunOptions { config, nats }).await,
+        Command::Run { config, http, nats } => run(RunOptions { config, http, nats }).await,
         Command::Up {
             config,
             data,
             port,
             nats_server,
+            http,
             nats,
         } => {
             up(
-                RunOptions { config, nats },
+                RunOptions { config, http, nats },
                 &data,
                 port,
                 nats_server.as_deref(),

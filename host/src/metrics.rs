@@ -52,7 +52,7 @@ impl PublisherMetrics {
 /// Tick outcome label values.
 pub mod tick_outcome {
     /// Every tick outcome.
-    pub const ALL: [&str; 5] = [OK, ERROR, TRAP, TIMEOUT, MEMORY];
+    pub const ALL: [&str; 6] = [OK, ERROR, TRAP, TIMEOUT, MEMORY, HOST];
     /// The tick returned `ok`.
     pub const OK: &str = "ok";
     /// The tick returned an error.
@@ -63,6 +63,8 @@ pub mod tick_outcome {
     pub const TIMEOUT: &str = "timeout";
     /// The guest hit its memory cap.
     pub const MEMORY: &str = "memory";
+    /// The host could not run the tick (no room in the instance pool): not the guest's doing.
+    pub const HOST: &str = "host";
 }
 
 /// One handler's metrics, resolved once so the per-message path does no label lookups.
@@ -95,7 +97,9 @@ impl HandlerMetrics {
 /// Outcome label values.
 pub mod outcome {
     /// Every outcome, in the order they are reported.
-    pub const ALL: [&str; 7] = [ACK, NAK, TERM, TRAP, TIMEOUT, MEMORY, OVERSIZE];
+    pub const ALL: [&str; 9] = [
+        ACK, NAK, TERM, TRAP, TIMEOUT, MEMORY, OVERSIZE, UNREADABLE, HOST,
+    ];
     /// The handler acked.
     pub const ACK: &str = "ack";
     /// The handler nak'd.
@@ -110,6 +114,12 @@ pub mod outcome {
     pub const MEMORY: &str = "memory";
     /// The message was over the size cap and never reached the handler.
     pub const OVERSIZE: &str = "oversize";
+    /// The message's subject or headers could not be read intact (bytes that are not UTF-8);
+    /// it was dead-lettered without reaching the handler.
+    pub const UNREADABLE: &str = "unreadable";
+    /// The host could not run the call (no room in the instance pool); the call is retried in
+    /// place, the message kept in progress: not the guest's doing, no delivery used up.
+    pub const HOST: &str = "host";
 }
 
 impl Metrics {

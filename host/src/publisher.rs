@@ -162,6 +162,7 @@ impl TickError {
             TickError::Failed(Failure::Trap(_)) => tick_outcome::TRAP,
             TickError::Failed(Failure::Timeout(_) | Failure::CpuTime(_)) => tick_outcome::TIMEOUT,
             TickError::Failed(Failure::Memory(_)) => tick_outcome::MEMORY,
+            TickError::Failed(Failure::HostCapacity(_)) => tick_outcome::HOST,
         }
     }
 

@@ -58,8 +58,31 @@ pub async fn load<W: World>(
     cache: Option<&CompileCache>,
 ) -> anyhow::Result<W> {
     let component = compile(engine, path, cache).await?;
+    check_shape(&component).with_context(|| format!("component {}", path.display()))?;
     check::<W>(linker, &component)
         .with_context(|| format!("{} does not fit the {} world", path.display(), W::NAME))
+}
+
+/// Checks that one instance of `component` fits a slot of the instance pool (its linear
+/// memories and tables), so a component too large fails here, named, not at every call.
+pub fn check_shape(component: &Component) -> anyhow::Result<()> {
+    use crate::engine::{MEMORIES_PER_COMPONENT, TABLES_PER_COMPONENT};
+    let Some(needs) = component.resources_required() else {
+        return Ok(());
+    };
+    if needs.num_memories > MEMORIES_PER_COMPONENT {
+        bail!(
+            "has {} linear memories; the host runs components with at most {MEMORIES_PER_COMPONENT}",
+            needs.num_memories
+        );
+    }
+    if needs.num_tables > TABLES_PER_COMPONENT {
+        bail!(
+            "has {} tables; the host runs components with at most {TABLES_PER_COMPONENT}",
+            needs.num_tables
+        );
+    }
+    Ok(())
 }
 
 /// Checks a compiled component against world `W`: every import must be one the host

@@ -2,6 +2,7 @@
 //! consumers, start the publishers' timers, serve metrics, and on SIGTERM/SIGINT stop pulling
 //! and ticking and let in-flight calls finish.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use crate::{http, publisher};
 pub struct RunOptions {
     /// The `jetwasm.toml` to load.
     pub config: PathBuf,
+    /// Listener address overriding the config's `[runtime] http`.
+    pub http: Option<SocketAddr>,
     /// Connection flags; the URL falls back to the config file's.
     pub nats: NatsArgs,
 }
@@ -30,7 +33,10 @@ pub struct RunOptions {
 /// Runs the host until a shutdown signal, then drains. Fails before consuming anything if a
 /// handler's component or consumer is unusable.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    let config = Config::load(&options.config)?;
+    let mut config = Config::load(&options.config)?;
+    if options.http.is_some() {
+        config.runtime.http = options.http;
+    }
     let mut nats = options.nats.clone();
     if nats.creds.is_none() {
         nats.creds = config.nats.creds.clone();
@@ -41,7 +47,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(%url, "connected to NATS");
 
     if let Some(streams) = &config.streams {
-        set_up_streams(&js, streams, config.env.as_deref()).await?;
+        set_up_streams(
+            &js,
+            streams,
+            config.env.as_deref(),
+            config.allow_destructive,
+        )
+        .await?;
     }
 
     let metrics = Metrics::new();
@@ -101,11 +113,14 @@ async fn set_up_streams(
     js: &jetstream::Context,
     file: &std::path::Path,
     env: Option<&str>,
+    allow_destructive: bool,
 ) -> anyhow::Result<()> {
     let spec = stream_init::Spec::load(file, env)?;
     let plan = stream_init::plan(js, &spec)
         .await
         .with_context(|| format!("planning {}", file.display()))?;
+    plan.check_destructive(allow_destructive)
+        .with_context(|| format!("applying {}", file.display()))?;
     if plan.is_empty() {
         tracing::info!(file = %file.display(), "streams up to date");
     }

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 use crate::config::Limits;
 use crate::engine::EPOCH_TICK;
 use crate::imports::{ComponentEnv, HostState, Origin};
 use crate::limiter::MemoryLimitExceeded;
 
-/// A guest failure; its instance is gone.
+/// How a call failed; its instance is gone. Every variant but [`Failure::HostCapacity`] is
+/// the guest's doing.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Failure {
     /// A trap or panic in the guest, with wasmtime's description.
@@ -25,6 +26,9 @@ pub enum Failure {
     Timeout(Duration),
     /// The guest tried to grow memory past its cap.
     Memory(String),
+    /// The host had no room for the instance (its pool was full): a host condition, never
+    /// counted or retried as a guest failure.
+    HostCapacity(String),
 }
 
 impl Failure {
@@ -35,6 +39,7 @@ impl Failure {
             Failure::CpuTime(limit) => format!("timeout: used more than {limit:?} of CPU time"),
             Failure::Timeout(limit) => format!("timeout: still running after {limit:?}"),
             Failure::Memory(what) => what.clone(),
+            Failure::HostCapacity(what) => format!("host at capacity: {what}"),
         }
     }
 }
@@ -138,6 +143,9 @@ pub fn classify(
     };
     if let Some(memory) = error.downcast_ref::<MemoryLimitExceeded>() {
         return Failure::Memory(memory.to_string());
+    }
+    if let Some(pool) = error.downcast_ref::<PoolConcurrencyLimitError>() {
+        return Failure::HostCapacity(pool.to_string());
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => interrupted.unwrap_or(Failure::Timeout(limits.timeout)),

@@ -9,6 +9,7 @@
 //! let js = stream_init::connect::jetstream(&args, &args.url_or(None)).await?;
 //! let plan = stream_init::plan(&js, &spec).await?;
 //! println!("{plan}");
+//! plan.check_destructive(false)?; // fewer replicas or lower limits need explicit consent
 //! for line in stream_init::apply(&js, &plan).await? {
 //!     println!("{line}");
 //! }
@@ -18,10 +19,12 @@
 
 mod apply;
 pub mod connect;
+pub mod destructive;
 pub mod plan;
 pub mod spec;
 pub mod subject;
 
 pub use apply::apply;
+pub use destructive::Destructive;
 pub use plan::{plan, Action, Plan, Refused};
 pub use spec::{Spec, SpecError};

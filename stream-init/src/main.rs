@@ -1,7 +1,9 @@
 //! `stream-init`: plan or apply a JetStream spec file.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use stream_init::connect::{self, NatsArgs};
@@ -29,6 +31,10 @@ enum Command {
     Apply {
         #[command(flatten)]
         target: Target,
+        /// Also make changes that lower what protects stored messages: fewer replicas, or a
+        /// lower max_age / max_msgs / max_bytes (the server then deletes messages)
+        #[arg(long)]
+        allow_destructive: bool,
     },
 }
 
@@ -40,6 +46,10 @@ struct Target {
     /// Environment overlay to apply (an [env.NAME] table in the file)
     #[arg(long, env = "JETWASM_ENV")]
     env: Option<String>,
+    /// How long to wait for a JetStream that is still starting (a cluster electing its meta
+    /// leader), retrying timed-out or temporarily refused requests; all are idempotent
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    wait: Duration,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -56,17 +66,21 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let (target, apply, detailed) = match cli.command {
+    let (target, apply, detailed, allow_destructive) = match cli.command {
         Command::Plan {
             target,
             detailed_exitcode,
-        } => (target, false, detailed_exitcode),
-        Command::Apply { target } => (target, true, false),
+        } => (target, false, detailed_exitcode, false),
+        Command::Apply {
+            target,
+            allow_destructive,
+        } => (target, true, false, allow_destructive),
     };
     let spec = Spec::load(&target.file, target.env.as_deref())?;
     let url = target.nats.url_or(None);
-    let js = connect::jetstream(&target.nats, &url).await?;
-    let plan = stream_init::plan(&js, &spec).await?;
+    let deadline = Instant::now() + target.wait;
+    let js = retry(deadline, || connect::jetstream(&target.nats, &url)).await?;
+    let plan = retry(deadline, || stream_init::plan(&js, &spec)).await?;
     let source = target.file.display();
     if !apply {
         println!("{plan}");
@@ -78,10 +92,68 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         println!("No changes: {url} already matches {source} ({unchanged} objects).");
         return Ok(ExitCode::SUCCESS);
     }
-    for line in stream_init::apply(&js, &plan).await? {
+    plan.check_destructive(allow_destructive)?;
+    for line in retry(deadline, || stream_init::apply(&js, &plan)).await? {
         println!("{line}");
     }
     let (create, update, unchanged) = plan.counts();
     println!("Apply complete: {create} created, {update} updated, {unchanged} unchanged.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `deadline` passes. Only transient
+/// errors are retried (see [`is_transient`]); plan and apply are idempotent.
+async fn retry<T, F, Fut>(deadline: Instant, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    loop {
+        match attempt().await {
+            Err(e) if is_transient(&e) && Instant::now() < deadline => {
+                eprintln!("waiting for JetStream ({e:#}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Errors a starting JetStream gives (a request timing out while the meta leader is elected,
+/// "temporarily unavailable", too few peers yet for an R3 stream), as opposed to a wrong spec,
+/// refused credentials or a server without JetStream, which fail at once.
+fn is_transient(error: &anyhow::Error) -> bool {
+    let text = format!("{error:#}").to_ascii_lowercase();
+    [
+        "timed out",
+        "temporarily unavailable",
+        "no suitable peers",
+        "insufficient resources",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_starting_jetstream_is_waited_for() {
+        let transient =
+            anyhow::anyhow!("timed out: didn't receive a reply").context("creating stream ORDERS");
+        assert!(is_transient(&transient));
+        assert!(is_transient(&anyhow::anyhow!(
+            "JetStream system temporarily unavailable (10008)"
+        )));
+        assert!(is_transient(&anyhow::anyhow!(
+            "no suitable peers for placement"
+        )));
+        assert!(!is_transient(&anyhow::anyhow!(
+            "cannot connect to NATS at nats://x:1"
+        )));
+        assert!(!is_transient(&anyhow::anyhow!(
+            "JetStream is not available at nats://x:1: no responders"
+        )));
+    }
 }

@@ -11,6 +11,7 @@ use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, Storag
 use async_nats::jetstream::{self, ErrorCode};
 use bytesize::ByteSize;
 
+use crate::destructive::{self, Destructive};
 use crate::spec::{self, ConsumerSpec, Spec, StreamSpec};
 
 /// Everything `apply` would do, stream by stream.
@@ -31,6 +32,9 @@ pub struct StreamPlan {
     pub config: stream::Config,
     /// The stream's declared consumers.
     pub consumers: Vec<ConsumerPlan>,
+    /// The part of an update that lowers what protects stored messages (see
+    /// [`crate::destructive`]), one line per field.
+    pub destructive: Vec<String>,
 }
 
 /// What happens to one durable consumer.
@@ -119,11 +123,13 @@ async fn plan_stream(
             action: Action::Create,
             config: stream_config(declared, stream::Config::default()),
             consumers,
+            destructive: Vec::new(),
         });
     };
 
     let config = stream_config(declared, current.config.clone());
     let changes = diff(stream_fields(&current.config), stream_fields(&config));
+    let destructive = destructive::changes(name, &current.config, &config);
     for change in &changes {
         if let Some(why) = stream_change_refusal(change) {
             refused.push(format!(
@@ -145,6 +151,7 @@ async fn plan_stream(
         action: action_for(changes),
         config,
         consumers,
+        destructive,
     })
 }
 
@@ -408,6 +415,21 @@ impl Plan {
         })
     }
 
+    /// Fails with [`Destructive`], naming every field, when the plan lowers what protects
+    /// stored messages and `allow` is false.
+    pub fn check_destructive(&self, allow: bool) -> Result<(), Destructive> {
+        let found: Vec<String> = self
+            .streams
+            .iter()
+            .flat_map(|s| s.destructive.iter().cloned())
+            .collect();
+        if allow || found.is_empty() {
+            Ok(())
+        } else {
+            Err(Destructive(found))
+        }
+    }
+
     /// How many objects would be created, updated and left unchanged.
     pub fn counts(&self) -> (usize, usize, usize) {
         self.actions()
@@ -428,6 +450,9 @@ impl fmt::Display for Plan {
                 &stream.action,
                 || stream_fields(&stream.config),
             )?;
+            for why in &stream.destructive {
+                writeln!(f, "    ! destructive: {why} (needs --allow-destructive)")?;
+            }
             for c in &stream.consumers {
                 let label = format!("consumer {}/{}", stream.name, c.durable);
                 write_action(f, &label, &c.action, || consumer_fields(&c.config))?;

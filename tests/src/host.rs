@@ -26,6 +26,32 @@ pub fn handler_wasm(name: &str) -> PathBuf {
     path
 }
 
+/// The text of `deploy/<file>` (a host config), made runnable by the harness: components from
+/// where [`handler_wasm`] finds them, `streams` as an absolute path, and the listener as
+/// `{http}` for [`Host::start`] to fill in. Everything else is as shipped.
+pub fn deploy_config(file: &str) -> String {
+    let deploy = workspace_root().join("deploy");
+    let text = std::fs::read_to_string(deploy.join(file)).expect("reading the deploy config");
+    let components = handler_wasm("orders")
+        .parent()
+        .expect("components live in a folder")
+        .display()
+        .to_string();
+    let streams = deploy.join("streams.toml").display().to_string();
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        let line = if line.starts_with("http = \"") {
+            "http = \"{http}\"".to_owned()
+        } else if line.starts_with("streams = ") {
+            format!("streams = {streams:?}")
+        } else {
+            line.replace("../handlers/target/wasm32-wasip2/release", &components)
+        };
+        lines.push(line);
+    }
+    lines.join("\n")
+}
+
 /// A running `jetwasm run`, killed on drop.
 pub struct Host {
     child: Child,
@@ -239,6 +265,17 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<(u16, String)> {
+    http_exchange(addr, method, path, headers, body).map(|(status, _, body)| (status, body))
+}
+
+/// Like [`http_request`], also returning the response's header block (lowercased).
+pub fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!(
@@ -258,9 +295,6 @@ pub fn http_request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("HTTP status line")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
 }

@@ -9,7 +9,7 @@ mod host;
 mod nats;
 pub mod setup;
 
-pub use host::{handler_wasm, http_get, http_request, Host};
+pub use host::{deploy_config, handler_wasm, http_exchange, http_get, http_request, Host};
 pub use nats::{Cluster, NatsServer};
 
 use std::net::TcpListener;
@@ -79,4 +79,55 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
         .port()
+}
+
+/// Sends `frames` (raw NATS protocol: `PUB`/`HPUB` operations) to the server at `url` on a
+/// plain connection and waits until the server has processed them (`PING`/`PONG`). For bytes
+/// no client library would send: subjects and headers that are not UTF-8, say.
+pub fn publish_raw(url: &str, frames: &[u8]) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = url.trim_start_matches("nats://");
+    let stream =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    anyhow::ensure!(line.starts_with("INFO "), "expected INFO, got {line:?}");
+    let mut writer = stream;
+    writer.write_all(b"CONNECT {\"verbose\":false,\"headers\":true,\"protocol\":1}\r\n")?;
+    writer.write_all(frames)?;
+    writer.write_all(b"PING\r\n")?;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        match line.trim_end() {
+            "PONG" => return Ok(()),
+            other if other.starts_with("-ERR") => bail!("the server refused: {other}"),
+            _ => {}
+        }
+    }
+}
+
+/// A `PUB` frame for [`publish_raw`].
+pub fn pub_frame(subject: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut frame = b"PUB ".to_vec();
+    frame.extend_from_slice(subject);
+    frame.extend_from_slice(format!(" {}\r\n", payload.len()).as_bytes());
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(b"\r\n");
+    frame
+}
+
+/// An `HPUB` frame for [`publish_raw`]; `headers` is the whole block, from `NATS/1.0\r\n` to
+/// the blank line.
+pub fn hpub_frame(subject: &[u8], headers: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut frame = b"HPUB ".to_vec();
+    frame.extend_from_slice(subject);
+    let total = headers.len() + payload.len();
+    frame.extend_from_slice(format!(" {} {total}\r\n", headers.len()).as_bytes());
+    frame.extend_from_slice(headers);
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(b"\r\n");
+    frame
 }

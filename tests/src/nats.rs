@@ -87,6 +87,28 @@ impl NatsServer {
         self.child.id()
     }
 
+    /// Kills the server with SIGKILL, as a crash would.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the server again after [`NatsServer::kill`], on the same port and store; waits
+    /// until JetStream answers.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.child = spawn_server(&self.args, &self.log)?;
+        self.wait_for_jetstream(Duration::from_secs(15)).await
+    }
+
+    /// The node's `server_name` as JetStream reports it (`n1`..`n3` in a [`Cluster`]).
+    pub fn name(&self) -> Option<String> {
+        let conf = self.args.iter().skip_while(|a| *a != "-c").nth(1)?;
+        let text = std::fs::read_to_string(conf).ok()?;
+        let line = text.lines().find(|l| l.starts_with("server_name:"))?;
+        Some(line.trim_start_matches("server_name:").trim().to_owned())
+    }
+
     /// The server's log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

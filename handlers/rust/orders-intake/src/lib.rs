@@ -14,8 +14,10 @@
 //! - 403 publishing to the subject is denied;
 //! - 413 the body exceeds 1 MiB, or the message exceeds the stream's limit;
 //! - 429 the call's publish quota is used up;
-//! - 503 no stream captures the subject, or the server is unavailable;
-//! - 504 the stream did not confirm in time (retrying with the same key is safe).
+//! - 503 no stream captures the subject, or the server is unavailable (with `retry-after: 1`);
+//!   nothing was stored;
+//! - 504 the stream did not confirm in time: the order may or may not be stored, and a retry
+//!   with the same `idempotency-key` is always safe (the stream stores it once).
 
 use exports::wasi::http::incoming_handler::Guest;
 use jetwasm::runtime::log::{self, Level};
@@ -79,8 +81,12 @@ fn header(request: &IncomingRequest, name: &str) -> Option<String> {
 
 /// Sends `json` with `status` as the response.
 fn respond(out: ResponseOutparam, status: u16, json: &serde_json::Value) {
-    let headers = Fields::from_list(&[("content-type".to_string(), b"application/json".to_vec())])
-        .expect("content-type is a valid header");
+    let mut fields = vec![("content-type".to_string(), b"application/json".to_vec())];
+    if status == 503 {
+        // Unavailable is passing (an outage, a leader election): say when to try again.
+        fields.push(("retry-after".to_string(), b"1".to_vec()));
+    }
+    let headers = Fields::from_list(&fields).expect("content-type and retry-after are valid");
     let response = OutgoingResponse::new(headers);
     response
         .set_status_code(status)

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Offline checks of the production deployment files, run by `make lint` (no Docker engine
+# needed): docker-compose.yml is valid (`docker-compose config`, Debian's package), the
+# nats-server image is the version the tests run, and every jetwasm service runs a host config
+# that applies no stream overlay (an overlay such as `dev` would scale the cluster's streams
+# down to one replica).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v docker-compose >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "deploy/check.sh: installing docker-compose (Debian package, validates compose files offline; once, ~20s)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null
+  else
+    echo "deploy/check.sh: docker-compose is missing: apt-get install docker-compose" >&2
+    exit 1
+  fi
+fi
+
+compose=deploy/docker-compose.yml
+rendered=$(mktemp)
+trap 'rm -f "$rendered"' EXIT
+docker-compose -f "$compose" config >"$rendered"
+nats_version=$(sed -n 's/^NATS_SERVER_VERSION := //p' Makefile)
+
+# Debian's python3 has PyYAML (a docker-compose dependency) and tomllib.
+/usr/bin/python3 - "$compose" "$nats_version" "$rendered" <<'PY'
+import os, sys, tomllib, yaml
+
+compose_file, nats_version, rendered = sys.argv[1:4]
+with open(rendered) as f:
+    services = yaml.safe_load(f)["services"]
+problems = []
+
+images = {s.get("image") for s in services.values() if "nats" in str(s.get("image", ""))}
+for image in images:
+    if image.split(":")[1].split("-")[0] != nats_version:
+        problems.append(f"image {image}: the tests run nats-server {nats_version}")
+
+hosts = 0
+for name, service in services.items():
+    command = list(service.get("entrypoint") or []) + list(service.get("command") or [])
+    if "jetwasm" not in command[:1] or "run" not in command and "up" not in command:
+        continue
+    hosts += 1
+    if "--config" not in command:
+        problems.append(f"service {name}: no --config")
+        continue
+    inside = command[command.index("--config") + 1]
+    local = None
+    for volume in service.get("volumes", []):
+        source, target = (volume.split(":")[:2] if isinstance(volume, str)
+                          else (volume["source"], volume["target"]))
+        if inside.startswith(target.rstrip("/") + "/"):
+            local = os.path.join(source, inside[len(target.rstrip("/")) + 1:])
+    if local is None or not os.path.isfile(local):
+        problems.append(f"service {name}: {inside} is not mounted from a file in the repository")
+        continue
+    with open(local, "rb") as f:
+        config = tomllib.load(f)
+    if "env" in config:
+        problems.append(f"service {name}: {local} applies the stream overlay env = {config['env']!r}; "
+                        "a production host must apply none (use deploy/jetwasm.toml)")
+    else:
+        print(f"deploy/check.sh: service {name} runs {os.path.relpath(local)} (no stream overlay)")
+
+if hosts == 0:
+    problems.append("no service runs `jetwasm run`")
+if problems:
+    print(f"{compose_file}:", *problems, sep="\n  - ", file=sys.stderr)
+    sys.exit(1)
+print(f"deploy/check.sh: {compose_file} is valid; nats-server {nats_version}")
+PY
