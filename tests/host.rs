@@ -1346,3 +1346,46 @@ async fn the_client_reads_a_subject_that_is_not_utf8_and_keeps_its_connection() 
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_connection_is_replaced_within_seconds_and_nothing_is_lost_or_doubled() {
+    let setup = Setup::new("ack_wait = \"2s\"\nmax_deliver = 20").await;
+    let proxy = harness::Proxy::start(&setup.server.url).await.unwrap();
+    let config = setup.config(&handler_wasm("orders"), "", "");
+    let host = Host::start(&proxy.url, &config).await.unwrap();
+    setup.publish_all((0..200).map(order)).await;
+    setup.drained(Duration::from_secs(30), &host).await;
+
+    // The host's connection goes silent; nothing is closed. Orders keep arriving.
+    proxy.freeze();
+    let frozen = Instant::now();
+    setup.publish_all((200..400).map(order)).await;
+    let mut not_ready = None;
+    while setup.count("ORDERS", "orders.processed").await < 400 {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(90),
+            "not recovered after 90s\n{}",
+            tail(&host.log())
+        );
+        if let Ok((503, why)) = http_get(host.http, "/readyz") {
+            not_ready.get_or_insert(why);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let recovered = frozen.elapsed();
+    println!("processing resumed and caught up {recovered:?} after the freeze");
+    setup.drained(Duration::from_secs(20), &host).await;
+    assert_eq!(
+        setup.count("ORDERS", "orders.processed").await,
+        400,
+        "each order processed once (derived ids absorb the redeliveries)"
+    );
+    let why = not_ready.expect("/readyz said 503 while no pull was alive");
+    assert!(why.contains("no live pull for handler h"), "{why}");
+    assert!(recovered < Duration::from_secs(40), "{recovered:?}");
+    assert!(
+        host.log().contains("forcing a reconnect"),
+        "{}",
+        tail(&host.log())
+    );
+}

@@ -28,6 +28,7 @@ use crate::ack::{self, Action, DeliveryPolicy};
 use crate::bindings::Message;
 use crate::dead_letter;
 use crate::dispatch::{Dispatcher, Failure, Outcome};
+use crate::liveness;
 use crate::metrics::{outcome, HandlerMetrics};
 use crate::watchdog::{self, Activity};
 
@@ -225,6 +226,7 @@ async fn run_lane(
             }
         };
         tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, lane = number, in_flight = capacity, prefetch = pull_batch, "consumer bound");
+        binding.metrics.pulls.inc();
         let mut pull_ended = pin!(pull.cancelled());
         // A waiting message is kept in progress once it has waited a quarter of its ack wait.
         let every = bound.progress_every / 2;
@@ -261,6 +263,10 @@ async fn run_lane(
             }
         }
         pull.cancel();
+        binding.metrics.pulls.dec();
+        if !shutdown.is_cancelled() {
+            liveness::check(&js).await;
+        }
         pause(&shutdown).await;
     }
     waiting.hand_back(&binding.name).await;

@@ -29,6 +29,8 @@ pub struct Status {
     pub metrics: Metrics,
     /// Set once every handler is bound; cleared when shutdown starts.
     pub ready: Arc<AtomicBool>,
+    /// Each handler's name and live pulls: ready only while every handler has one.
+    pub pulls: Vec<(Arc<str>, prometheus::IntGauge)>,
 }
 
 /// Binds `addr` and serves until `shutdown` is cancelled. Returns the bound address (useful
@@ -94,11 +96,22 @@ async fn metrics(
     )
 }
 
-async fn ready(State(status): State<Status>) -> (StatusCode, &'static str) {
-    if status.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
+/// 200 while the host runs and every handler has a live pull on its consumer; else 503,
+/// saying why.
+async fn ready(State(status): State<Status>) -> (StatusCode, String) {
+    if !status.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned());
+    }
+    let idle: Vec<&str> = (status.pulls.iter())
+        .filter(|(_, pulls)| pulls.get() == 0)
+        .map(|(name, _)| &**name)
+        .collect();
+    if idle.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        let names = idle.join(", ");
+        let why = format!("not ready: no live pull for handler {names}\n");
+        (StatusCode::SERVICE_UNAVAILABLE, why)
     }
 }
 

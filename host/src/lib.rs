@@ -19,6 +19,7 @@ pub mod http;
 pub mod http_guest;
 pub mod imports;
 pub mod limiter;
+pub mod liveness;
 pub mod metrics;
 pub mod publisher;
 pub mod publishing;

@@ -2,8 +2,8 @@
 //! letters, instances created, and the consumer's pending and ack-pending counts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the host exports.
@@ -20,10 +20,12 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     /// `jetwasm_instances_total{handler}`: instances created.
     instances: IntCounterVec,
-    /// `jetwasm_consumer_pending{handler}`: messages not yet delivered.
-    pending: IntGaugeVec,
-    /// `jetwasm_consumer_ack_pending{handler}`: delivered, not yet acked.
-    ack_pending: IntGaugeVec,
+    /// `jetwasm_consumer_pending{handler}`: messages not yet delivered (NaN while unknown).
+    pending: GaugeVec,
+    /// `jetwasm_consumer_ack_pending{handler}`: delivered, not yet acked (NaN while unknown).
+    ack_pending: GaugeVec,
+    /// `jetwasm_consumer_pulls{handler}`: the handler's lanes with a live pull.
+    pulls: IntGaugeVec,
     /// `jetwasm_publisher_ticks_total{publisher, outcome}`.
     ticks: IntCounterVec,
     /// `jetwasm_publisher_missed_ticks_total{publisher}`.
@@ -79,10 +81,13 @@ pub struct HandlerMetrics {
     pub dead_letters: IntCounter,
     /// Instances created: one per message when fresh, far fewer when reused.
     pub instances: IntCounter,
-    /// Messages the consumer has not delivered yet.
-    pub pending: IntGauge,
-    /// Messages delivered and not yet acknowledged.
-    pub ack_pending: IntGauge,
+    /// Messages the consumer has not delivered yet; NaN while unknown (no answer from the
+    /// server), never a reassuring 0.
+    pub pending: Gauge,
+    /// Messages delivered and not yet acknowledged; NaN while unknown.
+    pub ack_pending: Gauge,
+    /// Lanes with a live pull on the consumer: 0 means the handler consumes nothing now.
+    pub pulls: IntGauge,
 }
 
 impl HandlerMetrics {
@@ -162,14 +167,23 @@ impl Metrics {
             "Handler instances created (one per message unless instances are reused)",
             &["handler"],
         );
-        let pending = gauges(
+        let float_gauges = |name: &str, help: &str| {
+            registered(
+                &registry,
+                GaugeVec::new(Opts::new(name, help), &["handler"]),
+            )
+        };
+        let pending = float_gauges(
             "jetwasm_consumer_pending",
-            "Messages the consumer has not delivered yet",
-            &["handler"],
+            "Messages the consumer has not delivered yet (NaN while unknown)",
         );
-        let ack_pending = gauges(
+        let ack_pending = float_gauges(
             "jetwasm_consumer_ack_pending",
-            "Messages delivered and not yet acknowledged",
+            "Messages delivered and not yet acknowledged (NaN while unknown)",
+        );
+        let pulls = gauges(
+            "jetwasm_consumer_pulls",
+            "Lanes with a live pull on the consumer (0: consuming nothing)",
             &["handler"],
         );
         let ticks = counters(
@@ -196,6 +210,7 @@ impl Metrics {
             instances,
             pending,
             ack_pending,
+            pulls,
             ticks,
             missed_ticks,
             http_requests,
@@ -233,8 +248,9 @@ impl Metrics {
             in_flight: self.in_flight.with_label_values(&labels),
             dead_letters: self.dead_letters.with_label_values(&labels),
             instances: self.instances.with_label_values(&labels),
-            pending: self.pending.with_label_values(&labels),
-            ack_pending: self.ack_pending.with_label_values(&labels),
+            pending: unknown(self.pending.with_label_values(&labels)),
+            ack_pending: unknown(self.ack_pending.with_label_values(&labels)),
+            pulls: self.pulls.with_label_values(&labels),
         }
     }
 
@@ -265,4 +281,10 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `gauge`, reading NaN (unknown) until a value is known.
+fn unknown(gauge: Gauge) -> Gauge {
+    gauge.set(f64::NAN);
+    gauge
 }

@@ -69,9 +69,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.runtime.http {
+        let pulls = (handlers.iter())
+            .map(|h| (h.name.clone(), h.metrics.pulls.clone()))
+            .collect();
         let status = http::Status {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            pulls,
         };
         let bound = http::serve(addr, status, http_publishers, shutdown.clone()).await?;
         tracing::info!(%bound, "serving /metrics, /healthz and /readyz");

@@ -78,10 +78,12 @@ pub async fn watch(
         }
         let idle = silence.observe(activity.received.load(Ordering::Relaxed), Instant::now());
         let Ok(info) = consumer.info().await else {
+            binding.metrics.pending.set(f64::NAN);
+            binding.metrics.ack_pending.set(f64::NAN);
             continue;
         };
-        binding.metrics.pending.set(info.num_pending as i64);
-        binding.metrics.ack_pending.set(info.num_ack_pending as i64);
+        binding.metrics.pending.set(info.num_pending as f64);
+        binding.metrics.ack_pending.set(info.num_ack_pending as f64);
         if is_stalled(info.num_pending, idle, slots.available_permits()) {
             tracing::warn!(handler = %binding.name, pending = info.num_pending, "pull stalled; re-issuing it");
             pull.cancel();

@@ -7,10 +7,12 @@
 
 mod host;
 mod nats;
+mod proxy;
 pub mod setup;
 
 pub use host::{deploy_config, handler_wasm, http_exchange, http_get, http_request, Host};
 pub use nats::{Cluster, NatsServer};
+pub use proxy::Proxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
