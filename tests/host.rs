@@ -1389,3 +1389,66 @@ async fn a_half_open_connection_is_replaced_within_seconds_and_nothing_is_lost_o
         tail(&host.log())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_publishers_ticks_during_an_outage_count_as_failed_not_skipped() {
+    let mut setup = Setup::new(QUICK_RETRIES).await;
+    let config = setup.publisher_config(&handler_wasm("orders_generator"), "every = \"200ms\"");
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    let ok = "jetwasm_publisher_ticks_total{outcome=\"ok\",publisher=\"p\"}";
+    host.wait_metric(ok, 2.0, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    setup.server.kill().unwrap();
+    // A publish while disconnected fails at once, so each tick ends as a failure an alert
+    // can see, instead of hanging until the next firings are skipped.
+    let errors = "jetwasm_publisher_ticks_total{outcome=\"error\",publisher=\"p\"}";
+    host.wait_metric(errors, 5.0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let missed = host
+        .metric("jetwasm_publisher_missed_ticks_total{publisher=\"p\"}")
+        .unwrap();
+    assert!(missed <= 1.0, "ticks were skipped: {missed}");
+    assert!(
+        host.log().contains("not connected to NATS"),
+        "{}",
+        tail(&host.log())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_delivery_no_host_settles_is_dead_lettered_from_the_stream_by_another_host() {
+    // One delivery allowed, and the host holding it is killed mid-call: nobody handles the
+    // last delivery. Another host hears JetStream's max-deliveries advisory and writes the
+    // dead letter from the stream's copy.
+    let setup = Setup::new("max_deliver = 1\nack_wait = \"3s\"").await;
+    let slow = "config = { sleep_ms = 20000 }\nlimits = { timeout = \"30s\" }";
+    let mut first = setup.host("fixture_slow", slow).await;
+    setup.publish_all(["hold me".to_owned()]).await;
+    let in_flight = "jetwasm_in_flight{handler=\"h\"}";
+    first
+        .wait_metric(in_flight, 1.0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    first.kill().unwrap();
+    let second = setup.host("fixture_slow", slow).await;
+
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(30), &second)
+        .await;
+    let record = &records[0];
+    assert_eq!(&record.payload[..], b"hold me");
+    assert_eq!(header(record, "Jetwasm-Sequence"), "1");
+    assert_eq!(header(record, "Jetwasm-Subject"), "orders.created");
+    let reason = header(record, "Jetwasm-Reason");
+    assert!(reason.contains("max-deliveries advisory"), "{reason}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(setup.dead_letters().await.len(), 1, "exactly one record");
+    assert_eq!(
+        second.metric("jetwasm_in_flight{handler=\"h\"}").unwrap(),
+        0.0,
+        "never delivered again"
+    );
+}

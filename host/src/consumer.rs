@@ -572,10 +572,11 @@ async fn apply(
             // In progress all along (attempts and pauses can outlast the ack wait), so the
             // handler does not run again meanwhile. Boxed: the rare path, kept out of every
             // message's future.
-            let prefix = &binding.dead_letter;
-            let mut written = Box::pin(dead_letter::write(
-                message, prefix, &source, &reason, attempts,
-            ));
+            let (js, prefix) = (&message.context, &binding.dead_letter);
+            let mut written = Box::pin(async {
+                let contents = dead_letter::Contents::of(message, &source).await;
+                dead_letter::write(js, prefix, &source, &reason, &contents, attempts).await
+            });
             let every = bound.progress_every;
             match Box::pin(tick_in_progress(written.as_mut(), message, every)).await {
                 Ok(()) => {

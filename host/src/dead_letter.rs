@@ -64,35 +64,47 @@ pub fn subject(prefix: &str, stream: &str, consumer: &str) -> String {
 /// deliver the message again.
 pub const ATTEMPTS: u32 = 6;
 
-/// Writes the record of `message`, up to `attempts` times with a growing pause (about 8s for
-/// the first [`ATTEMPTS`], then every 4s); the caller keeps the message in progress
-/// meanwhile, so an outage of the dead-letter stream loses nothing.
+/// What a record carries of the original message.
+pub struct Contents<'a> {
+    /// The original payload (cut to fit when too large: see [`headers::TRUNCATED`]).
+    pub payload: bytes::Bytes,
+    /// The original headers, copied into the record but for the server's own.
+    pub headers: Option<&'a HeaderMap>,
+    /// The original header block, base64, when it could not be read as headers.
+    pub raw_headers: Option<String>,
+}
+
+impl<'a> Contents<'a> {
+    /// What a delivered message's record carries; a message the client read lossily keeps
+    /// its raw headers too (read back from the stream).
+    pub async fn of(message: &'a jetstream::Message, source: &Source<'_>) -> Contents<'a> {
+        let raw_headers = match unreadable(message.headers.as_ref()) {
+            Some(_) => raw_headers(&message.context, source.stream, source.seq).await,
+            None => None,
+        };
+        Contents {
+            payload: message.payload.clone(),
+            headers: message.headers.as_ref(),
+            raw_headers,
+        }
+    }
+}
+
+/// Writes the record, up to `attempts` times with a growing pause (about 8s for the first
+/// [`ATTEMPTS`], then every 4s); the caller keeps the message in progress meanwhile, so an
+/// outage of the dead-letter stream loses nothing.
 pub async fn write(
-    message: &jetstream::Message,
+    js: &jetstream::Context,
     prefix: &str,
     source: &Source<'_>,
     reason: &str,
+    contents: &Contents<'_>,
     attempts: u32,
 ) -> anyhow::Result<()> {
     let mut pause = Duration::from_millis(250);
     let mut attempt = 1;
-    // A message the client read lossily keeps its raw headers in the record.
-    let raw_headers = match unreadable(message.headers.as_ref()) {
-        Some(_) => raw_headers(&message.context, source.stream, source.seq).await,
-        None => None,
-    };
     loop {
-        let written = publish(
-            &message.context,
-            prefix,
-            source,
-            reason,
-            message.payload.clone(),
-            message.headers.as_ref(),
-            raw_headers.as_deref(),
-        )
-        .await;
-        match written {
+        match publish(js, prefix, source, reason, contents).await {
             Err(e) if attempt < attempts => {
                 if attempt < ATTEMPTS {
                     tracing::warn!(handler = source.handler, seq = source.seq, attempt, error = %format!("{e:#}"), "dead letter not written; retrying");
@@ -115,12 +127,11 @@ async fn publish(
     prefix: &str,
     source: &Source<'_>,
     reason: &str,
-    payload: bytes::Bytes,
-    original: Option<&HeaderMap>,
-    raw_headers: Option<&str>,
+    contents: &Contents<'_>,
 ) -> anyhow::Result<()> {
-    let mut map = record_headers(source, reason, original);
-    if let Some(raw) = raw_headers {
+    let mut map = record_headers(source, reason, contents.headers);
+    let payload = contents.payload.clone();
+    if let Some(raw) = contents.raw_headers.as_deref() {
         let name = HeaderName::from_str(headers::ORIGINAL_HEADERS).expect("a valid header name");
         map.insert(name, HeaderValue::from(raw));
     }
@@ -156,19 +167,44 @@ pub fn unreadable(headers: Option<&HeaderMap>) -> Option<String> {
     ))
 }
 
-/// The raw header block of message `seq` in `stream`, base64, as the stream's message-get
-/// API returns it (bytes the client's parser would not take are intact there).
-pub async fn raw_headers(js: &jetstream::Context, stream: &str, seq: u64) -> Option<String> {
-    let response: Result<serde_json::Value, _> = js
+/// A message as its stream stores it, read back through the message-get API: bytes the
+/// client's parser would not take are intact there.
+pub struct Stored {
+    /// Its subject (lossy where it is not UTF-8).
+    pub subject: String,
+    /// Its payload.
+    pub payload: bytes::Bytes,
+    /// Its header block, base64, if it has one.
+    pub raw_headers: Option<String>,
+}
+
+/// Reads message `seq` of `stream` as the stream stores it.
+pub async fn stored(js: &jetstream::Context, stream: &str, seq: u64) -> anyhow::Result<Stored> {
+    use base64::Engine as _;
+    let value: serde_json::Value = js
         .request(
             format!("STREAM.MSG.GET.{stream}"),
             &serde_json::json!({ "seq": seq }),
         )
-        .await;
-    match response {
-        Ok(value) => value["message"]["hdrs"].as_str().map(str::to_owned),
+        .await?;
+    if let Some(error) = value.get("error") {
+        anyhow::bail!("reading message {seq} of {stream}: {error}");
+    }
+    let message = &value["message"];
+    let data = message["data"].as_str().unwrap_or_default();
+    let payload = base64::engine::general_purpose::STANDARD.decode(data)?;
+    Ok(Stored {
+        subject: message["subject"].as_str().unwrap_or_default().to_owned(),
+        payload: payload.into(),
+        raw_headers: message["hdrs"].as_str().map(str::to_owned),
+    })
+}
+
+async fn raw_headers(js: &jetstream::Context, stream: &str, seq: u64) -> Option<String> {
+    match stored(js, stream, seq).await {
+        Ok(stored) => stored.raw_headers,
         Err(e) => {
-            tracing::warn!(stream, seq, error = %e, "cannot read the raw message for its dead letter");
+            tracing::warn!(stream, seq, error = %format!("{e:#}"), "cannot read the raw message for its dead letter");
             None
         }
     }

@@ -27,5 +27,6 @@ pub mod registry;
 pub mod run;
 pub mod sandbox;
 pub mod scaffold;
+pub mod sweeper;
 pub mod up;
 pub mod watchdog;

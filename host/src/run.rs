@@ -17,7 +17,7 @@ use crate::components::{self, Components};
 use crate::config::Config;
 use crate::consumer;
 use crate::metrics::Metrics;
-use crate::{http, publisher};
+use crate::{http, publisher, sweeper};
 
 /// What `jetwasm run` was asked to do.
 #[derive(Debug, Clone)]
@@ -84,6 +84,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let calls = TaskTracker::new();
     let (handler_count, publisher_count) = (handlers.len(), publishers.len());
     for binding in handlers {
+        sweeper::start(binding.clone(), &js, &shutdown, &calls)
+            .await
+            .with_context(|| {
+                format!(
+                    "handler {}: listening for max-deliveries advisories",
+                    binding.name
+                )
+            })?;
         consumer::start(binding, &js, &shutdown, &calls);
     }
     for publisher in publishers {
