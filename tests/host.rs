@@ -1452,3 +1452,45 @@ async fn a_last_delivery_no_host_settles_is_dead_lettered_from_the_stream_by_ano
         "never delivered again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_changed_by_hand_shows_as_drift_until_the_spec_is_applied_again() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let host = setup.host("orders", "").await;
+    let drift = "jetwasm_consumer_drift{handler=\"h\"}";
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        host.metric(drift).unwrap(),
+        0.0,
+        "matches the spec it applied"
+    );
+
+    let stream = setup.stream("ORDERS").await;
+    let mut config = stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("proc")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    config.max_deliver = 7;
+    stream.create_consumer(config).await.unwrap();
+    host.wait_metric(drift, 1.0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        host.log().contains("max_deliver 7 (the spec says 3)"),
+        "{}",
+        tail(&host.log())
+    );
+
+    setup.apply_streams().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.metric(drift).unwrap() != 0.0 {
+        assert!(Instant::now() < deadline, "{}", tail(&host.log()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(host
+        .log()
+        .contains("consumer matches the streams spec again"));
+}

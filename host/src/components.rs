@@ -18,6 +18,7 @@ use crate::consumer::Binding;
 use crate::dispatch::Dispatcher;
 use crate::http_guest::HttpPublisher;
 use crate::imports::ComponentEnv;
+use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::publisher::{Schedule, TimerPublisher};
 use crate::{engine, imports, registry};
@@ -36,6 +37,7 @@ pub struct Components {
 /// that cannot be read, compiled or does not fit its world, naming it.
 pub async fn load(
     config: &Config,
+    spec: Option<&stream_init::Spec>,
     js: &jetstream::Context,
     metrics: &Metrics,
 ) -> anyhow::Result<Components> {
@@ -79,6 +81,9 @@ pub async fn load(
             prefetch: limits.prefetch,
             max_message_size: limits.max_message_size.as_u64() as usize,
             max_failures: config.runtime.max_failures,
+            declared: spec
+                .and_then(|spec| spec.consumer(&handler.stream, &handler.consumer))
+                .cloned(),
             metrics,
         }));
     }
@@ -161,5 +166,6 @@ fn environment(
         may_publish: Box::new(move |subject| config::may_publish(&allowed, subject)),
         max_publishes: limits.max_publishes,
         js: js.clone(),
+        log_budget: LogBudget::default(),
     })
 }

@@ -60,6 +60,9 @@ pub struct Binding {
     /// Deliveries of a message the handler keeps failing on before the host dead-letters
     /// it, when the consumer's `max_deliver` is unlimited.
     pub max_failures: u32,
+    /// The consumer as the streams spec the host applied declares it, if it does: the
+    /// watchdog reports changes made by hand since.
+    pub declared: Option<stream_init::spec::ConsumerSpec>,
     /// The handler's metrics.
     pub metrics: HandlerMetrics,
 }

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream;
@@ -18,6 +19,7 @@ use crate::config::Limits;
 use crate::guest_output::GuestOutput;
 use crate::http_guest::NoOutgoingRequests;
 use crate::limiter::MemoryLimiter;
+use crate::log_budget::{LogBudget, Verdict, LINES_PER_SECOND};
 use crate::publishing::publish_acked;
 use crate::sandbox::Budget;
 
@@ -33,6 +35,8 @@ pub struct ComponentEnv {
     pub max_publishes: u32,
     /// Where publishes go.
     pub js: jetstream::Context,
+    /// The rate limit on the component's log lines.
+    pub log_budget: LogBudget,
 }
 
 /// What a call is working on, for log fields and derived message ids.
@@ -173,6 +177,14 @@ impl types::Host for HostState {}
 impl log::Host for HostState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let name = &*self.env.name;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let dropped = match self.env.log_budget.take(now) {
+            Verdict::Drop => return Ok(()),
+            Verdict::Log { dropped } => dropped,
+        };
         let span = match &self.origin {
             Origin::Message { stream, seq } => {
                 tracing::info_span!("call", handler = name, stream, seq)
@@ -181,6 +193,12 @@ impl log::Host for HostState {
             Origin::Request { id } => tracing::info_span!("request", publisher = name, id),
         };
         let _entered = span.enter();
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "log lines dropped: over {LINES_PER_SECOND} a second from this component"
+            );
+        }
         match level {
             log::Level::Trace => tracing::trace!("{message}"),
             log::Level::Debug => tracing::debug!("{message}"),

@@ -20,6 +20,7 @@ pub mod http_guest;
 pub mod imports;
 pub mod limiter;
 pub mod liveness;
+pub mod log_budget;
 pub mod metrics;
 pub mod publisher;
 pub mod publishing;

@@ -26,6 +26,8 @@ pub struct Metrics {
     ack_pending: GaugeVec,
     /// `jetwasm_consumer_pulls{handler}`: the handler's lanes with a live pull.
     pulls: IntGaugeVec,
+    /// `jetwasm_consumer_drift{handler}`: fields of the consumer changed by hand.
+    drift: IntGaugeVec,
     /// `jetwasm_publisher_ticks_total{publisher, outcome}`.
     ticks: IntCounterVec,
     /// `jetwasm_publisher_missed_ticks_total{publisher}`.
@@ -88,6 +90,8 @@ pub struct HandlerMetrics {
     pub ack_pending: Gauge,
     /// Lanes with a live pull on the consumer: 0 means the handler consumes nothing now.
     pub pulls: IntGauge,
+    /// Managed fields of the consumer that differ from the streams spec the host applied.
+    pub drift: IntGauge,
 }
 
 impl HandlerMetrics {
@@ -186,6 +190,11 @@ impl Metrics {
             "Lanes with a live pull on the consumer (0: consuming nothing)",
             &["handler"],
         );
+        let drift = gauges(
+            "jetwasm_consumer_drift",
+            "Fields of the consumer changed by hand since the streams spec was applied",
+            &["handler"],
+        );
         let ticks = counters(
             "jetwasm_publisher_ticks_total",
             "Publisher ticks run, by outcome",
@@ -211,6 +220,7 @@ impl Metrics {
             pending,
             ack_pending,
             pulls,
+            drift,
             ticks,
             missed_ticks,
             http_requests,
@@ -251,6 +261,7 @@ impl Metrics {
             pending: unknown(self.pending.with_label_values(&labels)),
             ack_pending: unknown(self.ack_pending.with_label_values(&labels)),
             pulls: self.pulls.with_label_values(&labels),
+            drift: self.drift.with_label_values(&labels),
         }
     }
 

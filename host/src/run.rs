@@ -46,22 +46,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
     tracing::info!(%url, "connected to NATS");
 
-    if let Some(streams) = &config.streams {
-        set_up_streams(
-            &js,
-            streams,
-            config.env.as_deref(),
-            config.allow_destructive,
-        )
-        .await?;
-    }
+    let spec = match &config.streams {
+        Some(file) => {
+            let (env, allow) = (config.env.as_deref(), config.allow_destructive);
+            Some(set_up_streams(&js, file, env, allow).await?)
+        }
+        None => None,
+    };
 
     let metrics = Metrics::new();
     let Components {
         handlers,
         publishers,
         http_publishers,
-    } = components::load(&config, &js, &metrics).await?;
+    } = components::load(&config, spec.as_ref(), &js, &metrics).await?;
     for binding in &handlers {
         consumer::check_bindable(&js, binding).await?;
     }
@@ -121,12 +119,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies the streams spec (refusing destructive changes unless allowed); returns it, so each
+/// handler can watch its consumer for changes made by hand.
 async fn set_up_streams(
     js: &jetstream::Context,
     file: &std::path::Path,
     env: Option<&str>,
     allow_destructive: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<stream_init::Spec> {
     let spec = stream_init::Spec::load(file, env)?;
     let plan = stream_init::plan(js, &spec)
         .await
@@ -139,7 +139,7 @@ async fn set_up_streams(
     for line in stream_init::apply(js, &plan).await? {
         tracing::info!(file = %file.display(), "stream-init: {line}");
     }
-    Ok(())
+    Ok(spec)
 }
 
 /// Resolves on SIGTERM or SIGINT.

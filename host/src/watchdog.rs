@@ -71,6 +71,7 @@ pub async fn watch(
 ) {
     let mut every = tokio::time::interval(CHECK_EVERY);
     let mut silence = Silence::new(Instant::now());
+    let mut drift = String::new();
     loop {
         tokio::select! {
             _ = pull.cancelled() => return,
@@ -84,11 +85,37 @@ pub async fn watch(
         };
         binding.metrics.pending.set(info.num_pending as f64);
         binding.metrics.ack_pending.set(info.num_ack_pending as f64);
+        if let Some(declared) = &binding.declared {
+            report_drift(&binding, declared, &info.config, &mut drift);
+        }
         if is_stalled(info.num_pending, idle, slots.available_permits()) {
             tracing::warn!(handler = %binding.name, pending = info.num_pending, "pull stalled; re-issuing it");
             pull.cancel();
             return;
         }
+    }
+}
+
+/// Sets the drift gauge and logs when the consumer's changes by hand differ from `last`.
+fn report_drift(
+    binding: &Binding,
+    declared: &stream_init::spec::ConsumerSpec,
+    actual: &async_nats::jetstream::consumer::Config,
+    last: &mut String,
+) {
+    let changes = stream_init::plan::consumer_drift(declared, actual);
+    binding.metrics.drift.set(changes.len() as i64);
+    let now: Vec<String> = (changes.iter())
+        .map(|c| format!("{} {} (the spec says {})", c.field, c.old, c.new))
+        .collect();
+    let now = now.join(", ");
+    if now != *last {
+        if now.is_empty() {
+            tracing::info!(handler = %binding.name, consumer = %binding.consumer, "consumer matches the streams spec again");
+        } else {
+            tracing::warn!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, changes = %now, "consumer changed by hand since the streams spec was applied; stream-init apply (or a host restart) restores it");
+        }
+        *last = now;
     }
 }
 

@@ -193,6 +193,14 @@ async fn plan_consumer(
     })
 }
 
+/// The managed fields in which a consumer's configuration on the server (`actual`) differs
+/// from its declaration: what was changed by hand since the spec was applied. Each change's
+/// `old` is the server's value, `new` the spec's.
+pub fn consumer_drift(declared: &ConsumerSpec, actual: &consumer::Config) -> Vec<FieldChange> {
+    let desired = consumer_config(declared, actual.clone());
+    diff(consumer_fields(actual), consumer_fields(&desired))
+}
+
 fn is_stream_not_found(kind: GetStreamErrorKind) -> bool {
     matches!(kind, GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }

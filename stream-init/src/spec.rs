@@ -220,6 +220,12 @@ impl fmt::Display for SpecError {
 }
 
 impl Spec {
+    /// The declaration of consumer `durable` on stream `stream`, if the spec has one.
+    pub fn consumer(&self, stream: &str, durable: &str) -> Option<&ConsumerSpec> {
+        let stream = self.streams.iter().find(|s| s.name == stream)?;
+        stream.consumers.iter().find(|c| c.durable == durable)
+    }
+
     /// Reads `path`, applies the overlay `env` (if any) and validates the result.
     pub fn load(path: &Path, env: Option<&str>) -> Result<Spec, SpecError> {
         let fail = |problems: Vec<String>| SpecError {

@@ -233,7 +233,7 @@ config = {{ count = {n}, subject = "benchpub.out" }}
     );
     let config = Config::parse(&text, std::path::Path::new("."))
         .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
-    let publisher = jetwasm::components::load(&config, js, &Metrics::new())
+    let publisher = jetwasm::components::load(&config, None, js, &Metrics::new())
         .await?
         .publishers
         .remove(0);
@@ -363,7 +363,7 @@ async fn drain_with(
         .await?
         .create_consumer(consumer)
         .await?;
-    let bindings = jetwasm::components::load(config, js, &Metrics::new())
+    let bindings = jetwasm::components::load(config, None, js, &Metrics::new())
         .await?
         .handlers;
     let shutdown = CancellationToken::new();
@@ -458,7 +458,7 @@ async fn call_overhead(
     config: &Config,
     calls: usize,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let bindings = jetwasm::components::load(config, js, &Metrics::new())
+    let bindings = jetwasm::components::load(config, None, js, &Metrics::new())
         .await?
         .handlers;
     let dispatcher = &bindings[0].dispatcher;
