@@ -35,16 +35,7 @@ async fn pulls_stay_within_a_consumer_that_caps_its_batch_size() {
     let setup = Setup::new("").await;
     // A consumer made elsewhere may refuse pulls over `max_batch`: the default prefetch
     // (1024) is far larger, and must be capped rather than refused and retried forever.
-    let stream = setup.stream("ORDERS").await;
-    let mut config = stream
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("proc")
-        .await
-        .unwrap()
-        .cached_info()
-        .config
-        .clone();
-    config.max_batch = 8;
-    stream.create_consumer(config).await.unwrap();
+    setup.change_consumer(|config| config.max_batch = 8).await;
     let host = setup.host("orders", "").await;
     setup.publish_all((0..300).map(order)).await;
     setup.drained(Duration::from_secs(30), &host).await;
@@ -1465,16 +1456,7 @@ async fn a_consumer_changed_by_hand_shows_as_drift_until_the_spec_is_applied_aga
         "matches the spec it applied"
     );
 
-    let stream = setup.stream("ORDERS").await;
-    let mut config = stream
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("proc")
-        .await
-        .unwrap()
-        .cached_info()
-        .config
-        .clone();
-    config.max_deliver = 7;
-    stream.create_consumer(config).await.unwrap();
+    setup.change_consumer(|config| config.max_deliver = 7).await;
     host.wait_metric(drift, 1.0, Duration::from_secs(10))
         .await
         .unwrap();

@@ -141,6 +141,21 @@ publish = ["orders.created", "ticks.>", "nostream.>"]
         Host::start(&self.server.url, &config).await.unwrap()
     }
 
+    /// Changes consumer `proc` on the server, as an operator would by hand.
+    pub async fn change_consumer(
+        &self,
+        change: impl FnOnce(&mut async_nats::jetstream::consumer::Config),
+    ) {
+        let stream = self.stream("ORDERS").await;
+        let consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("proc")
+            .await
+            .unwrap();
+        let mut config = consumer.cached_info().config.clone();
+        change(&mut config);
+        stream.create_consumer(config).await.unwrap();
+    }
+
     /// The stream `name`.
     pub async fn stream(&self, name: &str) -> Stream {
         self.js.get_stream(name).await.unwrap()
