@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 if ! command -v docker-compose >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "deploy/check.sh: installing docker-compose (Debian package, validates compose files offline; once, ~20s)"
+    echo "deploy/check.sh: installing docker-compose (Debian package, validates compose files offline; once, ~30s)"
+    apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null
   else
     echo "deploy/check.sh: docker-compose is missing: apt-get install docker-compose" >&2
