@@ -18,13 +18,13 @@ export JETWASM_HANDLERS_DIR := $(HANDLERS_TARGET)/wasm32-wasip2/release
 DEMO_COMPONENTS := orders orders-generator orders-intake
 DEMO_BIN := $(or $(CARGO_TARGET_DIR),target)/debug/jetwasm
 demo: tools demo-components
-	@test -x $(DEMO_BIN) || echo "demo: first build of the host and stream-init (wasmtime, Cranelift): ~6 minutes on 2 cores, seconds afterwards"
+	@test -x $(DEMO_BIN) || echo "demo: first build of the host and stream-init (wasmtime, Cranelift): 7-14 minutes on 2 cores, seconds afterwards"
 	$(CARGO) build --bins --example demo_orders
 	deploy/demo.sh
 
 ## demo-components: the Rust components the demo runs (orders handler, generator, intake)
 demo-components: wasm-target
-	@test -f $(JETWASM_HANDLERS_DIR)/orders.wasm || echo "demo: first build of the demo's components: ~1 minute"
+	@test -f $(JETWASM_HANDLERS_DIR)/orders.wasm || echo "demo: first build of the demo's components: ~30 seconds"
 	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) build --release $(DEMO_COMPONENTS:%=-p %)
 
 HOST_TRIPLE := $(shell rustc -vV | sed -n 's/^host: //p')
