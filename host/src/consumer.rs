@@ -8,7 +8,6 @@
 //! JetStream. The outcome is applied to JetStream, and a lane rebinds when its pull fails
 //! (missed heartbeats, a deleted consumer) or the [`watchdog`] finds it stalled.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
@@ -30,6 +29,7 @@ use crate::dead_letter;
 use crate::dispatch::{Dispatcher, Failure, Outcome};
 use crate::liveness;
 use crate::metrics::{outcome, HandlerMetrics};
+use crate::waiting::{mark_in_progress, Waiting};
 use crate::watchdog::{self, Activity};
 
 /// Idle heartbeat asked of the server; two missed ones end the pull stream and force a rebind.
@@ -298,79 +298,6 @@ fn start_call(
             let name = binding.name.clone();
             tracker.spawn(async move { contain_panic(&name, call.await) });
         }
-    }
-}
-
-/// Messages a lane has received but has no free slot for yet. Their ack wait runs while they
-/// wait, so each is kept in progress with JetStream, like a running call, and none is
-/// redelivered for waiting its turn. They stay across a rebind; on shutdown they are handed
-/// back.
-struct Waiting {
-    messages: VecDeque<(Instant, jetstream::Message)>,
-    capacity: usize,
-}
-
-impl Waiting {
-    fn new(capacity: usize) -> Self {
-        Waiting {
-            messages: VecDeque::new(),
-            capacity,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
-    fn is_full(&self) -> bool {
-        self.messages.len() >= self.capacity
-    }
-
-    fn push(&mut self, message: jetstream::Message) {
-        self.messages.push_back((Instant::now(), message));
-    }
-
-    /// The message that has waited longest. Only called when one waits.
-    fn pop(&mut self) -> jetstream::Message {
-        let (_, message) = self.messages.pop_front().expect("a message is waiting");
-        message
-    }
-
-    /// Sends in-progress for every message that has waited `every` since it arrived or since
-    /// its last in-progress.
-    async fn keep_in_progress(&mut self, every: Duration) {
-        let now = Instant::now();
-        for (since, message) in self.messages.iter_mut() {
-            if now.duration_since(*since) >= every {
-                mark_in_progress(message).await;
-                *since = now;
-            }
-        }
-    }
-
-    /// Naks every waiting message, so that JetStream redelivers it now (to another host, or
-    /// to this one when it is back) rather than after its ack wait.
-    async fn hand_back(&mut self, handler: &str) {
-        let count = self.messages.len();
-        for (_, message) in self.messages.drain(..) {
-            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(handler, error = %e, "handing back a waiting message failed; JetStream redelivers it after its ack wait");
-            }
-        }
-        if count > 0 {
-            tracing::info!(
-                handler,
-                count,
-                "handed back messages still waiting for a slot"
-            );
-        }
-    }
-}
-
-/// Tells JetStream that `message` is still being worked on, so its ack wait starts again.
-async fn mark_in_progress(message: &jetstream::Message) {
-    if let Err(e) = message.ack_with(AckKind::Progress).await {
-        tracing::warn!(error = %e, "in-progress update failed");
     }
 }
 

@@ -30,4 +30,5 @@ pub mod sandbox;
 pub mod scaffold;
 pub mod sweeper;
 pub mod up;
+pub mod waiting;
 pub mod watchdog;
