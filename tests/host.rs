@@ -1424,7 +1424,11 @@ async fn a_last_delivery_no_host_settles_is_dead_lettered_from_the_stream_by_ano
         .await
         .unwrap();
     first.kill().unwrap();
-    let second = setup.host("fixture_slow", slow).await;
+    // The second host's short call timeout makes its sweeper wait only 2s + 5s for a host that
+    // might still be working on the message.
+    let second = setup
+        .host("fixture_slow", "limits = { timeout = \"2s\" }")
+        .await;
 
     let records = setup
         .wait_dead_letters(1, Duration::from_secs(30), &second)

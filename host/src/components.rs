@@ -4,6 +4,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -81,6 +82,7 @@ pub async fn load(
             prefetch: limits.prefetch,
             max_message_size: limits.max_message_size.as_u64() as usize,
             max_failures: config.runtime.max_failures,
+            sweep_delay: limits.timeout + SWEEP_MARGIN,
             declared: spec
                 .and_then(|spec| spec.consumer(&handler.stream, &handler.consumer))
                 .cloned(),
@@ -133,6 +135,10 @@ pub async fn load(
         http_publishers,
     })
 }
+
+/// How long after a call's timeout the sweeper may take for granted that no host is still
+/// working on a message JetStream gave up on.
+const SWEEP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Instances kept free beyond the reservations below: a reused instance being replaced while
 /// its successor starts, and room for a stray instance a host bug might hold.

@@ -60,6 +60,9 @@ pub struct Binding {
     /// Deliveries of a message the handler keeps failing on before the host dead-letters
     /// it, when the consumer's `max_deliver` is unlimited.
     pub max_failures: u32,
+    /// How long the sweeper waits after a max-deliveries advisory before it writes the
+    /// dead letter (see [`crate::sweeper`]): the call timeout and a margin.
+    pub sweep_delay: Duration,
     /// The consumer as the streams spec the host applied declares it, if it does: the
     /// watchdog reports changes made by hand since.
     pub declared: Option<stream_init::spec::ConsumerSpec>,
@@ -509,7 +512,7 @@ async fn apply(
             });
             let every = bound.progress_every;
             match Box::pin(tick_in_progress(written.as_mut(), message, every)).await {
-                Ok(()) => {
+                Ok(_) => {
                     binding.metrics.dead_letters.inc();
                     tracing::warn!(handler, stream, seq, reason, "dead-lettered");
                     message.ack_with(AckKind::Term).await

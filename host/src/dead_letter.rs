@@ -92,7 +92,8 @@ impl<'a> Contents<'a> {
 
 /// Writes the record, up to `attempts` times with a growing pause (about 8s for the first
 /// [`ATTEMPTS`], then every 4s); the caller keeps the message in progress meanwhile, so an
-/// outage of the dead-letter stream loses nothing.
+/// outage of the dead-letter stream loses nothing. Returns false when the stream already held
+/// a record of this message (its message id is derived from the original).
 pub async fn write(
     js: &jetstream::Context,
     prefix: &str,
@@ -100,7 +101,7 @@ pub async fn write(
     reason: &str,
     contents: &Contents<'_>,
     attempts: u32,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let mut pause = Duration::from_millis(250);
     let mut attempt = 1;
     loop {
@@ -128,7 +129,7 @@ async fn publish(
     source: &Source<'_>,
     reason: &str,
     contents: &Contents<'_>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let mut map = record_headers(source, reason, contents.headers);
     let payload = contents.payload.clone();
     if let Some(raw) = contents.raw_headers.as_deref() {
@@ -151,7 +152,7 @@ async fn publish(
         payload,
     )
     .await
-    .map(drop)
+    .map(|ack| !ack.duplicate)
     .map_err(|e| anyhow::anyhow!("dead-letter publish failed: {e:?}"))
 }
 

@@ -2,8 +2,11 @@
 //! settled (its host was killed holding it, say), JetStream publishes a max-deliveries
 //! advisory and delivers it no more. Every host listens for its consumers' advisories, in one
 //! queue group so that one host takes each, and writes the dead letter from the stream's copy
-//! of the message. The record's message id is the one a host handling the last delivery uses,
-//! so it is stored once even if both happen.
+//! of the message. JetStream also gives up on a message a host still works on when its ack
+//! wait runs out on the last delivery, so the sweeper first waits [`Binding::sweep_delay`]
+//! (the handler's call timeout and a margin): a host still working writes its own record
+//! first, and the record's message id, the one a host uses, makes the sweeper's a duplicate
+//! that the stream drops. Sweeps still waiting when the host stops are dropped with it.
 
 use std::sync::Arc;
 
@@ -32,8 +35,8 @@ pub fn subject(stream: &str, consumer: &str) -> String {
 }
 
 /// Subscribes to `binding`'s advisories (before any message is pulled, so none is missed
-/// while this host runs) and writes a dead letter for each until `shutdown`; each write is a
-/// task on `tracker`, retried until the record is stored.
+/// while this host runs) and writes a dead letter for each until `shutdown` (see the module's
+/// notes on timing); the listening task is on `tracker`.
 pub async fn start(
     binding: Arc<Binding>,
     js: &jetstream::Context,
@@ -46,7 +49,7 @@ pub async fn start(
         .queue_subscribe(subject.clone(), QUEUE_GROUP.to_owned())
         .await?;
     js.client().flush().await?;
-    let (js, shutdown, writes) = (js.clone(), shutdown.clone(), tracker.clone());
+    let (js, shutdown) = (js.clone(), shutdown.clone());
     tracker.spawn(async move {
         loop {
             let advisory = tokio::select! {
@@ -58,7 +61,13 @@ pub async fn start(
             };
             match serde_json::from_slice::<MaxDeliveries>(&advisory.payload) {
                 Ok(advisory) => {
-                    writes.spawn(sweep(binding.clone(), js.clone(), advisory));
+                    let (binding, js, stop) = (binding.clone(), js.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = sweep(binding, js, advisory) => {}
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(handler = %binding.name, %subject, error = %e, "unreadable max-deliveries advisory")
@@ -71,6 +80,7 @@ pub async fn start(
 
 /// Writes the dead letter of the message the advisory names, read back from its stream.
 async fn sweep(binding: Arc<Binding>, js: jetstream::Context, advisory: MaxDeliveries) {
+    tokio::time::sleep(binding.sweep_delay).await;
     let (handler, stream, seq) = (&*binding.name, &binding.stream, advisory.stream_seq);
     let stored = match dead_letter::stored(&js, stream, seq).await {
         Ok(stored) => stored,
@@ -98,9 +108,12 @@ async fn sweep(binding: Arc<Binding>, js: jetstream::Context, advisory: MaxDeliv
     };
     let prefix = &binding.dead_letter;
     match dead_letter::write(&js, prefix, &source, &reason, &contents, u32::MAX).await {
-        Ok(()) => {
+        Ok(true) => {
             binding.metrics.dead_letters.inc();
             tracing::warn!(handler, stream, seq, reason, "dead-lettered");
+        }
+        Ok(false) => {
+            tracing::debug!(handler, stream, seq, "a host had already dead-lettered it")
         }
         Err(e) => {
             tracing::error!(handler, stream, seq, error = %format!("{e:#}"), "dead letter not written")
