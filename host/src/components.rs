@@ -11,11 +11,11 @@ use async_nats::jetstream;
 
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::binding::Binding;
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
 use crate::config::{self, ComponentConfig, Config, Limits};
-use crate::consumer::Binding;
 use crate::dispatch::Dispatcher;
 use crate::http_guest::HttpPublisher;
 use crate::imports::ComponentEnv;

@@ -24,11 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ack::{self, Action, DeliveryPolicy};
+use crate::binding::Binding;
 use crate::bindings::Message;
 use crate::dead_letter;
-use crate::dispatch::{Dispatcher, Failure, Outcome};
+use crate::dispatch::{Failure, Outcome};
 use crate::liveness;
-use crate::metrics::{outcome, HandlerMetrics};
+use crate::metrics::outcome;
 use crate::waiting::{mark_in_progress, Waiting};
 use crate::watchdog::{self, Activity};
 
@@ -36,39 +37,6 @@ use crate::watchdog::{self, Activity};
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Wait before rebinding after a failure.
 const REBIND_DELAY: Duration = Duration::from_secs(1);
-
-/// One handler bound to one durable consumer.
-pub struct Binding {
-    /// Handler name.
-    pub name: Arc<str>,
-    /// Runs the calls.
-    pub dispatcher: Dispatcher,
-    /// The stream the consumer reads.
-    pub stream: String,
-    /// The durable consumer.
-    pub consumer: String,
-    /// Dead-letter subject prefix.
-    pub dead_letter: String,
-    /// Wait for the server to confirm each ack.
-    pub confirm_acks: bool,
-    /// Most calls at once.
-    pub max_in_flight: usize,
-    /// Messages asked of the server ahead of need, waiting for a free slot.
-    pub prefetch: usize,
-    /// Largest payload handed to the handler.
-    pub max_message_size: usize,
-    /// Deliveries of a message the handler keeps failing on before the host dead-letters
-    /// it, when the consumer's `max_deliver` is unlimited.
-    pub max_failures: u32,
-    /// How long the sweeper waits after a max-deliveries advisory before it writes the
-    /// dead letter (see [`crate::sweeper`]): the call timeout and a margin.
-    pub sweep_delay: Duration,
-    /// The consumer as the streams spec the host applied declares it, if it does: the
-    /// watchdog reports changes made by hand since.
-    pub declared: Option<stream_init::spec::ConsumerSpec>,
-    /// The handler's metrics.
-    pub metrics: HandlerMetrics,
-}
 
 /// The consumer's settings that shape processing, read at each bind.
 struct Bound {

@@ -6,6 +6,7 @@
 //! ([`dead_letter`]) then term. [`run`] wires it together from a [`config::Config`].
 
 pub mod ack;
+pub mod binding;
 pub mod bindings;
 pub mod compile_cache;
 pub mod components;

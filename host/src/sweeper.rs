@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::consumer::Binding;
+use crate::binding::Binding;
 use crate::dead_letter::{self, Contents, Source};
 
 /// The queue group every host's sweepers share.

@@ -11,7 +11,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::Binding;
+use crate::binding::Binding;
 
 /// How often the consumer's state is read.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
