@@ -93,7 +93,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     plan.check_destructive(allow_destructive)?;
-    for line in retry(deadline, || stream_init::apply(&js, &plan)).await? {
+    let mut plan = Some(plan);
+    let (plan, lines) = retry(deadline, || {
+        // A retry plans again: an apply cut off half way may have made some objects already,
+        // and creating them a second time would fail.
+        let planned = plan.take();
+        async {
+            let plan = match planned {
+                Some(plan) => plan,
+                None => stream_init::plan(&js, &spec).await?,
+            };
+            plan.check_destructive(allow_destructive)?;
+            let lines = stream_init::apply(&js, &plan).await?;
+            Ok((plan, lines))
+        }
+    })
+    .await?;
+    for line in lines {
         println!("{line}");
     }
     let (create, update, unchanged) = plan.counts();
@@ -102,7 +118,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or `deadline` passes. Only transient
-/// errors are retried (see [`is_transient`]); plan and apply are idempotent.
+/// errors are retried (see [`is_transient`]); planning is read-only, and an apply is retried
+/// on a fresh plan.
 async fn retry<T, F, Fut>(deadline: Instant, mut attempt: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
