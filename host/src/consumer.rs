@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
-use futures::{FutureExt as _, StreamExt};
+use futures::FutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,11 +30,10 @@ use crate::dead_letter;
 use crate::dispatch::{Failure, Outcome};
 use crate::liveness;
 use crate::metrics::outcome;
+use crate::pull::Pull;
 use crate::waiting::{mark_in_progress, Waiting};
 use crate::watchdog::{self, Activity};
 
-/// Idle heartbeat asked of the server; two missed ones end the pull stream and force a rebind.
-const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Wait before rebinding after a failure.
 const REBIND_DELAY: Duration = Duration::from_secs(1);
 
@@ -44,8 +43,6 @@ struct Bound {
     policy: DeliveryPolicy,
     /// Interval for in-progress updates: half the consumer's ack wait.
     progress_every: Duration,
-    /// The largest pull the consumer accepts (`max_batch`), if it sets one.
-    max_batch: Option<usize>,
 }
 
 /// Looks up the durable consumer and reads its redelivery settings. Fails, naming the
@@ -70,12 +67,10 @@ async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<Boun
         max_failures: Some(binding.max_failures),
     };
     let progress_every = (config.ack_wait / 2).max(Duration::from_millis(100));
-    let max_batch = usize::try_from(config.max_batch).ok().filter(|n| *n > 0);
     Ok(Bound {
         consumer,
         policy,
         progress_every,
-        max_batch,
     })
 }
 
@@ -142,14 +137,15 @@ fn plan_lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<Lane
         .collect()
 }
 
-/// One lane: its own pull on the durable consumer, asking for `batch` messages at a time
-/// (fewer if the consumer caps pulls with `max_batch`), and up to `capacity` calls in
-/// progress. A message that arrives while every slot is busy waits in the lane, kept in
-/// progress with JetStream (see [`Waiting`]). Each call starts inline, in the lane's task:
-/// most finish there, costing no task or timer of their own. A call that has to wait (a
-/// publish awaiting its ack, a long computation yielding at an epoch tick) carries on as a
-/// task of its own, so it never holds up the lane. The lane rebinds when its pull fails or
-/// stalls, keeping its waiting messages; on shutdown it stops pulling and hands them back.
+/// One lane: its own pull on the durable consumer and up to `capacity` calls in progress. It
+/// asks the server for messages only for room it has (up to `batch` held beyond its running
+/// calls, fewer per request if the consumer caps pulls with `max_batch`), so a message that
+/// arrives while every slot is busy waits in the lane, kept in progress with JetStream (see
+/// [`Waiting`]), and none sits unseen in a client buffer. Each call starts inline, in the
+/// lane's task: most finish there, costing no task or timer of their own. A call that has to
+/// wait (a publish awaiting its ack, a long computation yielding at an epoch tick) carries on
+/// as a task of its own, so it never holds up the lane. The lane rebinds when its pull fails
+/// or stalls, keeping its waiting messages; on shutdown it stops pulling and hands them back.
 async fn run_lane(
     binding: Arc<Binding>,
     js: jetstream::Context,
@@ -162,7 +158,7 @@ async fn run_lane(
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(capacity));
-    let mut waiting = Waiting::new(batch);
+    let mut waiting = Waiting::default();
     while !shutdown.is_cancelled() {
         let bound = match bind(&js, &binding).await {
             Ok(bound) => Arc::new(bound),
@@ -182,15 +178,7 @@ async fn run_lane(
             activity.clone(),
             pull.clone(),
         ));
-        let pull_batch = bound.max_batch.map_or(batch, |max| batch.min(max));
-        let messages = bound
-            .consumer
-            .stream()
-            .max_messages_per_batch(pull_batch)
-            .heartbeat(HEARTBEAT)
-            .messages()
-            .await;
-        let mut messages = match messages {
+        let mut messages = match Pull::start(&js, &bound.consumer).await {
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(handler = %binding.name, error = %e, "cannot start pulling; rebinding");
@@ -199,7 +187,7 @@ async fn run_lane(
                 continue;
             }
         };
-        tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, lane = number, in_flight = capacity, prefetch = pull_batch, "consumer bound");
+        tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, lane = number, in_flight = capacity, prefetch = batch, request = messages.largest_request(batch), "consumer bound");
         binding.metrics.pulls.inc();
         let mut pull_ended = pin!(pull.cancelled());
         // A waiting message is kept in progress once it has waited a quarter of its ack wait.
@@ -208,6 +196,15 @@ async fn run_lane(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let start = |message, slot| start_call(&binding, &bound, &tracker, message, slot);
         loop {
+            // Ask for more only for room the lane has, so that every message it receives is
+            // one it holds and keeps in progress; in halves, so requests stay large.
+            let room = batch.saturating_sub(waiting.len() + messages.outstanding());
+            if room >= refill_at(batch) {
+                if let Err(e) = messages.request(room).await {
+                    tracing::warn!(handler = %binding.name, error = %e, "pull failed; rebinding");
+                    break;
+                }
+            }
             tokio::select! {
                 biased;
                 _ = &mut pull_ended => break,
@@ -217,20 +214,16 @@ async fn run_lane(
                     let slot = slot.expect("the semaphore is never closed");
                     start(waiting.pop(), slot);
                 }
-                next = messages.next(), if !waiting.is_full() => match next {
-                    Some(Ok(message)) => {
+                next = messages.next() => match next {
+                    Ok(message) => {
                         activity.received();
                         match slots.clone().try_acquire_owned() {
                             Ok(slot) if waiting.is_empty() => start(message, slot),
                             _ => waiting.push(message),
                         }
                     }
-                    Some(Err(e)) => {
+                    Err(e) => {
                         tracing::warn!(handler = %binding.name, error = %e, "pull failed; rebinding");
-                        break;
-                    }
-                    None => {
-                        tracing::warn!(handler = %binding.name, "pull stream ended; rebinding");
                         break;
                     }
                 },
@@ -281,6 +274,11 @@ fn contain_panic(handler: &str, outcome: std::thread::Result<()>) {
             "processing a message panicked; unless acknowledged, it is redelivered after its ack wait"
         );
     }
+}
+
+/// The room at which a lane asks for more: half its batch, so requests stay large.
+fn refill_at(batch: usize) -> usize {
+    (batch / 2).max(1)
 }
 
 async fn pause(shutdown: &CancellationToken) {

@@ -25,6 +25,7 @@ pub mod log_budget;
 pub mod metrics;
 pub mod publisher;
 pub mod publishing;
+pub mod pull;
 pub mod registry;
 pub mod run;
 pub mod sandbox;

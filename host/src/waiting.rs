@@ -10,28 +10,20 @@ use async_nats::jetstream::{self, AckKind};
 /// wait, so each is kept in progress with JetStream, like a running call, and none is
 /// redelivered for waiting its turn. They stay across a rebind; on shutdown they are handed
 /// back.
+#[derive(Default)]
 pub struct Waiting {
     messages: VecDeque<(Instant, jetstream::Message)>,
-    capacity: usize,
 }
 
 impl Waiting {
-    /// An empty queue for at most `capacity` messages.
-    pub fn new(capacity: usize) -> Self {
-        Waiting {
-            messages: VecDeque::new(),
-            capacity,
-        }
-    }
-
     /// True when no message waits.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
     }
 
-    /// True when the queue holds `capacity` messages.
-    pub fn is_full(&self) -> bool {
-        self.messages.len() >= self.capacity
+    /// How many messages wait.
+    pub fn len(&self) -> usize {
+        self.messages.len()
     }
 
     /// Queues `message`; its wait starts now.
