@@ -10,7 +10,7 @@ CARGO ?= cargo
 export NATS_SERVER_BIN
 export JETWASM_HANDLERS_DIR := $(HANDLERS_TARGET)/wasm32-wasip2/release
 
-.PHONY: demo demo-components test lint handlers tools wasm-target nats-server fmt clean bench
+.PHONY: demo demo-components test lint handlers tools wasm-target nats-server fmt clean bench chaos soak
 
 ## demo: a local JetStream, stream-init (dev overlay), the host and the orders handler at work.
 ## Builds only what it runs: the host, stream-init and the Rust components of the demo (the
@@ -33,6 +33,15 @@ HOST_TRIPLE := $(shell rustc -vV | sed -n 's/^host: //p')
 test: tools handlers
 	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) test --release --workspace --target $(HOST_TRIPLE)
 	$(CARGO) test --workspace
+
+## chaos: the chaos suite in its long form (faults from outside under load, an independent
+## checker counting lost, duplicated and stuck orders; `make test` runs the short form)
+chaos: tools handlers
+	JETWASM_CHAOS=long $(CARGO) test -p jetwasm-tests --test chaos -- --nocapture --test-threads 1
+
+## soak: an hour of load with a fault every minute, RSS sampled (JETWASM_SOAK_SECS to change)
+soak: tools handlers
+	$(CARGO) test -p jetwasm-tests --test chaos -- --ignored --nocapture soak
 
 ## lint: formatting and clippy, host and handlers, and the deployment files checked offline
 ## (CI runs it before the tests)

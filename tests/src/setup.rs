@@ -47,6 +47,31 @@ storage = "memory"
     )
 }
 
+/// A host config applying the streams spec at `spec` and running `component` as handler `h`
+/// on ORDERS/proc. `handler` adds keys to the handler table (limits, config); `runtime` adds
+/// keys to `[runtime]`.
+pub fn host_config(spec: &Path, component: &Path, handler: &str, runtime: &str) -> String {
+    format!(
+        r#"
+streams = "{spec}"
+
+[runtime]
+http = "{{http}}"
+{runtime}
+
+[[handler]]
+name = "h"
+component = "{component}"
+stream = "ORDERS"
+consumer = "proc"
+publish = ["orders.processed", "orders.audited"]
+{handler}
+"#,
+        spec = spec.display(),
+        component = component.display(),
+    )
+}
+
 /// A running server with the test streams applied, and the folder holding the spec.
 pub struct Setup {
     /// The server.
@@ -80,24 +105,11 @@ impl Setup {
     /// A host config running `component` as handler `h` on ORDERS/proc. `handler` adds keys
     /// to the handler table (limits, config); `runtime` adds keys to `[runtime]`.
     pub fn config(&self, component: &Path, handler: &str, runtime: &str) -> String {
-        format!(
-            r#"
-streams = "{streams}"
-
-[runtime]
-http = "{{http}}"
-{runtime}
-
-[[handler]]
-name = "h"
-component = "{component}"
-stream = "ORDERS"
-consumer = "proc"
-publish = ["orders.processed", "orders.audited"]
-{handler}
-"#,
-            streams = self.dir.path().join("streams.toml").display(),
-            component = component.display(),
+        host_config(
+            &self.dir.path().join("streams.toml"),
+            component,
+            handler,
+            runtime,
         )
     }
 
