@@ -178,7 +178,8 @@ async fn run_lane(
             activity.clone(),
             pull.clone(),
         ));
-        let mut messages = match Pull::start(&js, &bound.consumer).await {
+        let live_pulls = binding.metrics.pulls.clone();
+        let mut messages = match Pull::start(&js, &bound.consumer, live_pulls).await {
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(handler = %binding.name, error = %e, "cannot start pulling; rebinding");
@@ -188,7 +189,6 @@ async fn run_lane(
             }
         };
         tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, lane = number, in_flight = capacity, prefetch = batch, request = messages.largest_request(batch), "consumer bound");
-        binding.metrics.pulls.inc();
         let mut pull_ended = pin!(pull.cancelled());
         // A waiting message is kept in progress once it has waited a quarter of its ack wait.
         let every = bound.progress_every / 2;
@@ -215,7 +215,14 @@ async fn run_lane(
                     start(waiting.pop(), slot);
                 }
                 next = messages.next() => match next {
-                    Ok(message) => {
+                    Ok(None) => {
+                        tracing::info!(handler = %binding.name, lane = number, "pull requests lost or unanswered (a reconnect, missed heartbeats, a leader election); asking again");
+                        // Meanwhile make sure the connection itself is alive: a dead one is
+                        // replaced, and the pull asks again on the new one.
+                        let js = js.clone();
+                        tokio::spawn(async move { liveness::check(&js).await });
+                    }
+                    Ok(Some(message)) => {
                         activity.received();
                         match slots.clone().try_acquire_owned() {
                             Ok(slot) if waiting.is_empty() => start(message, slot),
@@ -230,7 +237,11 @@ async fn run_lane(
             }
         }
         pull.cancel();
-        binding.metrics.pulls.dec();
+        // What the server sent before the pull ended waits with the rest: processed after
+        // the rebind, or handed back on shutdown.
+        for message in messages.close().await {
+            waiting.push(message);
+        }
         if !shutdown.is_cancelled() {
             liveness::check(&js).await;
         }

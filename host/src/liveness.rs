@@ -2,7 +2,10 @@
 //! nothing closed it) still looks connected to the client until its pings go unanswered,
 //! minutes later; meanwhile every rebind goes over the dead connection. So when a lane's pull
 //! ends (missed heartbeats, a stall), the lane asks the server for a round trip first: no
-//! answer within [`PROBE_TIMEOUT`] forces a reconnect.
+//! answer within [`PROBE_TIMEOUT`] forces a reconnect. The probe is a request nobody answers,
+//! which the server itself refuses at once ("no responders"): it needs the connection and
+//! nothing else, so a JetStream leader election (when JetStream's own API may stay silent for
+//! seconds) does not pass for a dead connection.
 
 use std::time::Duration;
 
@@ -19,8 +22,10 @@ static PROBING: Mutex<()> = Mutex::const_new(());
 /// Probes the connection behind `js`; forces a reconnect when it does not answer.
 pub async fn check(js: &jetstream::Context) {
     let _probing = PROBING.lock().await;
-    // Any answer, an error included, shows the path works; only silence condemns it.
-    if tokio::time::timeout(PROBE_TIMEOUT, js.query_account())
+    // Any answer, "no responders" included, shows the path works; only silence condemns it.
+    let client = js.client();
+    let subject = format!("{}.liveness", client.new_inbox());
+    if tokio::time::timeout(PROBE_TIMEOUT, client.request(subject, Default::default()))
         .await
         .is_ok()
     {

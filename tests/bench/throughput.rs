@@ -6,14 +6,17 @@
 //!   JavaScript, Go and C, with fresh and with reused instances, against the same native
 //!   baseline, and the p50 of one call in each mode;
 //! - publishing: native async-nats publishes, each awaiting its PubAck, versus a publisher
-//!   component doing the same through the `publish` import.
+//!   component doing the same through the `publish` import;
+//! - HTTP publishers: requests/s and p99 of the intake route, and of a plain `wasi:http`
+//!   component on jetwasm and on a plain wasmtime server (see the `http` module).
 //!
 //! Numbers, not assertions: run it with `make bench`. Environment: `BENCH_MESSAGES` (default
 //! 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS` (default 20000), `BENCH_LANG_MESSAGES`
 //! (default 20000, per language and mode), `BENCH_PUBLISHES` (default 10000),
 //! `BENCH_IN_FLIGHT` and `BENCH_PREFETCH` (the host's `max_in_flight` and `prefetch`, default
 //! 64 and 1024 as in the config), `BENCH_LANGS`
-//! (default `rust,python,js,go,c`).
+//! (default `rust,python,js,go,c`), `BENCH_HTTP_CONNECTIONS` (default 32) and
+//! `BENCH_HTTP_SECS` (default 5).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -28,6 +31,8 @@ use jetwasm::metrics::Metrics;
 use jetwasm::scaffold::{self, Kind, Lang};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod http;
 
 const STREAM: &str = "BENCH";
 
@@ -204,7 +209,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let (n, c) = (median(&mut native), median(&mut component));
     println!("publish median ({publishes} sequential publishes, each awaiting its PubAck): native {n:.0} msgs/s, component {c:.0} msgs/s, ratio {:.2}", c / n);
-    Ok(())
+
+    http::bench(&js, rounds).await
 }
 
 /// The baseline: publishes one after another, each awaiting its PubAck.
