@@ -241,6 +241,38 @@ async fn a_trap_is_retried_with_backoff_then_dead_lettered_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_failing_calls_is_counted_in_full_and_logged_at_most_a_hundred_lines_a_second() {
+    let setup = Setup::new("max_deliver = 1").await;
+    let host = setup.host("fixture_trap", "").await;
+    let started = Instant::now();
+    setup
+        .publish_all((0..1_000).map(|i| format!("boom {i}")))
+        .await;
+    setup
+        .wait_dead_letters(1_000, Duration::from_secs(60), &host)
+        .await;
+    let seconds = started.elapsed().as_secs() + 1;
+    assert_eq!(host.metric(&sample("trap")).unwrap(), 1_000.0);
+    let log = host.log();
+    let lines = (log.lines())
+        .filter(|line| {
+            line.contains("jetwasm::consumer: handler failed")
+                || line.contains("jetwasm::consumer: dead-lettered")
+        })
+        .count() as u64;
+    // Unlimited, 1,000 failures and 1,000 dead letters would log 2,000 lines.
+    assert!(
+        lines <= 100 * (seconds + 1),
+        "{lines} lines about failed calls in {seconds}s"
+    );
+    assert!(
+        log.contains("host log lines about this component's calls dropped"),
+        "{}",
+        tail(&log)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_is_interrupted_at_its_cpu_limit_while_other_messages_flow() {
     let setup = Setup::new("max_deliver = 2\nbackoff = [\"100ms\"]").await;
     let host = setup

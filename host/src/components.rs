@@ -173,5 +173,6 @@ fn environment(
         max_publishes: limits.max_publishes,
         js: js.clone(),
         log_budget: LogBudget::default(),
+        host_log: LogBudget::default(),
     })
 }

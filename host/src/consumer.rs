@@ -370,9 +370,10 @@ async fn process(
     let (handler, stream, seq, delivered) =
         (&*binding.name, &wit.stream, wit.stream_seq, wit.delivered);
     match &outcome {
-        Some(Outcome::Failed(failure)) => {
+        Some(Outcome::Failed(failure)) if admit(&binding) => {
             tracing::warn!(handler, stream, seq, delivered, failure = %failure.describe(), "handler failed")
         }
+        Some(Outcome::Failed(_)) => {}
         _ => tracing::debug!(handler, stream, seq, delivered, outcome = kind, "handled"),
     }
     apply(&binding, &bound, &message, &wit, action).await;
@@ -491,11 +492,15 @@ async fn apply(
             match Box::pin(tick_in_progress(written.as_mut(), message, every)).await {
                 Ok(_) => {
                     binding.metrics.dead_letters.inc();
-                    tracing::warn!(handler, stream, seq, reason, "dead-lettered");
+                    if admit(binding) {
+                        tracing::warn!(handler, stream, seq, reason, "dead-lettered");
+                    }
                     message.ack_with(AckKind::Term).await
                 }
                 Err(e) => {
-                    tracing::error!(handler, stream, seq, error = %format!("{e:#}"), "dead letter not written after retries; message nak'd");
+                    if admit(binding) {
+                        tracing::error!(handler, stream, seq, error = %format!("{e:#}"), "dead letter not written after retries; message nak'd");
+                    }
                     let delay = policy
                         .backoff_after(wit.delivered)
                         .unwrap_or(ack::FAILURE_RETRY_DELAY);
@@ -506,8 +511,17 @@ async fn apply(
     };
     if let Err(e) = result {
         // The message stays unacknowledged and JetStream redelivers it after the ack wait.
-        tracing::warn!(handler, stream, seq, error = %e, "acknowledgement failed; JetStream will redeliver");
+        if admit(binding) {
+            tracing::warn!(handler, stream, seq, error = %e, "acknowledgement failed; JetStream will redeliver");
+        }
     }
+}
+
+/// Whether the host may log another line about this handler's calls now (see
+/// [`crate::log_budget`]): the metrics count every outcome, the log shows at most a hundred
+/// lines a second of them.
+fn admit(binding: &Binding) -> bool {
+    binding.dispatcher.env().host_log.admit(&binding.name)
 }
 
 #[cfg(test)]

@@ -61,6 +61,11 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// The environment the component's calls run in.
+    pub fn env(&self) -> &ComponentEnv {
+        &self.env
+    }
+
     /// A dispatcher for a loaded component with its environment and limits; `reuse` is the
     /// messages one instance may serve (`None`: a fresh instance per message).
     /// `instances_created` counts the instances it makes.

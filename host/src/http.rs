@@ -147,25 +147,33 @@ async fn serve_publisher(publisher: &HttpPublisher, request: Request) -> Respons
             response
         }
         Err(RequestFailure::Timeout(limit)) => {
-            tracing::warn!(publisher = name, "request timed out");
+            if publisher.admit_log() {
+                tracing::warn!(publisher = name, "request timed out");
+            }
             error(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("no answer within {limit:?}"),
             )
         }
         Err(RequestFailure::Failed(Failure::Timeout(limit))) => {
-            tracing::warn!(publisher = name, ?limit, "request timed out");
+            if publisher.admit_log() {
+                tracing::warn!(publisher = name, ?limit, "request timed out");
+            }
             error(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("no answer within {limit:?}"),
             )
         }
         Err(RequestFailure::Failed(failure)) => {
-            tracing::warn!(publisher = name, failure = %failure.describe(), "request failed");
+            if publisher.admit_log() {
+                tracing::warn!(publisher = name, failure = %failure.describe(), "request failed");
+            }
             error(StatusCode::INTERNAL_SERVER_ERROR, failure.describe())
         }
         Err(RequestFailure::NoResponse(why)) => {
-            tracing::warn!(publisher = name, why, "request got no response");
+            if publisher.admit_log() {
+                tracing::warn!(publisher = name, why, "request got no response");
+            }
             error(StatusCode::INTERNAL_SERVER_ERROR, why)
         }
     }

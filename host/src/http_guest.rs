@@ -101,6 +101,12 @@ impl HttpPublisher {
         }
     }
 
+    /// Whether the host may log another line about this route's requests now (see
+    /// [`crate::log_budget`]).
+    pub fn admit_log(&self) -> bool {
+        self.env.host_log.admit(&self.name)
+    }
+
     /// Runs `request` through the component in a fresh sandbox and returns its response,
     /// whose body may still be streaming from the guest.
     pub async fn call(

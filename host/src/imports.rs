@@ -37,6 +37,8 @@ pub struct ComponentEnv {
     pub js: jetstream::Context,
     /// The rate limit on the component's log lines.
     pub log_budget: LogBudget,
+    /// The rate limit on the host's lines about the component's calls.
+    pub host_log: LogBudget,
 }
 
 /// What a call is working on, for log fields and derived message ids.
@@ -248,7 +250,9 @@ impl publish::Host for HostState {
             ))));
         }
         if !(self.env.may_publish)(&subject) {
-            tracing::warn!(handler = %self.env.name, subject, "publish denied");
+            if self.env.host_log.admit(&self.env.name) {
+                tracing::warn!(handler = %self.env.name, subject, "publish denied");
+            }
             return Ok(Err(PublishError::Denied(subject)));
         }
         let max_payload = self.env.js.client().server_info().max_payload;

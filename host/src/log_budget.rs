@@ -1,9 +1,12 @@
 //! A rate limit on each component's log lines, so a guest, or a flood of failing calls each
 //! logging its failure (a full stream refusing every publish, say), cannot drown the host's
 //! log: at most [`LINES_PER_SECOND`] lines a second per component; the rest are dropped,
-//! counted, and the count is reported with the next line that passes.
+//! counted, and the count is reported with the next line that passes. The host's own lines
+//! about each call (a failure, a dead letter, a refused request) have a budget of their own
+//! per component, so a storm of failing calls cannot drown the log either.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Lines one component may log per second.
 pub const LINES_PER_SECOND: u64 = 100;
@@ -48,6 +51,30 @@ impl LogBudget {
         } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             Verdict::Drop
+        }
+    }
+}
+
+impl LogBudget {
+    /// Whether the host may log a line about a call of `component` now. When earlier lines
+    /// were dropped, logs how many first.
+    pub fn admit(&self, component: &str) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        match self.take(now) {
+            Verdict::Drop => false,
+            Verdict::Log { dropped } => {
+                if dropped > 0 {
+                    tracing::warn!(
+                        component,
+                        dropped,
+                        "host log lines about this component's calls dropped: over {LINES_PER_SECOND} a second"
+                    );
+                }
+                true
+            }
         }
     }
 }
