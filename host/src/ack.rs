@@ -1,9 +1,42 @@
-//! What to tell JetStream about a message, given how its call ended and where it is in its
-//! delivery budget. Pure: no I/O, so every path of the failure model is unit-tested here.
+//! What to tell JetStream about a message, given what became of it (the handler's outcome, or
+//! why it never reached the handler) and where it is in its delivery budget, and the metric
+//! label it is counted under. Pure: no I/O, so every path of the failure model is unit-tested
+//! here.
 
 use std::time::Duration;
 
 use crate::dispatch::Outcome;
+use crate::metrics::outcome;
+
+/// What became of one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The handler ran: its outcome.
+    Handled(Outcome),
+    /// The payload was over the handler's `max_message_size`; the handler never ran.
+    Oversize {
+        /// The payload's size in bytes.
+        size: usize,
+        /// The handler's limit in bytes.
+        limit: usize,
+    },
+    /// The subject or headers could not be read intact (why); the handler never ran.
+    Unreadable(String),
+}
+
+impl Verdict {
+    /// The label the delivery is counted under in `jetwasm_messages_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Handled(Outcome::Ack) => outcome::ACK,
+            Verdict::Handled(Outcome::Nak(_)) => outcome::NAK,
+            Verdict::Handled(Outcome::Term(_)) => outcome::TERM,
+            Verdict::Handled(Outcome::Failed(failure)) => failure.kind(),
+            Verdict::Oversize { .. } => outcome::OVERSIZE,
+            Verdict::Unreadable(_) => outcome::UNREADABLE,
+        }
+    }
+}
 
 /// The JetStream action for one delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,8 +98,17 @@ impl DeliveryPolicy {
     }
 }
 
-/// Maps a call's outcome to the action for this delivery.
-pub fn decide(outcome: &Outcome, delivered: u32, policy: &DeliveryPolicy) -> Action {
+/// The action for this delivery.
+pub fn decide(verdict: &Verdict, delivered: u32, policy: &DeliveryPolicy) -> Action {
+    let outcome = match verdict {
+        Verdict::Handled(outcome) => outcome,
+        Verdict::Oversize { size, limit } => {
+            return Action::DeadLetter(format!(
+                "message is {size} bytes, over the handler's {limit}-byte limit"
+            ))
+        }
+        Verdict::Unreadable(why) => return Action::DeadLetter(why.clone()),
+    };
     let last = policy.is_last(delivered);
     match outcome {
         Outcome::Ack => Action::Ack,
@@ -92,6 +134,67 @@ mod tests {
     use super::*;
     use crate::dispatch::Failure;
 
+    /// The action for a delivery the handler ran.
+    fn handled(outcome: &Outcome, delivered: u32, policy: &DeliveryPolicy) -> Action {
+        decide(&Verdict::Handled(outcome.clone()), delivered, policy)
+    }
+
+    #[test]
+    fn a_message_the_handler_never_saw_is_dead_lettered_at_any_delivery() {
+        let oversize = Verdict::Oversize {
+            size: 2_000_000,
+            limit: 1_048_576,
+        };
+        let unreadable = Verdict::Unreadable("a header is not valid UTF-8".into());
+        for delivered in [1, 2, 3] {
+            assert_eq!(
+                decide(&oversize, delivered, &policy()),
+                Action::DeadLetter(
+                    "message is 2000000 bytes, over the handler's 1048576-byte limit".into()
+                )
+            );
+            assert_eq!(
+                decide(&unreadable, delivered, &policy()),
+                Action::DeadLetter("a header is not valid UTF-8".into())
+            );
+        }
+    }
+
+    #[test]
+    fn every_verdict_has_its_metric_label_and_failures_share_the_ticks_labels() {
+        let labels = [
+            (Verdict::Handled(Outcome::Ack), "ack"),
+            (Verdict::Handled(Outcome::Nak(None)), "nak"),
+            (Verdict::Handled(Outcome::Term("x".into())), "term"),
+            (
+                Verdict::Handled(Outcome::Failed(Failure::Trap("x".into()))),
+                "trap",
+            ),
+            (
+                Verdict::Handled(Outcome::Failed(Failure::CpuTime(Duration::ZERO))),
+                "timeout",
+            ),
+            (
+                Verdict::Handled(Outcome::Failed(Failure::Timeout(Duration::ZERO))),
+                "timeout",
+            ),
+            (
+                Verdict::Handled(Outcome::Failed(Failure::Memory("x".into()))),
+                "memory",
+            ),
+            (
+                Verdict::Handled(Outcome::Failed(Failure::HostCapacity("x".into()))),
+                "host",
+            ),
+            (Verdict::Oversize { size: 2, limit: 1 }, "oversize"),
+            (Verdict::Unreadable("x".into()), "unreadable"),
+        ];
+        for (verdict, label) in labels {
+            assert_eq!(verdict.kind(), label, "{verdict:?}");
+            assert!(outcome::ALL.contains(&label), "{label} is registered");
+        }
+    }
+
     fn policy() -> DeliveryPolicy {
         DeliveryPolicy {
             max_deliver: Some(3),
@@ -102,9 +205,9 @@ mod tests {
 
     #[test]
     fn ack_and_term_map_directly() {
-        assert_eq!(decide(&Outcome::Ack, 3, &policy()), Action::Ack);
+        assert_eq!(handled(&Outcome::Ack, 3, &policy()), Action::Ack);
         assert_eq!(
-            decide(&Outcome::Term("bad".into()), 1, &policy()),
+            handled(&Outcome::Term("bad".into()), 1, &policy()),
             Action::DeadLetter("bad".into())
         );
     }
@@ -113,18 +216,18 @@ mod tests {
     fn nak_uses_its_delay_else_the_backoff_schedule() {
         let p = policy();
         let delay = Some(Duration::from_millis(300));
-        assert_eq!(decide(&Outcome::Nak(delay), 1, &p), Action::Nak(delay));
+        assert_eq!(handled(&Outcome::Nak(delay), 1, &p), Action::Nak(delay));
         assert_eq!(
-            decide(&Outcome::Nak(None), 1, &p),
+            handled(&Outcome::Nak(None), 1, &p),
             Action::Nak(Some(Duration::from_secs(1)))
         );
         assert_eq!(
-            decide(&Outcome::Nak(None), 2, &p),
+            handled(&Outcome::Nak(None), 2, &p),
             Action::Nak(Some(Duration::from_secs(5)))
         );
         let no_backoff = DeliveryPolicy::default();
         assert_eq!(
-            decide(&Outcome::Nak(None), 7, &no_backoff),
+            handled(&Outcome::Nak(None), 7, &no_backoff),
             Action::Nak(None)
         );
     }
@@ -134,20 +237,20 @@ mod tests {
         let p = policy();
         let trap = Outcome::Failed(Failure::Trap("unreachable".into()));
         assert_eq!(
-            decide(&trap, 1, &p),
+            handled(&trap, 1, &p),
             Action::Nak(Some(Duration::from_secs(1)))
         );
         assert_eq!(
-            decide(&trap, 2, &p),
+            handled(&trap, 2, &p),
             Action::Nak(Some(Duration::from_secs(5)))
         );
         assert_eq!(
-            decide(&trap, 3, &p),
+            handled(&trap, 3, &p),
             Action::DeadLetter("trap: unreachable (delivery 3 of 3)".into())
         );
         let unlimited = DeliveryPolicy::default();
         assert_eq!(
-            decide(&trap, 50, &unlimited),
+            handled(&trap, 50, &unlimited),
             Action::Nak(Some(FAILURE_RETRY_DELAY))
         );
     }
@@ -160,30 +263,33 @@ mod tests {
             max_failures: Some(10),
         };
         let trap = Outcome::Failed(Failure::Trap("unreachable".into()));
-        assert_eq!(decide(&trap, 9, &p), Action::Nak(Some(FAILURE_RETRY_DELAY)));
         assert_eq!(
-            decide(&trap, 10, &p),
+            handled(&trap, 9, &p),
+            Action::Nak(Some(FAILURE_RETRY_DELAY))
+        );
+        assert_eq!(
+            handled(&trap, 10, &p),
             Action::DeadLetter(
                 "trap: unreachable (delivery 10; the host gives up after 10 failed deliveries)"
                     .into()
             )
         );
         // A nak is the handler's own choice to retry: not a failure, never capped.
-        assert_eq!(decide(&Outcome::Nak(None), 50, &p), Action::Nak(None));
+        assert_eq!(handled(&Outcome::Nak(None), 50, &p), Action::Nak(None));
         // The consumer's own max_deliver wins over the host's cap.
         let consumer = DeliveryPolicy {
             max_deliver: Some(20),
             ..p
         };
         assert_eq!(
-            decide(&trap, 10, &consumer),
+            handled(&trap, 10, &consumer),
             Action::Nak(Some(FAILURE_RETRY_DELAY))
         );
     }
 
     #[test]
     fn a_nak_on_the_last_delivery_is_dead_lettered_not_dropped() {
-        match decide(&Outcome::Nak(None), 3, &policy()) {
+        match handled(&Outcome::Nak(None), 3, &policy()) {
             Action::DeadLetter(reason) => assert!(
                 reason.contains("last allowed delivery (delivery 3 of 3)"),
                 "{reason}"

@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ack::{self, Action, DeliveryPolicy};
+use crate::ack::{self, Action, DeliveryPolicy, Verdict};
 use crate::binding::Binding;
 use crate::bindings::Message;
 use crate::dead_letter;
@@ -334,8 +334,13 @@ async fn process(
     };
     let started = Instant::now();
     let unreadable = dead_letter::unreadable(message.headers.as_ref());
-    let outcome = if wit.payload.len() > binding.max_message_size || unreadable.is_some() {
-        None
+    let verdict = if let Some(why) = unreadable {
+        Verdict::Unreadable(why)
+    } else if wit.payload.len() > binding.max_message_size {
+        Verdict::Oversize {
+            size: wit.payload.len(),
+            limit: binding.max_message_size,
+        }
     } else {
         binding.metrics.in_flight.inc();
         let call = pin!(binding.dispatcher.call(&wit));
@@ -349,31 +354,18 @@ async fn process(
             .metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
-        Some(outcome)
+        Verdict::Handled(outcome)
     };
-    let (kind, action) = match (&outcome, unreadable) {
-        (None, Some(why)) => (outcome::UNREADABLE, Action::DeadLetter(why)),
-        (None, None) => (
-            outcome::OVERSIZE,
-            Action::DeadLetter(format!(
-                "message is {} bytes, over the handler's {}-byte limit",
-                wit.payload.len(),
-                binding.max_message_size
-            )),
-        ),
-        (Some(outcome), _) => (
-            outcome_kind(outcome),
-            ack::decide(outcome, wit.delivered, &bound.policy),
-        ),
-    };
+    let kind = verdict.kind();
+    let action = ack::decide(&verdict, wit.delivered, &bound.policy);
     binding.metrics.count(kind);
     let (handler, stream, seq, delivered) =
         (&*binding.name, &wit.stream, wit.stream_seq, wit.delivered);
-    match &outcome {
-        Some(Outcome::Failed(failure)) if admit(&binding) => {
+    match &verdict {
+        Verdict::Handled(Outcome::Failed(failure)) if admit(&binding) => {
             tracing::warn!(handler, stream, seq, delivered, failure = %failure.describe(), "handler failed")
         }
-        Some(Outcome::Failed(_)) => {}
+        Verdict::Handled(Outcome::Failed(_)) => {}
         _ => tracing::debug!(handler, stream, seq, delivered, outcome = kind, "handled"),
     }
     apply(&binding, &bound, &message, &wit, action).await;
@@ -405,18 +397,6 @@ async fn retry_in_place(
         outcome = tick_in_progress(call, message, bound.progress_every).await;
     }
     outcome
-}
-
-fn outcome_kind(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Ack => outcome::ACK,
-        Outcome::Nak(_) => outcome::NAK,
-        Outcome::Term(_) => outcome::TERM,
-        Outcome::Failed(Failure::Trap(_)) => outcome::TRAP,
-        Outcome::Failed(Failure::Timeout(_) | Failure::CpuTime(_)) => outcome::TIMEOUT,
-        Outcome::Failed(Failure::Memory(_)) => outcome::MEMORY,
-        Outcome::Failed(Failure::HostCapacity(_)) => outcome::HOST,
-    }
 }
 
 /// Runs `call`, telling JetStream the message is in progress every `every` meanwhile. The

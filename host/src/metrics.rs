@@ -55,20 +55,15 @@ impl PublisherMetrics {
 
 /// Tick outcome label values.
 pub mod tick_outcome {
+    /// The guest's failures have the same labels as a handler's (`Failure::kind`).
+    pub use super::outcome::{HOST, MEMORY, TIMEOUT, TRAP};
+
     /// Every tick outcome.
     pub const ALL: [&str; 6] = [OK, ERROR, TRAP, TIMEOUT, MEMORY, HOST];
     /// The tick returned `ok`.
     pub const OK: &str = "ok";
     /// The tick returned an error.
     pub const ERROR: &str = "error";
-    /// The guest trapped.
-    pub const TRAP: &str = "trap";
-    /// The guest ran past a time limit.
-    pub const TIMEOUT: &str = "timeout";
-    /// The guest hit its memory cap.
-    pub const MEMORY: &str = "memory";
-    /// The host could not run the tick (no room in the instance pool): not the guest's doing.
-    pub const HOST: &str = "host";
 }
 
 /// One handler's metrics, resolved once so the per-message path does no label lookups.

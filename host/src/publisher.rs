@@ -159,10 +159,7 @@ impl TickError {
     fn kind(&self) -> &'static str {
         match self {
             TickError::Returned(_) => tick_outcome::ERROR,
-            TickError::Failed(Failure::Trap(_)) => tick_outcome::TRAP,
-            TickError::Failed(Failure::Timeout(_) | Failure::CpuTime(_)) => tick_outcome::TIMEOUT,
-            TickError::Failed(Failure::Memory(_)) => tick_outcome::MEMORY,
-            TickError::Failed(Failure::HostCapacity(_)) => tick_outcome::HOST,
+            TickError::Failed(failure) => failure.kind(),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::config::Limits;
 use crate::engine::EPOCH_TICK;
 use crate::imports::{ComponentEnv, HostState, Origin};
 use crate::limiter::MemoryLimitExceeded;
+use crate::metrics::outcome;
 
 /// How a call failed; its instance is gone. Every variant but [`Failure::HostCapacity`] is
 /// the guest's doing.
@@ -32,6 +33,16 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The failure's metric label, the same for a handler's message and a publisher's tick.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Trap(_) => outcome::TRAP,
+            Failure::CpuTime(_) | Failure::Timeout(_) => outcome::TIMEOUT,
+            Failure::Memory(_) => outcome::MEMORY,
+            Failure::HostCapacity(_) => outcome::HOST,
+        }
+    }
+
     /// A one-line description, used as a dead-letter reason.
     pub fn describe(&self) -> String {
         match self {
