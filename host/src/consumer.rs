@@ -5,44 +5,39 @@
 //! free slot for it, and its call starts inline in the lane: one that finishes without
 //! waiting (most do) costs no task or timer of its own, so the host's cost per message stays
 //! close to the sandbox's; one that waits becomes a task and is kept in progress with
-//! JetStream. The outcome is applied to JetStream, and a lane rebinds when its pull fails
-//! (missed heartbeats, a deleted consumer) or the [`watchdog`] finds it stalled.
+//! JetStream (one message's life is the [`delivery`] module's). A lane rebinds when its pull
+//! fails (a deleted consumer, a dead connection) or the [`watchdog`] finds it stalled.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{self, AckKind};
 use futures::FutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ack::{self, Action, DeliveryPolicy, Verdict};
+use crate::ack::DeliveryPolicy;
 use crate::binding::Binding;
-use crate::bindings::Message;
-use crate::dead_letter;
-use crate::dispatch::{Failure, Outcome};
+use crate::delivery::{self, Terms};
 use crate::liveness;
-use crate::metrics::outcome;
 use crate::pull::Pull;
-use crate::waiting::{mark_in_progress, Waiting};
+use crate::waiting::Waiting;
 use crate::watchdog::{self, Activity};
 
 /// Wait before rebinding after a failure.
 const REBIND_DELAY: Duration = Duration::from_secs(1);
 
-/// The consumer's settings that shape processing, read at each bind.
+/// The consumer and its settings that shape processing, read at each bind.
 struct Bound {
     consumer: PullConsumer,
-    policy: DeliveryPolicy,
-    /// Interval for in-progress updates: half the consumer's ack wait.
-    progress_every: Duration,
+    terms: Arc<Terms>,
 }
 
 /// Looks up the durable consumer and reads its redelivery settings. Fails, naming the
@@ -69,15 +64,17 @@ async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<Boun
     let progress_every = (config.ack_wait / 2).max(Duration::from_millis(100));
     Ok(Bound {
         consumer,
-        policy,
-        progress_every,
+        terms: Arc::new(Terms {
+            policy,
+            progress_every,
+        }),
     })
 }
 
 /// Checks that every handler's consumer exists, before any message is taken.
 pub async fn check_bindable(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<()> {
     let bound = bind(js, binding).await?;
-    if bound.policy.max_deliver.is_none() {
+    if bound.terms.policy.max_deliver.is_none() {
         tracing::warn!(
             handler = %binding.name,
             stream = %binding.stream,
@@ -191,7 +188,7 @@ async fn run_lane(
         tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, lane = number, in_flight = capacity, prefetch = batch, request = messages.largest_request(batch), "consumer bound");
         let mut pull_ended = pin!(pull.cancelled());
         // A waiting message is kept in progress once it has waited a quarter of its ack wait.
-        let every = bound.progress_every / 2;
+        let every = bound.terms.progress_every / 2;
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let start = |message, slot| start_call(&binding, &bound, &tracker, message, slot);
@@ -259,7 +256,7 @@ fn start_call(
     message: jetstream::Message,
     slot: OwnedSemaphorePermit,
 ) {
-    let call = process(binding.clone(), bound.clone(), message, slot);
+    let call = delivery::process(binding.clone(), bound.terms.clone(), message, slot);
     let mut call = Box::pin(AssertUnwindSafe(call).catch_unwind());
     // A no-op waker is enough for this first poll: a call that is not ready moves to a task of
     // its own, which polls it again at once and so registers its real waker.
@@ -297,211 +294,6 @@ async fn pause(shutdown: &CancellationToken) {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(REBIND_DELAY) => {}
     }
-}
-
-/// One message, start to finish: its lane's slot stays taken until JetStream has been told.
-async fn process(
-    binding: Arc<Binding>,
-    bound: Arc<Bound>,
-    message: jetstream::Message,
-    _slot: OwnedSemaphorePermit,
-) {
-    let Ok(info) = message.info() else {
-        // Not a JetStream delivery (no ack subject): nothing can be acked or redelivered.
-        tracing::error!(handler = %binding.name, subject = %message.subject, "message without JetStream metadata skipped");
-        return;
-    };
-    let wit = Message {
-        subject: message.subject.to_string(),
-        payload: message.payload.to_vec(),
-        headers: message
-            .headers
-            .iter()
-            .flat_map(|map| map.iter())
-            .flat_map(|(name, values)| {
-                values
-                    .iter()
-                    .map(move |v| (name.to_string(), v.to_string()))
-            })
-            .collect(),
-        stream: info.stream.to_owned(),
-        consumer: info.consumer.to_owned(),
-        stream_seq: info.stream_sequence,
-        consumer_seq: info.consumer_sequence,
-        delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
-        published_ms: u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
-        pending: info.pending,
-    };
-    let started = Instant::now();
-    let unreadable = dead_letter::unreadable(message.headers.as_ref());
-    let verdict = if let Some(why) = unreadable {
-        Verdict::Unreadable(why)
-    } else if wit.payload.len() > binding.max_message_size {
-        Verdict::Oversize {
-            size: wit.payload.len(),
-            limit: binding.max_message_size,
-        }
-    } else {
-        binding.metrics.in_flight.inc();
-        let call = pin!(binding.dispatcher.call(&wit));
-        let mut outcome = with_progress(call, &message, bound.progress_every).await;
-        if let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
-            // Boxed: the rare path, kept out of every message's future.
-            outcome = Box::pin(retry_in_place(&binding, &bound, &message, &wit, outcome)).await;
-        }
-        binding.metrics.in_flight.dec();
-        binding
-            .metrics
-            .latency
-            .observe(started.elapsed().as_secs_f64());
-        Verdict::Handled(outcome)
-    };
-    let kind = verdict.kind();
-    let action = ack::decide(&verdict, wit.delivered, &bound.policy);
-    binding.metrics.count(kind);
-    let (handler, stream, seq, delivered) =
-        (&*binding.name, &wit.stream, wit.stream_seq, wit.delivered);
-    match &verdict {
-        Verdict::Handled(Outcome::Failed(failure)) if admit(&binding) => {
-            tracing::warn!(handler, stream, seq, delivered, failure = %failure.describe(), "handler failed")
-        }
-        Verdict::Handled(Outcome::Failed(_)) => {}
-        _ => tracing::debug!(handler, stream, seq, delivered, outcome = kind, "handled"),
-    }
-    apply(&binding, &bound, &message, &wit, action).await;
-}
-
-/// Pause between attempts at a call the host had no room for.
-const HOST_RETRY_PAUSE: Duration = Duration::from_millis(100);
-
-/// Retries a call the host had no room for (its instance pool was full) until it runs, with
-/// the message kept in progress: the condition is the host's, so it costs the message no
-/// delivery and is never counted as the handler's failure (each attempt counts under the
-/// `host` outcome). Logged once per message; a host that stays full keeps the message in
-/// progress until it exits, and JetStream then redelivers it.
-async fn retry_in_place(
-    binding: &Binding,
-    bound: &Bound,
-    message: &jetstream::Message,
-    wit: &Message,
-    mut outcome: Outcome,
-) -> Outcome {
-    if let Outcome::Failed(failure) = &outcome {
-        tracing::error!(handler = %binding.name, stream = %wit.stream, seq = wit.stream_seq, failure = %failure.describe(), "no room for the call; retrying it in place (a host sizing problem, not the handler's)");
-    }
-    while let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
-        binding.metrics.count(outcome::HOST);
-        let pause = pin!(tokio::time::sleep(HOST_RETRY_PAUSE));
-        tick_in_progress(pause, message, bound.progress_every).await;
-        let call = pin!(binding.dispatcher.call(wit));
-        outcome = tick_in_progress(call, message, bound.progress_every).await;
-    }
-    outcome
-}
-
-/// Runs `call`, telling JetStream the message is in progress every `every` meanwhile. The
-/// call's own deadline bounds how long that goes on. A call that finishes in its first poll
-/// (most do) needs no timer.
-async fn with_progress<F: Future<Output = Outcome>>(
-    mut call: Pin<&mut F>,
-    message: &jetstream::Message,
-    every: Duration,
-) -> Outcome {
-    if let Poll::Ready(outcome) = futures::poll!(call.as_mut()) {
-        return outcome;
-    }
-    // Boxed: the rare path, kept out of every message's future.
-    Box::pin(tick_in_progress(call, message, every)).await
-}
-
-/// Runs `work` to its end, marking the message in progress every `every`.
-async fn tick_in_progress<T, F: Future<Output = T>>(
-    mut call: Pin<&mut F>,
-    message: &jetstream::Message,
-    every: Duration,
-) -> T {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        tokio::select! {
-            outcome = call.as_mut() => return outcome,
-            _ = ticks.tick() => mark_in_progress(message).await,
-        }
-    }
-}
-
-/// Tells JetStream what became of the message. A dead letter is written and confirmed before
-/// the term; if it cannot be written the message is nak'd so it comes back.
-async fn apply(
-    binding: &Binding,
-    bound: &Bound,
-    message: &jetstream::Message,
-    wit: &Message,
-    action: Action,
-) {
-    let (handler, stream, seq) = (&*binding.name, &wit.stream, wit.stream_seq);
-    let policy = &bound.policy;
-    let result = match action {
-        // Boxed, like the other paths that wait on the server, to keep the common future small.
-        Action::Ack if binding.confirm_acks => Box::pin(message.double_ack()).await,
-        Action::Ack => message.ack().await,
-        Action::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
-        Action::DeadLetter(reason) => {
-            let source = dead_letter::Source {
-                handler,
-                subject: &wit.subject,
-                stream,
-                consumer: &wit.consumer,
-                seq,
-                delivered: wit.delivered,
-            };
-            // At the last delivery a nak would not bring the message back: keep trying.
-            let attempts = if policy.is_last(wit.delivered) {
-                u32::MAX
-            } else {
-                dead_letter::ATTEMPTS
-            };
-            // In progress all along (attempts and pauses can outlast the ack wait), so the
-            // handler does not run again meanwhile. Boxed: the rare path, kept out of every
-            // message's future.
-            let (js, prefix) = (&message.context, &binding.dead_letter);
-            let mut written = Box::pin(async {
-                let contents = dead_letter::Contents::of(message, &source).await;
-                dead_letter::write(js, prefix, &source, &reason, &contents, attempts).await
-            });
-            let every = bound.progress_every;
-            match Box::pin(tick_in_progress(written.as_mut(), message, every)).await {
-                Ok(_) => {
-                    binding.metrics.dead_letters.inc();
-                    if admit(binding) {
-                        tracing::warn!(handler, stream, seq, reason, "dead-lettered");
-                    }
-                    message.ack_with(AckKind::Term).await
-                }
-                Err(e) => {
-                    if admit(binding) {
-                        tracing::error!(handler, stream, seq, error = %format!("{e:#}"), "dead letter not written after retries; message nak'd");
-                    }
-                    let delay = policy
-                        .backoff_after(wit.delivered)
-                        .unwrap_or(ack::FAILURE_RETRY_DELAY);
-                    message.ack_with(AckKind::Nak(Some(delay))).await
-                }
-            }
-        }
-    };
-    if let Err(e) = result {
-        // The message stays unacknowledged and JetStream redelivers it after the ack wait.
-        if admit(binding) {
-            tracing::warn!(handler, stream, seq, error = %e, "acknowledgement failed; JetStream will redeliver");
-        }
-    }
-}
-
-/// Whether the host may log another line about this handler's calls now (see
-/// [`crate::log_budget`]): the metrics count every outcome, the log shows at most a hundred
-/// lines a second of them.
-fn admit(binding: &Binding) -> bool {
-    binding.dispatcher.env().host_log.admit(&binding.name)
 }
 
 #[cfg(test)]

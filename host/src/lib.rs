@@ -13,6 +13,7 @@ pub mod components;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
+pub mod delivery;
 pub mod dispatch;
 pub mod engine;
 mod guest_output;

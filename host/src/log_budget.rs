@@ -56,6 +56,19 @@ impl LogBudget {
 }
 
 impl LogBudget {
+    /// Logs how many host lines about `component`'s calls were dropped since the last report,
+    /// if any: called now and then, so that drops at the end of a storm are reported too.
+    pub fn report_dropped(&self, component: &str) {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                component,
+                dropped,
+                "host log lines about this component's calls dropped: over {LINES_PER_SECOND} a second"
+            );
+        }
+    }
+
     /// Whether the host may log a line about a call of `component` now. When earlier lines
     /// were dropped, logs how many first.
     pub fn admit(&self, component: &str) -> bool {
