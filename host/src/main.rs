@@ -177,50 +177,10 @@ fn new(
 
 /// Says which worlds the component fits; fails (listing why for each) when it fits none.
 async fn check(component: &std::path::Path) -> anyhow::Result<()> {
-    use jetwasm::bindings::{publisher::PublisherPre, HandlerPre};
-    use jetwasm::compile_cache::{CompileCache, DEFAULT_MAX_BYTES};
-    use jetwasm::imports::HostState;
-    use jetwasm::registry::{self, World};
-    use wasmtime_wasi_http::p2::bindings::ProxyPre;
-
-    fn verdict<W: World>(
-        linker: &wasmtime::component::Linker<HostState>,
-        component: &wasmtime::component::Component,
-    ) -> (&'static str, Result<(), String>) {
-        let fits = registry::check::<W>(linker, component).map(drop);
-        (W::NAME, fits.map_err(|e| format!("{e:#}")))
-    }
-
-    let engine = jetwasm::engine::new(jetwasm::engine::PoolSize {
-        instances: 1,
-        max_memory: 64 << 20,
-    })?;
-    let linker = jetwasm::imports::linker(&engine)?;
-    let cache = CompileCache::default_dir().map(|dir| CompileCache::new(dir, DEFAULT_MAX_BYTES));
-    let compiled = registry::compile(&engine, component, cache.as_ref()).await?;
-    let verdicts = [
-        verdict::<HandlerPre<HostState>>(&linker, &compiled),
-        verdict::<PublisherPre<HostState>>(&linker, &compiled),
-        verdict::<ProxyPre<HostState>>(&linker, &compiled),
-    ];
-    let fits: Vec<&str> = verdicts
-        .iter()
-        .filter(|(_, v)| v.is_ok())
-        .map(|(w, _)| *w)
-        .collect();
-    let shown = component.display();
-    if fits.is_empty() {
-        let why: Vec<String> = verdicts
-            .iter()
-            .map(|(world, v)| format!("  {world}: {}", v.as_ref().err().map_or("", |e| e.as_str())))
-            .collect();
-        anyhow::bail!(
-            "{shown} fits no jetwasm world (jetwasm:runtime@0.1.0):\n{}",
-            why.join("\n")
-        );
-    }
+    let fits = jetwasm::registry::fitting_worlds(component).await?;
     println!(
-        "{shown}: fits the {} world (jetwasm:runtime@0.1.0)",
+        "{}: fits the {} world (jetwasm:runtime@0.1.0)",
+        component.display(),
         fits.join(" and ")
     );
     Ok(())

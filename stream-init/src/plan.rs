@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, ErrorCode};
 use bytesize::ByteSize;
 
 use crate::destructive::{self, Destructive};
-use crate::spec::{self, ConsumerSpec, Spec, StreamSpec};
+use crate::spec::{self, human_duration, ConsumerSpec, Spec, StreamSpec};
 
 /// Everything `apply` would do, stream by stream.
 #[derive(Debug, Clone)]
@@ -394,17 +394,6 @@ fn duration_or_unlimited(d: Duration) -> String {
     }
 }
 
-/// `24h`, `2m`, `90s`, `1500ms`: the largest unit that states the duration exactly.
-pub fn human_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms >= size && ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
-}
-
 impl Plan {
     /// True when applying would change nothing.
     pub fn is_empty(&self) -> bool {
@@ -591,13 +580,5 @@ max_deliver = 5
             c.backoff,
             vec![Duration::from_secs(1), Duration::from_secs(5)]
         );
-    }
-
-    #[test]
-    fn durations_render_in_their_largest_exact_unit() {
-        assert_eq!(human_duration(Duration::from_secs(86_400)), "24h");
-        assert_eq!(human_duration(Duration::from_secs(120)), "2m");
-        assert_eq!(human_duration(Duration::from_secs(90)), "90s");
-        assert_eq!(human_duration(Duration::from_millis(1500)), "1500ms");
     }
 }

@@ -352,8 +352,8 @@ fn consumer_problems(stream: &StreamSpec, at: &str) -> Vec<String> {
                 problems.push(format!(
                     "{at}: ack_wait {} differs from the first backoff step {}; JetStream uses the \
                      first backoff step as ack_wait, so omit ack_wait or make them equal",
-                    crate::plan::human_duration(wait),
-                    crate::plan::human_duration(**first)
+                    human_duration(wait),
+                    human_duration(**first)
                 ));
             }
         }
@@ -483,6 +483,17 @@ fn merge_consumers(base: &mut toml::Table, patch: &toml::Value) -> Result<(), St
     Ok(())
 }
 
+/// A duration in the spec's own notation: `24h`, `2m`, `90s`, `1500ms`: the largest unit that states the duration exactly.
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +519,14 @@ replicas = 1
 [env.dev.stream.ORDERS.consumer.processor]
 max_deliver = 3
 "#;
+
+    #[test]
+    fn durations_render_in_their_largest_exact_unit() {
+        assert_eq!(human_duration(Duration::from_secs(86_400)), "24h");
+        assert_eq!(human_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(human_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(human_duration(Duration::from_millis(1500)), "1500ms");
+    }
 
     #[test]
     fn parses_human_durations_and_sizes_with_defaults() {
