@@ -18,10 +18,10 @@ use crate::compile_cache::CompileCache;
 use crate::config::{self, ComponentConfig, Config, Limits};
 use crate::dispatch::Dispatcher;
 use crate::http_guest::HttpPublisher;
-use crate::imports::ComponentEnv;
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::publisher::{Schedule, TimerPublisher};
+use crate::sandbox::ComponentEnv;
 use crate::{engine, imports, registry};
 
 /// Every configured component, loaded and checked.

@@ -15,9 +15,8 @@ use wasmtime::Store;
 
 use crate::bindings::{Disposition, Handler, HandlerPre, Message};
 use crate::config::Limits;
-use crate::imports::{ComponentEnv, HostState, Origin};
-use crate::sandbox;
 pub use crate::sandbox::Failure;
+use crate::sandbox::{self, ComponentEnv, HostState, Origin};
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,8 +1,8 @@
-//! The host side of `wasi:http` for HTTP publishers: the store's HTTP context, with outgoing
-//! requests refused (guests get no network), and one request run through a component's
-//! `wasi:http/incoming-handler` export in a fresh sandbox.
+//! HTTP publishers: one request run through a component's `wasi:http/incoming-handler`
+//! export in a fresh sandbox (whose `wasi:http` context refuses outgoing requests: guests get
+//! no network), with admission against the route's reserved instances and a wall-clock
+//! ceiling.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,36 +13,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::WasiHttpView;
 
 use crate::config::{HttpRoute, Limits};
-use crate::imports::{ComponentEnv, HostState, Origin};
-use crate::sandbox::{self, Failure};
+use crate::sandbox::{self, ComponentEnv, Failure, HostState, Origin};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
-
-/// Hooks that refuse every outgoing request: components may answer HTTP, not make it.
-#[derive(Default)]
-pub struct NoOutgoingRequests;
-
-impl WasiHttpHooks for NoOutgoingRequests {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
-    }
-}
 
 /// A request body already read in full (the host caps its size before the guest sees it).
 pub type RequestBody = http_body_util::Full<Bytes>;

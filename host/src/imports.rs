@@ -1,147 +1,18 @@
-//! The host side of the WIT imports (`log`, `config`, `publish`) and the per-call store data
-//! they work on. WASI is linked with an empty context: no files, no environment, no network;
-//! guest stdout and stderr go to the log.
+//! The linker and the host side of the WIT imports (`log`, `config`, `publish`), working on
+//! the store data the [`sandbox`](crate::sandbox) owns. WASI is linked with an empty context:
+//! no files, no environment, no network; guest stdout and stderr go to the log.
 
-use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
-use async_nats::jetstream;
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::jetwasm::runtime::{config, log, publish, types};
 use crate::bindings::{Handler, PublishAck, PublishError};
-use crate::config::Limits;
-use crate::guest_output::GuestOutput;
-use crate::http_guest::NoOutgoingRequests;
-use crate::limiter::MemoryLimiter;
-use crate::log_budget::{LogBudget, Verdict, LINES_PER_SECOND};
+use crate::log_budget::{Verdict, LINES_PER_SECOND};
 use crate::publishing::publish_acked;
-use crate::sandbox::Budget;
-
-/// What a component's imports may see and do; shared by all its calls.
-pub struct ComponentEnv {
-    /// The component's name (handler or publisher), for logs and derived message ids.
-    pub name: Arc<str>,
-    /// The `config` table, sorted by key.
-    pub config: Vec<(String, String)>,
-    /// Whether the component may publish to a subject.
-    pub may_publish: Box<dyn Fn(&str) -> bool + Send + Sync>,
-    /// Most publishes per call.
-    pub max_publishes: u32,
-    /// Where publishes go.
-    pub js: jetstream::Context,
-    /// The rate limit on the component's log lines.
-    pub log_budget: LogBudget,
-    /// The rate limit on the host's lines about the component's calls.
-    pub host_log: LogBudget,
-}
-
-/// What a call is working on, for log fields and derived message ids.
-#[derive(Debug, Clone)]
-pub enum Origin {
-    /// A handler call on the message at `seq` in `stream`; shown as `ORDERS:42`.
-    Message {
-        /// The message's stream.
-        stream: String,
-        /// Its stream sequence.
-        seq: u64,
-    },
-    /// A publisher's firing due at `due_ms` (Unix milliseconds; unique across restarts,
-    /// unlike the tick's sequence number); shown as `tick:1764316800000`.
-    Tick {
-        /// When the firing was due.
-        due_ms: u64,
-    },
-    /// An HTTP request to a publisher, `id` unique to it; shown as `req:<id>`.
-    Request {
-        /// Arrival time in Unix milliseconds and a counter, e.g. `1764316800000-7`.
-        id: String,
-    },
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Message { stream, seq } => write!(f, "{stream}:{seq}"),
-            Origin::Tick { due_ms } => write!(f, "tick:{due_ms}"),
-            Origin::Request { id } => write!(f, "req:{id}"),
-        }
-    }
-}
-
-/// Store data: one per instance, so one per message unless the handler reuses instances.
-pub struct HostState {
-    /// Built on the guest's first WASI call: most handler calls make none.
-    wasi: Option<Wasi>,
-    http: WasiHttpCtx,
-    http_hooks: NoOutgoingRequests,
-    table: ResourceTable,
-    /// Enforces the handler's memory limit.
-    pub limiter: MemoryLimiter,
-    /// Set when the host interrupts the call, saying why.
-    pub interrupted: Option<crate::dispatch::Failure>,
-    /// The time the current call may still use.
-    pub budget: Budget,
-    env: Arc<ComponentEnv>,
-    origin: Origin,
-    published: u32,
-}
-
-impl HostState {
-    /// Store data for calls of `env`'s component, the first on behalf of `origin`.
-    pub fn new(env: Arc<ComponentEnv>, origin: Origin, limits: &Limits) -> Self {
-        HostState {
-            wasi: None,
-            http: WasiHttpCtx::new(),
-            http_hooks: NoOutgoingRequests,
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(limits.memory.as_u64() as usize),
-            interrupted: None,
-            budget: Budget::new(limits),
-            env,
-            origin,
-            published: 0,
-        }
-    }
-
-    /// Starts another call on the same store (a reused instance): a new origin, publish
-    /// count and time budget.
-    pub fn begin_call(&mut self, origin: Origin, limits: &Limits) {
-        self.origin = origin;
-        self.published = 0;
-        self.interrupted = None;
-        self.budget = Budget::new(limits);
-        if let Some(wasi) = &self.wasi {
-            wasi.output.iter().for_each(GuestOutput::begin_call);
-        }
-    }
-}
-
-/// A WASI context with no capabilities, its stdout and stderr going to the log.
-struct Wasi {
-    ctx: WasiCtx,
-    /// Guest stdout and stderr, whose output budget starts again with each call.
-    output: [GuestOutput; 2],
-}
-
-impl Wasi {
-    fn new(name: &Arc<str>) -> Self {
-        let output = [
-            GuestOutput::new(name.clone(), "stdout"),
-            GuestOutput::new(name.clone(), "stderr"),
-        ];
-        let ctx = WasiCtx::builder()
-            .stdout(output[0].clone())
-            .stderr(output[1].clone())
-            .build();
-        Wasi { ctx, output }
-    }
-}
+use crate::sandbox::{HostState, Origin};
 
 /// A linker with WASI (no capabilities), `wasi:http` (incoming only: outgoing requests are
 /// refused) and the jetwasm imports.
@@ -151,27 +22,6 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> 
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     Handler::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
     Ok(linker)
-}
-
-impl WasiHttpView for HostState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            hooks: &mut self.http_hooks,
-            table: &mut self.table,
-            ctx: &mut self.http,
-        }
-    }
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        let name = &self.env.name;
-        let wasi = self.wasi.get_or_insert_with(|| Wasi::new(name));
-        WasiCtxView {
-            ctx: &mut wasi.ctx,
-            table: &mut self.table,
-        }
-    }
 }
 
 impl types::Host for HostState {}

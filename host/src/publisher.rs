@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::Tick;
 use crate::config::Limits;
-use crate::imports::{ComponentEnv, HostState, Origin};
 use crate::metrics::{tick_outcome, PublisherMetrics};
 use crate::sandbox::{self, Failure};
+use crate::sandbox::{ComponentEnv, HostState, Origin};
 
 /// When a publisher fires.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use wasmtime::Engine;
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::{CompileCache, Source};
-use crate::imports::HostState;
+use crate::sandbox::HostState;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Largest component file accepted.
