@@ -385,43 +385,6 @@ async fn prefetched_messages_waiting_for_a_slot_are_kept_in_progress() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_small_prefetch_every_fetched_message_is_kept_in_progress() {
-    // Two slots, 2s calls, an ack wait of 1s and a prefetch of 8: twelve messages take 12s.
-    // The host may hold only what it keeps in progress (its calls and its prefetch), so none
-    // is redelivered and handled twice.
-    let setup = Setup::new("ack_wait = \"1s\"\nmax_deliver = 5").await;
-    let host = setup
-        .host(
-            "fixture_slow",
-            "limits = { max_in_flight = 2, prefetch = 8 }\nconfig = { sleep_ms = 2000 }",
-        )
-        .await;
-    setup
-        .publish_all((0..12).map(|i| format!("slow {i}")))
-        .await;
-    let mut most_held = 0;
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let info = setup.consumer().await;
-        most_held = most_held.max(info.num_ack_pending);
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not drained\n{}",
-            tail(&host.log())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    setup.assert_each_delivered_once(12, &host).await;
-    assert!(
-        most_held <= 2 + 8,
-        "held {most_held}, more than its calls and prefetch"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_hands_back_messages_still_waiting_for_a_slot() {
     // A long ack wait: without the hand-back, the three waiting messages would stay
     // unacknowledged for 30s after the host stopped.

@@ -145,7 +145,7 @@ pub async fn check(
     let stuck = settle(js, within).await?;
     let settled_in = started.elapsed();
     let mut records: HashMap<String, (usize, usize)> = HashMap::new();
-    for message in read_all(js, "ORDERS", "orders.processed").await? {
+    for message in read_with_retries(js, "ORDERS", "orders.processed").await? {
         let id = message
             .headers
             .as_ref()
@@ -154,7 +154,7 @@ pub async fn check(
             .context("a processed event without an order-id header")?;
         records.entry(id).or_default().0 += 1;
     }
-    for message in read_all(js, "DEADLETTER", "deadletter.>").await? {
+    for message in read_with_retries(js, "DEADLETTER", "deadletter.>").await? {
         let payload: serde_json::Value =
             serde_json::from_slice(&message.payload).unwrap_or_default();
         if let Some(id) = payload.get("id").and_then(|id| id.as_str()) {
@@ -206,6 +206,27 @@ pub async fn settle(js: &jetstream::Context, within: Duration) -> anyhow::Result
             return unsettled.context("the consumer cannot be read");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`read_all`], tried again a few times: right after a fault a busy cluster may time out
+/// the checker's own API requests (creating its consumer), which says nothing about the host.
+async fn read_with_retries(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> anyhow::Result<Vec<Message>> {
+    let mut attempt = 1;
+    loop {
+        match read_all(js, stream, filter).await {
+            Ok(all) => return Ok(all),
+            Err(e) if attempt < 5 => {
+                println!("checker: reading {stream} failed ({e:#}); trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.context(format!("reading {stream} {attempt} times"))),
+        }
     }
 }
 
