@@ -1337,12 +1337,19 @@ async fn the_client_reads_a_subject_that_is_not_utf8_and_keeps_its_connection() 
     let server = harness::NatsServer::start().await.unwrap();
     let client = server.client().await.unwrap();
     let mut messages = client.subscribe("balance.>").await.unwrap();
-    client.flush().await.unwrap();
+    // `flush` does not wait for the server, so the raw publisher below (another connection)
+    // could beat the SUB: a marker on this connection proves the server has it.
+    client.publish("balance.ready", "".into()).await.unwrap();
+    let within = Duration::from_secs(5);
+    let marker = tokio::time::timeout(within, messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(marker.subject.as_str(), "balance.ready");
     let mut frames = harness::pub_frame(b"balance.\xff", b"first");
     frames.extend(harness::pub_frame(b"balance.ok", b"second"));
     harness::publish_raw(&server.url, &frames).unwrap();
 
-    let within = Duration::from_secs(5);
     let first = tokio::time::timeout(within, messages.next())
         .await
         .unwrap()
