@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::message::Info;
 use async_nats::jetstream::{self, AckKind};
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument as _;
 
 use crate::ack::{self, Action, DeliveryPolicy, Verdict};
 use crate::binding::Binding;
@@ -30,6 +31,8 @@ pub struct Terms {
 }
 
 /// One message, start to finish: its lane's slot stays taken until JetStream has been told.
+/// Everything logged about it, the guest's own lines included, is in one `message` span naming
+/// the handler, stream, sequence and delivery.
 pub async fn process(
     binding: Arc<Binding>,
     terms: Arc<Terms>,
@@ -41,7 +44,23 @@ pub async fn process(
         tracing::error!(handler = %binding.name, subject = %message.subject, "message without JetStream metadata skipped");
         return;
     };
-    let wit = guest_copy(&message, &info);
+    let wit = guest_copy(&message.message, &info);
+    // At ERROR level, so that its fields show on every line any filter lets through.
+    let span = tracing::error_span!(
+        "message",
+        handler = %binding.name,
+        stream = %wit.stream,
+        seq = wit.stream_seq,
+        delivered = wit.delivered
+    );
+    handle(&binding, &terms, &message, &wit)
+        .instrument(span)
+        .await
+}
+
+/// Decides the message's verdict (unreadable, oversize, or the handler's outcome) and carries
+/// out the action it calls for.
+async fn handle(binding: &Binding, terms: &Terms, message: &jetstream::Message, wit: &Message) {
     let started = Instant::now();
     let unreadable = dead_letter::unreadable(message.headers.as_ref());
     let verdict = if let Some(why) = unreadable {
@@ -53,11 +72,11 @@ pub async fn process(
         }
     } else {
         binding.metrics.in_flight.inc();
-        let call = pin!(binding.dispatcher.call(&wit));
-        let mut outcome = with_progress(call, &message, terms.progress_every).await;
+        let call = pin!(binding.dispatcher.call(wit));
+        let mut outcome = with_progress(call, message, terms.progress_every).await;
         if let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
             // Boxed: the rare path, kept out of every message's future.
-            outcome = Box::pin(retry_in_place(&binding, &terms, &message, &wit, outcome)).await;
+            outcome = Box::pin(retry_in_place(binding, terms, message, wit, outcome)).await;
         }
         binding.metrics.in_flight.dec();
         binding
@@ -69,16 +88,14 @@ pub async fn process(
     let kind = verdict.kind();
     let action = ack::decide(&verdict, wit.delivered, &terms.policy);
     binding.metrics.count(kind);
-    let (handler, stream, seq, delivered) =
-        (&*binding.name, &wit.stream, wit.stream_seq, wit.delivered);
     match &verdict {
-        Verdict::Handled(Outcome::Failed(failure)) if admit(&binding) => {
-            tracing::warn!(handler, stream, seq, delivered, failure = %failure.describe(), "handler failed")
+        Verdict::Handled(Outcome::Failed(failure)) if admit(binding) => {
+            tracing::warn!(failure = %failure.describe(), "handler failed")
         }
         Verdict::Handled(Outcome::Failed(_)) => {}
-        _ => tracing::debug!(handler, stream, seq, delivered, outcome = kind, "handled"),
+        _ => tracing::debug!(outcome = kind, "handled"),
     }
-    apply(&binding, &terms, &message, &wit, action).await;
+    apply(binding, terms, message, wit, action).await;
 }
 
 /// Pause between attempts at a call the host had no room for.
@@ -97,7 +114,7 @@ async fn retry_in_place(
     mut outcome: Outcome,
 ) -> Outcome {
     if let Outcome::Failed(failure) = &outcome {
-        tracing::error!(handler = %binding.name, stream = %wit.stream, seq = wit.stream_seq, failure = %failure.describe(), "no room for the call; retrying it in place (a host sizing problem, not the handler's)");
+        tracing::error!(failure = %failure.describe(), "no room for the call; retrying it in place (a host sizing problem, not the handler's)");
     }
     while let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
         binding.metrics.count(outcome::HOST);
@@ -148,7 +165,6 @@ async fn apply(
     wit: &Message,
     action: Action,
 ) {
-    let (handler, stream, seq) = (&*binding.name, &wit.stream, wit.stream_seq);
     let policy = &terms.policy;
     let result = match action {
         // Boxed, like the other paths that wait on the server, to keep the common future small.
@@ -157,11 +173,11 @@ async fn apply(
         Action::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
         Action::DeadLetter(reason) => {
             let source = dead_letter::Source {
-                handler,
+                handler: &binding.name,
                 subject: &wit.subject,
-                stream,
+                stream: &wit.stream,
                 consumer: &wit.consumer,
-                seq,
+                seq: wit.stream_seq,
                 delivered: wit.delivered,
             };
             // At the last delivery a nak would not bring the message back: keep trying.
@@ -183,13 +199,13 @@ async fn apply(
                 Ok(_) => {
                     binding.metrics.dead_letters.inc();
                     if admit(binding) {
-                        tracing::warn!(handler, stream, seq, reason, "dead-lettered");
+                        tracing::warn!(reason, "dead-lettered");
                     }
                     message.ack_with(AckKind::Term).await
                 }
                 Err(e) => {
                     if admit(binding) {
-                        tracing::error!(handler, stream, seq, error = %format!("{e:#}"), "dead letter not written after retries; message nak'd");
+                        tracing::error!(error = %format!("{e:#}"), "dead letter not written after retries; message nak'd");
                     }
                     let delay = policy
                         .backoff_after(wit.delivered)
@@ -202,7 +218,7 @@ async fn apply(
     if let Err(e) = result {
         // The message stays unacknowledged and JetStream redelivers it after the ack wait.
         if admit(binding) {
-            tracing::warn!(handler, stream, seq, error = %e, "acknowledgement failed; JetStream will redeliver");
+            tracing::warn!(error = %e, "acknowledgement failed; JetStream will redeliver");
         }
     }
 }
@@ -216,7 +232,7 @@ fn admit(binding: &Binding) -> bool {
 
 /// The message as the contract hands it to the guest: subject, payload and headers as
 /// received, and the delivery's JetStream metadata.
-fn guest_copy(message: &jetstream::Message, info: &Info<'_>) -> Message {
+fn guest_copy(message: &async_nats::Message, info: &Info<'_>) -> Message {
     Message {
         subject: message.subject.to_string(),
         payload: message.payload.to_vec(),
@@ -237,5 +253,72 @@ fn guest_copy(message: &jetstream::Message, info: &Info<'_>) -> Message {
         delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
         published_ms: u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
         pending: info.pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::HeaderMap;
+
+    fn info(delivered: i64, published_ns: i128) -> Info<'static> {
+        Info {
+            domain: None,
+            acc_hash: None,
+            stream: "ORDERS",
+            consumer: "processor",
+            stream_sequence: 42,
+            consumer_sequence: 7,
+            delivered,
+            pending: 3,
+            published: async_nats::datetime::from_nanos(published_ns).unwrap(),
+            token: None,
+        }
+    }
+
+    fn message(headers: Option<HeaderMap>) -> async_nats::Message {
+        async_nats::Message {
+            subject: "orders.eu".into(),
+            reply: Some("$JS.ACK.ORDERS.processor.1.42.7.0.3".into()),
+            payload: bytes::Bytes::from_static(b"{\"id\":1}"),
+            headers,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn the_guest_copy_keeps_subject_payload_every_header_value_and_the_metadata() {
+        let mut headers = HeaderMap::new();
+        headers.append("Order-Id", "1");
+        headers.append("Tag", "a");
+        headers.append("Tag", "b");
+        let copy = guest_copy(&message(Some(headers)), &info(2, 1_764_316_800_123_456_789));
+        assert_eq!(copy.subject, "orders.eu");
+        assert_eq!(copy.payload, b"{\"id\":1}");
+        let mut got = copy.headers.clone();
+        got.sort();
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        assert_eq!(
+            got,
+            [pair("Order-Id", "1"), pair("Tag", "a"), pair("Tag", "b")]
+        );
+        assert_eq!(
+            (copy.stream.as_str(), copy.consumer.as_str()),
+            ("ORDERS", "processor")
+        );
+        assert_eq!((copy.stream_seq, copy.consumer_seq), (42, 7));
+        assert_eq!((copy.delivered, copy.pending), (2, 3));
+        assert_eq!(copy.published_ms, 1_764_316_800_123);
+    }
+
+    #[test]
+    fn the_guest_copy_saturates_what_does_not_fit_the_contract() {
+        let copy = guest_copy(&message(None), &info(i64::MAX, -5_000_000));
+        assert!(copy.headers.is_empty());
+        assert_eq!(copy.delivered, u32::MAX);
+        // A publish time before 1970 (a clock gone wrong) reads as 0, not as a wrapped number.
+        assert_eq!(copy.published_ms, 0);
     }
 }

@@ -121,7 +121,7 @@ impl Dispatcher {
             let disposition = handler.call_handle(&mut store, msg).await?;
             Ok((handler, disposition))
         });
-        match sandbox::within_ceiling(&self.limits, call).await {
+        match sandbox::run(&self.limits, call).await {
             Ok((handler, disposition)) => {
                 let served = served + 1;
                 if self.reuse.is_some_and(|quota| served < quota) {
@@ -133,10 +133,7 @@ impl Dispatcher {
                 }
                 disposition.into()
             }
-            Err(error) => {
-                let interrupted = store.data_mut().interrupted.take();
-                Outcome::Failed(sandbox::classify(error.as_ref(), interrupted, &self.limits))
-            }
+            Err(failure) => Outcome::Failed(failure),
         }
     }
 

@@ -146,15 +146,6 @@ async fn serve_publisher(publisher: &HttpPublisher, request: Request) -> Respons
             );
             response
         }
-        Err(RequestFailure::Timeout(limit)) => {
-            if publisher.admit_log() {
-                tracing::warn!(publisher = name, "request timed out");
-            }
-            error(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("no answer within {limit:?}"),
-            )
-        }
         Err(RequestFailure::Failed(Failure::Timeout(limit))) => {
             if publisher.admit_log() {
                 tracing::warn!(publisher = name, ?limit, "request timed out");

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::WasiHttpView;
 
@@ -45,8 +46,6 @@ pub enum RequestFailure {
     Failed(Failure),
     /// The guest returned without answering, or answered with a wasi:http error.
     NoResponse(String),
-    /// No answer within the wall-clock ceiling.
-    Timeout(Duration),
     /// Every instance reserved for the route stayed busy for [`ADMISSION_WAIT`]: the host is
     /// at capacity (a 503 with `Retry-After`, never a guest failure).
     Busy,
@@ -98,9 +97,10 @@ impl HttpPublisher {
             return Err(RequestFailure::Busy);
         };
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        let origin = Origin::Request {
-            id: format!("{arrival_ms}-{n}"),
-        };
+        let id = format!("{arrival_ms}-{n}");
+        // Everything logged while the guest runs, its own lines included, names the request.
+        let span = tracing::error_span!("request", publisher = %self.name, id);
+        let origin = Origin::Request { id };
         let limits = self.limits;
         let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &limits);
         let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -112,32 +112,29 @@ impl HttpPublisher {
         let out = http.new_response_outparam(sender).map_err(no_response)?;
         let pre = self.pre.clone();
         // The guest may keep writing the body after answering, so it runs on its own task.
-        let guest = tokio::spawn(async move {
-            // The instance is the route's until the guest is done, body included.
-            let _permit = permit;
-            let call = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, incoming, out)
-                    .await
-            };
-            let result = sandbox::within_ceiling(&limits, std::pin::pin!(call)).await;
-            match result {
-                Ok(()) => Ok(()),
-                Err(error) => {
-                    let interrupted = store.data_mut().interrupted.take();
-                    Err(sandbox::classify(error.as_ref(), interrupted, &limits))
-                }
+        let guest = tokio::spawn(
+            async move {
+                // The instance is the route's until the guest is done, body included.
+                let _permit = permit;
+                let call = async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, out)
+                        .await
+                };
+                sandbox::run(&limits, std::pin::pin!(call)).await
             }
-        });
-        let ceiling = limits.timeout + Duration::from_secs(2);
-        match tokio::time::timeout(ceiling, receiver).await {
-            Ok(Ok(Ok(response))) => Ok(response),
-            Ok(Ok(Err(code))) => Err(RequestFailure::NoResponse(format!(
+            .instrument(span),
+        );
+        // The guest's task ends within its ceiling, dropping the response slot if it never
+        // answered: no timer of its own is needed here.
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(RequestFailure::NoResponse(format!(
                 "the component answered with an error: {code:?}"
             ))),
-            Ok(Err(_)) => match guest.await {
+            Err(_) => match guest.await {
                 Ok(Err(failure)) => Err(RequestFailure::Failed(failure)),
                 Ok(Ok(())) => Err(RequestFailure::NoResponse(
                     "the component returned without answering".into(),
@@ -146,7 +143,6 @@ impl HttpPublisher {
                     "the call panicked: {join}"
                 ))),
             },
-            Err(_) => Err(RequestFailure::Timeout(limits.timeout)),
         }
     }
 }

@@ -2,16 +2,14 @@
 //! the store data the [`sandbox`](crate::sandbox) owns. WASI is linked with an empty context:
 //! no files, no environment, no network; guest stdout and stderr go to the log.
 
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::jetwasm::runtime::{config, log, publish, types};
 use crate::bindings::{Handler, PublishAck, PublishError};
 use crate::log_budget::{Verdict, LINES_PER_SECOND};
-use crate::publishing::publish_acked;
+use crate::publishing::{check, publish_acked, Allowance};
 use crate::sandbox::{HostState, Origin};
 
 /// A linker with WASI (no capabilities), `wasi:http` (incoming only: outgoing requests are
@@ -28,7 +26,6 @@ impl types::Host for HostState {}
 
 impl log::Host for HostState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        let name = &*self.env.name;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -37,14 +34,6 @@ impl log::Host for HostState {
             Verdict::Drop => return Ok(()),
             Verdict::Log { dropped } => dropped,
         };
-        let span = match &self.origin {
-            Origin::Message { stream, seq } => {
-                tracing::info_span!("call", handler = name, stream, seq)
-            }
-            Origin::Tick { due_ms } => tracing::info_span!("tick", publisher = name, due_ms),
-            Origin::Request { id } => tracing::info_span!("request", publisher = name, id),
-        };
-        let _entered = span.enter();
         if dropped > 0 {
             tracing::warn!(
                 dropped,
@@ -86,44 +75,25 @@ impl publish::Host for HostState {
         msg_id: Option<String>,
     ) -> wasmtime::Result<Result<PublishAck, PublishError>> {
         self.published += 1;
-        if self.published > self.env.max_publishes {
-            return Ok(Err(PublishError::QuotaExceeded));
-        }
-        if let Err(why) = stream_init::subject::validate(&subject) {
-            return Ok(Err(PublishError::Invalid(format!(
-                "subject {subject:?} {why}"
-            ))));
-        }
-        if subject.contains(['*', '>']) {
-            return Ok(Err(PublishError::Invalid(format!(
-                "subject {subject:?} has a wildcard"
-            ))));
-        }
-        if !(self.env.may_publish)(&subject) {
-            if self.env.host_log.admit(&self.env.name) {
-                tracing::warn!(handler = %self.env.name, subject, "publish denied");
-            }
-            return Ok(Err(PublishError::Denied(subject)));
-        }
-        let max_payload = self.env.js.client().server_info().max_payload;
-        if payload.len() > max_payload {
-            return Ok(Err(PublishError::TooLarge(max_payload as u64)));
-        }
-        let mut map = match header_map(headers) {
-            Ok(map) => map,
-            Err(why) => return Ok(Err(PublishError::Invalid(why))),
+        let env = &self.env;
+        let allowance = Allowance {
+            nth: self.published,
+            max_publishes: env.max_publishes,
+            may_publish: &*env.may_publish,
+            max_payload: env.js.client().server_info().max_payload,
         };
-        let id =
-            msg_id.unwrap_or_else(|| derived_msg_id(&self.env.name, &self.origin, self.published));
-        match HeaderValue::from_str(&id) {
-            Ok(value) => map.insert(NATS_MESSAGE_ID, value),
-            Err(e) => {
-                return Ok(Err(PublishError::Invalid(format!(
-                    "message id {id:?}: {e}"
-                ))))
+        let id = msg_id.unwrap_or_else(|| derived_msg_id(&env.name, &self.origin, self.published));
+        let headers = match check(&subject, payload.len(), headers, &id, &allowance) {
+            Ok(headers) => headers,
+            Err(PublishError::Denied(subject)) => {
+                if env.host_log.admit(&env.name) {
+                    tracing::warn!(subject, "publish denied");
+                }
+                return Ok(Err(PublishError::Denied(subject)));
             }
-        }
-        Ok(publish_acked(&self.env.js, subject, map, payload.into()).await)
+            Err(refused) => return Ok(Err(refused)),
+        };
+        Ok(publish_acked(&env.js, subject, headers, payload.into()).await)
     }
 }
 
@@ -132,23 +102,6 @@ impl publish::Host for HostState {
 /// stream's duplicate window.
 fn derived_msg_id(name: &str, origin: &Origin, n: u32) -> String {
     format!("{name}:{origin}:{n}")
-}
-
-fn header_map(headers: Vec<(String, String)>) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        let header =
-            HeaderName::from_str(&name).map_err(|e| format!("header name {name:?}: {e}"))?;
-        if name.to_ascii_lowercase().starts_with("nats-") {
-            return Err(format!(
-                "header {name:?} is reserved for the server; pass a message id instead"
-            ));
-        }
-        let value =
-            HeaderValue::from_str(&value).map_err(|e| format!("header {name:?} value: {e}"))?;
-        map.append(header, value);
-    }
-    Ok(map)
 }
 
 #[cfg(test)]
@@ -170,19 +123,5 @@ mod tests {
             derived_msg_id("orders", &origin, 1),
             derived_msg_id("orders", &origin, 2)
         );
-    }
-
-    #[test]
-    fn headers_keep_repeats_and_refuse_bad_or_reserved_names() {
-        let map = header_map(vec![("a".into(), "1".into()), ("a".into(), "2".into())]).unwrap();
-        let values: Vec<&str> = map.get_all("a").map(|v| v.as_str()).collect();
-        assert_eq!(values, ["1", "2"]);
-        assert!(header_map(vec![("bad:name".into(), "x".into())])
-            .unwrap_err()
-            .contains("bad:name"));
-        assert!(header_map(vec![("Nats-Msg-Id".into(), "x".into())])
-            .unwrap_err()
-            .contains("reserved"));
-        assert!(header_map(vec![("a".into(), "line\r\nbreak".into())]).is_err());
     }
 }

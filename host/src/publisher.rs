@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::Tick;
@@ -120,9 +121,8 @@ impl TimerPublisher {
         let unix_ms =
             |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let (now_ms, seq) = (unix_ms(SystemTime::now()), firing.seq);
-        let origin = Origin::Tick {
-            due_ms: unix_ms(firing.at),
-        };
+        let due_ms = unix_ms(firing.at);
+        let origin = Origin::Tick { due_ms };
         let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &self.limits);
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
@@ -130,18 +130,13 @@ impl TimerPublisher {
                 .call_on_tick(&mut store, Tick { now_ms, seq })
                 .await
         };
-        let result = sandbox::within_ceiling(&self.limits, std::pin::pin!(call)).await;
-        match result {
+        // Everything logged during the tick, the guest's lines included, names it.
+        let span = tracing::error_span!("tick", publisher = %self.name, seq, due_ms);
+        let call = std::pin::pin!(call.instrument(span));
+        match sandbox::run(&self.limits, call).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(TickError::Returned(reason)),
-            Err(error) => {
-                let interrupted = store.data_mut().interrupted.take();
-                Err(TickError::Failed(sandbox::classify(
-                    error.as_ref(),
-                    interrupted,
-                    &self.limits,
-                )))
-            }
+            Err(failure) => Err(TickError::Failed(failure)),
         }
     }
 }

@@ -1,14 +1,80 @@
-//! Publishing to JetStream and waiting for the stream's acknowledgement, with errors mapped
-//! to the contract's `publish-error`. Used by the `publish` import and for dead letters.
+//! Publishing to JetStream: the checks a component's publish passes first (pure), and the
+//! publish itself, waiting for the stream's acknowledgement, with errors mapped to the
+//! contract's `publish-error`. Used by the `publish` import and for dead letters.
 
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::header::HeaderMap;
+use std::str::FromStr;
+
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
 use async_nats::jetstream::{self};
 
 use crate::bindings::{PublishAck, PublishError};
+
+/// What a component may still publish in the current call.
+pub struct Allowance<'a> {
+    /// This publish's number in the call, counting from 1.
+    pub nth: u32,
+    /// Most publishes per call.
+    pub max_publishes: u32,
+    /// Whether the component may publish to a subject (its `publish` list).
+    pub may_publish: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    /// The server's largest payload.
+    pub max_payload: usize,
+}
+
+/// Checks a component's publish before anything is sent, in the order the contract documents
+/// (quota, subject, permission, size, headers, message id), and returns the headers to send,
+/// with `msg_id` as the message id.
+pub fn check(
+    subject: &str,
+    payload_len: usize,
+    headers: Vec<(String, String)>,
+    msg_id: &str,
+    allowance: &Allowance<'_>,
+) -> Result<HeaderMap, PublishError> {
+    if allowance.nth > allowance.max_publishes {
+        return Err(PublishError::QuotaExceeded);
+    }
+    if let Err(why) = stream_init::subject::validate(subject) {
+        return Err(PublishError::Invalid(format!("subject {subject:?} {why}")));
+    }
+    if subject.contains(['*', '>']) {
+        return Err(PublishError::Invalid(format!(
+            "subject {subject:?} has a wildcard"
+        )));
+    }
+    if !(allowance.may_publish)(subject) {
+        return Err(PublishError::Denied(subject.to_owned()));
+    }
+    if payload_len > allowance.max_payload {
+        return Err(PublishError::TooLarge(allowance.max_payload as u64));
+    }
+    let mut map = header_map(headers).map_err(PublishError::Invalid)?;
+    let id = HeaderValue::from_str(msg_id)
+        .map_err(|e| PublishError::Invalid(format!("message id {msg_id:?}: {e}")))?;
+    map.insert(NATS_MESSAGE_ID, id);
+    Ok(map)
+}
+
+fn header_map(headers: Vec<(String, String)>) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let header =
+            HeaderName::from_str(&name).map_err(|e| format!("header name {name:?}: {e}"))?;
+        if name.to_ascii_lowercase().starts_with("nats-") {
+            return Err(format!(
+                "header {name:?} is reserved for the server; pass a message id instead"
+            ));
+        }
+        let value =
+            HeaderValue::from_str(&value).map_err(|e| format!("header {name:?} value: {e}"))?;
+        map.append(header, value);
+    }
+    Ok(map)
+}
 
 /// Publishes and waits for the PubAck. A timed-out publish is retried once with the same
 /// message id, which the stream deduplicates. While the connection is down it fails at once
@@ -75,5 +141,96 @@ async fn no_stream_or_unavailable(js: &jetstream::Context, subject: String) -> P
         Err(e) => PublishError::Unavailable(format!(
             "no stream answered for {subject} and JetStream could not say which captures it: {e}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowance(nth: u32, may_publish: &(dyn Fn(&str) -> bool + Send + Sync)) -> Allowance<'_> {
+        Allowance {
+            nth,
+            max_publishes: 2,
+            may_publish,
+            max_payload: 8,
+        }
+    }
+
+    fn outcome(subject: &str, len: usize, headers: &[(&str, &str)], id: &str, nth: u32) -> String {
+        let only_orders = |s: &str| s.starts_with("orders.");
+        let headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        match check(subject, len, headers, id, &allowance(nth, &only_orders)) {
+            Ok(_) => "published".into(),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn each_rule_refuses_with_its_own_error_in_the_contracts_order() {
+        type Case = (&'static str, usize, &'static [(&'static str, &'static str)]);
+        let cases: [(Case, &str, u32, &str); 9] = [
+            // (subject, payload length, headers, message id, nth publish, result)
+            (("orders.a", 8, &[]), "id", 2, "published"),
+            (("orders.a", 8, &[]), "id", 3, "QuotaExceeded"),
+            (("payments.*", 9, &[]), "id", 3, "QuotaExceeded"),
+            (
+                ("orders..a", 1, &[]),
+                "id",
+                1,
+                r#"Invalid("subject \"orders..a\""#,
+            ),
+            (("orders.*", 1, &[]), "id", 1, "has a wildcard"),
+            (("payments.a", 9, &[]), "id", 1, r#"Denied("payments.a")"#),
+            (("orders.a", 9, &[]), "id", 1, "TooLarge(8)"),
+            (
+                ("orders.a", 1, &[("Nats-Expected-Stream", "X")]),
+                "id",
+                1,
+                "reserved",
+            ),
+            (("orders.a", 1, &[]), "two\r\nlines", 1, "message id"),
+        ];
+        for ((subject, len, headers), id, nth, expected) in cases {
+            let got = outcome(subject, len, headers, id, nth);
+            assert!(
+                got.contains(expected),
+                "{subject} {len} {headers:?} {id:?} #{nth}: {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_message_id_is_set_and_repeated_headers_are_kept() {
+        let anything = |_: &str| true;
+        let headers = vec![("a".into(), "1".into()), ("a".into(), "2".into())];
+        let map = check(
+            "orders.a",
+            1,
+            headers,
+            "orders:ORDERS:1:1",
+            &allowance(1, &anything),
+        )
+        .unwrap();
+        let values: Vec<&str> = map.get_all("a").map(|v| v.as_str()).collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(
+            map.get(NATS_MESSAGE_ID).unwrap().as_str(),
+            "orders:ORDERS:1:1"
+        );
+    }
+
+    #[test]
+    fn headers_refuse_bad_or_reserved_names() {
+        assert!(header_map(vec![("bad:name".into(), "x".into())])
+            .unwrap_err()
+            .contains("bad:name"));
+        assert!(header_map(vec![("Nats-Msg-Id".into(), "x".into())])
+            .unwrap_err()
+            .contains("reserved"));
+        assert!(header_map(vec![("a".into(), "line\r\nbreak".into())]).is_err());
     }
 }

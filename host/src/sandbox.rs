@@ -63,6 +63,15 @@ impl Failure {
     }
 }
 
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// The error the epoch callback ends a call with, naming the limit it passed.
+impl std::error::Error for Failure {}
+
 /// What a component's imports may see and do; shared by all its calls.
 pub struct ComponentEnv {
     /// The component's name (handler or publisher), for logs and derived message ids.
@@ -123,8 +132,6 @@ pub struct HostState {
     table: ResourceTable,
     /// Enforces the handler's memory limit.
     pub limiter: MemoryLimiter,
-    /// Set when the host interrupts the call, saying why.
-    pub interrupted: Option<Failure>,
     /// The time the current call may still use.
     pub budget: Budget,
     /// The component's environment.
@@ -144,7 +151,6 @@ impl HostState {
             http_hooks: NoOutgoingRequests,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory.as_u64() as usize),
-            interrupted: None,
             budget: Budget::new(limits),
             env,
             origin,
@@ -157,7 +163,6 @@ impl HostState {
     pub fn begin_call(&mut self, origin: Origin, limits: &Limits) {
         self.origin = origin;
         self.published = 0;
-        self.interrupted = None;
         self.budget = Budget::new(limits);
         if let Some(wasi) = &self.wasi {
             wasi.output.iter().for_each(GuestOutput::begin_call);
@@ -270,7 +275,7 @@ impl Budget {
 ///
 /// The epoch callback runs at each tick the guest spends executing (never while it is
 /// blocked in a host call): it counts CPU time against the call's [`Budget`], yields to other
-/// tasks, and interrupts the guest past either limit, recording why.
+/// tasks, and ends the call past either limit with the [`Failure`] naming it.
 pub fn store(
     engine: &Engine,
     env: Arc<ComponentEnv>,
@@ -280,15 +285,9 @@ pub fn store(
     let mut store = Store::new(engine, HostState::new(env, origin, limits));
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|mut store| {
-        let state = store.data_mut();
-        match state.budget.tick() {
-            Some(failure) => {
-                state.interrupted = Some(failure);
-                Ok(UpdateDeadline::Interrupt)
-            }
-            None => Ok(UpdateDeadline::Yield(1)),
-        }
+    store.epoch_deadline_callback(|mut store| match store.data_mut().budget.tick() {
+        Some(failure) => Err(wasmtime::Error::new(failure)),
+        None => Ok(UpdateDeadline::Yield(1)),
     });
     store
 }
@@ -299,36 +298,42 @@ pub fn begin_call(store: &mut Store<HostState>, origin: Origin, limits: &Limits)
     store.set_epoch_deadline(1);
 }
 
-/// Runs `call` (instantiation and the export, on a store from [`store`]) within the wall-clock
-/// ceiling. The epoch callback stops guest code; this also bounds time spent blocked in host
-/// calls. On failure, pass the store's `interrupted` to [`classify`].
+/// How long past its `timeout` a call may stay blocked in a host call (a publish waiting on
+/// the server) before the wall-clock ceiling cuts it off. Guest code is stopped by the epoch
+/// callback at the timeout itself, naming the limit; the margin lets that more precise report
+/// win whenever the guest is running, and only a call stuck in the host meets the ceiling.
+pub const CEILING_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs one call (instantiation and the export, on a store from [`store`]) within the
+/// wall-clock ceiling, and names how it failed if it did: the one way every handler call,
+/// tick and HTTP request is made.
 ///
 /// Most calls never wait on anything and finish in their first poll; only a call that waits
 /// gets a timer, started then (the first poll is itself bounded by the epoch deadline). The
 /// call is taken pinned (boxed or `pin!`ned) so that it is never copied.
-pub async fn within_ceiling<T>(
+pub async fn run<T>(
     limits: &Limits,
     mut call: impl Future<Output = wasmtime::Result<T>> + Unpin,
-) -> Result<T, Option<wasmtime::Error>> {
-    if let Poll::Ready(result) = futures::poll!(&mut call) {
-        return result.map_err(Some);
-    }
-    match tokio::time::timeout(limits.timeout + Duration::from_secs(1), call).await {
-        Err(_) => Err(None),
-        Ok(result) => result.map_err(Some),
-    }
+) -> Result<T, Failure> {
+    let result = match futures::poll!(&mut call) {
+        Poll::Ready(result) => result.map_err(Some),
+        Poll::Pending => match tokio::time::timeout(limits.timeout + CEILING_GRACE, call).await {
+            Err(_) => Err(None),
+            Ok(result) => result.map_err(Some),
+        },
+    };
+    result.map_err(|error| classify(error.as_ref(), limits))
 }
 
-/// Names what made a call fail: `error` is the call's error (`None` when the wall-clock
-/// ceiling cut it off while blocked), `interrupted` why the host interrupted it, if it did.
-pub fn classify(
-    error: Option<&wasmtime::Error>,
-    interrupted: Option<Failure>,
-    limits: &Limits,
-) -> Failure {
+/// Names what made a call fail: `error` is the call's error, `None` when the wall-clock
+/// ceiling cut it off while it was blocked in the host.
+pub fn classify(error: Option<&wasmtime::Error>, limits: &Limits) -> Failure {
     let Some(error) = error else {
         return Failure::Timeout(limits.timeout);
     };
+    if let Some(limit) = error.downcast_ref::<Failure>() {
+        return limit.clone();
+    }
     if let Some(memory) = error.downcast_ref::<MemoryLimitExceeded>() {
         return Failure::Memory(memory.to_string());
     }
@@ -336,7 +341,6 @@ pub fn classify(
         return Failure::HostCapacity(pool.to_string());
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => interrupted.unwrap_or(Failure::Timeout(limits.timeout)),
         Some(trap) => Failure::Trap(trap.to_string()),
         None => Failure::Trap(
             format!("{error:#}")
@@ -353,26 +357,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classifies_interrupts_memory_and_other_traps() {
+    fn classifies_limits_memory_the_ceiling_and_other_traps() {
         let limits = Limits::default();
-        let interrupt = wasmtime::Error::new(Trap::Interrupt);
         let second = Duration::from_secs(1);
-        let cpu = classify(Some(&interrupt), Some(Failure::CpuTime(second)), &limits);
-        assert_eq!(cpu, Failure::CpuTime(second));
-        let wall = classify(Some(&interrupt), Some(Failure::Timeout(second)), &limits);
-        assert_eq!(wall, Failure::Timeout(second));
-        assert_eq!(
-            classify(None, None, &limits),
-            Failure::Timeout(limits.timeout)
-        );
+        let cpu = wasmtime::Error::new(Failure::CpuTime(second));
+        assert_eq!(classify(Some(&cpu), &limits), Failure::CpuTime(second));
+        let wall = wasmtime::Error::new(Failure::Timeout(second)).context("in the guest");
+        assert_eq!(classify(Some(&wall), &limits), Failure::Timeout(second));
+        assert_eq!(classify(None, &limits), Failure::Timeout(limits.timeout));
         let memory = wasmtime::Error::new(MemoryLimitExceeded {
             desired: 10,
             limit: 5,
         });
-        let failure = classify(Some(&memory), None, &limits);
+        let failure = classify(Some(&memory), &limits);
         assert!(matches!(failure, Failure::Memory(m) if m.contains("memory limit exceeded")));
         let unreachable = wasmtime::Error::new(Trap::UnreachableCodeReached);
-        let failure = classify(Some(&unreachable), None, &limits);
+        let failure = classify(Some(&unreachable), &limits);
         assert!(matches!(failure, Failure::Trap(t) if t.contains("unreachable")));
     }
 }
