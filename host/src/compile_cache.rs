@@ -33,9 +33,6 @@ pub enum Source {
     Cached,
 }
 
-/// Default cap on the folder's size.
-pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
-
 /// A folder of compiled components.
 #[derive(Debug, Clone)]
 pub struct CompileCache {
@@ -226,7 +223,10 @@ mod tests {
     #[test]
     fn compiles_once_then_loads_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(dir.path().join("compiled"), DEFAULT_MAX_BYTES);
+        let cache = CompileCache::new(
+            dir.path().join("compiled"),
+            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
+        );
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
         let (first, source) = cache.load(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Compiled);
@@ -240,7 +240,10 @@ mod tests {
     #[test]
     fn a_corrupt_or_truncated_entry_is_detected_and_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(dir.path(), DEFAULT_MAX_BYTES);
+        let cache = CompileCache::new(
+            dir.path(),
+            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
+        );
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
         cache.load(&engine, &wasm, "f").unwrap();
         let entry = only_entry(dir.path());
@@ -260,7 +263,10 @@ mod tests {
     #[test]
     fn an_entry_from_another_engine_setting_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(dir.path(), DEFAULT_MAX_BYTES);
+        let cache = CompileCache::new(
+            dir.path(),
+            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
+        );
         let wasm = wat::parse_str(WAT).unwrap();
         let (engine, other) = (engine(), {
             let mut config = wasmtime::Config::new();
@@ -290,7 +296,10 @@ mod tests {
         let wasm = |n: i32| {
             wat::parse_str(WAT.replace("i32.const 42", &format!("i32.const {n}"))).unwrap()
         };
-        let unbounded = CompileCache::new(dir.path(), DEFAULT_MAX_BYTES);
+        let unbounded = CompileCache::new(
+            dir.path(),
+            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
+        );
         unbounded.load(&engine, &wasm(1), "1").unwrap();
         let one_entry = std::fs::metadata(only_entry(dir.path())).unwrap().len();
         // Room for two entries: a third evicts the one used longest ago.
@@ -331,9 +340,12 @@ mod tests {
         let abandoned = partial("crashed", ABANDONED_AFTER * 2);
         let in_progress = partial("writing", std::time::Duration::from_secs(1));
         let wasm = wat::parse_str(WAT).unwrap();
-        CompileCache::new(dir.path(), DEFAULT_MAX_BYTES)
-            .load(&engine(), &wasm, "f")
-            .unwrap();
+        CompileCache::new(
+            dir.path(),
+            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
+        )
+        .load(&engine(), &wasm, "f")
+        .unwrap();
         assert!(!abandoned.exists(), "an abandoned partial entry is removed");
         assert!(
             in_progress.exists(),
@@ -344,7 +356,10 @@ mod tests {
     #[test]
     fn an_unwritable_cache_still_compiles() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        let cache = CompileCache::new(file.path().join("not-a-dir"), DEFAULT_MAX_BYTES);
+        let cache = CompileCache::new(
+            file.path().join("not-a-dir"),
+            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
+        );
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
         let (component, source) = cache.load(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Compiled);

@@ -2,7 +2,6 @@
 //! compiled and checked against its world, and its environment (config, publish allow-list,
 //! limits) prepared. Nothing is bound or started here.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +14,12 @@ use crate::binding::Binding;
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
-use crate::config::{self, ComponentConfig, Config, Limits};
+use crate::config::{Component, Config, Instances, Trigger};
 use crate::dispatch::Dispatcher;
 use crate::http_guest::HttpPublisher;
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
-use crate::publisher::{Schedule, TimerPublisher};
+use crate::publisher::TimerPublisher;
 use crate::sandbox::ComponentEnv;
 use crate::{engine, imports, registry};
 
@@ -42,35 +41,38 @@ pub async fn load(
     js: &jetstream::Context,
     metrics: &Metrics,
 ) -> anyhow::Result<Components> {
-    let handler_limits: Vec<Limits> = config.handlers.iter().map(|h| config.limits(h)).collect();
-    let publisher_limits: Vec<Limits> =
-        config.publishers.iter().map(|p| config.limits(p)).collect();
-    let all = handler_limits.iter().chain(&publisher_limits);
+    let components = (config.handlers.iter().map(|h| &h.component))
+        .chain(config.publishers.iter().map(|p| &p.component));
     let pool = engine::PoolSize {
-        instances: pool_instances(config, &handler_limits, &publisher_limits),
-        max_memory: all
-            .map(|l| l.memory.as_u64() as usize)
+        instances: pool_instances(config),
+        max_memory: components
+            .map(|c| c.limits.memory.as_u64() as usize)
             .max()
             .unwrap_or(64 << 20),
     };
     let engine = engine::new(pool)?;
     let linker = imports::linker(&engine)?;
     let cache_max = config.runtime.compile_cache_max.as_u64();
-    let cache =
-        (config.runtime.compile_cache.as_ref()).map(|dir| CompileCache::new(dir, cache_max));
+    let cache_dir = (config.runtime.compile_cache.clone()).or_else(CompileCache::default_dir);
+    let cache = cache_dir.map(|dir| CompileCache::new(dir, cache_max));
     let cache = cache.as_ref();
 
     let mut handlers = Vec::new();
-    for (handler, limits) in config.handlers.iter().zip(handler_limits) {
-        let pre = registry::load::<HandlerPre<_>>(&engine, &linker, &handler.component, cache)
+    for handler in &config.handlers {
+        let component = &handler.component;
+        let pre = registry::load::<HandlerPre<_>>(&engine, &linker, &component.wasm, cache)
             .await
-            .with_context(|| handler.label())?;
-        let env = environment(handler, &limits, js);
-        tracing::info!(handler = %handler.name, component = %handler.component.display(), instances = ?handler.instances, "handler loaded");
-        let metrics = metrics.handler(&handler.name);
+            .with_context(|| format!("handler {}", component.name))?;
+        let env = environment(component, js);
+        tracing::info!(handler = %component.name, component = %component.wasm.display(), instances = ?handler.instances, "handler loaded");
+        let metrics = metrics.handler(&component.name);
         let name = env.name.clone();
-        let dispatcher =
-            Dispatcher::new(pre, env, limits, handler.reuse(), metrics.instances.clone());
+        let limits = component.limits;
+        let reuse = match handler.instances {
+            Instances::Fresh => None,
+            Instances::Reuse { per_instance } => Some(per_instance),
+        };
+        let dispatcher = Dispatcher::new(pre, env, limits, reuse, metrics.instances.clone());
         handlers.push(Arc::new(Binding {
             name,
             dispatcher,
@@ -92,42 +94,36 @@ pub async fn load(
 
     let mut publishers = Vec::new();
     let mut http_publishers = Vec::new();
-    for (publisher, limits) in config.publishers.iter().zip(publisher_limits) {
-        let env = environment(publisher, &limits, js);
-        let path = &publisher.component;
+    for publisher in &config.publishers {
+        let component = &publisher.component;
+        let env = environment(component, js);
+        let (path, limits) = (&component.wasm, component.limits);
+        let label = || format!("publisher {}", component.name);
         let loaded =
-            tracing::info_span!("publisher", name = %publisher.name, component = %path.display());
-        if let Some(route) = &publisher.http {
-            let pre = registry::load::<ProxyPre<_>>(&engine, &linker, path, cache)
-                .await
-                .with_context(|| publisher.label())?;
-            loaded.in_scope(|| tracing::info!(method = %route.method, path = %route.path, "http publisher loaded"));
-            http_publishers.push(Arc::new(HttpPublisher::new(
-                pre,
-                env,
-                limits,
-                route.clone(),
-            )));
-            continue;
+            tracing::info_span!("publisher", name = %component.name, component = %path.display());
+        match &publisher.trigger {
+            Trigger::Http(route) => {
+                let pre = registry::load::<ProxyPre<_>>(&engine, &linker, path, cache)
+                    .await
+                    .with_context(label)?;
+                loaded.in_scope(|| tracing::info!(method = %route.method, path = %route.path, "http publisher loaded"));
+                let publisher = HttpPublisher::new(pre, env, limits, route.clone());
+                http_publishers.push(Arc::new(publisher));
+            }
+            Trigger::Schedule(schedule) => {
+                let pre = registry::load::<PublisherPre<_>>(&engine, &linker, path, cache)
+                    .await
+                    .with_context(label)?;
+                loaded.in_scope(|| tracing::info!(?schedule, "timer publisher loaded"));
+                publishers.push(Arc::new(TimerPublisher::new(
+                    pre,
+                    env,
+                    limits,
+                    schedule.clone(),
+                    metrics.publisher(&component.name),
+                )));
+            }
         }
-        let pre = registry::load::<PublisherPre<_>>(&engine, &linker, path, cache)
-            .await
-            .with_context(|| publisher.label())?;
-        let schedule = match (&publisher.every, &publisher.cron) {
-            (Some(every), _) => Schedule::Every(*every),
-            (None, Some(cron)) => Schedule::Cron(Box::new(
-                cron::Schedule::from_str(cron).with_context(|| publisher.label())?,
-            )),
-            (None, None) => anyhow::bail!("{}: no schedule", publisher.label()),
-        };
-        loaded.in_scope(|| tracing::info!(?schedule, "timer publisher loaded"));
-        publishers.push(Arc::new(TimerPublisher::new(
-            pre,
-            env,
-            limits,
-            schedule,
-            metrics.publisher(&publisher.name),
-        )));
     }
     Ok(Components {
         handlers,
@@ -148,29 +144,26 @@ const SPARE_INSTANCES: u32 = 16;
 /// each handler its `max_in_flight` (its lanes never run more calls, and its warm instances
 /// are among them), each timer publisher one (ticks never overlap), each HTTP publisher its
 /// `max_in_flight` (requests beyond it wait briefly, then get a 503), plus a spare.
-fn pool_instances(config: &Config, handlers: &[Limits], publishers: &[Limits]) -> u32 {
-    let handlers: usize = handlers.iter().map(|l| l.max_in_flight).sum();
-    let publishers: usize = config
-        .publishers
-        .iter()
-        .zip(publishers)
-        .map(|(p, l)| if p.http.is_some() { l.max_in_flight } else { 1 })
+fn pool_instances(config: &Config) -> u32 {
+    let handlers: usize = (config.handlers.iter())
+        .map(|h| h.component.limits.max_in_flight)
+        .sum();
+    let publishers: usize = (config.publishers.iter())
+        .map(|p| match p.trigger {
+            Trigger::Http(_) => p.component.limits.max_in_flight,
+            Trigger::Schedule(_) => 1,
+        })
         .sum();
     u32::try_from(handlers + publishers).unwrap_or(u32::MAX) + SPARE_INSTANCES
 }
 
-/// What a component's imports see: its name, config, allow-list and publish quota.
-fn environment(
-    component: &dyn ComponentConfig,
-    limits: &Limits,
-    js: &jetstream::Context,
-) -> Arc<ComponentEnv> {
-    let allowed = component.publish().to_vec();
+/// What a component's imports see: its name, config, publish policy and quota.
+fn environment(component: &Component, js: &jetstream::Context) -> Arc<ComponentEnv> {
     Arc::new(ComponentEnv {
-        name: component.name().into(),
-        config: component.config_strings(),
-        may_publish: Box::new(move |subject| config::may_publish(&allowed, subject)),
-        max_publishes: limits.max_publishes,
+        name: component.name.as_str().into(),
+        config: component.config.clone(),
+        publish: component.publish.clone(),
+        max_publishes: component.limits.max_publishes,
         js: js.clone(),
         log_budget: LogBudget::default(),
         host_log: LogBudget::default(),

@@ -1,43 +1,37 @@
 //! `jetwasm.toml`: where NATS is, which streams to set up first, runtime defaults and the
-//! handlers to run. Parsing is strict (unknown keys name the key and line); [`Config::load`]
-//! reports every validation problem at once. Relative paths are relative to the file.
+//! handlers and publishers to run. The file is read strictly into [`raw`] structs (unknown
+//! keys name the key and line), then resolved into typed values: each component with its
+//! limits laid over the defaults, its publish policy and its config strings; a handler's
+//! [`Instances`], a publisher's [`Trigger`]. [`Config::load`] reports every problem at once,
+//! one line each, naming the file. Relative paths are relative to the file.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod raw;
+
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+use crate::schedule::Schedule;
+use raw::{Common, RawConfig, RawHandler, RawInstances, RawPublisher, RawRuntime};
+
+/// The configuration, resolved and checked.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// NATS connection (the URL may also come from `--server` or `NATS_URL`).
-    #[serde(default)]
     pub nats: NatsConfig,
     /// A stream-init spec applied before any handler starts.
-    #[serde(default)]
-    pub streams: Option<PathBuf>,
-    /// The overlay of `streams` to apply (e.g. `dev`).
-    #[serde(default)]
-    pub env: Option<String>,
-    /// Let the host apply changes to `streams` that lower what protects stored messages
-    /// (fewer replicas, lower limits); refused by default, naming the field.
-    #[serde(default)]
-    pub allow_destructive: bool,
+    pub streams: Option<Streams>,
     /// Host-wide settings and handler defaults.
-    #[serde(default)]
     pub runtime: Runtime,
     /// The handlers to run.
-    #[serde(default, rename = "handler")]
-    pub handlers: Vec<HandlerConfig>,
+    pub handlers: Vec<Handler>,
     /// The publishers to run.
-    #[serde(default, rename = "publisher")]
-    pub publishers: Vec<PublisherConfig>,
+    pub publishers: Vec<Publisher>,
 }
 
 /// `[nats]`.
@@ -50,21 +44,31 @@ pub struct NatsConfig {
     pub creds: Option<PathBuf>,
 }
 
+/// `streams`, `env` and `allow_destructive`: the spec the host applies at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Streams {
+    /// The stream-init spec file.
+    pub spec: PathBuf,
+    /// The overlay to apply (e.g. `dev`).
+    pub env: Option<String>,
+    /// Let the host apply changes that lower what protects stored messages (fewer replicas,
+    /// lower limits); refused by default, naming the field.
+    pub allow_destructive: bool,
+}
+
 /// `[runtime]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone)]
 pub struct Runtime {
-    /// Address of the HTTP listener serving `/metrics`, `/healthz` and `/readyz`.
+    /// Address of the HTTP listener serving `/metrics`, `/healthz`, `/readyz` and HTTP
+    /// publishers' routes.
     pub http: Option<SocketAddr>,
     /// Dead-letter records go to `<dead_letter>.<stream>.<consumer>`.
     pub dead_letter: String,
     /// How long in-flight messages may run after SIGTERM/SIGINT before the host exits.
-    #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
-    /// Limits for handlers that do not set their own.
+    /// Limits for components that do not set their own.
     pub limits: Limits,
-    /// Folder of compiled components, keyed by content hash and engine settings (see
-    /// [`crate::compile_cache`]); defaults to `~/.cache/jetwasm/compiled`.
+    /// Folder of compiled components (`None`: the compile cache's default folder).
     pub compile_cache: Option<PathBuf>,
     /// Most the compile cache may hold; least recently used entries go first.
     pub compile_cache_max: ByteSize,
@@ -74,23 +78,26 @@ pub struct Runtime {
     pub max_failures: u32,
 }
 
-impl Default for Runtime {
+impl Default for RawRuntime {
     fn default() -> Self {
-        Runtime {
+        RawRuntime {
             http: None,
             dead_letter: "deadletter".to_owned(),
             grace_period: Duration::from_secs(10),
             limits: Limits::default(),
-            compile_cache: crate::compile_cache::CompileCache::default_dir(),
-            compile_cache_max: ByteSize::b(crate::compile_cache::DEFAULT_MAX_BYTES),
+            compile_cache: None,
+            compile_cache_max: DEFAULT_COMPILE_CACHE_MAX,
             max_failures: 10,
         }
     }
 }
 
-/// Per-handler limits. Each is optional in a handler's table; unset ones come from
+/// The compile cache's size unless `[runtime] compile_cache_max` says.
+pub const DEFAULT_COMPILE_CACHE_MAX: ByteSize = ByteSize::gib(1);
+
+/// A component's limits. Each may be set in its own `limits` table; unset ones come from
 /// `[runtime.limits]`, then the built-in defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest linear memory one instance may grow to.
@@ -102,12 +109,12 @@ pub struct Limits {
     /// in-progress to JetStream meanwhile, so a long call is not redelivered.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Most messages handled at once.
+    /// Most messages handled (or requests served) at once.
     pub max_in_flight: usize,
     /// Messages asked of the server ahead of need, so a free slot never waits for a pull
     /// round trip. Messages waiting for a slot are kept in progress with JetStream, so none
-    /// is redelivered for waiting its turn; while every slot is busy the host may hold up to
-    /// about twice this many, which other hosts on the same consumer then do not get.
+    /// is redelivered for waiting its turn; the host holds at most `max_in_flight` plus this
+    /// many, which other hosts on the same consumer then do not get.
     pub prefetch: usize,
     /// Largest message handed to the handler; larger ones are dead-lettered unread.
     pub max_message_size: ByteSize,
@@ -129,119 +136,99 @@ impl Default for Limits {
     }
 }
 
-/// Limits as written in a handler's table: each field may be absent.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitOverrides {
-    memory: Option<ByteSize>,
-    #[serde(default, with = "humantime_serde")]
-    cpu_time: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    timeout: Option<Duration>,
-    max_in_flight: Option<usize>,
-    prefetch: Option<usize>,
-    max_message_size: Option<ByteSize>,
-    max_publishes: Option<u32>,
+/// What every handler and publisher has: a component with a name, limits, a publish policy
+/// and a `config` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Component {
+    /// Its name, in logs, metrics and derived message ids.
+    pub name: String,
+    /// The `.wasm` component.
+    pub wasm: PathBuf,
+    /// Its limits, its own laid over the runtime's.
+    pub limits: Limits,
+    /// Where it may publish.
+    pub publish: PublishPolicy,
+    /// The `config` table as the strings the component reads, sorted by key.
+    pub config: Vec<(String, String)>,
 }
 
-impl LimitOverrides {
-    /// These overrides laid over `base`.
-    pub fn over(&self, base: Limits) -> Limits {
-        Limits {
-            memory: self.memory.unwrap_or(base.memory),
-            cpu_time: self.cpu_time.unwrap_or(base.cpu_time),
-            timeout: self.timeout.unwrap_or(base.timeout),
-            max_in_flight: self.max_in_flight.unwrap_or(base.max_in_flight),
-            prefetch: self.prefetch.unwrap_or(base.prefetch),
-            max_message_size: self.max_message_size.unwrap_or(base.max_message_size),
-            max_publishes: self.max_publishes.unwrap_or(base.max_publishes),
-        }
+/// The subjects a component may publish to: inside its allow-list (wildcards allowed) and
+/// outside every reserved subject.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PublishPolicy {
+    allowed: Vec<String>,
+}
+
+impl PublishPolicy {
+    /// A policy allowing the subjects under `allowed`.
+    pub fn new(allowed: Vec<String>) -> Self {
+        PublishPolicy { allowed }
+    }
+
+    /// True when the component may publish to `subject`.
+    pub fn allows(&self, subject: &str) -> bool {
+        self.allowed
+            .iter()
+            .any(|a| stream_init::subject::is_subset(subject, a))
+            && !RESERVED_SUBJECTS
+                .iter()
+                .any(|r| stream_init::subject::overlaps(subject, r))
+    }
+
+    /// The allow-list as written.
+    pub fn allowed(&self) -> &[String] {
+        &self.allowed
     }
 }
 
 /// One `[[handler]]`: a component bound to a durable consumer.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HandlerConfig {
-    /// Name used in logs and metrics.
-    pub name: String,
-    /// Path to the `.wasm` component.
-    pub component: PathBuf,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handler {
+    /// The component and its settings.
+    pub component: Component,
     /// The stream the consumer reads.
     pub stream: String,
     /// The durable pull consumer to bind.
     pub consumer: String,
-    /// Subjects (wildcards allowed) the handler may publish to. Empty: none.
-    #[serde(default)]
-    pub publish: Vec<String>,
     /// Wait for the server to confirm each ack (slower; for effects that must not repeat).
-    #[serde(default)]
     pub confirm_acks: bool,
-    /// A fresh instance per message (the default), or warm instances reused across messages.
-    #[serde(default)]
+    /// How its instances live.
     pub instances: Instances,
-    /// With `instances = "reuse"`: how many messages one instance serves before it is
-    /// replaced (default [`DEFAULT_MESSAGES_PER_INSTANCE`]).
-    pub messages_per_instance: Option<u32>,
-    /// Limits for this handler.
-    #[serde(default)]
-    pub limits: LimitOverrides,
-    /// Values the component reads through the `config` import.
-    #[serde(default)]
-    pub config: BTreeMap<String, toml::Value>,
 }
 
 /// How a handler's instances live.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Instances {
     /// A new sandbox for every message: nothing survives from one message to the next.
-    #[default]
     Fresh,
     /// A small pool of warm instances, each serving one message at a time; an instance is
-    /// discarded after any failure and after `messages_per_instance` messages. Guest state
-    /// (globals, memory) carries over between the messages one instance serves.
-    Reuse,
+    /// discarded after any failure and after `per_instance` messages. Guest state (globals,
+    /// memory) carries over between the messages one instance serves.
+    Reuse {
+        /// Messages one instance serves before it is replaced.
+        per_instance: u32,
+    },
 }
 
 /// Messages a reused instance serves before it is replaced, unless the handler says.
 pub const DEFAULT_MESSAGES_PER_INSTANCE: u32 = 1000;
 
-impl HandlerConfig {
-    /// How the handler's instances live: `None` for fresh, else the messages per instance.
-    pub fn reuse(&self) -> Option<u32> {
-        (self.instances == Instances::Reuse).then(|| {
-            self.messages_per_instance
-                .unwrap_or(DEFAULT_MESSAGES_PER_INSTANCE)
-        })
-    }
+/// One `[[publisher]]`: a component called on a schedule or for HTTP requests.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    /// The component and its settings.
+    pub component: Component,
+    /// What calls it.
+    pub trigger: Trigger,
 }
 
-/// One `[[publisher]]`: a component called on a schedule.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublisherConfig {
-    /// Name used in logs, metrics and derived message ids.
-    pub name: String,
-    /// Path to the `.wasm` component (the `publisher` world).
-    pub component: PathBuf,
-    /// Fire at this interval.
-    #[serde(default, with = "humantime_serde")]
-    pub every: Option<Duration>,
-    /// Fire on this cron schedule, in UTC, seconds first: `"0/5 * * * * *"`.
-    pub cron: Option<String>,
-    /// Serve this route on the host's HTTP listener (the component is then a `wasi:http`
-    /// incoming handler: the `http-publisher` world).
-    pub http: Option<HttpRoute>,
-    /// Subjects (wildcards allowed) the publisher may publish to. Empty: none.
-    #[serde(default)]
-    pub publish: Vec<String>,
-    /// Limits for each tick.
-    #[serde(default)]
-    pub limits: LimitOverrides,
-    /// Values the component reads through the `config` import.
-    #[serde(default)]
-    pub config: BTreeMap<String, toml::Value>,
+/// What calls a publisher.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// A timer (`every` or `cron`): the `publisher` world's `on-tick`.
+    Schedule(Schedule),
+    /// Requests to a route on the host's listener: the `wasi:http` incoming handler.
+    Http(HttpRoute),
 }
 
 /// An HTTP route: `{ method = "POST", path = "/orders" }`.
@@ -254,78 +241,25 @@ pub struct HttpRoute {
     pub path: String,
 }
 
-/// What handlers and publishers share: a component with a name, an allow-list, limits and
-/// a `config` table.
-pub trait ComponentConfig {
-    /// `handler NAME` or `publisher NAME`, for error messages.
-    fn label(&self) -> String;
-    /// The component's name.
-    fn name(&self) -> &str;
-    /// Subjects it may publish to.
-    fn publish(&self) -> &[String];
-    /// Its `config` table.
-    fn config(&self) -> &BTreeMap<String, toml::Value>;
-    /// Its own limits.
-    fn limit_overrides(&self) -> &LimitOverrides;
-
-    /// The `config` table as the strings the component reads, sorted by key.
-    fn config_strings(&self) -> Vec<(String, String)> {
-        self.config()
-            .iter()
-            .filter_map(|(k, v)| config_value(v).map(|v| (k.clone(), v)))
-            .collect()
-    }
-
-    /// True when the component may publish to `subject`.
-    fn may_publish(&self, subject: &str) -> bool {
-        may_publish(self.publish(), subject)
-    }
-}
-
-/// True when `subject` is inside one of `allowed` and outside every reserved subject.
-pub fn may_publish(allowed: &[String], subject: &str) -> bool {
-    allowed
-        .iter()
-        .any(|a| stream_init::subject::is_subset(subject, a))
-        && !RESERVED_SUBJECTS
-            .iter()
-            .any(|r| stream_init::subject::overlaps(subject, r))
-}
-
-impl ComponentConfig for HandlerConfig {
-    fn label(&self) -> String {
-        format!("handler {}", self.name)
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn publish(&self) -> &[String] {
-        &self.publish
-    }
-    fn config(&self) -> &BTreeMap<String, toml::Value> {
-        &self.config
-    }
-    fn limit_overrides(&self) -> &LimitOverrides {
-        &self.limits
-    }
-}
-
-impl ComponentConfig for PublisherConfig {
-    fn label(&self) -> String {
-        format!("publisher {}", self.name)
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn publish(&self) -> &[String] {
-        &self.publish
-    }
-    fn config(&self) -> &BTreeMap<String, toml::Value> {
-        &self.config
-    }
-    fn limit_overrides(&self) -> &LimitOverrides {
-        &self.limits
-    }
+/// Why a configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {}: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file has problems; every one is listed.
+    #[error("{}", problems.iter().map(|p| format!("{}: {p}", file.display())).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// One line per problem, e.g. `handler orders: limits.prefetch is 0: ...`.
+        problems: Vec<String>,
+    },
 }
 
 /// Most calls one handler may run at once (each may hold an instance of the engine's pool).
@@ -336,6 +270,10 @@ pub const MAX_PREFETCH: usize = 65_536;
 pub const MAX_MESSAGE_SIZE: ByteSize = ByteSize::mib(64);
 /// Largest `memory`: a 32-bit linear memory cannot grow past 4GiB.
 pub const MAX_MEMORY: ByteSize = ByteSize::gib(4);
+/// Shortest `cpu_time` or `timeout`: the engine counts a call's time in ticks this long.
+pub const SHORTEST_TIME_LIMIT: Duration = Duration::from_millis(10);
+/// Shortest `every` for a timer publisher.
+pub const SHORTEST_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Methods an HTTP publisher may serve.
 pub const ROUTE_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -347,219 +285,308 @@ const RESERVED_PATHS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 pub const RESERVED_SUBJECTS: [&str; 3] = ["$JS.>", "$SYS.>", "_INBOX.>"];
 
 impl Config {
-    /// Reads and validates `path`; relative paths in it are resolved against its folder.
-    pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    /// Reads and checks `path`; relative paths in it are resolved against its folder.
+    /// `listener`, when given (`--http`), replaces `[runtime] http`, before the checks that
+    /// depend on it.
+    pub fn load(path: &Path, listener: Option<SocketAddr>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base).map_err(|problems| {
-            // One line per problem, each naming the file: `PATH: handler orders: ...`.
-            let at = path.display();
-            let lines: Vec<String> = problems.iter().map(|p| format!("{at}: {p}")).collect();
-            anyhow::anyhow!("{}", lines.join("\n"))
+        Config::parse_with(&text, base, listener).map_err(|problems| ConfigError::Invalid {
+            file: path.to_owned(),
+            problems,
         })
     }
 
-    /// Parses config text, resolving relative paths against `base`.
+    /// Parses and checks config text, resolving relative paths against `base`; the error is
+    /// every problem, one line each.
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<String>> {
-        let mut config: Config = toml::from_str(text).map_err(|e| vec![one_line(&e, text)])?;
-        config.resolve_paths(base);
-        let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems)
-        }
+        Config::parse_with(text, base, None)
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
-        let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        self.streams.iter_mut().for_each(resolve);
-        self.nats.creds.iter_mut().for_each(resolve);
-        self.runtime.compile_cache.iter_mut().for_each(resolve);
-        self.publishers
-            .iter_mut()
-            .for_each(|p| resolve(&mut p.component));
-        self.handlers
-            .iter_mut()
-            .for_each(|h| resolve(&mut h.component));
+    fn parse_with(
+        text: &str,
+        base: &Path,
+        listener: Option<SocketAddr>,
+    ) -> Result<Config, Vec<String>> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| vec![one_line(&e, text)])?;
+        if listener.is_some() {
+            raw.runtime.http = listener;
+        }
+        let mut problems = Problems::default();
+        let config = resolve(raw, base, &mut problems);
+        match problems.0.is_empty() {
+            true => Ok(config),
+            false => Err(problems.0),
+        }
     }
+}
 
-    /// The limits a handler or publisher runs with.
-    pub fn limits(&self, component: &dyn ComponentConfig) -> Limits {
-        component.limit_overrides().over(self.runtime.limits)
+/// Problems found so far, one line each.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
     }
+}
 
-    fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.env.is_some() && self.streams.is_none() {
-            problems.push("`env` is set but `streams` is not".to_owned());
-        }
-        if self.runtime.max_failures == 0 {
-            problems.push("runtime.max_failures must be at least 1".to_owned());
-        }
-        if self.handlers.is_empty() && self.publishers.is_empty() {
-            problems.push("nothing to run: add a [[handler]] or a [[publisher]]".to_owned());
-        }
-        if self.allow_destructive && self.streams.is_none() {
-            problems.push("`allow_destructive` is set but `streams` is not".to_owned());
-        }
-        if let Err(why) = stream_init::subject::validate(&self.runtime.dead_letter) {
-            problems.push(format!(
-                "runtime.dead_letter {:?} {why}",
-                self.runtime.dead_letter
-            ));
-        }
-        let mut names = BTreeSet::new();
-        let components = self.handlers.iter().map(|h| h as &dyn ComponentConfig);
-        let components =
-            components.chain(self.publishers.iter().map(|p| p as &dyn ComponentConfig));
-        for component in components {
-            let at = component.label();
-            if component.name().is_empty() {
-                problems.push(format!("{at}: `name` must not be empty"));
-            } else if !names.insert(component.name()) {
-                problems.push(format!("{at}: the name is used more than once"));
-            }
-            problems.extend(
-                self.component_problems(component)
-                    .into_iter()
-                    .map(|p| format!("{at}: {p}")),
-            );
-        }
-        for handler in &self.handlers {
-            let at = handler.label();
-            match (handler.instances, handler.messages_per_instance) {
-                (Instances::Fresh, Some(_)) => problems.push(format!(
-                    "{at}: `messages_per_instance` needs `instances = \"reuse\"`"
-                )),
-                (Instances::Reuse, Some(0)) => {
-                    problems.push(format!("{at}: `messages_per_instance` must be at least 1"))
-                }
-                _ => {}
-            }
-        }
-        let mut routes = BTreeSet::new();
-        for publisher in &self.publishers {
-            let at = publisher.label();
-            let triggers = [
-                publisher.every.is_some(),
-                publisher.cron.is_some(),
-                publisher.http.is_some(),
-            ];
-            match triggers.iter().filter(|set| **set).count() {
-                0 => problems.push(format!("{at}: set one of `every`, `cron` or `http`")),
-                1 => {}
-                _ => problems.push(format!("{at}: set only one of `every`, `cron` or `http`")),
-            }
-            if publisher
-                .every
-                .is_some_and(|every| every < Duration::from_millis(10))
-            {
-                problems.push(format!("{at}: `every` must be at least 10ms"));
-            }
-            if let Some(cron) = &publisher.cron {
-                if let Err(e) = cron::Schedule::from_str(cron) {
-                    problems.push(format!("{at}: cron {cron:?}: {e}"));
-                }
-            }
-            if let Some(route) = &publisher.http {
-                if !ROUTE_METHODS.contains(&route.method.as_str()) {
-                    problems.push(format!(
-                        "{at}: http.method {:?} must be one of {}",
-                        route.method,
-                        ROUTE_METHODS.join(", ")
-                    ));
-                }
-                let plain = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
-                if !route.path.starts_with('/') || !route.path.chars().all(plain) {
-                    problems.push(format!(
-                        "{at}: http.path {:?} must start with '/' and use only letters, digits and /-._~",
-                        route.path
-                    ));
-                }
-                if RESERVED_PATHS.contains(&route.path.as_str()) {
-                    problems.push(format!(
-                        "{at}: http.path {:?} is the host's own",
-                        route.path
-                    ));
-                }
-                if !routes.insert((route.method.as_str(), route.path.as_str())) {
-                    problems.push(format!(
-                        "{at}: another publisher already serves {} {}",
-                        route.method, route.path
-                    ));
-                }
-                if self.runtime.http.is_none() {
-                    problems.push(format!(
-                        "{at}: an HTTP route needs the listener: set [runtime] http"
-                    ));
-                }
-            }
+/// The raw file resolved into typed values, every problem noted in `problems`.
+fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> Config {
+    let path = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+    if raw.env.is_some() && raw.streams.is_none() {
+        problems.add("`env` is set but `streams` is not");
+    }
+    if raw.allow_destructive && raw.streams.is_none() {
+        problems.add("`allow_destructive` is set but `streams` is not");
+    }
+    if raw.runtime.max_failures == 0 {
+        problems.add("runtime.max_failures must be at least 1");
+    }
+    if let Err(why) = stream_init::subject::validate(&raw.runtime.dead_letter) {
+        problems.add(format!(
+            "runtime.dead_letter {:?} {why}",
+            raw.runtime.dead_letter
+        ));
+    }
+    if raw.handlers.is_empty() && raw.publishers.is_empty() {
+        problems.add("nothing to run: add a [[handler]] or a [[publisher]]");
+    }
+    let mut names = BTreeSet::new();
+    let mut routes = BTreeSet::new();
+    let defaults = raw.runtime.limits;
+    let mut handlers = Vec::new();
+    for handler in &raw.handlers {
+        let label = format!("handler {}", handler.name);
+        let mut own = Problems::default();
+        note_name(&handler.name, &mut names, &mut own);
+        let component = component(handler.common(), defaults, &path, &mut own);
+        let instances = instances(handler, &mut own);
+        handlers.push(Handler {
+            component,
+            stream: handler.stream.clone(),
+            consumer: handler.consumer.clone(),
+            confirm_acks: handler.confirm_acks,
+            instances,
+        });
+        problems
+            .0
+            .extend(own.0.into_iter().map(|p| format!("{label}: {p}")));
+    }
+    let mut publishers = Vec::new();
+    for publisher in &raw.publishers {
+        let label = format!("publisher {}", publisher.name);
+        let mut own = Problems::default();
+        note_name(&publisher.name, &mut names, &mut own);
+        let component = component(publisher.common(), defaults, &path, &mut own);
+        let listener = raw.runtime.http.is_some();
+        if let Some(trigger) = trigger(publisher, listener, &mut routes, &mut own) {
+            publishers.push(Publisher { component, trigger });
         }
         problems
+            .0
+            .extend(own.0.into_iter().map(|p| format!("{label}: {p}")));
     }
+    let streams = raw.streams.map(|spec| Streams {
+        spec: path(spec),
+        env: raw.env,
+        allow_destructive: raw.allow_destructive,
+    });
+    let nats = NatsConfig {
+        creds: raw.nats.creds.map(path),
+        ..raw.nats
+    };
+    let runtime = Runtime {
+        http: raw.runtime.http,
+        dead_letter: raw.runtime.dead_letter,
+        grace_period: raw.runtime.grace_period,
+        limits: defaults,
+        compile_cache: raw.runtime.compile_cache.map(path),
+        compile_cache_max: raw.runtime.compile_cache_max,
+        max_failures: raw.runtime.max_failures,
+    };
+    Config {
+        nats,
+        streams,
+        runtime,
+        handlers,
+        publishers,
+    }
+}
 
-    fn component_problems(&self, component: &dyn ComponentConfig) -> Vec<String> {
-        let mut problems = Vec::new();
-        for subject in component.publish() {
-            if let Err(why) = stream_init::subject::validate(subject) {
-                problems.push(format!("publish subject {subject:?} {why}"));
-            } else if let Some(reserved) = RESERVED_SUBJECTS
-                .iter()
-                .find(|r| stream_init::subject::overlaps(subject, r))
-            {
-                problems.push(format!(
-                    "publish subject {subject:?} overlaps the reserved {reserved}"
-                ));
+fn note_name<'a>(name: &'a str, names: &mut BTreeSet<&'a str>, problems: &mut Problems) {
+    if name.is_empty() {
+        problems.add("`name` must not be empty");
+    } else if !names.insert(name) {
+        problems.add("the name is used more than once");
+    }
+}
+
+/// A component's shared settings, resolved and checked.
+fn component(
+    common: Common<'_>,
+    defaults: Limits,
+    path: &impl Fn(PathBuf) -> PathBuf,
+    problems: &mut Problems,
+) -> Component {
+    for subject in common.publish {
+        if let Err(why) = stream_init::subject::validate(subject) {
+            problems.add(format!("publish subject {subject:?} {why}"));
+        } else if let Some(reserved) = RESERVED_SUBJECTS
+            .iter()
+            .find(|r| stream_init::subject::overlaps(subject, r))
+        {
+            problems.add(format!(
+                "publish subject {subject:?} overlaps the reserved {reserved}"
+            ));
+        }
+    }
+    let limits = common.limits.over(defaults);
+    check_limits(&limits, problems);
+    let mut config = Vec::new();
+    for (key, value) in common.config {
+        match config_value(value) {
+            Some(value) => config.push((key.clone(), value)),
+            None => problems.add(format!(
+                "config.{key} must be a string, number or boolean, not a {}",
+                value.type_str()
+            )),
+        }
+    }
+    Component {
+        name: common.name.to_owned(),
+        wasm: path(common.component.clone()),
+        limits,
+        publish: PublishPolicy::new(common.publish.to_vec()),
+        config,
+    }
+}
+
+fn check_limits(limits: &Limits, problems: &mut Problems) {
+    if !(1..=MAX_IN_FLIGHT).contains(&limits.max_in_flight) {
+        problems.add(format!(
+            "limits.max_in_flight is {}: it must be 1 to {MAX_IN_FLIGHT}",
+            limits.max_in_flight
+        ));
+    }
+    if !(1..=MAX_PREFETCH).contains(&limits.prefetch) {
+        problems.add(format!(
+            "limits.prefetch is {}: it must be 1 to {MAX_PREFETCH}",
+            limits.prefetch
+        ));
+    }
+    if limits.max_message_size.as_u64() == 0 || limits.max_message_size > MAX_MESSAGE_SIZE {
+        problems.add(format!(
+            "limits.max_message_size is {}: it must be 1B to {} (NATS's largest payload)",
+            limits.max_message_size.display().iec(),
+            MAX_MESSAGE_SIZE.display().iec()
+        ));
+    }
+    for (key, value) in [("cpu_time", limits.cpu_time), ("timeout", limits.timeout)] {
+        if value < SHORTEST_TIME_LIMIT {
+            problems.add(format!(
+                "limits.{key} must be at least {SHORTEST_TIME_LIMIT:?}"
+            ));
+        }
+    }
+    if limits.memory < ByteSize::mib(1) || limits.memory > MAX_MEMORY {
+        problems.add(format!(
+            "limits.memory is {}: it must be 1MiB to {} (a 32-bit linear memory's largest)",
+            limits.memory.display().iec(),
+            MAX_MEMORY.display().iec()
+        ));
+    }
+}
+
+fn instances(handler: &RawHandler, problems: &mut Problems) -> Instances {
+    match (handler.instances, handler.messages_per_instance) {
+        (RawInstances::Fresh, None) => Instances::Fresh,
+        (RawInstances::Fresh, Some(_)) => {
+            problems.add("`messages_per_instance` needs `instances = \"reuse\"`");
+            Instances::Fresh
+        }
+        (RawInstances::Reuse, Some(0)) => {
+            problems.add("`messages_per_instance` must be at least 1");
+            Instances::Fresh
+        }
+        (RawInstances::Reuse, per_instance) => Instances::Reuse {
+            per_instance: per_instance.unwrap_or(DEFAULT_MESSAGES_PER_INSTANCE),
+        },
+    }
+}
+
+/// A publisher's one trigger, checked; `listener` says whether the host serves HTTP, `routes`
+/// holds the routes taken so far.
+fn trigger<'a>(
+    publisher: &'a RawPublisher,
+    listener: bool,
+    routes: &mut BTreeSet<(&'a str, &'a str)>,
+    problems: &mut Problems,
+) -> Option<Trigger> {
+    let trigger = match (publisher.every, &publisher.cron, &publisher.http) {
+        (None, None, None) => {
+            problems.add("set one of `every`, `cron` or `http`");
+            return None;
+        }
+        (Some(every), None, None) => {
+            if every < SHORTEST_INTERVAL {
+                problems.add(format!("`every` must be at least {SHORTEST_INTERVAL:?}"));
             }
+            Trigger::Schedule(Schedule::Every(every))
         }
-        let limits = self.limits(component);
-        if !(1..=MAX_IN_FLIGHT).contains(&limits.max_in_flight) {
-            problems.push(format!(
-                "limits.max_in_flight is {}: it must be 1 to {MAX_IN_FLIGHT}",
-                limits.max_in_flight
-            ));
-        }
-        if !(1..=MAX_PREFETCH).contains(&limits.prefetch) {
-            problems.push(format!(
-                "limits.prefetch is {}: it must be 1 to {MAX_PREFETCH}",
-                limits.prefetch
-            ));
-        }
-        if limits.max_message_size.as_u64() == 0 || limits.max_message_size > MAX_MESSAGE_SIZE {
-            problems.push(format!(
-                "limits.max_message_size is {}: it must be 1B to {} (NATS's largest payload)",
-                limits.max_message_size.display().iec(),
-                MAX_MESSAGE_SIZE.display().iec()
-            ));
-        }
-        if limits.cpu_time < crate::engine::EPOCH_TICK {
-            problems.push("limits.cpu_time must be at least 10ms".to_owned());
-        }
-        if limits.timeout < crate::engine::EPOCH_TICK {
-            problems.push("limits.timeout must be at least 10ms".to_owned());
-        }
-        if limits.memory < ByteSize::mib(1) || limits.memory > MAX_MEMORY {
-            problems.push(format!(
-                "limits.memory is {}: it must be 1MiB to {} (a 32-bit linear memory's largest)",
-                limits.memory.display().iec(),
-                MAX_MEMORY.display().iec()
-            ));
-        }
-        for (key, value) in component.config() {
-            if config_value(value).is_none() {
-                problems.push(format!(
-                    "config.{key} must be a string, number or boolean, not a {}",
-                    value.type_str()
-                ));
+        (None, Some(cron), None) => match cron::Schedule::from_str(cron) {
+            Ok(schedule) => Trigger::Schedule(Schedule::Cron(Box::new(schedule))),
+            Err(e) => {
+                problems.add(format!("cron {cron:?}: {e}"));
+                return None;
             }
+        },
+        (None, None, Some(route)) => {
+            check_route(route, listener, routes, problems);
+            Trigger::Http(route.clone())
         }
-        problems
+        _ => {
+            problems.add("set only one of `every`, `cron` or `http`");
+            return None;
+        }
+    };
+    Some(trigger)
+}
+
+fn check_route<'a>(
+    route: &'a HttpRoute,
+    listener: bool,
+    routes: &mut BTreeSet<(&'a str, &'a str)>,
+    problems: &mut Problems,
+) {
+    if !ROUTE_METHODS.contains(&route.method.as_str()) {
+        problems.add(format!(
+            "http.method {:?} must be one of {}",
+            route.method,
+            ROUTE_METHODS.join(", ")
+        ));
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
+    if !route.path.starts_with('/') || !route.path.chars().all(plain) {
+        problems.add(format!(
+            "http.path {:?} must start with '/' and use only letters, digits and /-._~",
+            route.path
+        ));
+    }
+    if RESERVED_PATHS.contains(&route.path.as_str()) {
+        problems.add(format!("http.path {:?} is the host's own", route.path));
+    }
+    if !routes.insert((route.method.as_str(), route.path.as_str())) {
+        problems.add(format!(
+            "another publisher already serves {} {}",
+            route.method, route.path
+        ));
+    }
+    if !listener {
+        problems.add("an HTTP route needs the listener: set [runtime] http (or pass --http)");
     }
 }
 
@@ -590,6 +617,7 @@ fn config_value(value: &toml::Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::Schedule;
 
     const EXAMPLE: &str = r#"
 streams = "streams.toml"
@@ -614,18 +642,17 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
     #[test]
     fn parses_and_layers_limits() {
         let config = Config::parse(EXAMPLE, Path::new("/etc/jw")).unwrap();
-        assert_eq!(
-            config.streams.as_deref(),
-            Some(Path::new("/etc/jw/streams.toml"))
-        );
-        let h = &config.handlers[0];
-        assert_eq!(h.component, Path::new("/etc/jw/orders.wasm"));
-        let limits = config.limits(h);
+        let streams = config.streams.as_ref().unwrap();
+        assert_eq!(streams.spec, Path::new("/etc/jw/streams.toml"));
+        assert_eq!(streams.env.as_deref(), Some("dev"));
+        let h = &config.handlers[0].component;
+        assert_eq!(h.wasm, Path::new("/etc/jw/orders.wasm"));
+        let limits = h.limits;
         assert_eq!(limits.memory, ByteSize::mib(32));
         assert_eq!(limits.timeout, Duration::from_secs(2));
         assert_eq!(limits.max_in_flight, Limits::default().max_in_flight);
         assert_eq!(
-            h.config_strings(),
+            h.config,
             vec![
                 ("output_subject".to_owned(), "orders.processed".to_owned()),
                 ("retry_delay_ms".to_owned(), "1500".to_owned())
@@ -636,10 +663,16 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
     #[test]
     fn publish_allow_list_and_reserved_subjects() {
         let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
-        let h = &config.handlers[0];
-        assert!(h.may_publish("orders.processed"));
-        assert!(!h.may_publish("orders.created"));
-        assert!(!h.may_publish("$JS.API.STREAM.DELETE.ORDERS"));
+        let publish = &config.handlers[0].component.publish;
+        assert!(publish.allows("orders.processed"));
+        assert!(!publish.allows("orders.created"));
+        assert!(!publish.allows("$JS.API.STREAM.DELETE.ORDERS"));
+        let everything = PublishPolicy::new(vec![">".into()]);
+        assert!(everything.allows("orders.created"));
+        assert!(
+            !everything.allows("_INBOX.abc"),
+            "reserved whatever the list says"
+        );
 
         let bad = EXAMPLE.replace("[\"orders.processed\"]", "[\">\"]");
         let err = Config::parse(&bad, Path::new(".")).unwrap_err();
@@ -672,7 +705,7 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
             err,
             vec![
                 "publisher p: http.path \"orders/{id}\" must start with '/' and use only letters, digits and /-._~",
-                "publisher p: an HTTP route needs the listener: set [runtime] http"
+                "publisher p: an HTTP route needs the listener: set [runtime] http (or pass --http)"
             ]
         );
         let err =
@@ -682,7 +715,24 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
             "{err:?}"
         );
         let ok = Config::parse(&publisher("cron = \"0/5 * * * * *\""), Path::new(".")).unwrap();
-        assert_eq!(ok.publishers[0].cron.as_deref(), Some("0/5 * * * * *"));
+        let Trigger::Schedule(Schedule::Cron(cron)) = &ok.publishers[0].trigger else {
+            panic!("{:?}", ok.publishers[0].trigger);
+        };
+        assert_eq!(cron.to_string(), "0/5 * * * * *");
+        let ok = Config::parse(&publisher("every = \"250ms\""), Path::new(".")).unwrap();
+        assert!(matches!(
+            ok.publishers[0].trigger,
+            Trigger::Schedule(Schedule::Every(every)) if every == Duration::from_millis(250)
+        ));
+    }
+
+    #[test]
+    fn the_http_flag_counts_as_the_listener_a_route_needs() {
+        let text = "[[publisher]]\nname = \"p\"\ncomponent = \"p.wasm\"\nhttp = { method = \"POST\", path = \"/orders\" }\n";
+        assert!(Config::parse(text, Path::new(".")).is_err());
+        let listener = "127.0.0.1:9090".parse().ok();
+        let config = Config::parse_with(text, Path::new("."), listener).unwrap();
+        assert_eq!(config.runtime.http, listener);
     }
 
     #[test]
@@ -722,7 +772,7 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
     #[test]
     fn prefetch_is_a_limit_like_the_others_and_never_zero() {
         let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
-        assert_eq!(config.limits(&config.handlers[0]).prefetch, 1024);
+        assert_eq!(config.handlers[0].component.limits.prefetch, 1024);
         let with = |prefetch: &str| {
             EXAMPLE.replace(
                 "limits = {",
@@ -730,7 +780,7 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
             )
         };
         let small = Config::parse(&with("16"), Path::new(".")).unwrap();
-        assert_eq!(small.limits(&small.handlers[0]).prefetch, 16);
+        assert_eq!(small.handlers[0].component.limits.prefetch, 16);
         let err = Config::parse(&with("0"), Path::new(".")).unwrap_err();
         assert_eq!(
             err,
@@ -741,16 +791,21 @@ config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
     #[test]
     fn instances_are_fresh_unless_reuse_is_asked_for() {
         let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
-        assert_eq!(config.handlers[0].reuse(), None);
+        assert_eq!(config.handlers[0].instances, Instances::Fresh);
         let with = |extra: &str| EXAMPLE.replace("limits = {", &format!("{extra}\nlimits = {{"));
         let reuse = Config::parse(&with("instances = \"reuse\""), Path::new(".")).unwrap();
         assert_eq!(
-            reuse.handlers[0].reuse(),
-            Some(DEFAULT_MESSAGES_PER_INSTANCE)
+            reuse.handlers[0].instances,
+            Instances::Reuse {
+                per_instance: DEFAULT_MESSAGES_PER_INSTANCE
+            }
         );
         let text = with("instances = \"reuse\"\nmessages_per_instance = 10");
         let ten = Config::parse(&text, Path::new(".")).unwrap();
-        assert_eq!(ten.handlers[0].reuse(), Some(10));
+        assert_eq!(
+            ten.handlers[0].instances,
+            Instances::Reuse { per_instance: 10 }
+        );
 
         let err = Config::parse(&with("messages_per_instance = 10"), Path::new(".")).unwrap_err();
         assert_eq!(
@@ -826,7 +881,7 @@ mod example {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../deploy")
             .join(file);
-        Config::load(&path).unwrap()
+        Config::load(&path, None).unwrap()
     }
 
     /// The examples in deploy/ must always parse, so they never drift from the code.
@@ -835,14 +890,19 @@ mod example {
         let config = deploy("jetwasm.toml");
         assert_eq!(config.handlers.len(), 1);
         assert_eq!(config.publishers.len(), 2);
-        assert_eq!(config.publishers[0].every, Some(Duration::from_millis(500)));
-        let route = config.publishers[1].http.as_ref().unwrap();
+        assert!(matches!(
+            config.publishers[0].trigger,
+            Trigger::Schedule(Schedule::Every(every)) if every == Duration::from_millis(500)
+        ));
+        let Trigger::Http(route) = &config.publishers[1].trigger else {
+            panic!("{:?}", config.publishers[1].trigger);
+        };
         assert_eq!(
             (route.method.as_str(), route.path.as_str()),
             ("POST", "/orders")
         );
         assert_eq!(config.handlers[0].consumer, "orders-processor");
-        assert!(config.streams.unwrap().ends_with("streams.toml"));
+        assert!(config.streams.unwrap().spec.ends_with("streams.toml"));
         assert_eq!(
             config.runtime.limits,
             Limits::default(),
@@ -850,15 +910,32 @@ mod example {
         );
     }
 
+    /// `deploy/jetwasm.toml` is where users look up the defaults: it writes out every limit.
+    #[test]
+    fn the_deploy_config_writes_out_every_default_limit() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/jetwasm.toml");
+        let file: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+        let written: BTreeSet<&String> = file["runtime"]["limits"]
+            .as_table()
+            .unwrap()
+            .keys()
+            .collect();
+        let defaults = toml::Table::try_from(Limits::default()).unwrap();
+        let every: BTreeSet<&String> = defaults.keys().collect();
+        assert_eq!(written, every);
+    }
+
     /// The production config applies no overlay (one would scale the cluster's streams down);
     /// the local one differs from it only in the overlay and the listener address.
     #[test]
     fn production_applies_no_overlay_and_dev_differs_only_in_overlay_and_listener() {
         let (prod, dev) = (deploy("jetwasm.toml"), deploy("jetwasm.dev.toml"));
-        assert_eq!(prod.env, None);
-        assert!(!prod.allow_destructive);
-        assert_eq!(dev.env.as_deref(), Some("dev"));
-        assert_eq!(prod.streams, dev.streams);
+        let (prod_streams, dev_streams) =
+            (prod.streams.clone().unwrap(), dev.streams.clone().unwrap());
+        assert_eq!(prod_streams.env, None);
+        assert!(!prod_streams.allow_destructive);
+        assert_eq!(dev_streams.env.as_deref(), Some("dev"));
+        assert_eq!(prod_streams.spec, dev_streams.spec);
         assert_eq!(prod.runtime.limits, dev.runtime.limits);
         let ip = |c: &Config| c.runtime.http.map(|a| a.ip().to_string());
         assert_eq!(
@@ -867,32 +944,7 @@ mod example {
             "reachable in a container"
         );
         assert_eq!(ip(&dev).as_deref(), Some("127.0.0.1"), "local only");
-        let components = |c: &Config| {
-            let handlers = c.handlers.iter().map(|h| {
-                format!(
-                    "{} {} {}/{} {:?} {:?}",
-                    h.name,
-                    h.component.display(),
-                    h.stream,
-                    h.consumer,
-                    h.publish,
-                    h.config
-                )
-            });
-            let publishers = c.publishers.iter().map(|p| {
-                format!(
-                    "{} {} {:?} {:?} {:?} {:?} {:?}",
-                    p.name,
-                    p.component.display(),
-                    p.every,
-                    p.http,
-                    p.publish,
-                    p.limits,
-                    p.config
-                )
-            });
-            handlers.chain(publishers).collect::<Vec<_>>()
-        };
+        let components = |c: &Config| format!("{:?} {:?}", c.handlers, c.publishers);
         assert_eq!(components(&prod), components(&dev));
     }
 }

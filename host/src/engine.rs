@@ -11,6 +11,9 @@ use wasmtime::{
 /// How often the epoch advances; the granularity of deadlines and of yielding.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+// A call's shortest time limit must last at least one tick.
+const _: () = assert!(EPOCH_TICK.as_nanos() <= crate::config::SHORTEST_TIME_LIMIT.as_nanos());
+
 /// Most core instances one component instance may hold.
 pub const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 /// Most linear memories one component instance may hold.

@@ -79,7 +79,7 @@ impl publish::Host for HostState {
         let allowance = Allowance {
             nth: self.published,
             max_publishes: env.max_publishes,
-            may_publish: &*env.may_publish,
+            policy: &env.publish,
             max_payload: env.js.client().server_info().max_payload,
         };
         let id = msg_id.unwrap_or_else(|| derived_msg_id(&env.name, &self.origin, self.published));

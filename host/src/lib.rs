@@ -31,6 +31,7 @@ pub mod registry;
 pub mod run;
 pub mod sandbox;
 pub mod scaffold;
+pub mod schedule;
 pub mod sweeper;
 pub mod up;
 pub mod waiting;

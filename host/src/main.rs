@@ -143,7 +143,9 @@ async fn up(
     port: u16,
     nats_server: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let configured = jetwasm::config::Config::load(&options.config)?.nats.url;
+    let configured = jetwasm::config::Config::load(&options.config, options.http)?
+        .nats
+        .url;
     if options.nats.server.is_some() || configured.is_some() {
         return run(options).await;
     }

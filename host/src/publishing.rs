@@ -12,6 +12,7 @@ use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind}
 use async_nats::jetstream::{self};
 
 use crate::bindings::{PublishAck, PublishError};
+use crate::config::PublishPolicy;
 
 /// What a component may still publish in the current call.
 pub struct Allowance<'a> {
@@ -19,8 +20,8 @@ pub struct Allowance<'a> {
     pub nth: u32,
     /// Most publishes per call.
     pub max_publishes: u32,
-    /// Whether the component may publish to a subject (its `publish` list).
-    pub may_publish: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    /// Where the component may publish.
+    pub policy: &'a PublishPolicy,
     /// The server's largest payload.
     pub max_payload: usize,
 }
@@ -46,7 +47,7 @@ pub fn check(
             "subject {subject:?} has a wildcard"
         )));
     }
-    if !(allowance.may_publish)(subject) {
+    if !allowance.policy.allows(subject) {
         return Err(PublishError::Denied(subject.to_owned()));
     }
     if payload_len > allowance.max_payload {
@@ -148,17 +149,17 @@ async fn no_stream_or_unavailable(js: &jetstream::Context, subject: String) -> P
 mod tests {
     use super::*;
 
-    fn allowance(nth: u32, may_publish: &(dyn Fn(&str) -> bool + Send + Sync)) -> Allowance<'_> {
+    fn allowance(nth: u32, policy: &PublishPolicy) -> Allowance<'_> {
         Allowance {
             nth,
             max_publishes: 2,
-            may_publish,
+            policy,
             max_payload: 8,
         }
     }
 
     fn outcome(subject: &str, len: usize, headers: &[(&str, &str)], id: &str, nth: u32) -> String {
-        let only_orders = |s: &str| s.starts_with("orders.");
+        let only_orders = PublishPolicy::new(vec!["orders.>".into()]);
         let headers = headers
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -205,7 +206,7 @@ mod tests {
 
     #[test]
     fn the_message_id_is_set_and_repeated_headers_are_kept() {
-        let anything = |_: &str| true;
+        let anything = PublishPolicy::new(vec![">".into()]);
         let headers = vec![("a".into(), "1".into()), ("a".into(), "2".into())];
         let map = check(
             "orders.a",

@@ -157,7 +157,7 @@ pub async fn fitting_worlds(component: &Path) -> anyhow::Result<Vec<&'static str
     })?;
     let linker = crate::imports::linker(&engine)?;
     let cache = CompileCache::default_dir()
-        .map(|dir| CompileCache::new(dir, crate::compile_cache::DEFAULT_MAX_BYTES));
+        .map(|dir| CompileCache::new(dir, crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64()));
     let compiled = compile(&engine, component, cache.as_ref()).await?;
     let verdicts = [
         verdict::<HandlerPre<HostState>>(&linker, &compiled),

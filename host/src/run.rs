@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::components::{self, Components};
-use crate::config::Config;
+use crate::config::{Config, Streams};
 use crate::consumer;
 use crate::metrics::Metrics;
 use crate::{http, publisher, sweeper};
@@ -33,10 +33,7 @@ pub struct RunOptions {
 /// Runs the host until a shutdown signal, then drains. Fails before consuming anything if a
 /// handler's component or consumer is unusable.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    let mut config = Config::load(&options.config)?;
-    if options.http.is_some() {
-        config.runtime.http = options.http;
-    }
+    let config = Config::load(&options.config, options.http)?;
     let mut nats = options.nats.clone();
     if nats.creds.is_none() {
         nats.creds = config.nats.creds.clone();
@@ -47,10 +44,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(%url, "connected to NATS");
 
     let spec = match &config.streams {
-        Some(file) => {
-            let (env, allow) = (config.env.as_deref(), config.allow_destructive);
-            Some(set_up_streams(&js, file, env, allow).await?)
-        }
+        Some(streams) => Some(set_up_streams(&js, streams).await?),
         None => None,
     };
 
@@ -123,15 +117,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 /// handler can watch its consumer for changes made by hand.
 async fn set_up_streams(
     js: &jetstream::Context,
-    file: &std::path::Path,
-    env: Option<&str>,
-    allow_destructive: bool,
+    streams: &Streams,
 ) -> anyhow::Result<stream_init::Spec> {
-    let spec = stream_init::Spec::load(file, env)?;
+    let file = &streams.spec;
+    let spec = stream_init::Spec::load(file, streams.env.as_deref())?;
     let plan = stream_init::plan(js, &spec)
         .await
         .with_context(|| format!("planning {}", file.display()))?;
-    plan.check_destructive(allow_destructive)
+    plan.check_destructive(streams.allow_destructive)
         .with_context(|| format!("applying {}", file.display()))?;
     if plan.is_empty() {
         tracing::info!(file = %file.display(), "streams up to date");

@@ -16,7 +16,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::config::Limits;
+use crate::config::{Limits, PublishPolicy};
 use crate::engine::EPOCH_TICK;
 use crate::guest_output::GuestOutput;
 use crate::limiter::{MemoryLimitExceeded, MemoryLimiter};
@@ -78,8 +78,8 @@ pub struct ComponentEnv {
     pub name: Arc<str>,
     /// The `config` table, sorted by key.
     pub config: Vec<(String, String)>,
-    /// Whether the component may publish to a subject.
-    pub may_publish: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Where the component may publish.
+    pub publish: PublishPolicy,
     /// Most publishes per call.
     pub max_publishes: u32,
     /// Where publishes go.

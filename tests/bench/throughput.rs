@@ -243,7 +243,7 @@ config = {{ count = {n}, subject = "benchpub.out" }}
         .await?
         .publishers
         .remove(0);
-    let firing = jetwasm::publisher::Firing {
+    let firing = jetwasm::schedule::Firing {
         seq: 1,
         at: std::time::SystemTime::now(),
         missed: 0,

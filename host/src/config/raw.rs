@@ -1,0 +1,155 @@
+//! `jetwasm.toml` as written: strict serde structs (unknown keys are refused, naming the key
+//! and line), with every optional key still optional. [`super::Config`] is what they become
+//! once resolved and checked.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use super::{HttpRoute, Limits, NatsConfig};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub streams: Option<PathBuf>,
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub allow_destructive: bool,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default, rename = "handler")]
+    pub handlers: Vec<RawHandler>,
+    #[serde(default, rename = "publisher")]
+    pub publishers: Vec<RawPublisher>,
+}
+
+/// `[runtime]`; its defaults are [`super::Runtime`]'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRuntime {
+    pub http: Option<SocketAddr>,
+    pub dead_letter: String,
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    pub limits: Limits,
+    pub compile_cache: Option<PathBuf>,
+    pub compile_cache_max: ByteSize,
+    pub max_failures: u32,
+}
+
+/// Limits as written in a component's table: each may be absent.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub memory: Option<ByteSize>,
+    #[serde(default, with = "humantime_serde")]
+    pub cpu_time: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub max_in_flight: Option<usize>,
+    pub prefetch: Option<usize>,
+    pub max_message_size: Option<ByteSize>,
+    pub max_publishes: Option<u32>,
+}
+
+impl LimitOverrides {
+    /// These overrides laid over `base`.
+    pub fn over(&self, base: Limits) -> Limits {
+        Limits {
+            memory: self.memory.unwrap_or(base.memory),
+            cpu_time: self.cpu_time.unwrap_or(base.cpu_time),
+            timeout: self.timeout.unwrap_or(base.timeout),
+            max_in_flight: self.max_in_flight.unwrap_or(base.max_in_flight),
+            prefetch: self.prefetch.unwrap_or(base.prefetch),
+            max_message_size: self.max_message_size.unwrap_or(base.max_message_size),
+            max_publishes: self.max_publishes.unwrap_or(base.max_publishes),
+        }
+    }
+}
+
+/// What handlers and publishers both have, borrowed from either.
+pub struct Common<'a> {
+    pub name: &'a str,
+    pub component: &'a PathBuf,
+    pub publish: &'a [String],
+    pub limits: &'a LimitOverrides,
+    pub config: &'a BTreeMap<String, toml::Value>,
+}
+
+/// `instances = "fresh" | "reuse"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawInstances {
+    #[default]
+    Fresh,
+    Reuse,
+}
+
+/// One `[[handler]]`. (Shared keys are repeated here and in [`RawPublisher`]: serde cannot
+/// refuse unknown keys in a flattened struct.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandler {
+    pub name: String,
+    pub component: PathBuf,
+    pub stream: String,
+    pub consumer: String,
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub confirm_acks: bool,
+    #[serde(default)]
+    pub instances: RawInstances,
+    pub messages_per_instance: Option<u32>,
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+/// One `[[publisher]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPublisher {
+    pub name: String,
+    pub component: PathBuf,
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+    pub cron: Option<String>,
+    pub http: Option<HttpRoute>,
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+/// `common()` for each component table: the keys every component has.
+macro_rules! common {
+    ($($raw:ty),*) => {$(
+        impl $raw {
+            /// The keys every component has.
+            pub fn common(&self) -> Common<'_> {
+                Common {
+                    name: &self.name,
+                    component: &self.component,
+                    publish: &self.publish,
+                    limits: &self.limits,
+                    config: &self.config,
+                }
+            }
+        }
+    )*};
+}
+
+common!(RawHandler, RawPublisher);
