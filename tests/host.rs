@@ -235,6 +235,22 @@ async fn a_trap_is_retried_with_backoff_then_dead_lettered_once() {
         host.log().contains("fixture-trap: boom"),
         "the guest's panic message reaches the log"
     );
+    // The guest's lines and the host's about one delivery share the message's span.
+    let log = host.log();
+    for delivered in 1..=3 {
+        let span = format!("seq=1 delivered={delivered}}}");
+        let about = |what: &str| {
+            log.lines().any(|line| {
+                line.contains("message{handler=") && line.contains(&span) && line.contains(what)
+            })
+        };
+        assert!(about("fixture-trap: boom"), "{span}: {}", tail(&log));
+        assert!(
+            about("jetwasm::delivery: handler failed"),
+            "{span}: {}",
+            tail(&log)
+        );
+    }
 
     // The host is unaffected: it still serves.
     assert_eq!(http_get(host.http, "/readyz").unwrap().0, 200);
@@ -256,10 +272,11 @@ async fn a_storm_of_failing_calls_is_counted_in_full_and_logged_at_most_a_hundre
     let log = host.log();
     let lines = (log.lines())
         .filter(|line| {
-            line.contains("jetwasm::consumer: handler failed")
-                || line.contains("jetwasm::consumer: dead-lettered")
+            line.contains("jetwasm::delivery: handler failed")
+                || line.contains("jetwasm::delivery: dead-lettered")
         })
         .count() as u64;
+    assert!(lines > 0, "the failures are logged: {}", tail(&log));
     // Unlimited, 1,000 failures and 1,000 dead letters would log 2,000 lines.
     assert!(
         lines <= 100 * (seconds + 1),

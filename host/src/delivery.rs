@@ -5,14 +5,13 @@
 
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::Info;
 use async_nats::jetstream::{self, AckKind};
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::Instrument as _;
 
 use crate::ack::{self, Action, DeliveryPolicy, Verdict};
 use crate::binding::Binding;
@@ -20,6 +19,7 @@ use crate::bindings::Message;
 use crate::dead_letter;
 use crate::dispatch::{Failure, Outcome};
 use crate::metrics::outcome;
+use crate::sandbox::Origin;
 use crate::waiting::mark_in_progress;
 
 /// What a delivery needs of its consumer's settings, read at each bind.
@@ -31,8 +31,6 @@ pub struct Terms {
 }
 
 /// One message, start to finish: its lane's slot stays taken until JetStream has been told.
-/// Everything logged about it, the guest's own lines included, is in one `message` span naming
-/// the handler, stream, sequence and delivery.
 pub async fn process(
     binding: Arc<Binding>,
     terms: Arc<Terms>,
@@ -44,87 +42,185 @@ pub async fn process(
         tracing::error!(handler = %binding.name, subject = %message.subject, "message without JetStream metadata skipped");
         return;
     };
-    let wit = guest_copy(&message.message, &info);
-    // At ERROR level, so that its fields show on every line any filter lets through.
-    let span = tracing::error_span!(
-        "message",
-        handler = %binding.name,
-        stream = %wit.stream,
-        seq = wit.stream_seq,
-        delivered = wit.delivered
-    );
-    handle(&binding, &terms, &message, &wit)
-        .instrument(span)
-        .await
+    let delivery = Delivery {
+        wit: guest_copy(&message.message, &info),
+        binding: &binding,
+        terms: &terms,
+        message: &message,
+        span: OnceLock::new(),
+    };
+    delivery.handle().await
 }
 
-/// Decides the message's verdict (unreadable, oversize, or the handler's outcome) and carries
-/// out the action it calls for.
-async fn handle(binding: &Binding, terms: &Terms, message: &jetstream::Message, wit: &Message) {
-    let started = Instant::now();
-    let unreadable = dead_letter::unreadable(message.headers.as_ref());
-    let verdict = if let Some(why) = unreadable {
-        Verdict::Unreadable(why)
-    } else if wit.payload.len() > binding.max_message_size {
-        Verdict::Oversize {
-            size: wit.payload.len(),
-            limit: binding.max_message_size,
-        }
-    } else {
-        binding.metrics.in_flight.inc();
-        let call = pin!(binding.dispatcher.call(wit));
-        let mut outcome = with_progress(call, message, terms.progress_every).await;
-        if let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
-            // Boxed: the rare path, kept out of every message's future.
-            outcome = Box::pin(retry_in_place(binding, terms, message, wit, outcome)).await;
-        }
-        binding.metrics.in_flight.dec();
-        binding
-            .metrics
-            .latency
-            .observe(started.elapsed().as_secs_f64());
-        Verdict::Handled(outcome)
-    };
-    let kind = verdict.kind();
-    let action = ack::decide(&verdict, wit.delivered, &terms.policy);
-    binding.metrics.count(kind);
-    match &verdict {
-        Verdict::Handled(Outcome::Failed(failure)) if admit(binding) => {
-            tracing::warn!(failure = %failure.describe(), "handler failed")
-        }
-        Verdict::Handled(Outcome::Failed(_)) => {}
-        _ => tracing::debug!(outcome = kind, "handled"),
+/// A message being handled, with what its life needs.
+struct Delivery<'a> {
+    binding: &'a Binding,
+    terms: &'a Terms,
+    message: &'a jetstream::Message,
+    /// The guest's copy of the message.
+    wit: Message,
+    /// The `message` span (handler, stream, sequence, delivery) every line about the message
+    /// is logged in, the guest's own included; made at the first such line. A span for every
+    /// message would cost each one ~1.3 µs of host CPU with the log's formatter (measured,
+    /// about a tenth of a fresh sandbox's message), and most messages log nothing.
+    span: OnceLock<tracing::Span>,
+}
+
+impl Delivery<'_> {
+    /// Logs `line` in the message's span.
+    fn log(&self, line: impl FnOnce()) {
+        let span = self.span.get_or_init(|| {
+            let origin = Origin::Message {
+                stream: self.wit.stream.clone(),
+                seq: self.wit.stream_seq,
+                delivered: self.wit.delivered,
+            };
+            origin.span(&self.binding.name)
+        });
+        span.in_scope(line);
     }
-    apply(binding, terms, message, wit, action).await;
+
+    /// Whether the host may log another line about this handler's calls now (see
+    /// [`crate::log_budget`]): the metrics count every outcome, the log shows at most a
+    /// hundred lines a second of them.
+    fn admit(&self) -> bool {
+        self.binding
+            .dispatcher
+            .env()
+            .host_log
+            .admit(&self.binding.name)
+    }
+
+    /// Decides the message's verdict (unreadable, oversize, or the handler's outcome) and
+    /// carries out the action it calls for.
+    async fn handle(&self) {
+        let (binding, terms, wit) = (self.binding, self.terms, &self.wit);
+        let started = Instant::now();
+        let unreadable = dead_letter::unreadable(self.message.headers.as_ref());
+        let verdict = if let Some(why) = unreadable {
+            Verdict::Unreadable(why)
+        } else if wit.payload.len() > binding.max_message_size {
+            Verdict::Oversize {
+                size: wit.payload.len(),
+                limit: binding.max_message_size,
+            }
+        } else {
+            binding.metrics.in_flight.inc();
+            let call = pin!(binding.dispatcher.call(wit));
+            let mut outcome = with_progress(call, self.message, terms.progress_every).await;
+            if let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
+                // Boxed: the rare path, kept out of every message's future.
+                outcome = Box::pin(self.retry_in_place(outcome)).await;
+            }
+            binding.metrics.in_flight.dec();
+            binding
+                .metrics
+                .latency
+                .observe(started.elapsed().as_secs_f64());
+            Verdict::Handled(outcome)
+        };
+        let kind = verdict.kind();
+        let action = ack::decide(&verdict, wit.delivered, &terms.policy);
+        binding.metrics.count(kind);
+        match &verdict {
+            Verdict::Handled(Outcome::Failed(failure)) if self.admit() => {
+                self.log(|| tracing::warn!(failure = %failure.describe(), "handler failed"))
+            }
+            Verdict::Handled(Outcome::Failed(_)) => {}
+            _ if tracing::enabled!(tracing::Level::DEBUG) => {
+                self.log(|| tracing::debug!(outcome = kind, "handled"))
+            }
+            _ => {}
+        }
+        self.apply(action).await;
+    }
+
+    /// Retries a call the host had no room for (its instance pool was full) until it runs,
+    /// with the message kept in progress: the condition is the host's, so it costs the
+    /// message no delivery and is never counted as the handler's failure (each attempt counts
+    /// under the `host` outcome). Logged once per message; a host that stays full keeps the
+    /// message in progress until it exits, and JetStream then redelivers it.
+    async fn retry_in_place(&self, mut outcome: Outcome) -> Outcome {
+        let (binding, every) = (self.binding, self.terms.progress_every);
+        if let Outcome::Failed(failure) = &outcome {
+            self.log(|| tracing::error!(failure = %failure.describe(), "no room for the call; retrying it in place (a host sizing problem, not the handler's)"));
+        }
+        while let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
+            binding.metrics.count(outcome::HOST);
+            let pause = pin!(tokio::time::sleep(HOST_RETRY_PAUSE));
+            tick_in_progress(pause, self.message, every).await;
+            let call = pin!(binding.dispatcher.call(&self.wit));
+            outcome = tick_in_progress(call, self.message, every).await;
+        }
+        outcome
+    }
+
+    /// Tells JetStream what became of the message. A dead letter is written and confirmed
+    /// before the term; if it cannot be written the message is nak'd so it comes back.
+    async fn apply(&self, action: Action) {
+        let (binding, message, wit) = (self.binding, self.message, &self.wit);
+        let policy = &self.terms.policy;
+        let result = match action {
+            // Boxed, like the other paths that wait on the server, to keep the common future
+            // small.
+            Action::Ack if binding.confirm_acks => Box::pin(message.double_ack()).await,
+            Action::Ack => message.ack().await,
+            Action::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
+            Action::DeadLetter(reason) => {
+                let source = dead_letter::Source {
+                    handler: &binding.name,
+                    subject: &wit.subject,
+                    stream: &wit.stream,
+                    consumer: &wit.consumer,
+                    seq: wit.stream_seq,
+                    delivered: wit.delivered,
+                };
+                // At the last delivery a nak would not bring the message back: keep trying.
+                let attempts = if policy.is_last(wit.delivered) {
+                    u32::MAX
+                } else {
+                    dead_letter::ATTEMPTS
+                };
+                // In progress all along (attempts and pauses can outlast the ack wait), so the
+                // handler does not run again meanwhile. Boxed: the rare path, kept out of
+                // every message's future.
+                let (js, prefix) = (&message.context, &binding.dead_letter);
+                let mut written = Box::pin(async {
+                    let contents = dead_letter::Contents::of(message, &source).await;
+                    dead_letter::write(js, prefix, &source, &reason, &contents, attempts).await
+                });
+                let every = self.terms.progress_every;
+                match Box::pin(tick_in_progress(written.as_mut(), message, every)).await {
+                    Ok(_) => {
+                        binding.metrics.dead_letters.inc();
+                        if self.admit() {
+                            self.log(|| tracing::warn!(reason, "dead-lettered"));
+                        }
+                        message.ack_with(AckKind::Term).await
+                    }
+                    Err(e) => {
+                        if self.admit() {
+                            self.log(|| tracing::error!(error = %format!("{e:#}"), "dead letter not written after retries; message nak'd"));
+                        }
+                        let delay = policy
+                            .backoff_after(wit.delivered)
+                            .unwrap_or(ack::FAILURE_RETRY_DELAY);
+                        message.ack_with(AckKind::Nak(Some(delay))).await
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            // The message stays unacknowledged and JetStream redelivers it after the ack wait.
+            if self.admit() {
+                self.log(|| tracing::warn!(error = %e, "acknowledgement failed; JetStream will redeliver"));
+            }
+        }
+    }
 }
 
 /// Pause between attempts at a call the host had no room for.
 const HOST_RETRY_PAUSE: Duration = Duration::from_millis(100);
-
-/// Retries a call the host had no room for (its instance pool was full) until it runs, with
-/// the message kept in progress: the condition is the host's, so it costs the message no
-/// delivery and is never counted as the handler's failure (each attempt counts under the
-/// `host` outcome). Logged once per message; a host that stays full keeps the message in
-/// progress until it exits, and JetStream then redelivers it.
-async fn retry_in_place(
-    binding: &Binding,
-    terms: &Terms,
-    message: &jetstream::Message,
-    wit: &Message,
-    mut outcome: Outcome,
-) -> Outcome {
-    if let Outcome::Failed(failure) = &outcome {
-        tracing::error!(failure = %failure.describe(), "no room for the call; retrying it in place (a host sizing problem, not the handler's)");
-    }
-    while let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
-        binding.metrics.count(outcome::HOST);
-        let pause = pin!(tokio::time::sleep(HOST_RETRY_PAUSE));
-        tick_in_progress(pause, message, terms.progress_every).await;
-        let call = pin!(binding.dispatcher.call(wit));
-        outcome = tick_in_progress(call, message, terms.progress_every).await;
-    }
-    outcome
-}
 
 /// Runs `call`, telling JetStream the message is in progress every `every` meanwhile. The
 /// call's own deadline bounds how long that goes on. A call that finishes in its first poll
@@ -154,80 +250,6 @@ async fn tick_in_progress<T, F: Future<Output = T>>(
             _ = ticks.tick() => mark_in_progress(message).await,
         }
     }
-}
-
-/// Tells JetStream what became of the message. A dead letter is written and confirmed before
-/// the term; if it cannot be written the message is nak'd so it comes back.
-async fn apply(
-    binding: &Binding,
-    terms: &Terms,
-    message: &jetstream::Message,
-    wit: &Message,
-    action: Action,
-) {
-    let policy = &terms.policy;
-    let result = match action {
-        // Boxed, like the other paths that wait on the server, to keep the common future small.
-        Action::Ack if binding.confirm_acks => Box::pin(message.double_ack()).await,
-        Action::Ack => message.ack().await,
-        Action::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
-        Action::DeadLetter(reason) => {
-            let source = dead_letter::Source {
-                handler: &binding.name,
-                subject: &wit.subject,
-                stream: &wit.stream,
-                consumer: &wit.consumer,
-                seq: wit.stream_seq,
-                delivered: wit.delivered,
-            };
-            // At the last delivery a nak would not bring the message back: keep trying.
-            let attempts = if policy.is_last(wit.delivered) {
-                u32::MAX
-            } else {
-                dead_letter::ATTEMPTS
-            };
-            // In progress all along (attempts and pauses can outlast the ack wait), so the
-            // handler does not run again meanwhile. Boxed: the rare path, kept out of every
-            // message's future.
-            let (js, prefix) = (&message.context, &binding.dead_letter);
-            let mut written = Box::pin(async {
-                let contents = dead_letter::Contents::of(message, &source).await;
-                dead_letter::write(js, prefix, &source, &reason, &contents, attempts).await
-            });
-            let every = terms.progress_every;
-            match Box::pin(tick_in_progress(written.as_mut(), message, every)).await {
-                Ok(_) => {
-                    binding.metrics.dead_letters.inc();
-                    if admit(binding) {
-                        tracing::warn!(reason, "dead-lettered");
-                    }
-                    message.ack_with(AckKind::Term).await
-                }
-                Err(e) => {
-                    if admit(binding) {
-                        tracing::error!(error = %format!("{e:#}"), "dead letter not written after retries; message nak'd");
-                    }
-                    let delay = policy
-                        .backoff_after(wit.delivered)
-                        .unwrap_or(ack::FAILURE_RETRY_DELAY);
-                    message.ack_with(AckKind::Nak(Some(delay))).await
-                }
-            }
-        }
-    };
-    if let Err(e) = result {
-        // The message stays unacknowledged and JetStream redelivers it after the ack wait.
-        if admit(binding) {
-            tracing::warn!(error = %e, "acknowledgement failed; JetStream will redeliver");
-        }
-    }
-}
-
-/// Whether the host may log another line about this handler's calls now (see
-/// [`crate::log_budget`]): the metrics count every outcome, the log shows at most a hundred
-/// lines a second of them.
-fn admit(binding: &Binding) -> bool {
-    binding.dispatcher.env().host_log.admit(&binding.name)
 }
 
 /// The message as the contract hands it to the guest: subject, payload and headers as

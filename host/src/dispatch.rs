@@ -91,6 +91,7 @@ impl Dispatcher {
         let origin = Origin::Message {
             stream: msg.stream.clone(),
             seq: msg.stream_seq,
+            delivered: msg.delivered,
         };
         let warm = self.reuse.and_then(|_| self.lock_warm().pop());
         let (mut store, handler, served) = match warm {

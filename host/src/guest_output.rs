@@ -2,11 +2,13 @@
 //! past a per-call budget is dropped so a chatty guest cannot flood the log.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use crate::sandbox::Origin;
 
 /// Bytes of output kept per stream per call.
 const BUDGET: usize = 64 * 1024;
@@ -18,21 +20,30 @@ pub struct GuestOutput {
     stream: &'static str,
     /// Bytes written in the current call, shared by every handle the guest opens on it.
     used: Arc<AtomicUsize>,
+    /// What the current call works on: its lines are logged in that call's span.
+    origin: Arc<Mutex<Origin>>,
 }
 
 impl GuestOutput {
     /// Output of `handler`'s `stream` (`"stdout"` or `"stderr"`).
-    pub fn new(handler: Arc<str>, stream: &'static str) -> Self {
+    pub fn new(handler: Arc<str>, stream: &'static str, origin: Arc<Mutex<Origin>>) -> Self {
         GuestOutput {
             handler,
             stream,
             used: Arc::default(),
+            origin,
         }
     }
 
     /// Starts a new call's budget (a reused instance keeps its stream handles open).
     pub fn begin_call(&self) {
         self.used.store(0, Ordering::Relaxed);
+    }
+
+    /// The current call's span.
+    fn span(&self) -> tracing::Span {
+        let origin = self.origin.lock().unwrap_or_else(|e| e.into_inner());
+        origin.span(&self.handler)
     }
 }
 
@@ -64,7 +75,10 @@ struct LineWriter {
 impl LineWriter {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
-        tracing::info!(handler = %self.out.handler, stream = self.out.stream, "guest: {text}");
+        let output = self.out.stream;
+        self.out
+            .span()
+            .in_scope(|| tracing::info!(output, "guest: {text}"));
         self.line.clear();
     }
 }
@@ -86,12 +100,13 @@ impl OutputStream for LineWriter {
             }
         }
         if keep < bytes.len() && before <= BUDGET {
-            let (handler, stream) = (&*self.out.handler, self.out.stream);
-            tracing::warn!(
-                handler,
-                stream,
-                "guest output past {BUDGET} bytes in one call is dropped"
-            );
+            let output = self.out.stream;
+            self.out.span().in_scope(|| {
+                tracing::warn!(
+                    output,
+                    "guest output past {BUDGET} bytes in one call is dropped"
+                )
+            });
         }
         Ok(())
     }
@@ -119,7 +134,8 @@ mod tests {
 
     #[test]
     fn the_budget_is_per_call_even_on_a_stream_kept_open() {
-        let out = GuestOutput::new("h".into(), "stdout");
+        let origin = Origin::Tick { due_ms: 0 };
+        let out = GuestOutput::new("h".into(), "stdout", Arc::new(Mutex::new(origin)));
         let mut writer = LineWriter {
             out: out.clone(),
             line: Vec::new(),

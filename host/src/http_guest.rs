@@ -97,10 +97,11 @@ impl HttpPublisher {
             return Err(RequestFailure::Busy);
         };
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{arrival_ms}-{n}");
+        let origin = Origin::Request {
+            id: format!("{arrival_ms}-{n}"),
+        };
         // Everything logged while the guest runs, its own lines included, names the request.
-        let span = tracing::error_span!("request", publisher = %self.name, id);
-        let origin = Origin::Request { id };
+        let span = origin.span(&self.name);
         let limits = self.limits;
         let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &limits);
         let (sender, receiver) = tokio::sync::oneshot::channel();

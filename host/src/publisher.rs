@@ -51,8 +51,11 @@ impl TimerPublisher {
         let unix_ms =
             |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let (now_ms, seq) = (unix_ms(SystemTime::now()), firing.seq);
-        let due_ms = unix_ms(firing.at);
-        let origin = Origin::Tick { due_ms };
+        let origin = Origin::Tick {
+            due_ms: unix_ms(firing.at),
+        };
+        // Everything logged during the tick, the guest's lines included, names it.
+        let span = origin.span(&self.name);
         let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &self.limits);
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
@@ -60,8 +63,6 @@ impl TimerPublisher {
                 .call_on_tick(&mut store, Tick { now_ms, seq })
                 .await
         };
-        // Everything logged during the tick, the guest's lines included, names it.
-        let span = tracing::error_span!("tick", publisher = %self.name, seq, due_ms);
         let call = std::pin::pin!(call.instrument(span));
         match sandbox::run(&self.limits, call).await {
             Ok(Ok(())) => Ok(()),

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,9 @@ pub enum Origin {
         stream: String,
         /// Its stream sequence.
         seq: u64,
+        /// Its delivery count (logged, not part of the shown form: ids stay the same on
+        /// redelivery).
+        delivered: u32,
     },
     /// A publisher's firing due at `due_ms` (Unix milliseconds; unique across restarts,
     /// unlike the tick's sequence number); shown as `tick:1764316800000`.
@@ -116,9 +119,26 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Message { stream, seq } => write!(f, "{stream}:{seq}"),
+            Origin::Message { stream, seq, .. } => write!(f, "{stream}:{seq}"),
             Origin::Tick { due_ms } => write!(f, "tick:{due_ms}"),
             Origin::Request { id } => write!(f, "req:{id}"),
+        }
+    }
+}
+
+impl Origin {
+    /// The span the lines about this call are logged in, `component` naming the handler or
+    /// publisher: `message`, `tick` or `request`. At ERROR level, so that its fields show on
+    /// every line any filter lets through.
+    pub fn span(&self, component: &str) -> tracing::Span {
+        match self {
+            Origin::Message {
+                stream,
+                seq,
+                delivered,
+            } => tracing::error_span!("message", handler = component, stream, seq, delivered),
+            Origin::Tick { due_ms } => tracing::error_span!("tick", publisher = component, due_ms),
+            Origin::Request { id } => tracing::error_span!("request", publisher = component, id),
         }
     }
 }
@@ -161,12 +181,13 @@ impl HostState {
     /// Starts another call on the same store (a reused instance): a new origin, publish
     /// count and time budget.
     pub fn begin_call(&mut self, origin: Origin, limits: &Limits) {
+        if let Some(wasi) = &self.wasi {
+            wasi.output.iter().for_each(GuestOutput::begin_call);
+            *wasi.origin.lock().unwrap_or_else(|e| e.into_inner()) = origin.clone();
+        }
         self.origin = origin;
         self.published = 0;
         self.budget = Budget::new(limits);
-        if let Some(wasi) = &self.wasi {
-            wasi.output.iter().for_each(GuestOutput::begin_call);
-        }
     }
 }
 
@@ -175,19 +196,26 @@ struct Wasi {
     ctx: WasiCtx,
     /// Guest stdout and stderr, whose output budget starts again with each call.
     output: [GuestOutput; 2],
+    /// What the current call works on, for the outputs' log lines.
+    origin: Arc<Mutex<Origin>>,
 }
 
 impl Wasi {
-    fn new(name: &Arc<str>) -> Self {
+    fn new(name: &Arc<str>, origin: &Origin) -> Self {
+        let origin = Arc::new(Mutex::new(origin.clone()));
         let output = [
-            GuestOutput::new(name.clone(), "stdout"),
-            GuestOutput::new(name.clone(), "stderr"),
+            GuestOutput::new(name.clone(), "stdout", origin.clone()),
+            GuestOutput::new(name.clone(), "stderr", origin.clone()),
         ];
         let ctx = WasiCtx::builder()
             .stdout(output[0].clone())
             .stderr(output[1].clone())
             .build();
-        Wasi { ctx, output }
+        Wasi {
+            ctx,
+            output,
+            origin,
+        }
     }
 }
 
@@ -203,8 +231,8 @@ impl WasiHttpView for HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let name = &self.env.name;
-        let wasi = self.wasi.get_or_insert_with(|| Wasi::new(name));
+        let (name, origin) = (&self.env.name, &self.origin);
+        let wasi = self.wasi.get_or_insert_with(|| Wasi::new(name, origin));
         WasiCtxView {
             ctx: &mut wasi.ctx,
             table: &mut self.table,
