@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use harness::setup::order;
 use harness::{deploy_config, workspace_bin, workspace_root, Cluster, Host};
 use jetwasm::bindings::PublishError;
-use jetwasm::publishing::publish_acked;
+use jetwasm::publish::publish_acked;
 
 const STREAMS: [&str; 2] = ["ORDERS", "DEADLETTER"];
 

@@ -16,12 +16,12 @@ use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
 use crate::config::{Component, Config, Instances, Trigger};
 use crate::dispatch::Dispatcher;
-use crate::http_guest::HttpPublisher;
+use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
-use crate::publisher::TimerPublisher;
 use crate::sandbox::ComponentEnv;
-use crate::{engine, imports, registry};
+use crate::timer_publisher::TimerPublisher;
+use crate::{engine, imports, loader};
 
 /// Every configured component, loaded and checked.
 pub struct Components {
@@ -60,7 +60,7 @@ pub async fn load(
     let mut handlers = Vec::new();
     for handler in &config.handlers {
         let component = &handler.component;
-        let pre = registry::load::<HandlerPre<_>>(&engine, &linker, &component.wasm, cache)
+        let pre = loader::load::<HandlerPre<_>>(&engine, &linker, &component.wasm, cache)
             .await
             .with_context(|| format!("handler {}", component.name))?;
         let env = environment(component, js);
@@ -103,7 +103,7 @@ pub async fn load(
             tracing::info_span!("publisher", name = %component.name, component = %path.display());
         match &publisher.trigger {
             Trigger::Http(route) => {
-                let pre = registry::load::<ProxyPre<_>>(&engine, &linker, path, cache)
+                let pre = loader::load::<ProxyPre<_>>(&engine, &linker, path, cache)
                     .await
                     .with_context(label)?;
                 loaded.in_scope(|| tracing::info!(method = %route.method, path = %route.path, "http publisher loaded"));
@@ -111,7 +111,7 @@ pub async fn load(
                 http_publishers.push(Arc::new(publisher));
             }
             Trigger::Schedule(schedule) => {
-                let pre = registry::load::<PublisherPre<_>>(&engine, &linker, path, cache)
+                let pre = loader::load::<PublisherPre<_>>(&engine, &linker, path, cache)
                     .await
                     .with_context(label)?;
                 loaded.in_scope(|| tracing::info!(?schedule, "timer publisher loaded"));

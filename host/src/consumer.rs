@@ -35,14 +35,14 @@ use crate::watchdog::{self, Activity};
 const REBIND_DELAY: Duration = Duration::from_secs(1);
 
 /// The consumer and its settings that shape processing, read at each bind.
-struct Bound {
+struct BoundConsumer {
     consumer: PullConsumer,
     terms: Arc<Terms>,
 }
 
 /// Looks up the durable consumer and reads its redelivery settings. Fails, naming the
 /// handler, stream and consumer, when it does not exist or is not a pull consumer.
-async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<Bound> {
+async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<BoundConsumer> {
     let what = || {
         format!(
             "handler {}: binding consumer {}/{}",
@@ -62,7 +62,7 @@ async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<Boun
         max_failures: Some(binding.max_failures),
     };
     let progress_every = (config.ack_wait / 2).max(Duration::from_millis(100));
-    Ok(Bound {
+    Ok(BoundConsumer {
         consumer,
         terms: Arc::new(Terms {
             policy,
@@ -251,7 +251,7 @@ async fn run_lane(
 /// that has to wait carries on as a task on `tracker`.
 fn start_call(
     binding: &Arc<Binding>,
-    bound: &Arc<Bound>,
+    bound: &Arc<BoundConsumer>,
     tracker: &TaskTracker,
     message: jetstream::Message,
     slot: OwnedSemaphorePermit,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream;
 
-use crate::publishing::publish_acked;
+use crate::publish::publish_acked;
 
 /// Where a dead-lettered message came from.
 #[derive(Debug, Clone)]

@@ -1,13 +1,25 @@
-//! The jetwasm host: runs WebAssembly components as JetStream message handlers.
+//! The jetwasm host: runs WebAssembly components as JetStream message handlers and
+//! publishers.
 //!
-//! A message flows: durable pull consumer ([`consumer`]) → a fresh sandbox per message
-//! ([`dispatch`], on the engine from [`engine`], with the imports in [`imports`]) → an outcome
-//! mapped to a JetStream action ([`ack`]) → ack, nak, or a dead-letter record
-//! ([`dead_letter`]) then term. [`run`] wires it together from a [`config::Config`].
+//! The modules by stage, in the order a message meets them:
+//! - **start**: [`run`] (and [`up`], a local server first) reads the [`config`], applies the
+//!   streams with stream-init, and [`components`] loads every component through the
+//!   [`loader`] (with the [`compile_cache`]) on the [`engine`];
+//! - **pull**: [`consumer`] binds each handler's durable consumer ([`binding`]) and runs its
+//!   lanes, each asking for messages with [`pull`], holding the ones waiting for a slot in
+//!   [`waiting`]; [`watchdog`], [`liveness`] and [`sweeper`] watch over them;
+//! - **one message**: [`delivery`] makes the guest's copy, calls the handler through
+//!   [`dispatch`] in a [`sandbox`] (with the [`imports`]: log, config, [`publish`]), and
+//!   carries out what [`ack`] decides: ack, nak, or a [`dead_letter`] then term;
+//! - **publishers**: [`timer_publisher`] (on a [`schedule`]) and [`http_publisher`] (routes on
+//!   the [`listener`], which also serves metrics and health);
+//! - around them: [`metrics`], [`log_budget`], [`limiter`], [`scaffold`] (`jetwasm new`) and
+//!   [`check`] (`jetwasm check`).
 
 pub mod ack;
 pub mod binding;
 pub mod bindings;
+pub mod check;
 pub mod compile_cache;
 pub mod components;
 pub mod config;
@@ -17,22 +29,22 @@ pub mod delivery;
 pub mod dispatch;
 pub mod engine;
 mod guest_output;
-pub mod http;
-pub mod http_guest;
+pub mod http_publisher;
 pub mod imports;
 pub mod limiter;
+pub mod listener;
 pub mod liveness;
+pub mod loader;
 pub mod log_budget;
 pub mod metrics;
-pub mod publisher;
-pub mod publishing;
+pub mod publish;
 pub mod pull;
-pub mod registry;
 pub mod run;
 pub mod sandbox;
 pub mod scaffold;
 pub mod schedule;
 pub mod sweeper;
+pub mod timer_publisher;
 pub mod up;
 pub mod waiting;
 pub mod watchdog;

@@ -179,11 +179,6 @@ fn new(
 
 /// Says which worlds the component fits; fails (listing why for each) when it fits none.
 async fn check(component: &std::path::Path) -> anyhow::Result<()> {
-    let fits = jetwasm::registry::fitting_worlds(component).await?;
-    println!(
-        "{}: fits the {} world (jetwasm:runtime@0.1.0)",
-        component.display(),
-        fits.join(" and ")
-    );
+    println!("{}", jetwasm::check::component(component).await?);
     Ok(())
 }

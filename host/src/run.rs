@@ -17,7 +17,7 @@ use crate::components::{self, Components};
 use crate::config::{Config, Streams};
 use crate::consumer;
 use crate::metrics::Metrics;
-use crate::{http, publisher, sweeper};
+use crate::{listener, sweeper, timer_publisher};
 
 /// What `jetwasm run` was asked to do.
 #[derive(Debug, Clone)]
@@ -64,12 +64,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         let pulls = (handlers.iter())
             .map(|h| (h.name.clone(), h.metrics.pulls.clone()))
             .collect();
-        let status = http::Status {
+        let status = listener::Status {
             metrics: metrics.clone(),
             ready: ready.clone(),
             pulls,
         };
-        let bound = http::serve(addr, status, http_publishers, shutdown.clone()).await?;
+        let bound = listener::serve(addr, status, http_publishers, shutdown.clone()).await?;
         tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
     }
 
@@ -87,7 +87,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         consumer::start(binding, &js, &shutdown, &calls);
     }
     for publisher in publishers {
-        calls.spawn(publisher::run(publisher, shutdown.clone()));
+        calls.spawn(timer_publisher::run(publisher, shutdown.clone()));
     }
     ready.store(true, Ordering::SeqCst);
     tracing::info!(

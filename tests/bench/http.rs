@@ -131,13 +131,13 @@ config = {{ subject = "bench.http" }}
     let config = Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
     let metrics = Metrics::new();
     let loaded = jetwasm::components::load(&config, None, js, &metrics).await?;
-    let status = jetwasm::http::Status {
+    let status = jetwasm::listener::Status {
         metrics,
         ready: Arc::new(AtomicBool::new(true)),
         pulls: Vec::new(),
     };
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    jetwasm::http::serve(any_port, status, loaded.http_publishers, shutdown.clone()).await
+    jetwasm::listener::serve(any_port, status, loaded.http_publishers, shutdown.clone()).await
 }
 
 /// Store data for the plain server: WASI with nothing granted, and wasi:http.

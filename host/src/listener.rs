@@ -18,7 +18,7 @@ use axum::routing::{get, MethodFilter, MethodRouter};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::http_guest::{HttpPublisher, RequestFailure};
+use crate::http_publisher::{HttpPublisher, RequestFailure};
 use crate::metrics::Metrics;
 use crate::sandbox::Failure;
 

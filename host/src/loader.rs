@@ -139,48 +139,6 @@ fn check_is_component(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// The worlds `component` fits, for `jetwasm check`: compiled (through the default compile
-/// cache) and checked against each world. Fails, listing why for each world, when it fits
-/// none.
-pub async fn fitting_worlds(component: &Path) -> anyhow::Result<Vec<&'static str>> {
-    fn verdict<W: World>(
-        linker: &Linker<HostState>,
-        component: &Component,
-    ) -> (&'static str, Result<(), String>) {
-        let fits = check::<W>(linker, component).map(drop);
-        (W::NAME, fits.map_err(|e| format!("{e:#}")))
-    }
-
-    let engine = crate::engine::new(crate::engine::PoolSize {
-        instances: 1,
-        max_memory: 64 << 20,
-    })?;
-    let linker = crate::imports::linker(&engine)?;
-    let cache = CompileCache::default_dir()
-        .map(|dir| CompileCache::new(dir, crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64()));
-    let compiled = compile(&engine, component, cache.as_ref()).await?;
-    let verdicts = [
-        verdict::<HandlerPre<HostState>>(&linker, &compiled),
-        verdict::<PublisherPre<HostState>>(&linker, &compiled),
-        verdict::<ProxyPre<HostState>>(&linker, &compiled),
-    ];
-    let fits: Vec<&str> = (verdicts.iter())
-        .filter(|(_, v)| v.is_ok())
-        .map(|(world, _)| *world)
-        .collect();
-    if fits.is_empty() {
-        let why: Vec<String> = (verdicts.iter())
-            .map(|(world, v)| format!("  {world}: {}", v.as_ref().err().map_or("", |e| e.as_str())))
-            .collect();
-        bail!(
-            "{} fits no jetwasm world (jetwasm:runtime@0.1.0):\n{}",
-            component.display(),
-            why.join("\n")
-        );
-    }
-    Ok(fits)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

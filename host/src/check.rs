@@ -1,0 +1,65 @@
+//! `jetwasm check`: which worlds a component fits, before it is deployed anywhere.
+
+use std::path::Path;
+
+use anyhow::bail;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::bindings::publisher::PublisherPre;
+use crate::bindings::HandlerPre;
+use crate::compile_cache::CompileCache;
+use crate::loader::{self, World};
+use crate::sandbox::HostState;
+
+/// `jetwasm check COMPONENT`: the line to print, naming the worlds the component fits.
+pub async fn component(component: &Path) -> anyhow::Result<String> {
+    let fits = fitting_worlds(component).await?;
+    Ok(format!(
+        "{}: fits the {} world (jetwasm:runtime@0.1.0)",
+        component.display(),
+        fits.join(" and ")
+    ))
+}
+
+/// The worlds `component` fits, for `jetwasm check`: compiled (through the default compile
+/// cache) and checked against each world. Fails, listing why for each world, when it fits
+/// none.
+async fn fitting_worlds(component: &Path) -> anyhow::Result<Vec<&'static str>> {
+    fn verdict<W: World>(
+        linker: &Linker<HostState>,
+        component: &Component,
+    ) -> (&'static str, Result<(), String>) {
+        let fits = loader::check::<W>(linker, component).map(drop);
+        (W::NAME, fits.map_err(|e| format!("{e:#}")))
+    }
+
+    let engine = crate::engine::new(crate::engine::PoolSize {
+        instances: 1,
+        max_memory: 64 << 20,
+    })?;
+    let linker = crate::imports::linker(&engine)?;
+    let cache = CompileCache::default_dir()
+        .map(|dir| CompileCache::new(dir, crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64()));
+    let compiled = loader::compile(&engine, component, cache.as_ref()).await?;
+    let verdicts = [
+        verdict::<HandlerPre<HostState>>(&linker, &compiled),
+        verdict::<PublisherPre<HostState>>(&linker, &compiled),
+        verdict::<ProxyPre<HostState>>(&linker, &compiled),
+    ];
+    let fits: Vec<&str> = (verdicts.iter())
+        .filter(|(_, v)| v.is_ok())
+        .map(|(world, _)| *world)
+        .collect();
+    if fits.is_empty() {
+        let why: Vec<String> = (verdicts.iter())
+            .map(|(world, v)| format!("  {world}: {}", v.as_ref().err().map_or("", |e| e.as_str())))
+            .collect();
+        bail!(
+            "{} fits no jetwasm world (jetwasm:runtime@0.1.0):\n{}",
+            component.display(),
+            why.join("\n")
+        );
+    }
+    Ok(fits)
+}
