@@ -43,12 +43,14 @@ chaos: tools handlers
 soak: tools handlers
 	$(CARGO) test -p jetwasm-tests --test chaos -- --ignored --nocapture soak
 
-## lint: formatting and clippy, host and handlers, and the deployment files checked offline
-## (CI runs it before the tests)
+## lint: formatting, clippy (with the workspace's [workspace.lints]) and rustdoc with warnings
+## denied, host and handlers, and the deployment files checked offline (CI runs it before the
+## tests). The toolchain is pinned in rust-toolchain.toml, which is also the MSRV.
 lint: wasm-target
 	deploy/check.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 	cd handlers && $(CARGO) fmt --all -- --check
 	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) clippy --release --all-targets -- -D warnings
 

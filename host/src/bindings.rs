@@ -2,6 +2,9 @@
 //! top level, the `publisher` world in [`publisher`] (sharing the same import interfaces, so
 //! one linker serves both).
 
+// Generated code: its items carry the WIT's own doc comments, not all of them.
+#![allow(missing_docs)]
+
 wasmtime::component::bindgen!({
     world: "handler",
     path: "../wit",

@@ -122,6 +122,7 @@ impl CompileCache {
             .append(true)
             .open(entry)
             .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        #[allow(unsafe_code)]
         // SAFETY: the bytes are exactly what `Component::serialize` wrote for this engine
         // configuration: the digest above rules out corruption, and wasmtime itself checks
         // that the artifact matches this engine's version and settings.

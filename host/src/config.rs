@@ -1,5 +1,5 @@
 //! `jetwasm.toml`: where NATS is, which streams to set up first, runtime defaults and the
-//! handlers and publishers to run. The file is read strictly into [`raw`] structs (unknown
+//! handlers and publishers to run. The file is read strictly into `raw` structs (unknown
 //! keys name the key and line), then resolved into typed values: each component with its
 //! limits laid over the defaults, its publish policy and its config strings; a handler's
 //! [`Instances`], a publisher's [`Trigger`]. [`Config::load`] reports every problem at once,

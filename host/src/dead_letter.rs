@@ -44,7 +44,7 @@ pub mod headers {
     /// Why it was dead-lettered.
     pub const REASON: &str = "Jetwasm-Reason";
     /// Set on the record of a message the client could only read lossily (see
-    /// [`unreadable`]): the original's raw header block, base64, as the stream stores it.
+    /// [`unreadable`](crate::dead_letter::unreadable)): the original's raw header block, base64, as the stream stores it.
     pub const ORIGINAL_HEADERS: &str = "Jetwasm-Original-Headers";
     /// Set when the record carries only the start of the payload (it would not fit the
     /// server's max payload with the record's headers): the original payload's size in bytes.

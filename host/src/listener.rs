@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodFilter, MethodRouter};
 use axum::Router;
@@ -84,14 +84,9 @@ pub async fn serve(
     Ok(bound)
 }
 
-async fn metrics(
-    State(status): State<Status>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn metrics(State(status): State<Status>) -> ([(HeaderName, &'static str); 1], String) {
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         status.metrics.render(),
     )
 }
@@ -140,10 +135,9 @@ async fn serve_publisher(publisher: &HttpPublisher, request: Request) -> Respons
                     publisher.limits.max_in_flight
                 ),
             );
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
         Err(RequestFailure::Failed(Failure::Timeout(limit))) => {
@@ -174,8 +168,8 @@ fn error(status: StatusCode, message: String) -> Response {
     let body = serde_json::json!({ "error": message }).to_string();
     let mut response = (status, body).into_response();
     response.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     response
 }

@@ -40,16 +40,22 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Why a pull ended; the lane rebinds.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
+    /// The server went silent with a request open.
     #[error("no heartbeat from the server for {0:?} with a pull request open")]
     MissedHeartbeats(Duration),
+    /// The consumer is gone.
     #[error("the consumer was deleted")]
     ConsumerDeleted,
+    /// The server refused the request (e.g. a push consumer, or past its limits).
     #[error("the server refused the pull: {0}")]
     Refused(String),
+    /// Nothing answered the requests (JetStream down or electing).
     #[error("JetStream did not answer {0} pull requests in a row (no responders)")]
     NoResponders(u32),
+    /// The client closed the subscription (the connection is gone).
     #[error("the subscription for the pull closed")]
     Closed,
+    /// The request could not be sent.
     #[error("cannot send the pull request: {0}")]
     Request(String),
 }
@@ -242,7 +248,7 @@ impl Pull {
 impl Pull {
     /// Ends the pull: unsubscribes, and returns the messages the server sent before the
     /// unsubscribe took effect (its requests may still have been open), so that none is left
-    /// unseen to wait out its ack wait. Gives up after [`CLOSE_WAIT`] on a connection that no
+    /// unseen to wait out its ack wait. Gives up after `CLOSE_WAIT` on a connection that no
     /// longer answers.
     pub async fn close(mut self) -> Vec<jetstream::Message> {
         self.set_live(false);

@@ -122,6 +122,7 @@ fn stop_with_parent(command: &mut Command) {
     {
         use rustix::process::{getppid, set_parent_process_death_signal, Pid, Signal};
         let parent = Pid::from_raw(std::process::id() as i32);
+        #[allow(unsafe_code)]
         // SAFETY: between fork and exec the closure makes only two async-signal-safe
         // syscalls (prctl, getppid) and allocates nothing.
         unsafe {

@@ -237,8 +237,7 @@ config = {{ count = {n}, subject = "benchpub.out" }}
 "#,
         handler_wasm("fixture_publish_burst").display()
     );
-    let config = Config::parse(&text, std::path::Path::new("."))
-        .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    let config = Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
     let publisher = jetwasm::components::load(&config, None, js, &Metrics::new())
         .await?
         .publishers

@@ -134,10 +134,7 @@ publish = ["orders.created", "ticks.>", "nostream.>"]
     }
 
     /// Every message in `stream`, oldest first.
-    pub async fn messages(
-        &self,
-        stream: &str,
-    ) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    pub async fn messages(&self, stream: &str) -> Vec<jetstream::message::StreamMessage> {
         let mut handle = self.stream(stream).await;
         let last = handle.info().await.unwrap().state.last_sequence;
         let mut all = Vec::new();
@@ -154,13 +151,10 @@ publish = ["orders.created", "ticks.>", "nostream.>"]
     }
 
     /// Changes consumer `proc` on the server, as an operator would by hand.
-    pub async fn change_consumer(
-        &self,
-        change: impl FnOnce(&mut async_nats::jetstream::consumer::Config),
-    ) {
+    pub async fn change_consumer(&self, change: impl FnOnce(&mut jetstream::consumer::Config)) {
         let stream = self.stream("ORDERS").await;
         let consumer = stream
-            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("proc")
+            .get_consumer::<jetstream::consumer::pull::Config>("proc")
             .await
             .unwrap();
         let mut config = consumer.cached_info().config.clone();
@@ -174,7 +168,7 @@ publish = ["orders.created", "ticks.>", "nostream.>"]
     }
 
     /// The `proc` consumer's current state.
-    pub async fn consumer(&self) -> async_nats::jetstream::consumer::Info {
+    pub async fn consumer(&self) -> jetstream::consumer::Info {
         self.stream("ORDERS")
             .await
             .consumer_info("proc")
@@ -224,7 +218,7 @@ publish = ["orders.created", "ticks.>", "nostream.>"]
     }
 
     /// Every dead-letter record, oldest first.
-    pub async fn dead_letters(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    pub async fn dead_letters(&self) -> Vec<jetstream::message::StreamMessage> {
         self.messages("DEADLETTER").await
     }
 
@@ -234,7 +228,7 @@ publish = ["orders.created", "ticks.>", "nostream.>"]
         n: usize,
         within: Duration,
         host: &Host,
-    ) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    ) -> Vec<jetstream::message::StreamMessage> {
         let deadline = Instant::now() + within;
         loop {
             let records = self.dead_letters().await;
@@ -282,10 +276,7 @@ pub fn order(i: usize) -> String {
 }
 
 /// The value of header `name` in a stored record; panics when it has none.
-pub fn header<'a>(
-    record: &'a async_nats::jetstream::message::StreamMessage,
-    name: &str,
-) -> &'a str {
+pub fn header<'a>(record: &'a jetstream::message::StreamMessage, name: &str) -> &'a str {
     record
         .headers
         .get(name)
