@@ -37,11 +37,11 @@ test: tools handlers
 ## chaos: the chaos suite in its long form (faults from outside under load, an independent
 ## checker counting lost, duplicated and stuck orders; `make test` runs the short form)
 chaos: tools handlers
-	JETWASM_CHAOS=long $(CARGO) test -p jetwasm-tests --test chaos -- --nocapture --test-threads 1
+	JETWASM_CHAOS=long $(CARGO) test -p jetwasm-host --test host -- chaos:: --nocapture --test-threads 1
 
 ## soak: an hour of load with a fault every minute, RSS sampled (JETWASM_SOAK_SECS to change)
 soak: tools handlers
-	$(CARGO) test -p jetwasm-tests --test chaos -- --ignored --nocapture soak
+	$(CARGO) test -p jetwasm-host --test host -- chaos:: --ignored --nocapture soak
 
 ## lint: formatting, clippy (with the workspace's [workspace.lints]) and rustdoc with warnings
 ## denied, host and handlers, and the deployment files checked offline (CI runs it before the
@@ -95,4 +95,4 @@ clean:
 
 ## bench: host vs native async-nats throughput, and the cost of a sandboxed call
 bench: tools handlers
-	$(CARGO) bench -p jetwasm-tests --bench throughput --profile bench
+	$(CARGO) bench -p jetwasm-host --bench throughput --profile bench

@@ -38,18 +38,82 @@ impl Verdict {
     }
 }
 
-/// The JetStream action for one delivery.
+/// The JetStream action for one delivery: the whole plan, carried out without deciding
+/// anything more.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Acknowledge.
-    Ack,
+    /// Acknowledge; with `confirm`, wait for the server to confirm it.
+    Ack {
+        /// Wait for the server's confirmation (the handler's `confirm_acks`).
+        confirm: bool,
+    },
     /// Redeliver after this delay (immediately when `None`).
     Nak(Option<Duration>),
-    /// Write a dead-letter record with this reason, then terminate.
-    DeadLetter(String),
+    /// Write a dead-letter record, then terminate.
+    DeadLetter(DeadLetterPlan),
 }
 
-/// The consumer's redelivery settings, read when it is bound.
+/// How a message is dead-lettered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterPlan {
+    /// Why, as the record says.
+    pub reason: String,
+    /// The pauses between attempts at writing the record.
+    pub retries: RetrySchedule,
+    /// If it cannot be written after those: nak with this delay, so the message comes back
+    /// (never reached at the last delivery, where the retries do not end).
+    pub if_unwritten: Duration,
+}
+
+/// Attempts at writing a dead letter when JetStream will deliver the message again.
+pub const DEAD_LETTER_ATTEMPTS: u32 = 6;
+
+/// The pauses between attempts at writing a dead-letter record: 250 ms, doubling up to 4 s
+/// (about 8 s for [`DEAD_LETTER_ATTEMPTS`]); limited, or without end at a message's last
+/// delivery, where a nak would not bring it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySchedule {
+    pause: Duration,
+    /// Retries left; `None`: until written.
+    left: Option<u32>,
+}
+
+impl RetrySchedule {
+    const FIRST: Duration = Duration::from_millis(250);
+    const LONGEST: Duration = Duration::from_secs(4);
+
+    /// `attempts` in all: the first, then `attempts - 1` retries.
+    pub fn limited(attempts: u32) -> Self {
+        RetrySchedule {
+            pause: Self::FIRST,
+            left: Some(attempts.saturating_sub(1)),
+        }
+    }
+
+    /// Retries until the record is written.
+    pub fn until_written() -> Self {
+        RetrySchedule {
+            pause: Self::FIRST,
+            left: None,
+        }
+    }
+}
+
+impl Iterator for RetrySchedule {
+    type Item = Duration;
+
+    /// The pause before the next attempt, or `None` when there is none.
+    fn next(&mut self) -> Option<Duration> {
+        if let Some(left) = &mut self.left {
+            *left = left.checked_sub(1)?;
+        }
+        let pause = self.pause;
+        self.pause = (pause * 2).min(Self::LONGEST);
+        Some(pause)
+    }
+}
+
+/// The consumer's redelivery settings, read when it is bound, and the handler's own.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeliveryPolicy {
     /// Deliveries allowed per message; `None` is unlimited.
@@ -60,6 +124,8 @@ pub struct DeliveryPolicy {
     /// timeout, memory), applied only when `max_deliver` is unlimited, so a poison message
     /// does not loop forever.
     pub max_failures: Option<u32>,
+    /// Wait for the server to confirm each ack (the handler's `confirm_acks`).
+    pub confirm_acks: bool,
 }
 
 /// The delay used after a guest failure when the consumer has no backoff, so a failing
@@ -100,27 +166,44 @@ impl DeliveryPolicy {
 
 /// The action for this delivery.
 pub fn decide(verdict: &Verdict, delivered: u32, policy: &DeliveryPolicy) -> Action {
+    let dead_letter = |reason: String| {
+        Action::DeadLetter(DeadLetterPlan {
+            reason,
+            retries: if policy.is_last(delivered) {
+                RetrySchedule::until_written()
+            } else {
+                RetrySchedule::limited(DEAD_LETTER_ATTEMPTS)
+            },
+            if_unwritten: policy
+                .backoff_after(delivered)
+                .unwrap_or(FAILURE_RETRY_DELAY),
+        })
+    };
     let outcome = match verdict {
         Verdict::Handled(outcome) => outcome,
         Verdict::Oversize { size, limit } => {
-            return Action::DeadLetter(format!(
+            return dead_letter(format!(
                 "message is {size} bytes, over the handler's {limit}-byte limit"
             ))
         }
-        Verdict::Unreadable(why) => return Action::DeadLetter(why.clone()),
+        Verdict::Unreadable(why) => return dead_letter(why.clone()),
     };
     let last = policy.is_last(delivered);
     match outcome {
-        Outcome::Ack => Action::Ack,
-        Outcome::Term(reason) => Action::DeadLetter(reason.clone()),
-        Outcome::Nak(_) if last => Action::DeadLetter(format!(
+        Outcome::Ack => Action::Ack {
+            confirm: policy.confirm_acks,
+        },
+        Outcome::Term(reason) => dead_letter(reason.clone()),
+        Outcome::Nak(_) if last => dead_letter(format!(
             "handler asked for a retry (nak) on the last allowed delivery ({})",
             policy.budget(delivered)
         )),
         Outcome::Nak(delay) => Action::Nak(delay.or_else(|| policy.backoff_after(delivered))),
-        Outcome::Failed(failure) if policy.gives_up_on_failure(delivered) => Action::DeadLetter(
-            format!("{} ({})", failure.describe(), policy.budget(delivered)),
-        ),
+        Outcome::Failed(failure) if policy.gives_up_on_failure(delivered) => dead_letter(format!(
+            "{} ({})",
+            failure.describe(),
+            policy.budget(delivered)
+        )),
         Outcome::Failed(_) => Action::Nak(Some(
             policy
                 .backoff_after(delivered)
@@ -133,6 +216,14 @@ pub fn decide(verdict: &Verdict, delivered: u32, policy: &DeliveryPolicy) -> Act
 mod tests {
     use super::*;
     use crate::dispatch::Failure;
+
+    /// The reason of a dead-letter action.
+    fn reason(action: &Action) -> &str {
+        match action {
+            Action::DeadLetter(plan) => &plan.reason,
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
 
     /// The action for a delivery the handler ran.
     fn handled(outcome: &Outcome, delivered: u32, policy: &DeliveryPolicy) -> Action {
@@ -148,14 +239,12 @@ mod tests {
         let unreadable = Verdict::Unreadable("a header is not valid UTF-8".into());
         for delivered in [1, 2, 3] {
             assert_eq!(
-                decide(&oversize, delivered, &policy()),
-                Action::DeadLetter(
-                    "message is 2000000 bytes, over the handler's 1048576-byte limit".into()
-                )
+                reason(&decide(&oversize, delivered, &policy())),
+                "message is 2000000 bytes, over the handler's 1048576-byte limit"
             );
             assert_eq!(
-                decide(&unreadable, delivered, &policy()),
-                Action::DeadLetter("a header is not valid UTF-8".into())
+                reason(&decide(&unreadable, delivered, &policy())),
+                "a header is not valid UTF-8"
             );
         }
     }
@@ -200,16 +289,62 @@ mod tests {
             max_deliver: Some(3),
             backoff: vec![Duration::from_secs(1), Duration::from_secs(5)],
             max_failures: Some(10),
+            confirm_acks: false,
         }
     }
 
     #[test]
-    fn ack_and_term_map_directly() {
-        assert_eq!(handled(&Outcome::Ack, 3, &policy()), Action::Ack);
+    fn ack_and_term_map_directly_and_confirm_acks_asks_for_confirmation() {
+        let ack = handled(&Outcome::Ack, 3, &policy());
+        assert_eq!(ack, Action::Ack { confirm: false });
+        let confirming = DeliveryPolicy {
+            confirm_acks: true,
+            ..policy()
+        };
+        let ack = handled(&Outcome::Ack, 1, &confirming);
+        assert_eq!(ack, Action::Ack { confirm: true });
         assert_eq!(
-            handled(&Outcome::Term("bad".into()), 1, &policy()),
-            Action::DeadLetter("bad".into())
+            reason(&handled(&Outcome::Term("bad".into()), 1, &policy())),
+            "bad"
         );
+    }
+
+    #[test]
+    fn a_record_not_written_is_retried_a_few_times_then_the_message_comes_back_at_its_backoff_step()
+    {
+        let Action::DeadLetter(plan) = handled(&Outcome::Term("bad".into()), 2, &policy()) else {
+            panic!("a term is dead-lettered");
+        };
+        let pauses: Vec<u64> = plan.retries.map(|p| p.as_millis() as u64).collect();
+        assert_eq!(pauses, [250, 500, 1000, 2000, 4000], "six attempts in all");
+        assert_eq!(
+            plan.if_unwritten,
+            Duration::from_secs(5),
+            "backoff after delivery 2"
+        );
+        let no_backoff = DeliveryPolicy {
+            backoff: Vec::new(),
+            ..policy()
+        };
+        let Action::DeadLetter(plan) = handled(&Outcome::Term("bad".into()), 1, &no_backoff) else {
+            panic!("a term is dead-lettered");
+        };
+        assert_eq!(plan.if_unwritten, FAILURE_RETRY_DELAY);
+    }
+
+    #[test]
+    fn at_the_last_delivery_the_record_is_retried_until_written() {
+        let Action::DeadLetter(plan) = handled(&Outcome::Term("bad".into()), 3, &policy()) else {
+            panic!("a term is dead-lettered");
+        };
+        let pauses: Vec<u64> = plan
+            .retries
+            .take(100)
+            .map(|p| p.as_millis() as u64)
+            .collect();
+        assert_eq!(pauses.len(), 100, "no end");
+        assert_eq!(pauses[..6], [250, 500, 1000, 2000, 4000, 4000]);
+        assert!(pauses.iter().all(|p| *p <= 4000));
     }
 
     #[test]
@@ -245,8 +380,8 @@ mod tests {
             Action::Nak(Some(Duration::from_secs(5)))
         );
         assert_eq!(
-            handled(&trap, 3, &p),
-            Action::DeadLetter("trap: unreachable (delivery 3 of 3)".into())
+            reason(&handled(&trap, 3, &p)),
+            "trap: unreachable (delivery 3 of 3)"
         );
         let unlimited = DeliveryPolicy::default();
         assert_eq!(
@@ -261,6 +396,7 @@ mod tests {
             max_deliver: None,
             backoff: Vec::new(),
             max_failures: Some(10),
+            confirm_acks: false,
         };
         let trap = Outcome::Failed(Failure::Trap("unreachable".into()));
         assert_eq!(
@@ -268,11 +404,8 @@ mod tests {
             Action::Nak(Some(FAILURE_RETRY_DELAY))
         );
         assert_eq!(
-            handled(&trap, 10, &p),
-            Action::DeadLetter(
-                "trap: unreachable (delivery 10; the host gives up after 10 failed deliveries)"
-                    .into()
-            )
+            reason(&handled(&trap, 10, &p)),
+            "trap: unreachable (delivery 10; the host gives up after 10 failed deliveries)"
         );
         // A nak is the handler's own choice to retry: not a failure, never capped.
         assert_eq!(handled(&Outcome::Nak(None), 50, &p), Action::Nak(None));
@@ -289,12 +422,11 @@ mod tests {
 
     #[test]
     fn a_nak_on_the_last_delivery_is_dead_lettered_not_dropped() {
-        match handled(&Outcome::Nak(None), 3, &policy()) {
-            Action::DeadLetter(reason) => assert!(
-                reason.contains("last allowed delivery (delivery 3 of 3)"),
-                "{reason}"
-            ),
-            other => panic!("expected a dead letter, got {other:?}"),
-        }
+        let action = handled(&Outcome::Nak(None), 3, &policy());
+        let reason = reason(&action);
+        assert!(
+            reason.contains("last allowed delivery (delivery 3 of 3)"),
+            "{reason}"
+        );
     }
 }

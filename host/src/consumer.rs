@@ -60,6 +60,7 @@ async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<Boun
         max_deliver: u32::try_from(config.max_deliver).ok().filter(|n| *n > 0),
         backoff: config.backoff.clone(),
         max_failures: Some(binding.max_failures),
+        confirm_acks: binding.confirm_acks,
     };
     let progress_every = (config.ack_wait / 2).max(Duration::from_millis(100));
     Ok(BoundConsumer {

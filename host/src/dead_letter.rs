@@ -3,11 +3,11 @@
 //! is terminated.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream;
 
+use crate::ack::{RetrySchedule, DEAD_LETTER_ATTEMPTS};
 use crate::publish::publish_acked;
 
 /// Where a dead-lettered message came from.
@@ -60,10 +60,6 @@ pub fn subject(prefix: &str, stream: &str, consumer: &str) -> String {
     format!("{prefix}.{stream}.{consumer}")
 }
 
-/// Attempts at writing a dead letter before giving up on this delivery, when JetStream will
-/// deliver the message again.
-pub const ATTEMPTS: u32 = 6;
-
 /// What a record carries of the original message.
 pub struct Contents<'a> {
     /// The original payload (cut to fit when too large: see [`headers::TRUNCATED`]).
@@ -90,33 +86,32 @@ impl<'a> Contents<'a> {
     }
 }
 
-/// Writes the record, up to `attempts` times with a growing pause (about 8s for the first
-/// [`ATTEMPTS`], then every 4s); the caller keeps the message in progress meanwhile, so an
-/// outage of the dead-letter stream loses nothing. Returns false when the stream already held
-/// a record of this message (its message id is derived from the original).
+/// Writes the record, pausing as `retries` says between attempts (see
+/// [`RetrySchedule`]); the caller keeps the message in progress meanwhile, so an outage of the
+/// dead-letter stream loses nothing. Returns false when the stream already held a record of
+/// this message (its message id is derived from the original).
 pub async fn write(
     js: &jetstream::Context,
     prefix: &str,
     source: &Source<'_>,
     reason: &str,
     contents: &Contents<'_>,
-    attempts: u32,
+    mut retries: RetrySchedule,
 ) -> anyhow::Result<bool> {
-    let mut pause = Duration::from_millis(250);
     let mut attempt = 1;
     loop {
-        match publish(js, prefix, source, reason, contents).await {
-            Err(e) if attempt < attempts => {
-                if attempt < ATTEMPTS {
+        let result = publish(js, prefix, source, reason, contents).await;
+        match (result, retries.next()) {
+            (Err(e), Some(pause)) => {
+                if attempt < DEAD_LETTER_ATTEMPTS {
                     tracing::warn!(handler = source.handler, seq = source.seq, attempt, error = %format!("{e:#}"), "dead letter not written; retrying");
                 } else {
                     tracing::error!(handler = source.handler, seq = source.seq, attempt, error = %format!("{e:#}"), "dead letter still not written on the message's last delivery; holding it and retrying");
                 }
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(4));
                 attempt += 1;
             }
-            result => return result,
+            (result, _) => return result,
         }
     }
 }

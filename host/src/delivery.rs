@@ -13,13 +13,13 @@ use async_nats::jetstream::message::Info;
 use async_nats::jetstream::{self, AckKind};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::ack::{self, Action, DeliveryPolicy, Verdict};
+use crate::ack::{self, Action, DeadLetterPlan, DeliveryPolicy, Verdict};
 use crate::binding::Binding;
 use crate::bindings::Message;
 use crate::dead_letter;
 use crate::dispatch::{Failure, Outcome};
 use crate::metrics::outcome;
-use crate::sandbox::Origin;
+use crate::origin::Origin;
 use crate::waiting::mark_in_progress;
 
 /// What a delivery needs of its consumer's settings, read at each bind.
@@ -155,60 +155,54 @@ impl Delivery<'_> {
         outcome
     }
 
+    /// Writes the dead letter (in progress all along: attempts and pauses can outlast the ack
+    /// wait, and the handler must not run again meanwhile), then terms the message; naks it
+    /// when the record could not be written, so that it comes back.
+    async fn dead_letter(&self, plan: DeadLetterPlan) -> Result<(), async_nats::Error> {
+        let (binding, message, wit) = (self.binding, self.message, &self.wit);
+        let source = dead_letter::Source {
+            handler: &binding.name,
+            subject: &wit.subject,
+            stream: &wit.stream,
+            consumer: &wit.consumer,
+            seq: wit.stream_seq,
+            delivered: wit.delivered,
+        };
+        let (js, prefix, reason) = (&message.context, &binding.dead_letter, &plan.reason);
+        let mut written = pin!(async {
+            let contents = dead_letter::Contents::of(message, &source).await;
+            dead_letter::write(js, prefix, &source, reason, &contents, plan.retries).await
+        });
+        match tick_in_progress(written.as_mut(), message, self.terms.progress_every).await {
+            Ok(_) => {
+                binding.metrics.dead_letters.inc();
+                if self.admit() {
+                    self.log(|| tracing::warn!(reason, "dead-lettered"));
+                }
+                message.ack_with(AckKind::Term).await
+            }
+            Err(e) => {
+                if self.admit() {
+                    self.log(|| tracing::error!(error = %format!("{e:#}"), "dead letter not written after retries; message nak'd"));
+                }
+                message
+                    .ack_with(AckKind::Nak(Some(plan.if_unwritten)))
+                    .await
+            }
+        }
+    }
+
     /// Tells JetStream what became of the message. A dead letter is written and confirmed
     /// before the term; if it cannot be written the message is nak'd so it comes back.
     async fn apply(&self, action: Action) {
-        let (binding, message, wit) = (self.binding, self.message, &self.wit);
-        let policy = &self.terms.policy;
+        let message = self.message;
         let result = match action {
             // Boxed, like the other paths that wait on the server, to keep the common future
             // small.
-            Action::Ack if binding.confirm_acks => Box::pin(message.double_ack()).await,
-            Action::Ack => message.ack().await,
+            Action::Ack { confirm: true } => Box::pin(message.double_ack()).await,
+            Action::Ack { confirm: false } => message.ack().await,
             Action::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
-            Action::DeadLetter(reason) => {
-                let source = dead_letter::Source {
-                    handler: &binding.name,
-                    subject: &wit.subject,
-                    stream: &wit.stream,
-                    consumer: &wit.consumer,
-                    seq: wit.stream_seq,
-                    delivered: wit.delivered,
-                };
-                // At the last delivery a nak would not bring the message back: keep trying.
-                let attempts = if policy.is_last(wit.delivered) {
-                    u32::MAX
-                } else {
-                    dead_letter::ATTEMPTS
-                };
-                // In progress all along (attempts and pauses can outlast the ack wait), so the
-                // handler does not run again meanwhile. Boxed: the rare path, kept out of
-                // every message's future.
-                let (js, prefix) = (&message.context, &binding.dead_letter);
-                let mut written = Box::pin(async {
-                    let contents = dead_letter::Contents::of(message, &source).await;
-                    dead_letter::write(js, prefix, &source, &reason, &contents, attempts).await
-                });
-                let every = self.terms.progress_every;
-                match Box::pin(tick_in_progress(written.as_mut(), message, every)).await {
-                    Ok(_) => {
-                        binding.metrics.dead_letters.inc();
-                        if self.admit() {
-                            self.log(|| tracing::warn!(reason, "dead-lettered"));
-                        }
-                        message.ack_with(AckKind::Term).await
-                    }
-                    Err(e) => {
-                        if self.admit() {
-                            self.log(|| tracing::error!(error = %format!("{e:#}"), "dead letter not written after retries; message nak'd"));
-                        }
-                        let delay = policy
-                            .backoff_after(wit.delivered)
-                            .unwrap_or(ack::FAILURE_RETRY_DELAY);
-                        message.ack_with(AckKind::Nak(Some(delay))).await
-                    }
-                }
-            }
+            Action::DeadLetter(plan) => Box::pin(self.dead_letter(plan)).await,
         };
         if let Err(e) = result {
             // The message stays unacknowledged and JetStream redelivers it after the ack wait.

@@ -15,8 +15,9 @@ use wasmtime::Store;
 
 use crate::bindings::{Disposition, Handler, HandlerPre, Message};
 use crate::config::Limits;
+use crate::origin::Origin;
 pub use crate::sandbox::Failure;
-use crate::sandbox::{self, ComponentEnv, HostState, Origin};
+use crate::sandbox::{self, ComponentEnv, HostState};
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq)]

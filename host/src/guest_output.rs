@@ -8,7 +8,7 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use crate::sandbox::Origin;
+use crate::origin::Origin;
 
 /// Bytes of output kept per stream per call.
 const BUDGET: usize = 64 * 1024;

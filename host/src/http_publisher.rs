@@ -14,7 +14,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::WasiHttpView;
 
 use crate::config::{HttpRoute, Limits};
-use crate::sandbox::{self, ComponentEnv, Failure, HostState, Origin};
+use crate::origin::Origin;
+use crate::sandbox::{self, ComponentEnv, Failure, HostState};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 

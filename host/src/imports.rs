@@ -9,8 +9,9 @@ use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::jetwasm::runtime::{config, log, publish, types};
 use crate::bindings::{Handler, PublishAck, PublishError};
 use crate::log_budget::{Verdict, LINES_PER_SECOND};
+use crate::origin::Origin;
 use crate::publish::{check, publish_acked, Allowance};
-use crate::sandbox::{HostState, Origin};
+use crate::sandbox::HostState;
 
 /// A linker with WASI (no capabilities), `wasi:http` (incoming only: outgoing requests are
 /// refused) and the jetwasm imports.

@@ -14,7 +14,7 @@
 //! - **publishers**: [`timer_publisher`] (on a [`schedule`]) and [`http_publisher`] (routes on
 //!   the [`listener`], which also serves metrics and health);
 //! - around them: [`metrics`], [`log_budget`], [`limiter`], [`scaffold`] (`jetwasm new`) and
-//!   [`check`] (`jetwasm check`).
+//!   [`check`] (`jetwasm check`); [`origin`] names what a call works on, in ids and logs.
 
 pub mod ack;
 pub mod binding;
@@ -37,6 +37,7 @@ pub mod liveness;
 pub mod loader;
 pub mod log_budget;
 pub mod metrics;
+pub mod origin;
 pub mod publish;
 pub mod pull;
 pub mod run;

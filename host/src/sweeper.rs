@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ack::RetrySchedule;
 use crate::binding::Binding;
 use crate::dead_letter::{self, Contents, Source};
 
@@ -107,7 +108,16 @@ async fn sweep(binding: Arc<Binding>, js: jetstream::Context, advisory: MaxDeliv
         raw_headers: stored.raw_headers,
     };
     let prefix = &binding.dead_letter;
-    match dead_letter::write(&js, prefix, &source, &reason, &contents, u32::MAX).await {
+    match dead_letter::write(
+        &js,
+        prefix,
+        &source,
+        &reason,
+        &contents,
+        RetrySchedule::until_written(),
+    )
+    .await
+    {
         Ok(true) => {
             binding.metrics.dead_letters.inc();
             tracing::warn!(handler, stream, seq, reason, "dead-lettered");

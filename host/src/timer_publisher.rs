@@ -12,8 +12,9 @@ use crate::bindings::publisher::PublisherPre;
 use crate::bindings::Tick;
 use crate::config::Limits;
 use crate::metrics::{tick_outcome, PublisherMetrics};
+use crate::origin::Origin;
 use crate::sandbox::{self, Failure};
-use crate::sandbox::{ComponentEnv, HostState, Origin};
+use crate::sandbox::{ComponentEnv, HostState};
 use crate::schedule::{Firing, Schedule};
 
 /// A publisher ready to run.

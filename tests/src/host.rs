@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use tempfile::TempDir;
 
-use crate::{free_port, workspace_bin, workspace_root};
+use crate::{free_port, package_bin, workspace_root};
 
 /// A built handler component, e.g. `handler_wasm("orders")` or `handler_wasm("fixture_trap")`.
 /// They come from `JETWASM_HANDLERS_DIR` (set by `make test`), else `handlers/target`.
@@ -141,6 +141,18 @@ impl Host {
         bail!("jetwasm still running after {within:?}:\n{}", self.log())
     }
 
+    /// Stops the host as an orchestrator would (SIGTERM) and waits up to `within` for it to
+    /// exit; fails, with the log's tail, unless it exits successfully.
+    pub async fn stop_gracefully(&mut self, within: Duration) -> anyhow::Result<()> {
+        self.terminate()?;
+        let status = self.wait_exit(within).await?;
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        anyhow::ensure!(status.success(), "exit {status}\n{}", tail.join("\n"));
+        Ok(())
+    }
+
     /// Sends SIGTERM, as an orchestrator stopping the host would.
     pub fn terminate(&self) -> anyhow::Result<()> {
         self.signal("TERM")
@@ -233,7 +245,7 @@ fn spawn_host(
         .create(true)
         .append(true)
         .open(log)?;
-    Command::new(workspace_bin("jetwasm")?)
+    Command::new(package_bin("jetwasm")?)
         .args(["run", "--config"])
         .arg(dir.path().join("jetwasm.toml"))
         .args(["--server", url])

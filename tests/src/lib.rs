@@ -17,8 +17,6 @@ pub use proxy::Proxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
 use anyhow::{bail, Context as _};
 
@@ -30,39 +28,30 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// Finds the nats-server binary, or explains how to install it.
+/// Finds the nats-server binary: `NATS_SERVER_BIN`, else what `make tools` installs, else
+/// `nats-server` on `PATH`.
 pub fn nats_server_bin() -> anyhow::Result<PathBuf> {
-    jetwasm::up::locate_nats_server(
-        std::env::var_os("NATS_SERVER_BIN"),
-        workspace_root().join(".tools/venv/bin/nats-server"),
-        std::env::var_os("PATH"),
-    )
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let local = workspace_root().join(".tools/venv/bin/nats-server");
+    let on_path = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file());
+    [Some(local), on_path]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .context("no nats-server: run `make tools`, or set NATS_SERVER_BIN")
 }
 
-/// A binary of this workspace (`stream-init`, `jetwasm`), freshly built: the first call in a
-/// test process runs `cargo build --bins` (a no-op when nothing changed), so a test never runs
-/// a stale binary.
-pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
-    static BUILD: OnceLock<Result<(), String>> = OnceLock::new();
-    BUILD
-        .get_or_init(|| {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let out = Command::new(cargo)
-                .args(["build", "--bins", "--quiet"])
-                .current_dir(workspace_root())
-                .output()
-                .map_err(|e| format!("running cargo build --bins: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "cargo build --bins failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            }
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)?;
+/// A binary of the package whose integration tests are running (`jetwasm` for the host's,
+/// `stream-init` for stream-init's): Cargo builds a package's binaries before running its
+/// tests and puts them beside the test executable's folder (the tests check that this is
+/// exactly `CARGO_BIN_EXE_<name>`).
+pub fn package_bin(name: &str) -> anyhow::Result<PathBuf> {
     // The test executable is target/<profile>/deps/<test>; binaries are in target/<profile>.
     let exe = std::env::current_exe()?;
     let bin = exe
@@ -71,7 +60,10 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
         .map(|dir| dir.join(name))
         .context("locating the target directory")?;
     if !bin.is_file() {
-        bail!("{} was not built by cargo build --bins", bin.display());
+        bail!(
+            "{} is missing: run the tests of the package that builds it",
+            bin.display()
+        );
     }
     Ok(bin)
 }

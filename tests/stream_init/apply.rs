@@ -6,11 +6,11 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
-use harness::{workspace_bin, workspace_root, Cluster, NatsServer};
+use harness::{workspace_root, Cluster, NatsServer};
 
 /// Runs `stream-init ARGS --server URL` and returns its output.
 async fn stream_init(url: &str, args: &[&str]) -> Output {
-    let bin = workspace_bin("stream-init").unwrap();
+    let bin = env!("CARGO_BIN_EXE_stream-init");
     tokio::process::Command::new(bin)
         .args(args)
         .args(["--server", url])

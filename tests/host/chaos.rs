@@ -266,9 +266,7 @@ async fn the_host_is_stopped_with_sigterm_under_load_and_started_again() {
     for _ in 0..rounds {
         progress(&host, acked(&host), 200.0).await;
         let asked = Instant::now();
-        host.terminate().unwrap();
-        let status = host.wait_exit(Duration::from_secs(30)).await.unwrap();
-        assert!(status.success(), "{status}\n{}", tail(&host.log()));
+        host.stop_gracefully(Duration::from_secs(30)).await.unwrap();
         stops.push(asked.elapsed());
         host.restart(&setup.server.url).await.unwrap();
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_nats::header::HeaderMap;
 use async_nats::jetstream;
 use harness::setup::order;
-use harness::{deploy_config, workspace_bin, workspace_root, Cluster, Host};
+use harness::{deploy_config, workspace_root, Cluster, Host};
 use jetwasm::bindings::PublishError;
 use jetwasm::publish::publish_acked;
 
@@ -18,16 +18,19 @@ async fn replicas(js: &jetstream::Context, stream: &str) -> usize {
     stream.info().await.unwrap().config.num_replicas
 }
 
-/// `stream-init apply --file deploy/streams.toml` with `args`, as the compose one-shot runs it.
-fn stream_init_apply(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(workspace_bin("stream-init").unwrap())
-        .args(["apply", "--file"])
-        .arg(workspace_root().join("deploy/streams.toml"))
-        .args(["--server", url])
-        .args(args)
-        .env_remove("JETWASM_ENV")
-        .output()
-        .unwrap()
+/// Applies `deploy/streams.toml` as the compose file's one-shot service does, through
+/// stream-init's library (its CLI and flags are stream-init's own tests): with the `env`
+/// overlay, destructive changes allowed or not.
+async fn stream_init_apply(
+    js: &jetstream::Context,
+    env: Option<&str>,
+    allow_destructive: bool,
+) -> anyhow::Result<()> {
+    let spec = stream_init::Spec::load(&workspace_root().join("deploy/streams.toml"), env)?;
+    let plan = stream_init::plan(js, &spec).await?;
+    plan.check_destructive(allow_destructive)?;
+    stream_init::apply(js, &plan).await?;
+    Ok(())
 }
 
 /// Publishes `n` orders with ids `prefix-i` the way the host's `publish` import does,
@@ -64,13 +67,12 @@ async fn publish_through_failover(
 async fn the_production_config_keeps_three_replicas_and_survives_losing_a_node() {
     let mut cluster = Cluster::start().await.unwrap();
     let url = cluster.url();
-    let out = stream_init_apply(&url, &[]);
-    assert!(out.status.success(), "{out:?}");
+    let js = cluster.jetstream().await.unwrap();
+    stream_init_apply(&js, None, false).await.unwrap();
     let host = Host::start(&url, &deploy_config("jetwasm.toml"))
         .await
         .unwrap();
 
-    let js = cluster.jetstream().await.unwrap();
     for stream in STREAMS {
         assert_eq!(
             replicas(&js, stream).await,
@@ -117,8 +119,8 @@ async fn the_production_config_keeps_three_replicas_and_survives_losing_a_node()
 async fn neither_the_host_nor_stream_init_scale_a_cluster_down_unless_told() {
     let cluster = Cluster::start().await.unwrap();
     let url = cluster.url();
-    let out = stream_init_apply(&url, &[]);
-    assert!(out.status.success(), "{out:?}");
+    let js = cluster.jetstream().await.unwrap();
+    stream_init_apply(&js, None, false).await.unwrap();
 
     // The dev config against the cluster: its overlay would scale both streams to 1 replica.
     let mut host = Host::spawn(&url, &deploy_config("jetwasm.dev.toml")).unwrap();
@@ -135,20 +137,20 @@ async fn neither_the_host_nor_stream_init_scale_a_cluster_down_unless_told() {
         "and how to allow it:\n{log}"
     );
 
-    let out = stream_init_apply(&url, &["--env", "dev"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{out:?}");
+    let refused = stream_init_apply(&js, Some("dev"), false)
+        .await
+        .unwrap_err();
+    let refused = format!("{refused:#}");
     assert!(
-        stderr.contains("stream ORDERS: replicas 3 → 1") && stderr.contains("--allow-destructive"),
-        "{stderr}"
+        refused.contains("stream ORDERS: replicas 3 → 1")
+            && refused.contains("--allow-destructive"),
+        "{refused}"
     );
-    let js = cluster.jetstream().await.unwrap();
     for stream in STREAMS {
         assert_eq!(replicas(&js, stream).await, 3, "{stream} untouched");
     }
 
-    let out = stream_init_apply(&url, &["--env", "dev", "--allow-destructive"]);
-    assert!(out.status.success(), "{out:?}");
+    stream_init_apply(&js, Some("dev"), true).await.unwrap();
     assert_eq!(replicas(&js, "ORDERS").await, 1, "allowed explicitly");
 }
 

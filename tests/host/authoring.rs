@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use harness::{handler_wasm, workspace_bin};
+use harness::handler_wasm;
 
 /// Runs `jetwasm check` on `component`: exit code, stdout, stderr.
 fn check(component: &Path) -> (Option<i32>, String, String) {
-    let out = Command::new(workspace_bin("jetwasm").unwrap())
+    let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
         .arg("check")
         .arg(component)
         .output()
@@ -113,7 +113,7 @@ fn new_builds_and_checks(lang: &str) {
     let dir = tempfile::tempdir().unwrap();
     for (kind, world) in [("handler", "handler"), ("publisher", "publisher")] {
         let name = format!("my-{kind}");
-        let out = Command::new(workspace_bin("jetwasm").unwrap())
+        let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
             .args(["new", kind, &name, "--lang", lang, "--dir"])
             .arg(dir.path())
             .output()

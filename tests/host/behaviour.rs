@@ -410,9 +410,7 @@ async fn shutdown_hands_back_messages_still_waiting_for_a_slot() {
     let mut host = setup.host("fixture_slow", handler).await;
     setup.publish_all((0..4).map(|i| format!("slow {i}"))).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    host.terminate().unwrap();
-    let status = host.wait_exit(Duration::from_secs(15)).await.unwrap();
-    assert!(status.success(), "exit {status}\n{}", tail(&host.log()));
+    host.stop_gracefully(Duration::from_secs(15)).await.unwrap();
     let info = setup.consumer().await;
     assert_eq!(
         info.ack_floor.stream_sequence, 1,
@@ -480,9 +478,7 @@ async fn graceful_shutdown_finishes_in_flight_work_and_loses_nothing() {
     setup.publish_all((0..20).map(|i| format!("m{i}"))).await;
     // Let the first four start, then ask the host to stop while they run.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    host.terminate().unwrap();
-    let status = host.wait_exit(Duration::from_secs(15)).await.unwrap();
-    assert!(status.success(), "exit {status}\n{}", tail(&host.log()));
+    host.stop_gracefully(Duration::from_secs(15)).await.unwrap();
     let acked_before_restart = setup.consumer().await.ack_floor.stream_sequence;
     assert!(
         acked_before_restart >= 4,
@@ -638,12 +634,7 @@ async fn a_timer_publisher_publishes_once_per_tick_with_derived_ids() {
     );
     let mut host = Host::start(&setup.server.url, &config).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2_100)).await;
-    host.terminate().unwrap();
-    assert!(host
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .unwrap()
-        .success());
+    host.stop_gracefully(Duration::from_secs(10)).await.unwrap();
 
     let messages = setup.messages("ORDERS").await;
     assert!(
@@ -674,12 +665,7 @@ async fn a_timer_publisher_publishes_once_per_tick_with_derived_ids() {
     let stored = messages.len();
     host.restart(&setup.server.url).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    host.terminate().unwrap();
-    assert!(host
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .unwrap()
-        .success());
+    host.stop_gracefully(Duration::from_secs(10)).await.unwrap();
     let after_restart = setup.messages("ORDERS").await.len();
     assert!(after_restart >= stored + 3, "{stored} then {after_restart}");
 }
@@ -696,12 +682,7 @@ async fn a_slow_tick_never_overlaps_the_next_and_missed_ticks_are_counted() {
     let missed = host
         .metric("jetwasm_publisher_missed_ticks_total{publisher=\"p\"}")
         .unwrap();
-    host.terminate().unwrap();
-    assert!(host
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .unwrap()
-        .success());
+    host.stop_gracefully(Duration::from_secs(10)).await.unwrap();
 
     let payloads: Vec<String> = setup
         .messages("TICKS")
@@ -838,7 +819,7 @@ publish = ["orders.processed"]
         handler_wasm("orders").display()
     );
     std::fs::write(dir.join("jetwasm.toml"), config).unwrap();
-    let mut up = std::process::Command::new(harness::workspace_bin("jetwasm").unwrap())
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
         .args(["up", "--config"])
         .arg(dir.join("jetwasm.toml"))
         .arg("--data")
