@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::dispatch::Outcome;
+use crate::dispatch::{Failure, Outcome};
 use crate::metrics::outcome;
 
 /// What became of one delivery.
@@ -36,6 +36,17 @@ impl Verdict {
             Verdict::Unreadable(_) => outcome::UNREADABLE,
         }
     }
+}
+
+/// What to do with a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Tell JetStream this.
+    Settle(Action),
+    /// Make the call again where it is, keeping the message in progress: the host had no room
+    /// for it (its instance pool was full), which is neither the handler's failure nor a
+    /// reason to use up one of the message's deliveries.
+    RetryInPlace,
 }
 
 /// The JetStream action for one delivery: the whole plan, carried out without deciding
@@ -132,7 +143,19 @@ pub struct DeliveryPolicy {
 /// message does not spin.
 pub const FAILURE_RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// How often a message whose call is still running is marked in progress: every half of the
+/// consumer's ack wait, and no more often than every 100 ms.
+pub fn progress_every(ack_wait: Duration) -> Duration {
+    (ack_wait / 2).max(Duration::from_millis(100))
+}
+
 impl DeliveryPolicy {
+    /// A consumer's `max_deliver` as a limit: JetStream reads 0 and -1 (any value under 1)
+    /// as unlimited.
+    pub fn max_deliver(configured: i64) -> Option<u32> {
+        u32::try_from(configured).ok().filter(|n| *n > 0)
+    }
+
     /// True when `delivered` (1-based) is the last delivery JetStream will make.
     pub fn is_last(&self, delivered: u32) -> bool {
         self.max_deliver.is_some_and(|max| delivered >= max)
@@ -164,8 +187,16 @@ impl DeliveryPolicy {
     }
 }
 
-/// The action for this delivery.
-pub fn decide(verdict: &Verdict, delivered: u32, policy: &DeliveryPolicy) -> Action {
+/// What to do with this delivery.
+pub fn decide(verdict: &Verdict, delivered: u32, policy: &DeliveryPolicy) -> Decision {
+    if let Verdict::Handled(Outcome::Failed(Failure::HostCapacity(_))) = verdict {
+        return Decision::RetryInPlace;
+    }
+    Decision::Settle(settle(verdict, delivered, policy))
+}
+
+/// The action for a delivery that is not retried in place.
+fn settle(verdict: &Verdict, delivered: u32, policy: &DeliveryPolicy) -> Action {
     let dead_letter = |reason: String| {
         Action::DeadLetter(DeadLetterPlan {
             reason,
@@ -215,7 +246,6 @@ pub fn decide(verdict: &Verdict, delivered: u32, policy: &DeliveryPolicy) -> Act
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::Failure;
 
     /// The reason of a dead-letter action.
     fn reason(action: &Action) -> &str {
@@ -225,9 +255,17 @@ mod tests {
         }
     }
 
+    /// The action decided for `verdict`, which must not be retried in place.
+    fn settled(verdict: &Verdict, delivered: u32, policy: &DeliveryPolicy) -> Action {
+        match decide(verdict, delivered, policy) {
+            Decision::Settle(action) => action,
+            Decision::RetryInPlace => panic!("{verdict:?} retried in place"),
+        }
+    }
+
     /// The action for a delivery the handler ran.
     fn handled(outcome: &Outcome, delivered: u32, policy: &DeliveryPolicy) -> Action {
-        decide(&Verdict::Handled(outcome.clone()), delivered, policy)
+        settled(&Verdict::Handled(outcome.clone()), delivered, policy)
     }
 
     #[test]
@@ -239,11 +277,11 @@ mod tests {
         let unreadable = Verdict::Unreadable("a header is not valid UTF-8".into());
         for delivered in [1, 2, 3] {
             assert_eq!(
-                reason(&decide(&oversize, delivered, &policy())),
+                reason(&settled(&oversize, delivered, &policy())),
                 "message is 2000000 bytes, over the handler's 1048576-byte limit"
             );
             assert_eq!(
-                reason(&decide(&unreadable, delivered, &policy())),
+                reason(&settled(&unreadable, delivered, &policy())),
                 "a header is not valid UTF-8"
             );
         }
@@ -417,6 +455,40 @@ mod tests {
         assert_eq!(
             handled(&trap, 10, &consumer),
             Action::Nak(Some(FAILURE_RETRY_DELAY))
+        );
+    }
+
+    #[test]
+    fn no_room_for_the_call_is_retried_in_place_at_any_delivery_even_the_last() {
+        let full = Verdict::Handled(Outcome::Failed(Failure::HostCapacity("pool full".into())));
+        for delivered in [1, 3, 50] {
+            assert_eq!(decide(&full, delivered, &policy()), Decision::RetryInPlace);
+        }
+        let unlimited = DeliveryPolicy::default();
+        assert_eq!(decide(&full, 10, &unlimited), Decision::RetryInPlace);
+    }
+
+    #[test]
+    fn max_deliver_under_one_is_unlimited() {
+        assert_eq!(DeliveryPolicy::max_deliver(-1), None);
+        assert_eq!(DeliveryPolicy::max_deliver(0), None);
+        assert_eq!(DeliveryPolicy::max_deliver(5), Some(5));
+        assert_eq!(
+            DeliveryPolicy::max_deliver(i64::MAX),
+            None,
+            "past u32: as unlimited"
+        );
+    }
+
+    #[test]
+    fn a_running_call_is_marked_in_progress_every_half_ack_wait() {
+        assert_eq!(
+            progress_every(Duration::from_secs(30)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            progress_every(Duration::from_millis(50)),
+            Duration::from_millis(100)
         );
     }
 

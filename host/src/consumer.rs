@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ack::DeliveryPolicy;
+use crate::ack::{self, DeliveryPolicy};
 use crate::binding::Binding;
 use crate::delivery::{self, Terms};
 use crate::liveness;
@@ -57,18 +57,18 @@ async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<Boun
         .with_context(what)?;
     let config = &consumer.cached_info().config;
     let policy = DeliveryPolicy {
-        max_deliver: u32::try_from(config.max_deliver).ok().filter(|n| *n > 0),
+        max_deliver: DeliveryPolicy::max_deliver(config.max_deliver),
         backoff: config.backoff.clone(),
         max_failures: Some(binding.max_failures),
         confirm_acks: binding.confirm_acks,
     };
-    let progress_every = (config.ack_wait / 2).max(Duration::from_millis(100));
+    let terms = Terms {
+        policy,
+        progress_every: ack::progress_every(config.ack_wait),
+    };
     Ok(BoundConsumer {
         consumer,
-        terms: Arc::new(Terms {
-            policy,
-            progress_every,
-        }),
+        terms: Arc::new(terms),
     })
 }
 

@@ -13,12 +13,11 @@ use async_nats::jetstream::message::Info;
 use async_nats::jetstream::{self, AckKind};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::ack::{self, Action, DeadLetterPlan, DeliveryPolicy, Verdict};
+use crate::ack::{self, Action, DeadLetterPlan, Decision, DeliveryPolicy, Verdict};
 use crate::binding::Binding;
 use crate::bindings::Message;
 use crate::dead_letter;
-use crate::dispatch::{Failure, Outcome};
-use crate::metrics::outcome;
+use crate::dispatch::Outcome;
 use crate::origin::Origin;
 use crate::waiting::mark_in_progress;
 
@@ -97,30 +96,38 @@ impl Delivery<'_> {
         let (binding, terms, wit) = (self.binding, self.terms, &self.wit);
         let started = Instant::now();
         let unreadable = dead_letter::unreadable(self.message.headers.as_ref());
-        let verdict = if let Some(why) = unreadable {
-            Verdict::Unreadable(why)
+        let never_ran = if let Some(why) = unreadable {
+            Some(Verdict::Unreadable(why))
         } else if wit.payload.len() > binding.max_message_size {
-            Verdict::Oversize {
+            Some(Verdict::Oversize {
                 size: wit.payload.len(),
                 limit: binding.max_message_size,
-            }
+            })
         } else {
-            binding.metrics.in_flight.inc();
-            let call = pin!(binding.dispatcher.call(wit));
-            let mut outcome = with_progress(call, self.message, terms.progress_every).await;
-            if let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
-                // Boxed: the rare path, kept out of every message's future.
-                outcome = Box::pin(self.retry_in_place(outcome)).await;
+            None
+        };
+        let ran = never_ran.is_none();
+        let verdict = match never_ran {
+            Some(verdict) => verdict,
+            None => {
+                binding.metrics.in_flight.inc();
+                let call = pin!(binding.dispatcher.call(wit));
+                Verdict::Handled(with_progress(call, self.message, terms.progress_every).await)
             }
+        };
+        let (verdict, action) = match ack::decide(&verdict, wit.delivered, &terms.policy) {
+            Decision::Settle(action) => (verdict, action),
+            // Boxed: the rare path, kept out of every message's future.
+            Decision::RetryInPlace => Box::pin(self.retry_in_place(verdict)).await,
+        };
+        if ran {
             binding.metrics.in_flight.dec();
             binding
                 .metrics
                 .latency
                 .observe(started.elapsed().as_secs_f64());
-            Verdict::Handled(outcome)
-        };
+        }
         let kind = verdict.kind();
-        let action = ack::decide(&verdict, wit.delivered, &terms.policy);
         binding.metrics.count(kind);
         match &verdict {
             Verdict::Handled(Outcome::Failed(failure)) if self.admit() => {
@@ -135,24 +142,27 @@ impl Delivery<'_> {
         self.apply(action).await;
     }
 
-    /// Retries a call the host had no room for (its instance pool was full) until it runs,
-    /// with the message kept in progress: the condition is the host's, so it costs the
-    /// message no delivery and is never counted as the handler's failure (each attempt counts
-    /// under the `host` outcome). Logged once per message; a host that stays full keeps the
-    /// message in progress until it exits, and JetStream then redelivers it.
-    async fn retry_in_place(&self, mut outcome: Outcome) -> Outcome {
+    /// Makes the call again, with the message kept in progress, until it runs: the host had
+    /// no room for it (its instance pool was full), so it costs the message no delivery and
+    /// is never counted as the handler's failure (each attempt counts under the `host`
+    /// outcome). Logged once per message; a host that stays full keeps the message in
+    /// progress until it exits, and JetStream then redelivers it.
+    async fn retry_in_place(&self, mut verdict: Verdict) -> (Verdict, Action) {
         let (binding, every) = (self.binding, self.terms.progress_every);
-        if let Outcome::Failed(failure) = &outcome {
+        if let Verdict::Handled(Outcome::Failed(failure)) = &verdict {
             self.log(|| tracing::error!(failure = %failure.describe(), "no room for the call; retrying it in place (a host sizing problem, not the handler's)"));
         }
-        while let Outcome::Failed(Failure::HostCapacity(_)) = &outcome {
-            binding.metrics.count(outcome::HOST);
+        loop {
+            binding.metrics.count(verdict.kind());
             let pause = pin!(tokio::time::sleep(HOST_RETRY_PAUSE));
             tick_in_progress(pause, self.message, every).await;
             let call = pin!(binding.dispatcher.call(&self.wit));
-            outcome = tick_in_progress(call, self.message, every).await;
+            verdict = Verdict::Handled(tick_in_progress(call, self.message, every).await);
+            match ack::decide(&verdict, self.wit.delivered, &self.terms.policy) {
+                Decision::Settle(action) => return (verdict, action),
+                Decision::RetryInPlace => {}
+            }
         }
-        outcome
     }
 
     /// Writes the dead letter (in progress all along: attempts and pauses can outlast the ack
