@@ -10,7 +10,7 @@ CARGO ?= cargo
 export NATS_SERVER_BIN
 export JETWASM_HANDLERS_DIR := $(HANDLERS_TARGET)/wasm32-wasip2/release
 
-.PHONY: demo demo-components test lint handlers tools wasm-target nats-server fmt clean bench chaos soak
+.PHONY: demo demo-components test lint deny handlers tools wasm-target nats-server fmt clean bench chaos soak
 
 ## demo: a local JetStream, stream-init (dev overlay), the host and the orders handler at work.
 ## Builds only what it runs: the host, stream-init and the Rust components of the demo (the
@@ -44,15 +44,32 @@ soak: tools handlers
 	$(CARGO) test -p jetwasm-host --test host -- chaos:: --ignored --nocapture soak
 
 ## lint: formatting, clippy (with the workspace's [workspace.lints]) and rustdoc with warnings
-## denied, host and handlers, and the deployment files checked offline (CI runs it before the
-## tests). The toolchain is pinned in rust-toolchain.toml, which is also the MSRV.
+## denied, host and handlers, cargo deny, and the deployment files checked offline (CI runs it
+## before the tests). The toolchain is pinned in rust-toolchain.toml, which is also the MSRV.
 lint: wasm-target
 	deploy/check.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+	$(MAKE) --no-print-directory deny
 	cd handlers && $(CARGO) fmt --all -- --check
 	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) clippy --release --all-targets -- -D warnings
+
+## deny: licenses, banned and duplicated crates and sources (deny.toml); advisories when the
+## RustSec database can be fetched (it lives on github.com), and a note saying so when not
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := $(TOOLS)/cargo/bin/cargo-deny
+deny: $(CARGO_DENY)
+	$(CARGO_DENY) check licenses bans sources
+	@if timeout 60 $(CARGO_DENY) fetch db >/dev/null 2>&1; then \
+		$(CARGO_DENY) check advisories; \
+	else \
+		echo "deny: advisories NOT checked: the RustSec database (github.com/rustsec/advisory-db) cannot be fetched from this machine"; \
+	fi
+
+$(CARGO_DENY):
+	@echo "deny: installing cargo-deny $(CARGO_DENY_VERSION) into $(TOOLS)/cargo (once: ~5 minutes on 2 cores)"
+	$(CARGO) install --locked cargo-deny --version $(CARGO_DENY_VERSION) --root $(TOOLS)/cargo
 
 # Builds in other languages find the contract and their toolchains through these; each
 # toolchain is installed into $(TOOLS) the first time it is needed (handlers/toolchain.sh).
