@@ -1,6 +1,6 @@
-//! Loading every configured component: one engine sized for all of them, each component
-//! compiled and checked against its world, and its environment (config, publish allow-list,
-//! limits) prepared. Nothing is bound or started here.
+//! Loading every component, configured or dropped in: one engine sized for all of them, each
+//! component compiled and checked against its world (a handler's consumer found too), and its
+//! environment (config, publish policy, limits) prepared. Nothing is bound or started here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +14,17 @@ use crate::binding::Binding;
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
-use crate::config::{Component, Config, Instances, Trigger};
+use crate::config::{Component, Config, DropIn, Handler, Instances, Publisher, Trigger};
 use crate::dispatch::Dispatcher;
 use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::sandbox::ComponentEnv;
 use crate::timer_publisher::TimerPublisher;
-use crate::{engine, imports, loader};
+use crate::{consumer, engine, imports, loader};
 
-/// Every configured component, loaded and checked.
+/// Every component, loaded and checked.
+#[derive(Default)]
 pub struct Components {
     /// Handlers, ready to bind to their consumers.
     pub handlers: Vec<Arc<Binding>>,
@@ -31,41 +32,100 @@ pub struct Components {
     pub publishers: Vec<Arc<TimerPublisher>>,
     /// HTTP publishers, ready to be routed to.
     pub http_publishers: Vec<Arc<HttpPublisher>>,
+    /// Drop-ins that could not be loaded: their names and why (the component, or a handler's
+    /// consumer).
+    pub refused: Vec<(String, String)>,
 }
 
-/// Loads and checks every handler and publisher in `config`. Fails on the first component
-/// that cannot be read, compiled or does not fit its world, naming it.
+/// Loads and checks every handler and publisher in `config`, then the `drop_ins`. Fails on
+/// the first configured component that cannot be read, compiled, does not fit its world (or,
+/// for a handler, whose consumer is missing), naming it; a drop-in that cannot be loaded is
+/// listed in [`Components::refused`] instead.
 pub async fn load(
     config: &Config,
+    drop_ins: &[DropIn],
     spec: Option<&stream_init::Spec>,
     js: &jetstream::Context,
     metrics: &Metrics,
 ) -> anyhow::Result<Components> {
-    let components = (config.handlers.iter().map(|h| &h.component))
-        .chain(config.publishers.iter().map(|p| &p.component));
+    let handlers = (config.handlers.iter()).chain(drop_ins.iter().filter_map(|d| match d {
+        DropIn::Handler(handler) => Some(handler),
+        DropIn::Publisher(_) => None,
+    }));
+    let publishers = (config.publishers.iter()).chain(drop_ins.iter().filter_map(|d| match d {
+        DropIn::Publisher(publisher) => Some(publisher),
+        DropIn::Handler(_) => None,
+    }));
+    let all =
+        (handlers.clone().map(|h| &h.component)).chain(publishers.clone().map(|p| &p.component));
     let pool = engine::PoolSize {
-        instances: pool_instances(config),
-        max_memory: components
+        instances: pool_instances(handlers, publishers),
+        max_memory: all
             .map(|c| c.limits.memory.as_u64() as usize)
             .max()
             .unwrap_or(64 << 20),
     };
     let engine = engine::new(pool)?;
-    let linker = imports::linker(&engine)?;
     let cache_max = config.runtime.compile_cache_max.as_u64();
     let cache_dir = (config.runtime.compile_cache.clone()).or_else(CompileCache::default_dir);
-    let cache = cache_dir.map(|dir| CompileCache::new(dir, cache_max));
-    let cache = cache.as_ref();
-
-    let mut handlers = Vec::new();
+    let loader = Loader {
+        linker: imports::linker(&engine)?,
+        engine,
+        cache: cache_dir.map(|dir| CompileCache::new(dir, cache_max)),
+        config,
+        spec,
+        js,
+        metrics,
+    };
+    let mut loaded = Components::default();
     for handler in &config.handlers {
+        let binding = loader.handler(handler).await?;
+        loaded.handlers.push(binding);
+    }
+    for publisher in &config.publishers {
+        loader.publisher(publisher, &mut loaded).await?;
+    }
+    for drop_in in drop_ins {
+        let result = match drop_in {
+            DropIn::Handler(handler) => {
+                (loader.handler(handler).await).map(|binding| loaded.handlers.push(binding))
+            }
+            DropIn::Publisher(publisher) => loader.publisher(publisher, &mut loaded).await,
+        };
+        if let Err(e) = result {
+            let name = drop_in.component().name.clone();
+            loaded.refused.push((name, format!("{e:#}")));
+        }
+    }
+    Ok(loaded)
+}
+
+/// What loading one component needs.
+struct Loader<'a> {
+    engine: wasmtime::Engine,
+    linker: wasmtime::component::Linker<crate::sandbox::HostState>,
+    cache: Option<CompileCache>,
+    config: &'a Config,
+    spec: Option<&'a stream_init::Spec>,
+    js: &'a jetstream::Context,
+    metrics: &'a Metrics,
+}
+
+impl Loader<'_> {
+    /// A handler, loaded and checked against its world, its consumer found.
+    async fn handler(&self, handler: &Handler) -> anyhow::Result<Arc<Binding>> {
         let component = &handler.component;
-        let pre = loader::load::<HandlerPre<_>>(&engine, &linker, &component.wasm, cache)
-            .await
-            .with_context(|| format!("handler {}", component.name))?;
-        let env = environment(component, js);
-        tracing::info!(handler = %component.name, component = %component.wasm.display(), instances = ?handler.instances, "handler loaded");
-        let metrics = metrics.handler(&component.name);
+        let label = || format!("handler {}", component.name);
+        let pre = loader::load::<HandlerPre<_>>(
+            &self.engine,
+            &self.linker,
+            &component.wasm,
+            self.cache.as_ref(),
+        )
+        .await
+        .with_context(label)?;
+        let env = environment(component, self.js);
+        let metrics = self.metrics.handler(&component.name);
         let name = env.name.clone();
         let limits = component.limits;
         let reuse = match handler.instances {
@@ -73,63 +133,67 @@ pub async fn load(
             Instances::Reuse { per_instance } => Some(per_instance),
         };
         let dispatcher = Dispatcher::new(pre, env, limits, reuse, metrics.instances.clone());
-        handlers.push(Arc::new(Binding {
+        let runtime = &self.config.runtime;
+        let binding = Arc::new(Binding {
             name,
             dispatcher,
             stream: handler.stream.clone(),
             consumer: handler.consumer.clone(),
-            dead_letter: config.runtime.dead_letter.clone(),
+            dead_letter: runtime.dead_letter.clone(),
             confirm_acks: handler.confirm_acks,
             max_in_flight: limits.max_in_flight,
             prefetch: limits.prefetch,
             max_message_size: limits.max_message_size.as_u64() as usize,
-            max_failures: config.runtime.max_failures,
+            max_failures: runtime.max_failures,
             sweep_delay: limits.timeout + SWEEP_MARGIN,
-            declared: spec
+            declared: (self.spec)
                 .and_then(|spec| spec.consumer(&handler.stream, &handler.consumer))
                 .cloned(),
             metrics,
-        }));
+        });
+        consumer::check_bindable(self.js, &binding).await?;
+        tracing::info!(handler = %component.name, component = %component.wasm.display(), instances = ?handler.instances, "handler loaded");
+        Ok(binding)
     }
 
-    let mut publishers = Vec::new();
-    let mut http_publishers = Vec::new();
-    for publisher in &config.publishers {
+    /// A publisher, loaded and checked against its world, added to `loaded`.
+    async fn publisher(
+        &self,
+        publisher: &Publisher,
+        loaded: &mut Components,
+    ) -> anyhow::Result<()> {
         let component = &publisher.component;
-        let env = environment(component, js);
+        let env = environment(component, self.js);
         let (path, limits) = (&component.wasm, component.limits);
         let label = || format!("publisher {}", component.name);
-        let loaded =
+        let (engine, linker, cache) = (&self.engine, &self.linker, self.cache.as_ref());
+        let span =
             tracing::info_span!("publisher", name = %component.name, component = %path.display());
         match &publisher.trigger {
             Trigger::Http(route) => {
-                let pre = loader::load::<ProxyPre<_>>(&engine, &linker, path, cache)
+                let pre = loader::load::<ProxyPre<_>>(engine, linker, path, cache)
                     .await
                     .with_context(label)?;
-                loaded.in_scope(|| tracing::info!(method = %route.method, path = %route.path, "http publisher loaded"));
+                span.in_scope(|| tracing::info!(method = %route.method, path = %route.path, "http publisher loaded"));
                 let publisher = HttpPublisher::new(pre, env, limits, route.clone());
-                http_publishers.push(Arc::new(publisher));
+                loaded.http_publishers.push(Arc::new(publisher));
             }
             Trigger::Schedule(schedule) => {
-                let pre = loader::load::<PublisherPre<_>>(&engine, &linker, path, cache)
+                let pre = loader::load::<PublisherPre<_>>(engine, linker, path, cache)
                     .await
                     .with_context(label)?;
-                loaded.in_scope(|| tracing::info!(?schedule, "timer publisher loaded"));
-                publishers.push(Arc::new(TimerPublisher::new(
+                span.in_scope(|| tracing::info!(?schedule, "timer publisher loaded"));
+                loaded.publishers.push(Arc::new(TimerPublisher::new(
                     pre,
                     env,
                     limits,
                     schedule.clone(),
-                    metrics.publisher(&component.name),
+                    self.metrics.publisher(&component.name),
                 )));
             }
         }
+        Ok(())
     }
-    Ok(Components {
-        handlers,
-        publishers,
-        http_publishers,
-    })
 }
 
 /// How long after a call's timeout the sweeper may take for granted that no host is still
@@ -144,11 +208,12 @@ const SPARE_INSTANCES: u32 = 16;
 /// each handler its `max_in_flight` (its lanes never run more calls, and its warm instances
 /// are among them), each timer publisher one (ticks never overlap), each HTTP publisher its
 /// `max_in_flight` (requests beyond it wait briefly, then get a 503), plus a spare.
-fn pool_instances(config: &Config) -> u32 {
-    let handlers: usize = (config.handlers.iter())
-        .map(|h| h.component.limits.max_in_flight)
-        .sum();
-    let publishers: usize = (config.publishers.iter())
+fn pool_instances<'a>(
+    handlers: impl Iterator<Item = &'a Handler>,
+    publishers: impl Iterator<Item = &'a Publisher>,
+) -> u32 {
+    let handlers: usize = handlers.map(|h| h.component.limits.max_in_flight).sum();
+    let publishers: usize = publishers
         .map(|p| match p.trigger {
             Trigger::Http(_) => p.component.limits.max_in_flight,
             Trigger::Schedule(_) => 1,

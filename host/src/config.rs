@@ -76,6 +76,9 @@ pub struct Runtime {
     /// on (trap, timeout, memory) is dead-lettered at this delivery rather than retried
     /// forever.
     pub max_failures: u32,
+    /// The folder of drop-in handlers and publishers (`NAME.wasm` beside its manifest
+    /// `NAME.toml`; see the `drop_in` module).
+    pub handlers_dir: Option<PathBuf>,
 }
 
 impl Default for RawRuntime {
@@ -88,6 +91,7 @@ impl Default for RawRuntime {
             compile_cache: None,
             compile_cache_max: DEFAULT_COMPILE_CACHE_MAX,
             max_failures: 10,
+            handlers_dir: None,
         }
     }
 }
@@ -284,17 +288,26 @@ const RESERVED_PATHS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 /// Subjects no guest may publish to, whatever its allow-list says.
 pub const RESERVED_SUBJECTS: [&str; 3] = ["$JS.>", "$SYS.>", "_INBOX.>"];
 
+/// Settings given on the command line, replacing the file's before it is checked.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--http`: the listener address (`[runtime] http`).
+    pub http: Option<SocketAddr>,
+    /// `--handlers-dir`: the drop-in folder (`[runtime] handlers_dir`), relative to the
+    /// working directory.
+    pub handlers_dir: Option<PathBuf>,
+}
+
 impl Config {
     /// Reads and checks `path`; relative paths in it are resolved against its folder.
-    /// `listener`, when given (`--http`), replaces `[runtime] http`, before the checks that
-    /// depend on it.
-    pub fn load(path: &Path, listener: Option<SocketAddr>) -> Result<Config, ConfigError> {
+    /// `overrides` replace the file's settings before the checks that depend on them.
+    pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: path.to_owned(),
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse_with(&text, base, listener).map_err(|problems| ConfigError::Invalid {
+        Config::parse_with(&text, base, overrides).map_err(|problems| ConfigError::Invalid {
             file: path.to_owned(),
             problems,
         })
@@ -303,23 +316,109 @@ impl Config {
     /// Parses and checks config text, resolving relative paths against `base`; the error is
     /// every problem, one line each.
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<String>> {
-        Config::parse_with(text, base, None)
+        Config::parse_with(text, base, Overrides::default())
     }
 
-    fn parse_with(
-        text: &str,
-        base: &Path,
-        listener: Option<SocketAddr>,
-    ) -> Result<Config, Vec<String>> {
+    fn parse_with(text: &str, base: &Path, overrides: Overrides) -> Result<Config, Vec<String>> {
         let mut raw: RawConfig = toml::from_str(text).map_err(|e| vec![one_line(&e, text)])?;
-        if listener.is_some() {
-            raw.runtime.http = listener;
+        if overrides.http.is_some() {
+            raw.runtime.http = overrides.http;
+        }
+        if let Some(dir) = overrides.handlers_dir {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            raw.runtime.handlers_dir = Some(cwd.join(dir));
         }
         let mut problems = Problems::default();
         let config = resolve(raw, base, &mut problems);
         match problems.0.is_empty() {
             true => Ok(config),
             false => Err(problems.0),
+        }
+    }
+}
+
+/// A handler or publisher dropped into the handlers folder, resolved like a table of the
+/// config file.
+#[derive(Debug, Clone)]
+pub enum DropIn {
+    /// A handler.
+    Handler(Handler),
+    /// A publisher.
+    Publisher(Publisher),
+}
+
+impl DropIn {
+    /// The component and its settings.
+    pub fn component(&self) -> &Component {
+        match self {
+            DropIn::Handler(handler) => &handler.component,
+            DropIn::Publisher(publisher) => &publisher.component,
+        }
+    }
+}
+
+impl Config {
+    /// The drop-in `name` from its manifest `text` (`NAME.toml`), its component `wasm`: the
+    /// keys of a `[[handler]]` table, or with `kind = "publisher"` of a `[[publisher]]` table,
+    /// minus `name` (the file's) and `component` (`NAME.wasm` beside it), with this config's
+    /// defaults, and checked against what the config runs (names, HTTP routes). The error is
+    /// every problem, one line each.
+    pub fn manifest(&self, name: &str, wasm: &Path, text: &str) -> Result<DropIn, Vec<String>> {
+        let mut table: toml::Table = text.parse().map_err(|e| vec![one_line(&e, text)])?;
+        let mut problems = Problems::default();
+        for (key, whose) in [
+            ("name", "the file's name"),
+            ("component", "the .wasm beside it"),
+        ] {
+            if table.contains_key(key) {
+                problems.add(format!("`{key}` is not set in a manifest: it is {whose}"));
+            }
+        }
+        let kind = match table.remove("kind") {
+            None => "handler".to_owned(),
+            Some(toml::Value::String(kind)) if kind == "handler" || kind == "publisher" => kind,
+            Some(other) => {
+                problems.add(format!(
+                    "kind = {other}: it must be \"handler\" or \"publisher\""
+                ));
+                String::new()
+            }
+        };
+        if !problems.0.is_empty() {
+            return Err(problems.0);
+        }
+        table.insert("name".into(), name.into());
+        table.insert("component".into(), wasm.display().to_string().into());
+        let value = toml::Value::Table(table);
+        let mut names: BTreeSet<&str> = (self.handlers.iter().map(|h| h.component.name.as_str()))
+            .chain(self.publishers.iter().map(|p| p.component.name.as_str()))
+            .collect();
+        let mut routes: BTreeSet<(&str, &str)> = (self.publishers.iter())
+            .filter_map(|p| match &p.trigger {
+                Trigger::Http(route) => Some((route.method.as_str(), route.path.as_str())),
+                Trigger::Schedule(_) => None,
+            })
+            .collect();
+        let (defaults, same) = (self.runtime.limits, |p: PathBuf| p);
+        let listener = self.runtime.http.is_some();
+        let unreadable = |e: toml::de::Error| vec![one_line(&e, "")];
+        let resolved = if kind == "publisher" {
+            let raw: RawPublisher = value.try_into().map_err(unreadable)?;
+            let taken = (&mut names, &mut routes);
+            publisher(&raw, defaults, &same, taken, listener, &mut problems).map(DropIn::Publisher)
+        } else {
+            let raw: RawHandler = value.try_into().map_err(unreadable)?;
+            Some(DropIn::Handler(handler(
+                &raw,
+                defaults,
+                &same,
+                &mut names,
+                &mut problems,
+            )))
+        };
+        match resolved {
+            Some(drop_in) if problems.0.is_empty() => Ok(drop_in),
+            _ => Err(problems.0),
         }
     }
 }
@@ -331,6 +430,12 @@ struct Problems(Vec<String>);
 impl Problems {
     fn add(&mut self, problem: impl Into<String>) {
         self.0.push(problem.into());
+    }
+
+    /// Adds `own`, each line prefixed with `label` (`handler orders: ...`).
+    fn under(&mut self, label: &str, own: Problems) {
+        self.0
+            .extend(own.0.into_iter().map(|p| format!("{label}: {p}")));
     }
 }
 
@@ -352,44 +457,30 @@ fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> Config {
             raw.runtime.dead_letter
         ));
     }
-    if raw.handlers.is_empty() && raw.publishers.is_empty() {
-        problems.add("nothing to run: add a [[handler]] or a [[publisher]]");
+    if raw.handlers.is_empty() && raw.publishers.is_empty() && raw.runtime.handlers_dir.is_none() {
+        problems.add(
+            "nothing to run: add a [[handler]] or a [[publisher]], or set [runtime] handlers_dir",
+        );
     }
     let mut names = BTreeSet::new();
     let mut routes = BTreeSet::new();
     let defaults = raw.runtime.limits;
-    let mut handlers = Vec::new();
-    for handler in &raw.handlers {
-        let label = format!("handler {}", handler.name);
-        let mut own = Problems::default();
-        note_name(&handler.name, &mut names, &mut own);
-        let component = component(handler.common(), defaults, &path, &mut own);
-        let instances = instances(handler, &mut own);
-        handlers.push(Handler {
-            component,
-            stream: handler.stream.clone(),
-            consumer: handler.consumer.clone(),
-            confirm_acks: handler.confirm_acks,
-            instances,
-        });
-        problems
-            .0
-            .extend(own.0.into_iter().map(|p| format!("{label}: {p}")));
-    }
-    let mut publishers = Vec::new();
-    for publisher in &raw.publishers {
-        let label = format!("publisher {}", publisher.name);
-        let mut own = Problems::default();
-        note_name(&publisher.name, &mut names, &mut own);
-        let component = component(publisher.common(), defaults, &path, &mut own);
-        let listener = raw.runtime.http.is_some();
-        if let Some(trigger) = trigger(publisher, listener, &mut routes, &mut own) {
-            publishers.push(Publisher { component, trigger });
-        }
-        problems
-            .0
-            .extend(own.0.into_iter().map(|p| format!("{label}: {p}")));
-    }
+    let listener = raw.runtime.http.is_some();
+    let handlers = (raw.handlers.iter())
+        .map(|h| handler(h, defaults, &path, &mut names, problems))
+        .collect();
+    let publishers = (raw.publishers.iter())
+        .filter_map(|p| {
+            publisher(
+                p,
+                defaults,
+                &path,
+                (&mut names, &mut routes),
+                listener,
+                problems,
+            )
+        })
+        .collect();
     let streams = raw.streams.map(|spec| Streams {
         spec: path(spec),
         env: raw.env,
@@ -407,6 +498,7 @@ fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> Config {
         compile_cache: raw.runtime.compile_cache.map(path),
         compile_cache_max: raw.runtime.compile_cache_max,
         max_failures: raw.runtime.max_failures,
+        handlers_dir: raw.runtime.handlers_dir.map(path),
     };
     Config {
         nats,
@@ -415,6 +507,51 @@ fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> Config {
         handlers,
         publishers,
     }
+}
+
+/// A `[[handler]]` table (or a handler's manifest) resolved, its problems noted under its
+/// name.
+fn handler<'a>(
+    raw: &'a RawHandler,
+    defaults: Limits,
+    path: &impl Fn(PathBuf) -> PathBuf,
+    names: &mut BTreeSet<&'a str>,
+    problems: &mut Problems,
+) -> Handler {
+    let mut own = Problems::default();
+    note_name(&raw.name, names, &mut own);
+    let handler = Handler {
+        component: component(raw.common(), defaults, path, &mut own),
+        stream: raw.stream.clone(),
+        consumer: raw.consumer.clone(),
+        confirm_acks: raw.confirm_acks,
+        instances: instances(raw, &mut own),
+    };
+    problems.under(&format!("handler {}", raw.name), own);
+    handler
+}
+
+/// A `[[publisher]]` table (or a publisher's manifest) resolved, its problems noted under its
+/// name; `None` when it has no usable trigger. `taken` holds the names and routes already
+/// used; `listener` says whether the host serves HTTP.
+fn publisher<'a>(
+    raw: &'a RawPublisher,
+    defaults: Limits,
+    path: &impl Fn(PathBuf) -> PathBuf,
+    taken: (&mut BTreeSet<&'a str>, &mut BTreeSet<(&'a str, &'a str)>),
+    listener: bool,
+    problems: &mut Problems,
+) -> Option<Publisher> {
+    let (names, routes) = taken;
+    let mut own = Problems::default();
+    note_name(&raw.name, names, &mut own);
+    let component = component(raw.common(), defaults, path, &mut own);
+    let trigger = trigger(raw, listener, routes, &mut own);
+    problems.under(&format!("publisher {}", raw.name), own);
+    Some(Publisher {
+        component,
+        trigger: trigger?,
+    })
 }
 
 fn note_name<'a>(name: &'a str, names: &mut BTreeSet<&'a str>, problems: &mut Problems) {
@@ -615,336 +752,4 @@ fn config_value(value: &toml::Value) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::schedule::Schedule;
-
-    const EXAMPLE: &str = r#"
-streams = "streams.toml"
-env = "dev"
-
-[runtime]
-http = "127.0.0.1:9090"
-
-[runtime.limits]
-memory = "32MiB"
-
-[[handler]]
-name = "orders"
-component = "orders.wasm"
-stream = "ORDERS"
-consumer = "orders-processor"
-publish = ["orders.processed"]
-limits = { timeout = "2s" }
-config = { retry_delay_ms = 1500, output_subject = "orders.processed" }
-"#;
-
-    #[test]
-    fn parses_and_layers_limits() {
-        let config = Config::parse(EXAMPLE, Path::new("/etc/jw")).unwrap();
-        let streams = config.streams.as_ref().unwrap();
-        assert_eq!(streams.spec, Path::new("/etc/jw/streams.toml"));
-        assert_eq!(streams.env.as_deref(), Some("dev"));
-        let h = &config.handlers[0].component;
-        assert_eq!(h.wasm, Path::new("/etc/jw/orders.wasm"));
-        let limits = h.limits;
-        assert_eq!(limits.memory, ByteSize::mib(32));
-        assert_eq!(limits.timeout, Duration::from_secs(2));
-        assert_eq!(limits.max_in_flight, Limits::default().max_in_flight);
-        assert_eq!(
-            h.config,
-            vec![
-                ("output_subject".to_owned(), "orders.processed".to_owned()),
-                ("retry_delay_ms".to_owned(), "1500".to_owned())
-            ]
-        );
-    }
-
-    #[test]
-    fn publish_allow_list_and_reserved_subjects() {
-        let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
-        let publish = &config.handlers[0].component.publish;
-        assert!(publish.allows("orders.processed"));
-        assert!(!publish.allows("orders.created"));
-        assert!(!publish.allows("$JS.API.STREAM.DELETE.ORDERS"));
-        let everything = PublishPolicy::new(vec![">".into()]);
-        assert!(everything.allows("orders.created"));
-        assert!(
-            !everything.allows("_INBOX.abc"),
-            "reserved whatever the list says"
-        );
-
-        let bad = EXAMPLE.replace("[\"orders.processed\"]", "[\">\"]");
-        let err = Config::parse(&bad, Path::new(".")).unwrap_err();
-        assert!(
-            err.iter()
-                .any(|e| e.contains("overlaps the reserved $JS.>")),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn a_publisher_needs_exactly_one_valid_schedule() {
-        let publisher = |schedule: &str| {
-            format!("[[publisher]]\nname = \"p\"\ncomponent = \"p.wasm\"\n{schedule}\n")
-        };
-        let err = Config::parse(&publisher(""), Path::new(".")).unwrap_err();
-        assert_eq!(
-            err,
-            vec!["publisher p: set one of `every`, `cron` or `http`"]
-        );
-        let both = publisher("every = \"1s\"\ncron = \"* * * * * *\"");
-        let err = Config::parse(&both, Path::new(".")).unwrap_err();
-        assert_eq!(
-            err,
-            vec!["publisher p: set only one of `every`, `cron` or `http`"]
-        );
-        let route = publisher("http = { method = \"POST\", path = \"orders/{id}\" }");
-        let err = Config::parse(&route, Path::new(".")).unwrap_err();
-        assert_eq!(
-            err,
-            vec![
-                "publisher p: http.path \"orders/{id}\" must start with '/' and use only letters, digits and /-._~",
-                "publisher p: an HTTP route needs the listener: set [runtime] http (or pass --http)"
-            ]
-        );
-        let err =
-            Config::parse(&publisher("cron = \"every tuesday\""), Path::new(".")).unwrap_err();
-        assert!(
-            err[0].starts_with("publisher p: cron \"every tuesday\""),
-            "{err:?}"
-        );
-        let ok = Config::parse(&publisher("cron = \"0/5 * * * * *\""), Path::new(".")).unwrap();
-        let Trigger::Schedule(Schedule::Cron(cron)) = &ok.publishers[0].trigger else {
-            panic!("{:?}", ok.publishers[0].trigger);
-        };
-        assert_eq!(cron.to_string(), "0/5 * * * * *");
-        let ok = Config::parse(&publisher("every = \"250ms\""), Path::new(".")).unwrap();
-        assert!(matches!(
-            ok.publishers[0].trigger,
-            Trigger::Schedule(Schedule::Every(every)) if every == Duration::from_millis(250)
-        ));
-    }
-
-    #[test]
-    fn the_http_flag_counts_as_the_listener_a_route_needs() {
-        let text = "[[publisher]]\nname = \"p\"\ncomponent = \"p.wasm\"\nhttp = { method = \"POST\", path = \"/orders\" }\n";
-        assert!(Config::parse(text, Path::new(".")).is_err());
-        let listener = "127.0.0.1:9090".parse().ok();
-        let config = Config::parse_with(text, Path::new("."), listener).unwrap();
-        assert_eq!(config.runtime.http, listener);
-    }
-
-    #[test]
-    fn http_routes_are_plain_unique_and_leave_the_host_paths_alone() {
-        let route = |name: &str, method: &str, path: &str| {
-            format!(
-                "[[publisher]]\nname = \"{name}\"\ncomponent = \"p.wasm\"\nhttp = {{ method = \"{method}\", path = \"{path}\" }}\n"
-            )
-        };
-        let text = format!(
-            "[runtime]\nhttp = \"127.0.0.1:0\"\n{}{}{}{}",
-            route("a", "POST", "/orders"),
-            route("b", "POST", "/orders"),
-            route("c", "GET", "/metrics"),
-            route("d", "BREW", "/tea"),
-        );
-        let err = Config::parse(&text, Path::new(".")).unwrap_err();
-        assert_eq!(
-            err,
-            vec![
-                "publisher b: another publisher already serves POST /orders",
-                "publisher c: http.path \"/metrics\" is the host's own",
-                "publisher d: http.method \"BREW\" must be one of GET, POST, PUT, PATCH, DELETE",
-            ]
-        );
-        let shared = format!(
-            "[runtime]\nhttp = \"127.0.0.1:0\"\n{}{}",
-            route("a", "POST", "/orders"),
-            route("b", "GET", "/orders")
-        );
-        assert!(
-            Config::parse(&shared, Path::new(".")).is_ok(),
-            "same path, other method"
-        );
-    }
-
-    #[test]
-    fn prefetch_is_a_limit_like_the_others_and_never_zero() {
-        let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
-        assert_eq!(config.handlers[0].component.limits.prefetch, 1024);
-        let with = |prefetch: &str| {
-            EXAMPLE.replace(
-                "limits = {",
-                &format!("limits = {{ prefetch = {prefetch}, "),
-            )
-        };
-        let small = Config::parse(&with("16"), Path::new(".")).unwrap();
-        assert_eq!(small.handlers[0].component.limits.prefetch, 16);
-        let err = Config::parse(&with("0"), Path::new(".")).unwrap_err();
-        assert_eq!(
-            err,
-            vec!["handler orders: limits.prefetch is 0: it must be 1 to 65536"]
-        );
-    }
-
-    #[test]
-    fn instances_are_fresh_unless_reuse_is_asked_for() {
-        let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
-        assert_eq!(config.handlers[0].instances, Instances::Fresh);
-        let with = |extra: &str| EXAMPLE.replace("limits = {", &format!("{extra}\nlimits = {{"));
-        let reuse = Config::parse(&with("instances = \"reuse\""), Path::new(".")).unwrap();
-        assert_eq!(
-            reuse.handlers[0].instances,
-            Instances::Reuse {
-                per_instance: DEFAULT_MESSAGES_PER_INSTANCE
-            }
-        );
-        let text = with("instances = \"reuse\"\nmessages_per_instance = 10");
-        let ten = Config::parse(&text, Path::new(".")).unwrap();
-        assert_eq!(
-            ten.handlers[0].instances,
-            Instances::Reuse { per_instance: 10 }
-        );
-
-        let err = Config::parse(&with("messages_per_instance = 10"), Path::new(".")).unwrap_err();
-        assert_eq!(
-            err,
-            vec!["handler orders: `messages_per_instance` needs `instances = \"reuse\"`"]
-        );
-        let text = with("instances = \"reuse\"\nmessages_per_instance = 0");
-        let err = Config::parse(&text, Path::new(".")).unwrap_err();
-        assert_eq!(
-            err,
-            vec!["handler orders: `messages_per_instance` must be at least 1"]
-        );
-        let err = Config::parse(&with("instances = \"warm\""), Path::new(".")).unwrap_err();
-        assert!(
-            err[0].contains("unknown variant `warm`, expected `fresh` or `reuse`"),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn limits_out_of_range_and_an_empty_config_are_named_one_line_each() {
-        let limits =
-            "limits = { max_message_size = 0, memory = \"8GiB\", max_in_flight = 100000000, ";
-        let text = EXAMPLE.replace("limits = {", limits);
-        let err = Config::parse(&text, Path::new(".")).unwrap_err();
-        assert_eq!(
-            err,
-            vec![
-                "handler orders: limits.max_in_flight is 100000000: it must be 1 to 4096",
-                "handler orders: limits.max_message_size is 0 B: it must be 1B to 64.0 MiB (NATS's largest payload)",
-                "handler orders: limits.memory is 8.0 GiB: it must be 1MiB to 4.0 GiB (a 32-bit linear memory's largest)",
-            ]
-        );
-        let err = Config::parse("[runtime]\n", Path::new(".")).unwrap_err();
-        assert_eq!(
-            err,
-            vec!["nothing to run: add a [[handler]] or a [[publisher]]"]
-        );
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_values_are_named() {
-        let err =
-            Config::parse(&EXAMPLE.replace("consumer =", "consumr ="), Path::new(".")).unwrap_err();
-        assert!(
-            err[0].starts_with("line 15, column 1: unknown field `consumr`")
-                && !err[0].contains('\n'),
-            "{err:?}"
-        );
-        let err = Config::parse(
-            &EXAMPLE.replace("\"2s\"", "\"2 fortnights\""),
-            Path::new("."),
-        )
-        .unwrap_err();
-        assert!(
-            err[0].contains("timeout") || err[0].contains("line 17"),
-            "{err:?}"
-        );
-        let bad = EXAMPLE.replace("retry_delay_ms = 1500", "retry_delay_ms = [1]");
-        let err = Config::parse(&bad, Path::new(".")).unwrap_err();
-        assert!(
-            err[0].contains("config.retry_delay_ms must be a string, number or boolean"),
-            "{err:?}"
-        );
-    }
-}
-
-#[cfg(test)]
-mod example {
-    use super::*;
-
-    fn deploy(file: &str) -> Config {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy")
-            .join(file);
-        Config::load(&path, None).unwrap()
-    }
-
-    /// The examples in deploy/ must always parse, so they never drift from the code.
-    #[test]
-    fn deploy_examples_parse() {
-        let config = deploy("jetwasm.toml");
-        assert_eq!(config.handlers.len(), 1);
-        assert_eq!(config.publishers.len(), 2);
-        assert!(matches!(
-            config.publishers[0].trigger,
-            Trigger::Schedule(Schedule::Every(every)) if every == Duration::from_millis(500)
-        ));
-        let Trigger::Http(route) = &config.publishers[1].trigger else {
-            panic!("{:?}", config.publishers[1].trigger);
-        };
-        assert_eq!(
-            (route.method.as_str(), route.path.as_str()),
-            ("POST", "/orders")
-        );
-        assert_eq!(config.handlers[0].consumer, "orders-processor");
-        assert!(config.streams.unwrap().spec.ends_with("streams.toml"));
-        assert_eq!(
-            config.runtime.limits,
-            Limits::default(),
-            "documents every default"
-        );
-    }
-
-    /// `deploy/jetwasm.toml` is where users look up the defaults: it writes out every limit.
-    #[test]
-    fn the_deploy_config_writes_out_every_default_limit() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/jetwasm.toml");
-        let file: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
-        let written: BTreeSet<&String> = file["runtime"]["limits"]
-            .as_table()
-            .unwrap()
-            .keys()
-            .collect();
-        let defaults = toml::Table::try_from(Limits::default()).unwrap();
-        let every: BTreeSet<&String> = defaults.keys().collect();
-        assert_eq!(written, every);
-    }
-
-    /// The production config applies no overlay (one would scale the cluster's streams down);
-    /// the local one differs from it only in the overlay and the listener address.
-    #[test]
-    fn production_applies_no_overlay_and_dev_differs_only_in_overlay_and_listener() {
-        let (prod, dev) = (deploy("jetwasm.toml"), deploy("jetwasm.dev.toml"));
-        let (prod_streams, dev_streams) =
-            (prod.streams.clone().unwrap(), dev.streams.clone().unwrap());
-        assert_eq!(prod_streams.env, None);
-        assert!(!prod_streams.allow_destructive);
-        assert_eq!(dev_streams.env.as_deref(), Some("dev"));
-        assert_eq!(prod_streams.spec, dev_streams.spec);
-        assert_eq!(prod.runtime.limits, dev.runtime.limits);
-        let ip = |c: &Config| c.runtime.http.map(|a| a.ip().to_string());
-        assert_eq!(
-            ip(&prod).as_deref(),
-            Some("0.0.0.0"),
-            "reachable in a container"
-        );
-        assert_eq!(ip(&dev).as_deref(), Some("127.0.0.1"), "local only");
-        let components = |c: &Config| format!("{:?} {:?}", c.handlers, c.publishers);
-        assert_eq!(components(&prod), components(&dev));
-    }
-}
+mod tests;

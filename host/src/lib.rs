@@ -27,6 +27,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod delivery;
 pub mod dispatch;
+pub mod drop_in;
 pub mod engine;
 mod guest_output;
 pub mod http_publisher;

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use jetwasm::config::Overrides;
 use jetwasm::run::{run, RunOptions};
 use stream_init::connect::NatsArgs;
 
@@ -20,6 +21,37 @@ struct Cli {
     command: Command,
 }
 
+/// What `run` and `up` share: the config, what overrides it, and the connection.
+#[derive(Debug, Args)]
+struct HostArgs {
+    /// The host configuration
+    #[arg(long, short = 'c', default_value = "jetwasm.toml")]
+    config: PathBuf,
+    /// Serve /metrics, /healthz, /readyz and HTTP publishers here instead of the config's
+    /// `[runtime] http` (e.g. one port per host on a shared machine)
+    #[arg(long, env = "JETWASM_HTTP")]
+    http: Option<SocketAddr>,
+    /// Run the handlers and publishers dropped into this folder (NAME.wasm beside its manifest
+    /// NAME.toml) instead of the config's `[runtime] handlers_dir`
+    #[arg(long)]
+    handlers_dir: Option<PathBuf>,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+impl From<HostArgs> for RunOptions {
+    fn from(args: HostArgs) -> Self {
+        RunOptions {
+            config: args.config,
+            overrides: Overrides {
+                http: args.http,
+                handlers_dir: args.handlers_dir,
+            },
+            nats: args.nats,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     /// Readable lines
@@ -30,24 +62,16 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the handlers in a config file until SIGTERM/SIGINT.
+    /// Run the handlers in a config file (and its handlers folder) until SIGTERM/SIGINT.
     Run {
-        /// The host configuration
-        #[arg(long, short = 'c', default_value = "jetwasm.toml")]
-        config: PathBuf,
-        /// Serve /metrics, /healthz, /readyz and HTTP publishers here instead of the config's
-        /// `[runtime] http` (e.g. one port per host on a shared machine)
-        #[arg(long, env = "JETWASM_HTTP")]
-        http: Option<SocketAddr>,
         #[command(flatten)]
-        nats: NatsArgs,
+        host: HostArgs,
     },
     /// Run the handlers and publishers in a config file; without a server URL, start a local
     /// nats-server with JetStream first (stopped with the host).
     Up {
-        /// The host configuration
-        #[arg(long, short = 'c', default_value = "jetwasm.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        host: HostArgs,
         /// Folder for the local server's data and log
         #[arg(long, default_value = ".jetwasm")]
         data: PathBuf,
@@ -57,12 +81,6 @@ enum Command {
         /// The nats-server binary [default: NATS_SERVER_BIN, .tools/venv/bin, PATH]
         #[arg(long)]
         nats_server: Option<PathBuf>,
-        /// Serve /metrics, /healthz, /readyz and HTTP publishers here instead of the config's
-        /// `[runtime] http`
-        #[arg(long, env = "JETWASM_HTTP")]
-        http: Option<SocketAddr>,
-        #[command(flatten)]
-        nats: NatsArgs,
     },
     /// Say which jetwasm world a component fits (handler, publisher, http-publisher), and if
     /// none, why; without NATS.
@@ -103,23 +121,13 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config, http, nats } => run(RunOptions { config, http, nats }).await,
+        Command::Run { host } => run(host.into()).await,
         Command::Up {
-            config,
+            host,
             data,
             port,
             nats_server,
-            http,
-            nats,
-        } => {
-            up(
-                RunOptions { config, http, nats },
-                &data,
-                port,
-                nats_server.as_deref(),
-            )
-            .await
-        }
+        } => up(host.into(), &data, port, nats_server.as_deref()).await,
         Command::Check { component } => check(&component).await,
         Command::New {
             kind,
@@ -143,7 +151,7 @@ async fn up(
     port: u16,
     nats_server: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let configured = jetwasm::config::Config::load(&options.config, options.http)?
+    let configured = jetwasm::config::Config::load(&options.config, options.overrides.clone())?
         .nats
         .url;
     if options.nats.server.is_some() || configured.is_some() {

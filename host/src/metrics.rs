@@ -34,6 +34,8 @@ pub struct Metrics {
     missed_ticks: IntCounterVec,
     /// `jetwasm_http_requests_total{publisher, status}`.
     http_requests: IntCounterVec,
+    /// `jetwasm_deploy_failures_total{handler}`: drop-ins refused (handlers and publishers).
+    deploy_failures: IntCounterVec,
 }
 
 /// One publisher's metrics, resolved once.
@@ -205,6 +207,11 @@ impl Metrics {
             "HTTP publisher requests, by response status",
             &["publisher", "status"],
         );
+        let deploy_failures = counters(
+            "jetwasm_deploy_failures_total",
+            "Drop-in handlers and publishers refused (a bad component or manifest, a missing consumer)",
+            &["handler"],
+        );
         Metrics {
             registry,
             outcomes,
@@ -219,7 +226,13 @@ impl Metrics {
             ticks,
             missed_ticks,
             http_requests,
+            deploy_failures,
         }
+    }
+
+    /// Counts one refused drop-in, handler or publisher `name`.
+    pub fn deploy_failure(&self, name: &str) {
+        self.deploy_failures.with_label_values(&[name]).inc();
     }
 
     /// Counts one HTTP publisher request answered with `status`.

@@ -2,7 +2,6 @@
 //! consumers, start the publishers' timers, serve metrics, and on SIGTERM/SIGINT stop pulling
 //! and ticking and let in-flight calls finish.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,18 +13,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::components::{self, Components};
-use crate::config::{Config, Streams};
+use crate::config::{Config, DropIn, Overrides, Streams};
 use crate::consumer;
 use crate::metrics::Metrics;
-use crate::{listener, sweeper, timer_publisher};
+use crate::{drop_in, listener, sweeper, timer_publisher};
 
 /// What `jetwasm run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// The `jetwasm.toml` to load.
     pub config: PathBuf,
-    /// Listener address overriding the config's `[runtime] http`.
-    pub http: Option<SocketAddr>,
+    /// Settings overriding the config file's (`--http`, `--handlers-dir`).
+    pub overrides: Overrides,
     /// Connection flags; the URL falls back to the config file's.
     pub nats: NatsArgs,
 }
@@ -33,7 +32,7 @@ pub struct RunOptions {
 /// Runs the host until a shutdown signal, then drains. Fails before consuming anything if a
 /// handler's component or consumer is unusable.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    let config = Config::load(&options.config, options.http)?;
+    let config = Config::load(&options.config, options.overrides.clone())?;
     let mut nats = options.nats.clone();
     if nats.creds.is_none() {
         nats.creds = config.nats.creds.clone();
@@ -49,13 +48,23 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
 
     let metrics = Metrics::new();
+    let drop_ins = match &config.runtime.handlers_dir {
+        Some(dir) => dropped_in(dir, &config, &metrics)?,
+        None => Vec::new(),
+    };
     let Components {
         handlers,
         publishers,
         http_publishers,
-    } = components::load(&config, spec.as_ref(), &js, &metrics).await?;
-    for binding in &handlers {
-        consumer::check_bindable(&js, binding).await?;
+        refused,
+    } = components::load(&config, &drop_ins, spec.as_ref(), &js, &metrics).await?;
+    for (name, error) in refused {
+        tracing::error!(
+            drop_in = name,
+            error,
+            "drop-in refused; the host runs without it"
+        );
+        metrics.deploy_failure(&name);
     }
 
     let shutdown = CancellationToken::new();
@@ -133,6 +142,31 @@ async fn set_up_streams(
         tracing::info!(file = %file.display(), "stream-init: {line}");
     }
     Ok(spec)
+}
+
+/// The usable drop-ins in `dir`; the others are logged, naming the file and the problem, and
+/// counted.
+fn dropped_in(
+    dir: &std::path::Path,
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<DropIn>> {
+    let mut usable = Vec::new();
+    for found in drop_in::scan(dir, config)? {
+        match found.drop_in {
+            Ok(drop_in) => usable.push(drop_in),
+            Err(error) => {
+                tracing::error!(
+                    drop_in = found.name,
+                    error,
+                    "drop-in refused; the host runs without it"
+                );
+                metrics.deploy_failure(&found.name);
+            }
+        }
+    }
+    tracing::info!(folder = %dir.display(), usable = usable.len(), "handlers folder read");
+    Ok(usable)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -130,7 +130,7 @@ config = {{ subject = "bench.http" }}
     );
     let config = Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
     let metrics = Metrics::new();
-    let loaded = jetwasm::components::load(&config, None, js, &metrics).await?;
+    let loaded = jetwasm::components::load(&config, &[], None, js, &metrics).await?;
     let status = jetwasm::listener::Status {
         metrics,
         ready: Arc::new(AtomicBool::new(true)),

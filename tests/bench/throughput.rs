@@ -238,7 +238,7 @@ config = {{ count = {n}, subject = "benchpub.out" }}
         handler_wasm("fixture_publish_burst").display()
     );
     let config = Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
-    let publisher = jetwasm::components::load(&config, None, js, &Metrics::new())
+    let publisher = jetwasm::components::load(&config, &[], None, js, &Metrics::new())
         .await?
         .publishers
         .remove(0);
@@ -368,7 +368,7 @@ async fn drain_with(
         .await?
         .create_consumer(consumer)
         .await?;
-    let bindings = jetwasm::components::load(config, None, js, &Metrics::new())
+    let bindings = jetwasm::components::load(config, &[], None, js, &Metrics::new())
         .await?
         .handlers;
     let shutdown = CancellationToken::new();
@@ -463,7 +463,7 @@ async fn call_overhead(
     config: &Config,
     calls: usize,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let bindings = jetwasm::components::load(config, None, js, &Metrics::new())
+    let bindings = jetwasm::components::load(config, &[], None, js, &Metrics::new())
         .await?
         .handlers;
     let dispatcher = &bindings[0].dispatcher;

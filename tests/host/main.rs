@@ -7,6 +7,7 @@ mod behaviour;
 mod chaos;
 mod conformance;
 mod deploy;
+mod drop_in;
 
 /// The harness starts the host from the binary beside the test executable: exactly the one
 /// Cargo built for these tests.

@@ -15,8 +15,10 @@ pub use host::{deploy_config, handler_wasm, http_exchange, http_get, http_reques
 pub use nats::{Cluster, NatsServer};
 pub use proxy::Proxy;
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context as _};
 
@@ -70,10 +72,19 @@ pub fn package_bin(name: &str) -> anyhow::Result<PathBuf> {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    // Never the same port twice in one test process: tests run in parallel, and a port freed
+    // by one picker could otherwise be picked again before its server binds it.
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Sends `frames` (raw NATS protocol: `PUB`/`HPUB` operations) to the server at `url` on a

@@ -44,6 +44,7 @@ pub struct RawRuntime {
     pub compile_cache: Option<PathBuf>,
     pub compile_cache_max: ByteSize,
     pub max_failures: u32,
+    pub handlers_dir: Option<PathBuf>,
 }
 
 /// Limits as written in a component's table: each may be absent.

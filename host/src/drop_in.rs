@@ -1,0 +1,81 @@
+//! The handlers folder (`[runtime] handlers_dir`, `--handlers-dir`): a handler or publisher is
+//! `NAME.wasm` beside its manifest `NAME.toml` (the keys of a `[[handler]]` or, with
+//! `kind = "publisher"`, a `[[publisher]]` table, minus `name` and `component`: see
+//! [`Config::manifest`]). The folder is read at start; a drop-in that cannot be used is
+//! reported, naming the file and the problem, and skipped: it never stops the host.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::config::{Config, DropIn};
+
+/// One drop-in found in the folder: resolved, or why it cannot be used.
+#[derive(Debug)]
+pub struct Found {
+    /// Its name: the files' stem.
+    pub name: String,
+    /// The handler or publisher, or the problems, one line each, naming the file.
+    pub drop_in: Result<DropIn, String>,
+}
+
+/// The `.wasm` and `.toml` files of one name.
+#[derive(Default)]
+struct Pair {
+    wasm: Option<PathBuf>,
+    manifest: Option<PathBuf>,
+}
+
+/// Every drop-in in `dir`, by name. Creates the folder if it does not exist yet; fails only
+/// when it cannot be read. Files other than `.wasm` and `.toml`, and hidden ones (an editor's
+/// or a copy's temporary files), are ignored.
+pub fn scan(dir: &Path, config: &Config) -> anyhow::Result<Vec<Found>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the handlers folder {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the handlers folder {}", dir.display()))?;
+    let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
+    for entry in entries {
+        let path = entry?.path();
+        let (Some(stem), Some(ext)) = (path.file_stem(), path.extension()) else {
+            continue;
+        };
+        let stem = stem.to_string_lossy().into_owned();
+        if stem.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        let pair = pairs.entry(stem).or_default();
+        match ext.to_str() {
+            Some("wasm") => pair.wasm = Some(path),
+            Some("toml") => pair.manifest = Some(path),
+            _ => {}
+        }
+    }
+    let found = pairs.into_iter().filter_map(|(name, pair)| {
+        let drop_in = match (pair.wasm, pair.manifest) {
+            (Some(wasm), Some(manifest)) => resolve(&name, &wasm, &manifest, config),
+            (Some(wasm), None) => Err(format!(
+                "{}: no manifest {name}.toml beside it (say which stream and consumer it handles)",
+                wasm.display()
+            )),
+            (None, Some(manifest)) => Err(format!(
+                "{}: no component {name}.wasm beside it",
+                manifest.display()
+            )),
+            (None, None) => return None,
+        };
+        Some(Found { name, drop_in })
+    });
+    Ok(found.collect())
+}
+
+/// The drop-in `name` from its manifest, or every problem, naming the manifest.
+fn resolve(name: &str, wasm: &Path, manifest: &Path, config: &Config) -> Result<DropIn, String> {
+    let at = manifest.display();
+    let text = std::fs::read_to_string(manifest).map_err(|e| format!("{at}: {e}"))?;
+    config.manifest(name, wasm, &text).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|p| format!("{at}: {p}")).collect();
+        lines.join("; ")
+    })
+}
