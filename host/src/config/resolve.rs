@@ -1,0 +1,340 @@
+//! Turning the file as written ([`super::raw`]) into typed values: defaults laid under each
+//! component's settings, every check made, every problem noted, one line each.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use bytesize::ByteSize;
+
+use super::raw::{Common, RawConfig, RawHandler, RawInstances, RawPublisher};
+use super::*;
+use crate::schedule::Schedule;
+
+/// Problems found so far, one line each.
+#[derive(Default)]
+pub(super) struct Problems(pub(super) Vec<String>);
+
+impl Problems {
+    pub(super) fn add(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+
+    /// Adds `own`, each line prefixed with `label` (`handler orders: ...`).
+    pub(super) fn under(&mut self, label: &str, own: Problems) {
+        self.0
+            .extend(own.0.into_iter().map(|p| format!("{label}: {p}")));
+    }
+}
+
+/// The raw file resolved into typed values, every problem noted in `problems`.
+pub(super) fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> Config {
+    let path = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+    if raw.env.is_some() && raw.streams.is_none() {
+        problems.add("`env` is set but `streams` is not");
+    }
+    if raw.allow_destructive && raw.streams.is_none() {
+        problems.add("`allow_destructive` is set but `streams` is not");
+    }
+    if raw.runtime.max_failures == 0 {
+        problems.add("runtime.max_failures must be at least 1");
+    }
+    if let Err(why) = stream_init::subject::validate(&raw.runtime.dead_letter) {
+        problems.add(format!(
+            "runtime.dead_letter {:?} {why}",
+            raw.runtime.dead_letter
+        ));
+    }
+    if raw.handlers.is_empty() && raw.publishers.is_empty() && raw.runtime.handlers_dir.is_none() {
+        problems.add(
+            "nothing to run: add a [[handler]] or a [[publisher]], or set [runtime] handlers_dir",
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut routes = BTreeSet::new();
+    let defaults = raw.runtime.limits;
+    let listener = raw.runtime.http.is_some();
+    let handlers = (raw.handlers.iter())
+        .map(|h| handler(h, defaults, &path, &mut names, problems))
+        .collect();
+    let publishers = (raw.publishers.iter())
+        .filter_map(|p| {
+            publisher(
+                p,
+                defaults,
+                &path,
+                (&mut names, &mut routes),
+                listener,
+                problems,
+            )
+        })
+        .collect();
+    let streams = raw.streams.map(|spec| Streams {
+        spec: path(spec),
+        env: raw.env,
+        allow_destructive: raw.allow_destructive,
+    });
+    let nats = NatsConfig {
+        creds: raw.nats.creds.map(path),
+        ..raw.nats
+    };
+    let runtime = Runtime {
+        http: raw.runtime.http,
+        dead_letter: raw.runtime.dead_letter,
+        grace_period: raw.runtime.grace_period,
+        limits: defaults,
+        compile_cache: raw.runtime.compile_cache.map(path),
+        compile_cache_max: raw.runtime.compile_cache_max,
+        max_failures: raw.runtime.max_failures,
+        handlers_dir: raw.runtime.handlers_dir.map(path),
+    };
+    Config {
+        nats,
+        streams,
+        runtime,
+        handlers,
+        publishers,
+    }
+}
+
+/// A `[[handler]]` table (or a handler's manifest) resolved, its problems noted under its
+/// name.
+pub(super) fn handler<'a>(
+    raw: &'a RawHandler,
+    defaults: Limits,
+    path: &impl Fn(PathBuf) -> PathBuf,
+    names: &mut BTreeSet<&'a str>,
+    problems: &mut Problems,
+) -> Handler {
+    let mut own = Problems::default();
+    note_name(&raw.name, names, &mut own);
+    let handler = Handler {
+        component: component(raw.common(), defaults, path, &mut own),
+        stream: raw.stream.clone(),
+        consumer: raw.consumer.clone(),
+        confirm_acks: raw.confirm_acks,
+        instances: instances(raw, &mut own),
+    };
+    problems.under(&format!("handler {}", raw.name), own);
+    handler
+}
+
+/// A `[[publisher]]` table (or a publisher's manifest) resolved, its problems noted under its
+/// name; `None` when it has no usable trigger. `taken` holds the names and routes already
+/// used; `listener` says whether the host serves HTTP.
+pub(super) fn publisher<'a>(
+    raw: &'a RawPublisher,
+    defaults: Limits,
+    path: &impl Fn(PathBuf) -> PathBuf,
+    taken: (&mut BTreeSet<&'a str>, &mut BTreeSet<(&'a str, &'a str)>),
+    listener: bool,
+    problems: &mut Problems,
+) -> Option<Publisher> {
+    let (names, routes) = taken;
+    let mut own = Problems::default();
+    note_name(&raw.name, names, &mut own);
+    let component = component(raw.common(), defaults, path, &mut own);
+    let trigger = trigger(raw, listener, routes, &mut own);
+    problems.under(&format!("publisher {}", raw.name), own);
+    Some(Publisher {
+        component,
+        trigger: trigger?,
+    })
+}
+
+pub(super) fn note_name<'a>(name: &'a str, names: &mut BTreeSet<&'a str>, problems: &mut Problems) {
+    if name.is_empty() {
+        problems.add("`name` must not be empty");
+    } else if !names.insert(name) {
+        problems.add("the name is used more than once");
+    }
+}
+
+/// A component's shared settings, resolved and checked.
+pub(super) fn component(
+    common: Common<'_>,
+    defaults: Limits,
+    path: &impl Fn(PathBuf) -> PathBuf,
+    problems: &mut Problems,
+) -> Component {
+    for subject in common.publish {
+        if let Err(why) = stream_init::subject::validate(subject) {
+            problems.add(format!("publish subject {subject:?} {why}"));
+        } else if let Some(reserved) = RESERVED_SUBJECTS
+            .iter()
+            .find(|r| stream_init::subject::overlaps(subject, r))
+        {
+            problems.add(format!(
+                "publish subject {subject:?} overlaps the reserved {reserved}"
+            ));
+        }
+    }
+    let limits = common.limits.over(defaults);
+    check_limits(&limits, problems);
+    let mut config = Vec::new();
+    for (key, value) in common.config {
+        match config_value(value) {
+            Some(value) => config.push((key.clone(), value)),
+            None => problems.add(format!(
+                "config.{key} must be a string, number or boolean, not a {}",
+                value.type_str()
+            )),
+        }
+    }
+    Component {
+        name: common.name.to_owned(),
+        wasm: path(common.component.clone()),
+        limits,
+        publish: PublishPolicy::new(common.publish.to_vec()),
+        config,
+    }
+}
+
+pub(super) fn check_limits(limits: &Limits, problems: &mut Problems) {
+    if !(1..=MAX_IN_FLIGHT).contains(&limits.max_in_flight) {
+        problems.add(format!(
+            "limits.max_in_flight is {}: it must be 1 to {MAX_IN_FLIGHT}",
+            limits.max_in_flight
+        ));
+    }
+    if !(1..=MAX_PREFETCH).contains(&limits.prefetch) {
+        problems.add(format!(
+            "limits.prefetch is {}: it must be 1 to {MAX_PREFETCH}",
+            limits.prefetch
+        ));
+    }
+    if limits.max_message_size.as_u64() == 0 || limits.max_message_size > MAX_MESSAGE_SIZE {
+        problems.add(format!(
+            "limits.max_message_size is {}: it must be 1B to {} (NATS's largest payload)",
+            limits.max_message_size.display().iec(),
+            MAX_MESSAGE_SIZE.display().iec()
+        ));
+    }
+    for (key, value) in [("cpu_time", limits.cpu_time), ("timeout", limits.timeout)] {
+        if value < SHORTEST_TIME_LIMIT {
+            problems.add(format!(
+                "limits.{key} must be at least {SHORTEST_TIME_LIMIT:?}"
+            ));
+        }
+    }
+    if limits.memory < ByteSize::mib(1) || limits.memory > MAX_MEMORY {
+        problems.add(format!(
+            "limits.memory is {}: it must be 1MiB to {} (a 32-bit linear memory's largest)",
+            limits.memory.display().iec(),
+            MAX_MEMORY.display().iec()
+        ));
+    }
+}
+
+pub(super) fn instances(handler: &RawHandler, problems: &mut Problems) -> Instances {
+    match (handler.instances, handler.messages_per_instance) {
+        (RawInstances::Fresh, None) => Instances::Fresh,
+        (RawInstances::Fresh, Some(_)) => {
+            problems.add("`messages_per_instance` needs `instances = \"reuse\"`");
+            Instances::Fresh
+        }
+        (RawInstances::Reuse, Some(0)) => {
+            problems.add("`messages_per_instance` must be at least 1");
+            Instances::Fresh
+        }
+        (RawInstances::Reuse, per_instance) => Instances::Reuse {
+            per_instance: per_instance.unwrap_or(DEFAULT_MESSAGES_PER_INSTANCE),
+        },
+    }
+}
+
+/// A publisher's one trigger, checked; `listener` says whether the host serves HTTP, `routes`
+/// holds the routes taken so far.
+pub(super) fn trigger<'a>(
+    publisher: &'a RawPublisher,
+    listener: bool,
+    routes: &mut BTreeSet<(&'a str, &'a str)>,
+    problems: &mut Problems,
+) -> Option<Trigger> {
+    let trigger = match (publisher.every, &publisher.cron, &publisher.http) {
+        (None, None, None) => {
+            problems.add("set one of `every`, `cron` or `http`");
+            return None;
+        }
+        (Some(every), None, None) => {
+            if every < SHORTEST_INTERVAL {
+                problems.add(format!("`every` must be at least {SHORTEST_INTERVAL:?}"));
+            }
+            Trigger::Schedule(Schedule::Every(every))
+        }
+        (None, Some(cron), None) => match cron::Schedule::from_str(cron) {
+            Ok(schedule) => Trigger::Schedule(Schedule::Cron(Box::new(schedule))),
+            Err(e) => {
+                problems.add(format!("cron {cron:?}: {e}"));
+                return None;
+            }
+        },
+        (None, None, Some(route)) => {
+            check_route(route, listener, routes, problems);
+            Trigger::Http(route.clone())
+        }
+        _ => {
+            problems.add("set only one of `every`, `cron` or `http`");
+            return None;
+        }
+    };
+    Some(trigger)
+}
+
+pub(super) fn check_route<'a>(
+    route: &'a HttpRoute,
+    listener: bool,
+    routes: &mut BTreeSet<(&'a str, &'a str)>,
+    problems: &mut Problems,
+) {
+    if !ROUTE_METHODS.contains(&route.method.as_str()) {
+        problems.add(format!(
+            "http.method {:?} must be one of {}",
+            route.method,
+            ROUTE_METHODS.join(", ")
+        ));
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
+    if !route.path.starts_with('/') || !route.path.chars().all(plain) {
+        problems.add(format!(
+            "http.path {:?} must start with '/' and use only letters, digits and /-._~",
+            route.path
+        ));
+    }
+    if RESERVED_PATHS.contains(&route.path.as_str()) {
+        problems.add(format!("http.path {:?} is the host's own", route.path));
+    }
+    if !routes.insert((route.method.as_str(), route.path.as_str())) {
+        problems.add(format!(
+            "another publisher already serves {} {}",
+            route.method, route.path
+        ));
+    }
+    if !listener {
+        problems.add("an HTTP route needs the listener: set [runtime] http (or pass --http)");
+    }
+}
+
+/// A TOML error as one line: `line L, column C: what is wrong`.
+pub(super) fn one_line(error: &toml::de::Error, text: &str) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+pub(super) fn config_value(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
