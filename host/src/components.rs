@@ -20,6 +20,7 @@ use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::sandbox::ComponentEnv;
+use crate::status::{self, ComponentStatus};
 use crate::timer_publisher::TimerPublisher;
 use crate::{consumer, engine, imports, loader};
 
@@ -32,15 +33,15 @@ pub struct Components {
     pub publishers: Vec<Arc<TimerPublisher>>,
     /// HTTP publishers, ready to be routed to.
     pub http_publishers: Vec<Arc<HttpPublisher>>,
-    /// Drop-ins that could not be loaded: their names and why (the component, or a handler's
-    /// consumer).
-    pub refused: Vec<(String, String)>,
+    /// Every component, loaded or refused (a drop-in whose component or consumer is
+    /// unusable), for `/status`.
+    pub status: Vec<ComponentStatus>,
 }
 
 /// Loads and checks every handler and publisher in `config`, then the `drop_ins`. Fails on
 /// the first configured component that cannot be read, compiled, does not fit its world (or,
 /// for a handler, whose consumer is missing), naming it; a drop-in that cannot be loaded is
-/// listed in [`Components::refused`] instead.
+/// listed as refused in [`Components::status`] instead.
 pub async fn load(
     config: &Config,
     drop_ins: &[DropIn],
@@ -81,23 +82,61 @@ pub async fn load(
     for handler in &config.handlers {
         let binding = loader.handler(handler).await?;
         loaded.handlers.push(binding);
+        loaded
+            .status
+            .push(running(&handler.component, "handler", "config"));
     }
     for publisher in &config.publishers {
         loader.publisher(publisher, &mut loaded).await?;
+        let kind = publisher_kind(publisher);
+        loaded
+            .status
+            .push(running(&publisher.component, kind, "config"));
     }
     for drop_in in drop_ins {
-        let result = match drop_in {
+        let (result, kind) = match drop_in {
             DropIn::Handler(handler) => {
-                (loader.handler(handler).await).map(|binding| loaded.handlers.push(binding))
+                let loaded_handler = loader.handler(handler).await;
+                (
+                    loaded_handler.map(|binding| loaded.handlers.push(binding)),
+                    "handler",
+                )
             }
-            DropIn::Publisher(publisher) => loader.publisher(publisher, &mut loaded).await,
+            DropIn::Publisher(publisher) => (
+                loader.publisher(publisher, &mut loaded).await,
+                publisher_kind(publisher),
+            ),
         };
+        let mut status = running(drop_in.component(), kind, "folder");
         if let Err(e) = result {
-            let name = drop_in.component().name.clone();
-            loaded.refused.push((name, format!("{e:#}")));
+            status.state = "refused".into();
+            status.error = Some(format!("{e:#}"));
         }
+        loaded.status.push(status);
     }
     Ok(loaded)
+}
+
+/// `publisher` or `http-publisher`.
+fn publisher_kind(publisher: &Publisher) -> &'static str {
+    match publisher.trigger {
+        Trigger::Schedule(_) => "publisher",
+        Trigger::Http(_) => "http-publisher",
+    }
+}
+
+/// The status of a component now running, from `source` (`config` or `folder`).
+fn running(component: &Component, kind: &str, source: &str) -> ComponentStatus {
+    ComponentStatus {
+        name: component.name.clone(),
+        kind: Some(kind.to_owned()),
+        source: source.to_owned(),
+        component: Some(component.wasm.display().to_string()),
+        version: status::version_of(&component.wasm),
+        state: "running".to_owned(),
+        error: None,
+        in_flight: None,
+    }
 }
 
 /// What loading one component needs.

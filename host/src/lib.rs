@@ -45,6 +45,7 @@ pub mod run;
 pub mod sandbox;
 pub mod scaffold;
 pub mod schedule;
+pub mod status;
 pub mod sweeper;
 pub mod timer_publisher;
 pub mod up;

@@ -1,5 +1,6 @@
 //! The host's HTTP listener: `/metrics` (Prometheus text), `/healthz` (the process is up),
-//! `/readyz` (every handler is bound and the host is not shutting down), and the routes of
+//! `/readyz` (every handler is bound and the host is not shutting down), `/status` (every
+//! component, running or refused, as JSON: see [`crate::status`]), and the routes of
 //! HTTP publishers, each request run through its component with a body-size cap and a
 //! timeout, never left hanging.
 
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::http_publisher::{HttpPublisher, RequestFailure};
 use crate::metrics::Metrics;
 use crate::sandbox::Failure;
+use crate::status::{ComponentStatus, StatusBody};
 
 /// What the endpoints report on.
 #[derive(Clone)]
@@ -31,6 +33,10 @@ pub struct Status {
     pub ready: Arc<AtomicBool>,
     /// Each handler's name and live pulls: ready only while every handler has one.
     pub pulls: Vec<(Arc<str>, prometheus::IntGauge)>,
+    /// Every component, running or refused, for `/status`.
+    pub components: Arc<Vec<ComponentStatus>>,
+    /// Each handler's name and calls running now.
+    pub in_flight: Vec<(Arc<str>, prometheus::IntGauge)>,
 }
 
 /// Binds `addr` and serves until `shutdown` is cancelled. Returns the bound address (useful
@@ -49,6 +55,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/status", get(component_status))
         .with_state(status.clone());
     // One method router per path, so two publishers may share a path with different methods.
     let mut by_path: BTreeMap<String, MethodRouter> = BTreeMap::new();
@@ -82,6 +89,26 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+/// `GET /status`: every handler and publisher, with its source, version and state, as JSON.
+async fn component_status(State(status): State<Status>) -> Response {
+    let components: Vec<ComponentStatus> = (status.components.iter())
+        .map(|component| {
+            let live = (status.in_flight.iter()).find(|(name, _)| **name == *component.name);
+            ComponentStatus {
+                in_flight: live.map(|(_, gauge)| gauge.get()),
+                ..component.clone()
+            }
+        })
+        .collect();
+    let body = serde_json::to_string_pretty(&StatusBody { components }).unwrap_or_default();
+    let mut response = (StatusCode::OK, format!("{body}\n")).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 async fn metrics(State(status): State<Status>) -> ([(HeaderName, &'static str); 1], String) {

@@ -82,6 +82,13 @@ enum Command {
         #[arg(long)]
         nats_server: Option<PathBuf>,
     },
+    /// Show what a running host runs: every handler and publisher, its source, version and
+    /// state, and why a drop-in was refused (its `/status`, as a table).
+    Status {
+        /// The host's listener
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        url: String,
+    },
     /// Say which jetwasm world a component fits (handler, publisher, http-publisher), and if
     /// none, why; without NATS.
     Check {
@@ -129,6 +136,7 @@ async fn main() -> ExitCode {
             nats_server,
         } => up(host.into(), &data, port, nats_server.as_deref()).await,
         Command::Check { component } => check(&component).await,
+        Command::Status { url } => status(&url).await,
         Command::New {
             kind,
             name,
@@ -182,6 +190,13 @@ fn new(
         "{}",
         jetwasm::scaffold::config_snippet(kind, name, &component)
     );
+    Ok(())
+}
+
+/// Prints a running host's status as a table.
+async fn status(url: &str) -> anyhow::Result<()> {
+    let components = jetwasm::status::fetch(url).await?;
+    print!("{}", jetwasm::status::table(&components));
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use crate::components::{self, Components};
 use crate::config::{Config, DropIn, Overrides, Streams};
 use crate::consumer;
 use crate::metrics::Metrics;
+use crate::status::ComponentStatus;
 use crate::{drop_in, listener, sweeper, timer_publisher};
 
 /// What `jetwasm run` was asked to do.
@@ -48,23 +49,25 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
 
     let metrics = Metrics::new();
-    let drop_ins = match &config.runtime.handlers_dir {
-        Some(dir) => dropped_in(dir, &config, &metrics)?,
-        None => Vec::new(),
+    let (drop_ins, unreadable) = match &config.runtime.handlers_dir {
+        Some(dir) => dropped_in(dir, &config)?,
+        None => Default::default(),
     };
     let Components {
         handlers,
         publishers,
         http_publishers,
-        refused,
+        mut status,
     } = components::load(&config, &drop_ins, spec.as_ref(), &js, &metrics).await?;
-    for (name, error) in refused {
+    status.extend(unreadable);
+    for refused in status.iter().filter(|s| s.state == "refused") {
+        let (name, error) = (&refused.name, refused.error.as_deref().unwrap_or_default());
         tracing::error!(
             drop_in = name,
             error,
             "drop-in refused; the host runs without it"
         );
-        metrics.deploy_failure(&name);
+        metrics.deploy_failure(name);
     }
 
     let shutdown = CancellationToken::new();
@@ -73,13 +76,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         let pulls = (handlers.iter())
             .map(|h| (h.name.clone(), h.metrics.pulls.clone()))
             .collect();
-        let status = listener::Status {
+        let in_flight = (handlers.iter())
+            .map(|h| (h.name.clone(), h.metrics.in_flight.clone()))
+            .collect();
+        let state = listener::Status {
             metrics: metrics.clone(),
             ready: ready.clone(),
             pulls,
+            components: Arc::new(status),
+            in_flight,
         };
-        let bound = listener::serve(addr, status, http_publishers, shutdown.clone()).await?;
-        tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+        let bound = listener::serve(addr, state, http_publishers, shutdown.clone()).await?;
+        tracing::info!(%bound, "serving /metrics, /healthz, /readyz and /status");
     }
 
     let calls = TaskTracker::new();
@@ -144,29 +152,30 @@ async fn set_up_streams(
     Ok(spec)
 }
 
-/// The usable drop-ins in `dir`; the others are logged, naming the file and the problem, and
-/// counted.
+/// The drop-ins in `dir` whose manifests are usable, and the status of the others (refused,
+/// naming the file and the problem).
 fn dropped_in(
     dir: &std::path::Path,
     config: &Config,
-    metrics: &Metrics,
-) -> anyhow::Result<Vec<DropIn>> {
-    let mut usable = Vec::new();
+) -> anyhow::Result<(Vec<DropIn>, Vec<ComponentStatus>)> {
+    let (mut usable, mut refused) = (Vec::new(), Vec::new());
     for found in drop_in::scan(dir, config)? {
         match found.drop_in {
             Ok(drop_in) => usable.push(drop_in),
-            Err(error) => {
-                tracing::error!(
-                    drop_in = found.name,
-                    error,
-                    "drop-in refused; the host runs without it"
-                );
-                metrics.deploy_failure(&found.name);
-            }
+            Err(error) => refused.push(ComponentStatus {
+                name: found.name,
+                kind: None,
+                source: "folder".to_owned(),
+                component: None,
+                version: None,
+                state: "refused".to_owned(),
+                error: Some(error),
+                in_flight: None,
+            }),
         }
     }
-    tracing::info!(folder = %dir.display(), usable = usable.len(), "handlers folder read");
-    Ok(usable)
+    tracing::info!(folder = %dir.display(), usable = usable.len(), refused = refused.len(), "handlers folder read");
+    Ok((usable, refused))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -135,6 +135,8 @@ config = {{ subject = "bench.http" }}
         metrics,
         ready: Arc::new(AtomicBool::new(true)),
         pulls: Vec::new(),
+        components: Arc::default(),
+        in_flight: Vec::new(),
     };
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     jetwasm::listener::serve(any_port, status, loaded.http_publishers, shutdown.clone()).await

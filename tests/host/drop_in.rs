@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use harness::setup::{order, tail, Setup};
 use harness::{handler_wasm, http_get, Host};
+use jetwasm::status::{version_of, StatusBody};
 
 /// A manifest for the orders handler on the test consumer.
 const ORDERS_MANIFEST: &str = r#"
@@ -81,6 +82,54 @@ async fn handlers_dropped_in_a_folder_run_and_bad_ones_are_refused_without_stopp
     assert!(log.contains("typo.toml"), "the manifest is named");
     assert!(!log.contains("README"), "other files are not drop-ins");
     assert_eq!(http_get(host.http, "/readyz").unwrap().0, 200);
+
+    // /status shows what runs, from where and in which version, and why the others do not.
+    let (code, body) = http_get(host.http, "/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: StatusBody = serde_json::from_str(&body).unwrap();
+    let entry = |name: &str| {
+        (status.components.iter())
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("{name} missing from /status: {body}"))
+    };
+    let orders = entry("orders");
+    assert_eq!(
+        (
+            orders.kind.as_deref(),
+            orders.source.as_str(),
+            orders.state.as_str()
+        ),
+        (Some("handler"), "folder", "running")
+    );
+    assert_eq!(orders.version, version_of(&dir.join("orders.wasm")));
+    assert_eq!(orders.in_flight, Some(0));
+    for (name, why) in refusals {
+        let refused = entry(name);
+        assert_eq!(refused.state, "refused", "{name}");
+        assert!(
+            refused.error.as_deref().unwrap().contains(why),
+            "{name}: {refused:?}"
+        );
+    }
+    assert_eq!(status.components.len(), 5, "{body}");
+
+    // `jetwasm status` prints the same as a table.
+    let url = format!("http://{}", host.http);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+        .args(["status", "--url", &url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let row = table.lines().find(|l| l.starts_with("orders ")).unwrap();
+    assert!(
+        row.contains("running") && row.contains(orders.version.as_deref().unwrap()),
+        "{table}"
+    );
+    assert!(
+        table.contains("  ") && table.contains("no component lonely.wasm beside it"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
