@@ -402,7 +402,9 @@ impl Config {
             .collect();
         let (defaults, same) = (self.runtime.limits, |p: PathBuf| p);
         let listener = self.runtime.http.is_some();
-        let unreadable = |e: toml::de::Error| vec![one_line(&e, "")];
+        // serde lists every key it expected; a manifest may not set these two.
+        let unreadable =
+            |e: toml::de::Error| vec![one_line(&e, "").replace("`name`, `component`, ", "")];
         let resolved = if kind == "publisher" {
             let raw: RawPublisher = value.try_into().map_err(unreadable)?;
             let taken = (&mut names, &mut routes);

@@ -151,7 +151,12 @@ fn a_bad_manifest_names_every_problem() {
         ]
     );
     let typo = config.manifest("x", wasm, "stream = \"S\"\nconsumr = \"c\"\n");
-    assert!(typo.unwrap_err()[0].contains("unknown field `consumr`"));
+    let typo = typo.unwrap_err();
+    assert!(typo[0].contains("unknown field `consumr`"), "{typo:?}");
+    assert!(
+        typo[0].contains("expected one of `stream`") && !typo[0].contains("`name`"),
+        "only the keys a manifest may set: {typo:?}"
+    );
     let kind = config.manifest("x", wasm, "kind = \"cron\"\n").unwrap_err();
     assert_eq!(
         kind,
