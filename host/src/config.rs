@@ -17,7 +17,7 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 use crate::schedule::Schedule;
-use raw::{RawConfig, RawHandler, RawPublisher, RawRuntime};
+use raw::{RawConfig, RawHandler, RawPublisher};
 use resolve::{handler, one_line, publisher, resolve, Problems};
 
 /// The configuration, resolved and checked.
@@ -57,8 +57,9 @@ pub struct Streams {
     pub allow_destructive: bool,
 }
 
-/// `[runtime]`.
-#[derive(Debug, Clone)]
+/// `[runtime]`, as written but for its paths, resolved against the config's folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Runtime {
     /// Address of the HTTP listener serving `/metrics`, `/healthz`, `/readyz` and HTTP
     /// publishers' routes.
@@ -66,6 +67,7 @@ pub struct Runtime {
     /// Dead-letter records go to `<dead_letter>.<stream>.<consumer>`.
     pub dead_letter: String,
     /// How long in-flight messages may run after SIGTERM/SIGINT before the host exits.
+    #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
     /// Limits for components that do not set their own.
     pub limits: Limits,
@@ -82,9 +84,9 @@ pub struct Runtime {
     pub handlers_dir: Option<PathBuf>,
 }
 
-impl Default for RawRuntime {
+impl Default for Runtime {
     fn default() -> Self {
-        RawRuntime {
+        Runtime {
             http: None,
             dead_letter: "deadletter".to_owned(),
             grace_period: Duration::from_secs(10),

@@ -3,14 +3,13 @@
 //! once resolved and checked.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use super::{HttpRoute, Limits, NatsConfig};
+use super::{HttpRoute, Limits, NatsConfig, Runtime};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,26 +24,11 @@ pub struct RawConfig {
     #[serde(default)]
     pub allow_destructive: bool,
     #[serde(default)]
-    pub runtime: RawRuntime,
+    pub runtime: Runtime,
     #[serde(default, rename = "handler")]
     pub handlers: Vec<RawHandler>,
     #[serde(default, rename = "publisher")]
     pub publishers: Vec<RawPublisher>,
-}
-
-/// `[runtime]`; its defaults are [`super::Runtime`]'s.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawRuntime {
-    pub http: Option<SocketAddr>,
-    pub dead_letter: String,
-    #[serde(with = "humantime_serde")]
-    pub grace_period: Duration,
-    pub limits: Limits,
-    pub compile_cache: Option<PathBuf>,
-    pub compile_cache_max: ByteSize,
-    pub max_failures: u32,
-    pub handlers_dir: Option<PathBuf>,
 }
 
 /// Limits as written in a component's table: each may be absent.

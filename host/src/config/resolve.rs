@@ -79,14 +79,9 @@ pub(super) fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> C
         ..raw.nats
     };
     let runtime = Runtime {
-        http: raw.runtime.http,
-        dead_letter: raw.runtime.dead_letter,
-        grace_period: raw.runtime.grace_period,
-        limits: defaults,
         compile_cache: raw.runtime.compile_cache.map(path),
-        compile_cache_max: raw.runtime.compile_cache_max,
-        max_failures: raw.runtime.max_failures,
         handlers_dir: raw.runtime.handlers_dir.map(path),
+        ..raw.runtime
     };
     Config {
         nats,
