@@ -143,7 +143,8 @@ fn plan_lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<Lane
 /// lane's task: most finish there, costing no task or timer of their own. A call that has to
 /// wait (a publish awaiting its ack, a long computation yielding at an epoch tick) carries on
 /// as a task of its own, so it never holds up the lane. The lane rebinds when its pull fails
-/// or stalls, keeping its waiting messages; on shutdown it stops pulling and hands them back.
+/// or stalls, keeping its waiting messages; on shutdown it asks for nothing more, takes what
+/// its open requests still bring (see [`Finishing`]) and hands back what it could not start.
 async fn run_lane(
     binding: Arc<Binding>,
     js: jetstream::Context,
@@ -193,19 +194,43 @@ async fn run_lane(
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let start = |message, slot| start_call(&binding, &bound, &tracker, message, slot);
+        // Set on shutdown: the lane asks for nothing more and takes what its open requests
+        // still bring, so that none is open when its subscription closes.
+        let mut finishing: Option<Finishing> = None;
         loop {
-            // Ask for more only for room the lane has, so that every message it receives is
-            // one it holds and keeps in progress; in halves, so requests stay large.
-            let room = batch.saturating_sub(waiting.len() + messages.outstanding());
-            if room >= refill_at(batch) {
-                if let Err(e) = messages.request(room).await {
-                    tracing::warn!(handler = %binding.name, error = %e, "pull failed; rebinding");
-                    break;
+            match &finishing {
+                // Ask for more only for room the lane has, so that every message it receives
+                // is one it holds and keeps in progress; in halves, so requests stay large.
+                None => {
+                    let room = batch.saturating_sub(waiting.len() + messages.outstanding());
+                    if room >= refill_at(batch) {
+                        if let Err(e) = messages.request(room).await {
+                            tracing::warn!(handler = %binding.name, error = %e, "pull failed; rebinding");
+                            break;
+                        }
+                    }
                 }
+                Some(_) if messages.outstanding() == 0 => break,
+                Some(_) => {}
             }
+            let finish_by = finishing.as_ref().map(Finishing::deadline);
             tokio::select! {
                 biased;
-                _ = &mut pull_ended => break,
+                _ = &mut pull_ended, if finishing.is_none() => {
+                    if !shutdown.is_cancelled() {
+                        break;
+                    }
+                    finishing = Some(Finishing::new());
+                }
+                _ = tokio::time::sleep_until(finish_by.unwrap_or_else(tokio::time::Instant::now)), if finish_by.is_some() => {
+                    let open = messages.outstanding();
+                    if finishing.as_ref().is_some_and(Finishing::out_of_time) {
+                        tracing::info!(handler = %binding.name, lane = number, open, "stopping with pull requests still being filled; a message the server sends as the subscription closes is redelivered after its ack wait");
+                    } else {
+                        tracing::debug!(handler = %binding.name, lane = number, open, "stopping with idle pull requests open");
+                    }
+                    break;
+                }
                 _ = ticks.tick(), if !waiting.is_empty() => waiting.keep_in_progress(every).await,
                 // An async block, so the semaphore is only touched when a message waits.
                 slot = async { slots.clone().acquire_owned().await }, if !waiting.is_empty() => {
@@ -222,6 +247,9 @@ async fn run_lane(
                     }
                     Ok(Some(message)) => {
                         activity.received();
+                        if let Some(finishing) = &mut finishing {
+                            finishing.heard = tokio::time::Instant::now();
+                        }
                         match slots.clone().try_acquire_owned() {
                             Ok(slot) if waiting.is_empty() => start(message, slot),
                             _ => waiting.push(message),
@@ -282,6 +310,44 @@ fn contain_panic(handler: &str, outcome: std::thread::Result<()>) {
             handler,
             "processing a message panicked; unless acknowledged, it is redelivered after its ack wait"
         );
+    }
+}
+
+/// How long a stopping lane waits for its open pull requests to be filled, at most.
+const FINISH_WITHIN: Duration = Duration::from_secs(3);
+/// How long a stopping lane that hears nothing waits before it closes with requests open: the
+/// consumer has nothing to send, so nothing is likely to be sent as the subscription closes.
+const FINISH_QUIET: Duration = Duration::from_millis(500);
+
+/// A stopping lane's last phase. Closing a pull's subscription while a request is open can
+/// leave one message behind until its ack wait: one the server decided to send just before
+/// the unsubscribe reached it, dropped by the server (no interest any more) or by the client
+/// (the subscription gone). So a stopping lane asks for nothing more and takes, and processes,
+/// what its open requests still bring, until none is open; under load that takes moments.
+/// An idle lane's requests would stay open until they expire, so it stops after a quiet
+/// spell instead, and a lane that is slow to fill them stops after `FINISH_WITHIN`.
+struct Finishing {
+    until: tokio::time::Instant,
+    heard: tokio::time::Instant,
+}
+
+impl Finishing {
+    fn new() -> Finishing {
+        let now = tokio::time::Instant::now();
+        Finishing {
+            until: now + FINISH_WITHIN,
+            heard: now,
+        }
+    }
+
+    /// True once the lane has waited `FINISH_WITHIN`.
+    fn out_of_time(&self) -> bool {
+        tokio::time::Instant::now() >= self.until
+    }
+
+    /// When the lane closes with requests still open.
+    fn deadline(&self) -> tokio::time::Instant {
+        self.until.min(self.heard + FINISH_QUIET)
     }
 }
 

@@ -115,7 +115,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     shutdown_signal().await?;
     ready.store(false, Ordering::SeqCst);
-    tracing::info!(grace = ?config.runtime.grace_period, "shutting down: no new messages; waiting for in-flight calls");
+    tracing::info!(grace = ?config.runtime.grace_period, "shutting down: no new pull requests; waiting for in-flight calls");
     shutdown.cancel();
     calls.close();
     tokio::select! {
