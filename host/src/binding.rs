@@ -1,8 +1,11 @@
 //! A handler bound to its durable consumer: what the consumer's lanes, its watchdog and its
-//! dead-letter sweeper share.
+//! dead-letter sweeper share, and the handler's current version, which a new one replaces in
+//! place (the lanes and their pulls carry on, calls already running finish on the old one).
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::dispatch::Dispatcher;
 use crate::metrics::HandlerMetrics;
@@ -11,8 +14,6 @@ use crate::metrics::HandlerMetrics;
 pub struct Binding {
     /// Handler name.
     pub name: Arc<str>,
-    /// Runs the calls.
-    pub dispatcher: Dispatcher,
     /// The stream the consumer reads.
     pub stream: String,
     /// The durable consumer.
@@ -25,17 +26,93 @@ pub struct Binding {
     pub max_in_flight: usize,
     /// Messages asked of the server ahead of need, waiting for a free slot.
     pub prefetch: usize,
-    /// Largest payload handed to the handler.
-    pub max_message_size: usize,
     /// Deliveries of a message the handler keeps failing on before the host dead-letters
     /// it, when the consumer's `max_deliver` is unlimited.
     pub max_failures: u32,
-    /// How long the sweeper waits after a max-deliveries advisory before it writes the
-    /// dead letter (see the `sweeper` module): the call timeout and a margin.
-    pub sweep_delay: Duration,
     /// The consumer as the streams spec the host applied declares it, if it does: the
     /// watchdog reports changes made by hand since.
     pub declared: Option<stream_init::spec::ConsumerSpec>,
     /// The handler's metrics.
     pub metrics: HandlerMetrics,
+    /// The version that handles the next message.
+    current: ArcSwap<Version>,
+}
+
+/// What a new version of a handler's component brings: its compiled component with its
+/// environment and limits. Swapped in place by [`Binding::replace`].
+pub struct Version {
+    /// Runs the calls.
+    pub dispatcher: Dispatcher,
+    /// Largest payload handed to the handler.
+    pub max_message_size: usize,
+    /// How long the sweeper waits after a max-deliveries advisory before it writes the
+    /// dead letter (see the `sweeper` module): the call timeout and a margin.
+    pub sweep_delay: Duration,
+    /// The component's version: the first 12 hex digits of its SHA-256.
+    pub digest: String,
+}
+
+/// What shapes a handler's lanes and pulls: a new version with the same shape replaces the
+/// old one in place; another shape needs the handler bound again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    /// The stream the consumer reads.
+    pub stream: String,
+    /// The durable consumer.
+    pub consumer: String,
+    /// Wait for the server to confirm each ack.
+    pub confirm_acks: bool,
+    /// Most calls at once.
+    pub max_in_flight: usize,
+    /// Messages asked of the server ahead of need.
+    pub prefetch: usize,
+}
+
+impl Binding {
+    /// A binding of `shape` running `version` first.
+    pub fn new(
+        name: Arc<str>,
+        shape: Shape,
+        version: Version,
+        dead_letter: String,
+        max_failures: u32,
+        declared: Option<stream_init::spec::ConsumerSpec>,
+        metrics: HandlerMetrics,
+    ) -> Binding {
+        Binding {
+            name,
+            stream: shape.stream,
+            consumer: shape.consumer,
+            dead_letter,
+            confirm_acks: shape.confirm_acks,
+            max_in_flight: shape.max_in_flight,
+            prefetch: shape.prefetch,
+            max_failures,
+            declared,
+            metrics,
+            current: ArcSwap::from_pointee(version),
+        }
+    }
+
+    /// The version that handles the next message.
+    pub fn version(&self) -> Arc<Version> {
+        self.current.load_full()
+    }
+
+    /// The shape of this binding's lanes and pulls.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            stream: self.stream.clone(),
+            consumer: self.consumer.clone(),
+            confirm_acks: self.confirm_acks,
+            max_in_flight: self.max_in_flight,
+            prefetch: self.prefetch,
+        }
+    }
+
+    /// Makes `version` handle every message from now on; returns the one it replaces, whose
+    /// running calls finish on it.
+    pub fn replace(&self, version: Arc<Version>) -> Arc<Version> {
+        self.current.swap(version)
+    }
 }

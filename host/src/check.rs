@@ -35,6 +35,7 @@ async fn fitting_worlds(component: &Path) -> anyhow::Result<Vec<&'static str>> {
     }
 
     let engine = crate::engine::new(crate::engine::PoolSize {
+        reservable: 1,
         instances: 1,
         max_memory: 64 << 20,
     })?;

@@ -1,156 +1,161 @@
-//! Loading every component, configured or dropped in: one engine sized for all of them, each
-//! component compiled and checked against its world (a handler's consumer found too), and its
-//! environment (config, publish policy, limits) prepared. Nothing is bound or started here.
+//! Loading a component, configured or dropped in, into what runs it: compiled and checked
+//! against its world off the message path (a handler's consumer found too), its environment
+//! (config, publish policy, limits) prepared, its share of the engine's instance pool known.
+//! Nothing is bound or started here: that is the `deployments` module's job.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use async_nats::jetstream;
 
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::binding::Binding;
+use crate::binding::{Binding, Shape, Version};
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
-use crate::config::{Component, Config, DropIn, Handler, Instances, Publisher, Trigger};
+use crate::config::{Component, Config, DropIn, Handler, Instances, Publisher, Runtime, Trigger};
 use crate::dispatch::Dispatcher;
 use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::sandbox::ComponentEnv;
-use crate::status::{self, ComponentStatus};
+use crate::status;
 use crate::timer_publisher::TimerPublisher;
 use crate::{consumer, engine, imports, loader};
 
-/// Every component, loaded and checked.
-#[derive(Default)]
-pub struct Components {
-    /// Handlers, ready to bind to their consumers.
-    pub handlers: Vec<Arc<Binding>>,
-    /// Timer publishers, ready to start.
-    pub publishers: Vec<Arc<TimerPublisher>>,
-    /// HTTP publishers, ready to be routed to.
-    pub http_publishers: Vec<Arc<HttpPublisher>>,
-    /// Every component, loaded or refused (a drop-in whose component or consumer is
-    /// unusable), for `/status`.
-    pub status: Vec<ComponentStatus>,
+/// A component loaded and checked, ready to start.
+pub enum Loaded {
+    /// A handler, not bound yet.
+    Handler(Arc<Binding>),
+    /// A timer publisher, not ticking yet.
+    Timer(Arc<TimerPublisher>),
+    /// An HTTP publisher, not routed to yet.
+    Http(Arc<HttpPublisher>),
 }
 
-/// Loads and checks every handler and publisher in `config`, then the `drop_ins`. Fails on
-/// the first configured component that cannot be read, compiled, does not fit its world (or,
-/// for a handler, whose consumer is missing), naming it; a drop-in that cannot be loaded is
-/// listed as refused in [`Components::status`] instead.
-pub async fn load(
-    config: &Config,
-    drop_ins: &[DropIn],
-    spec: Option<&stream_init::Spec>,
-    js: &jetstream::Context,
-    metrics: &Metrics,
-) -> anyhow::Result<Components> {
-    let handlers = (config.handlers.iter()).chain(drop_ins.iter().filter_map(|d| match d {
-        DropIn::Handler(handler) => Some(handler),
-        DropIn::Publisher(_) => None,
-    }));
-    let publishers = (config.publishers.iter()).chain(drop_ins.iter().filter_map(|d| match d {
-        DropIn::Publisher(publisher) => Some(publisher),
-        DropIn::Handler(_) => None,
-    }));
-    let all =
-        (handlers.clone().map(|h| &h.component)).chain(publishers.clone().map(|p| &p.component));
-    let pool = engine::PoolSize {
-        instances: pool_instances(handlers, publishers),
-        max_memory: all
-            .map(|c| c.limits.memory.as_u64() as usize)
-            .max()
-            .unwrap_or(64 << 20),
+/// Instances one component reserves in the engine's pool, so that none of its users can
+/// starve another: a handler its `max_in_flight` (its lanes never run more calls, and its
+/// warm instances are among them), a timer publisher one (ticks never overlap), an HTTP
+/// publisher its `max_in_flight` (requests beyond it wait briefly, then get a 503).
+pub fn reservation(what: &DropIn) -> u32 {
+    let instances = match what {
+        DropIn::Handler(h) => h.component.limits.max_in_flight,
+        DropIn::Publisher(p) => match p.trigger {
+            Trigger::Http(_) => p.component.limits.max_in_flight,
+            Trigger::Schedule(_) => 1,
+        },
     };
-    let engine = engine::new(pool)?;
-    let cache_max = config.runtime.compile_cache_max.as_u64();
-    let cache_dir = (config.runtime.compile_cache.clone()).or_else(CompileCache::default_dir);
-    let loader = Loader {
-        linker: imports::linker(&engine)?,
-        engine,
-        cache: cache_dir.map(|dir| CompileCache::new(dir, cache_max)),
-        config,
-        spec,
-        js,
-        metrics,
+    u32::try_from(instances).unwrap_or(u32::MAX)
+}
+
+/// Instances kept free beyond the reservations: a reused instance being replaced while its
+/// successor starts, a version's last calls finishing beside its successor's, and room for a
+/// stray instance a host bug might hold.
+const SPARE_INSTANCES: u32 = 16;
+
+/// The pool the engine is built with: `[runtime] max_instances` instances, or what the
+/// components at start reserve (plus room for drop-ins added later when there is a handlers
+/// folder); memories as large as the largest any of them, or the default limit, allows.
+pub fn pool_size<'a>(
+    runtime: &Runtime,
+    at_start: impl Iterator<Item = &'a DropIn> + Clone,
+) -> anyhow::Result<engine::PoolSize> {
+    let needed: u32 = at_start.clone().map(reservation).sum();
+    let capacity = match runtime.max_instances {
+        Some(max) if max < needed => bail!(
+            "[runtime] max_instances is {max}, but the configured components reserve {needed} \
+             instances (each handler and HTTP publisher its max_in_flight, each timer one)"
+        ),
+        Some(max) => max,
+        None if runtime.handlers_dir.is_some() => needed + crate::config::HOT_INSTANCES,
+        None => needed,
     };
-    let mut loaded = Components::default();
-    for handler in &config.handlers {
-        let binding = loader.handler(handler).await?;
-        loaded.handlers.push(binding);
-        loaded
-            .status
-            .push(running(&handler.component, "handler", "config"));
-    }
-    for publisher in &config.publishers {
-        loader.publisher(publisher, &mut loaded).await?;
-        let kind = publisher_kind(publisher);
-        loaded
-            .status
-            .push(running(&publisher.component, kind, "config"));
-    }
-    for drop_in in drop_ins {
-        let (result, kind) = match drop_in {
-            DropIn::Handler(handler) => {
-                let loaded_handler = loader.handler(handler).await;
-                (
-                    loaded_handler.map(|binding| loaded.handlers.push(binding)),
-                    "handler",
-                )
-            }
-            DropIn::Publisher(publisher) => (
-                loader.publisher(publisher, &mut loaded).await,
-                publisher_kind(publisher),
-            ),
-        };
-        let mut status = running(drop_in.component(), kind, "folder");
-        if let Err(e) = result {
-            status.state = "refused".into();
-            status.error = Some(format!("{e:#}"));
-        }
-        loaded.status.push(status);
-    }
-    Ok(loaded)
+    let max_memory = at_start
+        .map(|d| d.component().limits.memory.as_u64())
+        .chain([runtime.limits.memory.as_u64()])
+        .max()
+        .unwrap_or(64 << 20);
+    Ok(engine::PoolSize {
+        reservable: capacity,
+        instances: capacity + SPARE_INSTANCES,
+        max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+    })
 }
 
-/// `publisher` or `http-publisher`.
-fn publisher_kind(publisher: &Publisher) -> &'static str {
-    match publisher.trigger {
-        Trigger::Schedule(_) => "publisher",
-        Trigger::Http(_) => "http-publisher",
-    }
-}
-
-/// The status of a component now running, from `source` (`config` or `folder`).
-fn running(component: &Component, kind: &str, source: &str) -> ComponentStatus {
-    ComponentStatus {
-        name: component.name.clone(),
-        kind: Some(kind.to_owned()),
-        source: source.to_owned(),
-        component: Some(component.wasm.display().to_string()),
-        version: status::version_of(&component.wasm),
-        state: "running".to_owned(),
-        error: None,
-        in_flight: None,
-    }
-}
-
-/// What loading one component needs.
-struct Loader<'a> {
+/// What loading a component needs: one engine and linker for every component the host runs,
+/// and the compile cache.
+pub struct Loader {
     engine: wasmtime::Engine,
     linker: wasmtime::component::Linker<crate::sandbox::HostState>,
     cache: Option<CompileCache>,
-    config: &'a Config,
-    spec: Option<&'a stream_init::Spec>,
-    js: &'a jetstream::Context,
-    metrics: &'a Metrics,
+    pool: engine::PoolSize,
+    runtime: Runtime,
+    spec: Option<Arc<stream_init::Spec>>,
+    js: jetstream::Context,
+    metrics: Metrics,
 }
 
-impl Loader<'_> {
+impl Loader {
+    /// An engine with an instance pool of `pool`, and what loading needs.
+    pub fn new(
+        config: &Config,
+        pool: engine::PoolSize,
+        spec: Option<Arc<stream_init::Spec>>,
+        js: &jetstream::Context,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Loader> {
+        let engine = engine::new(pool)?;
+        let runtime = &config.runtime;
+        let cache_dir = (runtime.compile_cache.clone()).or_else(CompileCache::default_dir);
+        Ok(Loader {
+            linker: imports::linker(&engine)?,
+            engine,
+            cache: cache_dir.map(|dir| CompileCache::new(dir, runtime.compile_cache_max.as_u64())),
+            pool,
+            runtime: runtime.clone(),
+            spec,
+            js: js.clone(),
+            metrics: metrics.clone(),
+        })
+    }
+
+    /// A loader whose pool fits `config`'s own components and nothing more (for tools and
+    /// benchmarks that load a config's components by hand).
+    pub fn for_config(
+        config: &Config,
+        js: &jetstream::Context,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Loader> {
+        let pool = pool_size(&config.runtime, config.components().iter())?;
+        Loader::new(config, pool, None, js, metrics)
+    }
+
+    /// Instances the pool holds for reservations.
+    pub fn capacity(&self) -> u32 {
+        self.pool.reservable
+    }
+
+    /// Loads and checks `what`, configured or dropped in.
+    pub async fn load(&self, what: &DropIn) -> anyhow::Result<Loaded> {
+        let component = what.component();
+        let memory = component.limits.memory.as_u64();
+        if memory > self.pool.max_memory as u64 {
+            bail!(
+                "{}: limits.memory is {}, over the {} this host's instance pool holds (the \
+                 largest limit at start); lower it, or raise [runtime.limits] memory and restart",
+                component.name,
+                component.limits.memory,
+                bytesize::ByteSize(self.pool.max_memory as u64),
+            );
+        }
+        match what {
+            DropIn::Handler(handler) => Ok(Loaded::Handler(self.handler(handler).await?)),
+            DropIn::Publisher(publisher) => self.publisher(publisher).await,
+        }
+    }
+
     /// A handler, loaded and checked against its world, its consumer found.
     async fn handler(&self, handler: &Handler) -> anyhow::Result<Arc<Binding>> {
         let component = &handler.component;
@@ -163,103 +168,83 @@ impl Loader<'_> {
         )
         .await
         .with_context(label)?;
-        let env = environment(component, self.js);
+        let env = environment(component, &self.js);
         let metrics = self.metrics.handler(&component.name);
-        let name = env.name.clone();
         let limits = component.limits;
         let reuse = match handler.instances {
             Instances::Fresh => None,
             Instances::Reuse { per_instance } => Some(per_instance),
         };
-        let dispatcher = Dispatcher::new(pre, env, limits, reuse, metrics.instances.clone());
-        let runtime = &self.config.runtime;
-        let binding = Arc::new(Binding {
-            name,
-            dispatcher,
+        let name = env.name.clone();
+        let version = Version {
+            dispatcher: Dispatcher::new(pre, env, limits, reuse, metrics.instances.clone()),
+            max_message_size: limits.max_message_size.as_u64() as usize,
+            sweep_delay: limits.timeout + SWEEP_MARGIN,
+            digest: status::version_of(&component.wasm).unwrap_or_default(),
+        };
+        let shape = Shape {
             stream: handler.stream.clone(),
             consumer: handler.consumer.clone(),
-            dead_letter: runtime.dead_letter.clone(),
             confirm_acks: handler.confirm_acks,
             max_in_flight: limits.max_in_flight,
             prefetch: limits.prefetch,
-            max_message_size: limits.max_message_size.as_u64() as usize,
-            max_failures: runtime.max_failures,
-            sweep_delay: limits.timeout + SWEEP_MARGIN,
-            declared: (self.spec)
-                .and_then(|spec| spec.consumer(&handler.stream, &handler.consumer))
-                .cloned(),
+        };
+        let declared = (self.spec.as_deref())
+            .and_then(|spec| spec.consumer(&handler.stream, &handler.consumer))
+            .cloned();
+        let runtime = &self.runtime;
+        let binding = Arc::new(Binding::new(
+            name,
+            shape,
+            version,
+            runtime.dead_letter.clone(),
+            runtime.max_failures,
+            declared,
             metrics,
-        });
-        consumer::check_bindable(self.js, &binding).await?;
+        ));
+        consumer::check_bindable(&self.js, &binding).await?;
         tracing::info!(handler = %component.name, component = %component.wasm.display(), instances = ?handler.instances, "handler loaded");
         Ok(binding)
     }
 
-    /// A publisher, loaded and checked against its world, added to `loaded`.
-    async fn publisher(
-        &self,
-        publisher: &Publisher,
-        loaded: &mut Components,
-    ) -> anyhow::Result<()> {
+    /// A publisher, loaded and checked against its world.
+    async fn publisher(&self, publisher: &Publisher) -> anyhow::Result<Loaded> {
         let component = &publisher.component;
-        let env = environment(component, self.js);
+        let env = environment(component, &self.js);
         let (path, limits) = (&component.wasm, component.limits);
         let label = || format!("publisher {}", component.name);
         let (engine, linker, cache) = (&self.engine, &self.linker, self.cache.as_ref());
         let span =
             tracing::info_span!("publisher", name = %component.name, component = %path.display());
-        match &publisher.trigger {
+        Ok(match &publisher.trigger {
             Trigger::Http(route) => {
                 let pre = loader::load::<ProxyPre<_>>(engine, linker, path, cache)
                     .await
                     .with_context(label)?;
                 span.in_scope(|| tracing::info!(method = %route.method, path = %route.path, "http publisher loaded"));
                 let publisher = HttpPublisher::new(pre, env, limits, route.clone());
-                loaded.http_publishers.push(Arc::new(publisher));
+                Loaded::Http(Arc::new(publisher))
             }
             Trigger::Schedule(schedule) => {
                 let pre = loader::load::<PublisherPre<_>>(engine, linker, path, cache)
                     .await
                     .with_context(label)?;
                 span.in_scope(|| tracing::info!(?schedule, "timer publisher loaded"));
-                loaded.publishers.push(Arc::new(TimerPublisher::new(
+                Loaded::Timer(Arc::new(TimerPublisher::new(
                     pre,
                     env,
                     limits,
                     schedule.clone(),
                     self.metrics.publisher(&component.name),
-                )));
+                )))
             }
-        }
-        Ok(())
+        })
     }
 }
 
 /// How long after a call's timeout the sweeper may take for granted that no host is still
 /// working on a message JetStream gave up on.
 const SWEEP_MARGIN: Duration = Duration::from_secs(5);
-
-/// Instances kept free beyond the reservations below: a reused instance being replaced while
-/// its successor starts, and room for a stray instance a host bug might hold.
-const SPARE_INSTANCES: u32 = 16;
-
-/// The pool's component instances, reserved so that none of its users can starve another:
-/// each handler its `max_in_flight` (its lanes never run more calls, and its warm instances
-/// are among them), each timer publisher one (ticks never overlap), each HTTP publisher its
-/// `max_in_flight` (requests beyond it wait briefly, then get a 503), plus a spare.
-fn pool_instances<'a>(
-    handlers: impl Iterator<Item = &'a Handler>,
-    publishers: impl Iterator<Item = &'a Publisher>,
-) -> u32 {
-    let handlers: usize = handlers.map(|h| h.component.limits.max_in_flight).sum();
-    let publishers: usize = publishers
-        .map(|p| match p.trigger {
-            Trigger::Http(_) => p.component.limits.max_in_flight,
-            Trigger::Schedule(_) => 1,
-        })
-        .sum();
-    u32::try_from(handlers + publishers).unwrap_or(u32::MAX) + SPARE_INSTANCES
-}
 
 /// What a component's imports see: its name, config, publish policy and quota.
 fn environment(component: &Component, js: &jetstream::Context) -> Arc<ComponentEnv> {

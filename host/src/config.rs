@@ -82,7 +82,16 @@ pub struct Runtime {
     /// The folder of drop-in handlers and publishers (`NAME.wasm` beside its manifest
     /// `NAME.toml`; see the `drop_in` module).
     pub handlers_dir: Option<PathBuf>,
+    /// Component instances alive at once, host-wide: each handler reserves its
+    /// `max_in_flight`, each HTTP publisher its `max_in_flight`, each timer publisher one; a
+    /// drop-in that does not fit is refused. Unset: what the components at start need, plus
+    /// [`HOT_INSTANCES`] for drop-ins added later when there is a handlers folder.
+    pub max_instances: Option<u32>,
 }
+
+/// Instances kept for drop-ins added while the host runs, unless `[runtime] max_instances`
+/// says.
+pub const HOT_INSTANCES: u32 = 256;
 
 impl Default for Runtime {
     fn default() -> Self {
@@ -95,6 +104,7 @@ impl Default for Runtime {
             compile_cache_max: DEFAULT_COMPILE_CACHE_MAX,
             max_failures: 10,
             handlers_dir: None,
+            max_instances: None,
         }
     }
 }
@@ -273,6 +283,8 @@ pub enum ConfigError {
 pub const MAX_IN_FLIGHT: usize = 4096;
 /// Most messages one handler may pull ahead of need.
 pub const MAX_PREFETCH: usize = 65_536;
+/// The largest `[runtime] max_instances` accepted.
+pub const MAX_INSTANCES: u32 = 100_000;
 /// Largest `max_message_size`: the most a NATS server can be configured to carry.
 pub const MAX_MESSAGE_SIZE: ByteSize = ByteSize::mib(64);
 /// Largest `memory`: a 32-bit linear memory cannot grow past 4GiB.
@@ -348,6 +360,15 @@ pub enum DropIn {
     Handler(Handler),
     /// A publisher.
     Publisher(Publisher),
+}
+
+impl Config {
+    /// The configured handlers and publishers, as drop-ins are.
+    pub fn components(&self) -> Vec<DropIn> {
+        (self.handlers.iter().cloned().map(DropIn::Handler))
+            .chain(self.publishers.iter().cloned().map(DropIn::Publisher))
+            .collect()
+    }
 }
 
 impl DropIn {

@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, AckKind};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::ack::{self, Action, DeadLetterPlan, Decision, DeliveryPolicy, Verdict};
-use crate::binding::Binding;
+use crate::binding::{Binding, Version};
 use crate::bindings::Message;
 use crate::dead_letter;
 use crate::dispatch::Outcome;
@@ -43,6 +43,7 @@ pub async fn process(
     };
     let delivery = Delivery {
         wit: guest_copy(&message.message, &info),
+        version: binding.version(),
         binding: &binding,
         terms: &terms,
         message: &message,
@@ -54,6 +55,9 @@ pub async fn process(
 /// A message being handled, with what its life needs.
 struct Delivery<'a> {
     binding: &'a Binding,
+    /// The handler's version when the message got its slot: it handles the message to the
+    /// end, retries in place included, even if a new version replaces it meanwhile.
+    version: Arc<Version>,
     terms: &'a Terms,
     message: &'a jetstream::Message,
     /// The guest's copy of the message.
@@ -83,11 +87,7 @@ impl Delivery<'_> {
     /// [`crate::log_budget`]): the metrics count every outcome, the log shows at most a
     /// hundred lines a second of them.
     fn admit(&self) -> bool {
-        self.binding
-            .dispatcher
-            .env()
-            .host_log
-            .admit(&self.binding.name)
+        (self.version.dispatcher.env().host_log).admit(&self.binding.name)
     }
 
     /// Decides the message's verdict (unreadable, oversize, or the handler's outcome) and
@@ -98,10 +98,10 @@ impl Delivery<'_> {
         let unreadable = dead_letter::unreadable(self.message.headers.as_ref());
         let never_ran = if let Some(why) = unreadable {
             Some(Verdict::Unreadable(why))
-        } else if wit.payload.len() > binding.max_message_size {
+        } else if wit.payload.len() > self.version.max_message_size {
             Some(Verdict::Oversize {
                 size: wit.payload.len(),
-                limit: binding.max_message_size,
+                limit: self.version.max_message_size,
             })
         } else {
             None
@@ -111,7 +111,7 @@ impl Delivery<'_> {
             Some(verdict) => verdict,
             None => {
                 binding.metrics.in_flight.inc();
-                let call = pin!(binding.dispatcher.call(wit));
+                let call = pin!(self.version.dispatcher.call(wit));
                 Verdict::Handled(with_progress(call, self.message, terms.progress_every).await)
             }
         };
@@ -156,7 +156,7 @@ impl Delivery<'_> {
             binding.metrics.count(verdict.kind());
             let pause = pin!(tokio::time::sleep(HOST_RETRY_PAUSE));
             tick_in_progress(pause, self.message, every).await;
-            let call = pin!(binding.dispatcher.call(&self.wit));
+            let call = pin!(self.version.dispatcher.call(&self.wit));
             verdict = Verdict::Handled(tick_in_progress(call, self.message, every).await);
             match ack::decide(&verdict, self.wit.delivered, &self.terms.policy) {
                 Decision::Settle(action) => return (verdict, action),

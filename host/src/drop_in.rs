@@ -1,8 +1,9 @@
 //! The handlers folder (`[runtime] handlers_dir`, `--handlers-dir`): a handler or publisher is
 //! `NAME.wasm` beside its manifest `NAME.toml` (the keys of a `[[handler]]` or, with
 //! `kind = "publisher"`, a `[[publisher]]` table, minus `name` and `component`: see
-//! [`Config::manifest`]). The folder is read at start; a drop-in that cannot be used is
-//! reported, naming the file and the problem, and skipped: it never stops the host.
+//! [`Config::manifest`]). The folder is read at start and whenever it changes (see
+//! the `folder` module); a drop-in that cannot be used is reported, naming the file and the
+//! problem, and skipped: it never stops the host.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,11 @@ pub struct Found {
     pub name: String,
     /// The handler or publisher, or the problems, one line each, naming the file.
     pub drop_in: Result<DropIn, String>,
+    /// Whether both its files are there: one gone means the drop-in is removed.
+    pub complete: bool,
+    /// The SHA-256 of its files' contents as read, so that an unchanged drop-in is not loaded
+    /// again; `None` when one could not be read.
+    pub fingerprint: Option<String>,
 }
 
 /// The `.wasm` and `.toml` files of one name.
@@ -53,6 +59,8 @@ pub fn scan(dir: &Path, config: &Config) -> anyhow::Result<Vec<Found>> {
         }
     }
     let found = pairs.into_iter().filter_map(|(name, pair)| {
+        let pair_files: Vec<PathBuf> = pair.wasm.iter().chain(&pair.manifest).cloned().collect();
+        let complete = pair_files.len() == 2;
         let drop_in = match (pair.wasm, pair.manifest) {
             (Some(wasm), Some(manifest)) => resolve(&name, &wasm, &manifest, config),
             (Some(wasm), None) => Err(format!(
@@ -65,7 +73,13 @@ pub fn scan(dir: &Path, config: &Config) -> anyhow::Result<Vec<Found>> {
             )),
             (None, None) => return None,
         };
-        Some(Found { name, drop_in })
+        let fingerprint = fingerprint(&pair_files);
+        Some(Found {
+            name,
+            drop_in,
+            complete,
+            fingerprint,
+        })
     });
     Ok(found.collect())
 }
@@ -78,4 +92,15 @@ fn resolve(name: &str, wasm: &Path, manifest: &Path, config: &Config) -> Result<
         let lines: Vec<String> = problems.iter().map(|p| format!("{at}: {p}")).collect();
         lines.join("; ")
     })
+}
+
+/// The SHA-256 of `files`' contents, in order, with their names.
+fn fingerprint(files: &[PathBuf]) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(file.as_os_str().as_encoded_bytes());
+        hash.update(std::fs::read(file).ok()?);
+    }
+    Some(format!("{:x}", hash.finalize()))
 }

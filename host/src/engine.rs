@@ -24,7 +24,9 @@ pub const TABLES_PER_COMPONENT: u32 = 32;
 /// Sizing of the instance pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSize {
-    /// Component instances alive at once (the sum of handlers' in-flight limits, plus room).
+    /// Instances components may reserve (`[runtime] max_instances`, or what they need).
+    pub reservable: u32,
+    /// Component instances alive at once: the reservable ones and a spare.
     pub instances: u32,
     /// The largest linear memory any handler may grow to, in bytes.
     pub max_memory: usize,

@@ -4,7 +4,9 @@
 //! The modules by stage, in the order a message meets them:
 //! - **start**: [`run`] (and [`up`], a local server first) reads the [`config`], applies the
 //!   streams with stream-init, and [`components`] loads every component through the
-//!   [`loader`] (with the [`compile_cache`]) on the [`engine`];
+//!   [`loader`] (with the [`compile_cache`]) on the [`engine`]; [`deployments`] starts them
+//!   and adds, replaces and removes the handlers folder's drop-ins ([`drop_in`]) as the
+//!   [`folder`] watcher sees them change;
 //! - **pull**: [`consumer`] binds each handler's durable consumer ([`binding`]) and runs its
 //!   lanes, each asking for messages with [`pull`], holding the ones waiting for a slot in
 //!   [`waiting`]; [`watchdog`], [`liveness`] and [`sweeper`] watch over them;
@@ -26,9 +28,11 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod delivery;
+pub mod deployments;
 pub mod dispatch;
 pub mod drop_in;
 pub mod engine;
+pub mod folder;
 mod guest_output;
 pub mod http_publisher;
 pub mod imports;

@@ -4,9 +4,7 @@
 //! HTTP publishers, each request run through its component with a body-size cap and a
 //! timeout, never left hanging.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,14 +13,15 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodFilter, MethodRouter};
+use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use crate::deployments::Deployments;
 use crate::http_publisher::{HttpPublisher, RequestFailure};
 use crate::metrics::Metrics;
 use crate::sandbox::Failure;
-use crate::status::{ComponentStatus, StatusBody};
+use crate::status::StatusBody;
 
 /// What the endpoints report on.
 #[derive(Clone)]
@@ -31,12 +30,9 @@ pub struct Status {
     pub metrics: Metrics,
     /// Set once every handler is bound; cleared when shutdown starts.
     pub ready: Arc<AtomicBool>,
-    /// Each handler's name and live pulls: ready only while every handler has one.
-    pub pulls: Vec<(Arc<str>, prometheus::IntGauge)>,
-    /// Every component, running or refused, for `/status`.
-    pub components: Arc<Vec<ComponentStatus>>,
-    /// Each handler's name and calls running now.
-    pub in_flight: Vec<(Arc<str>, prometheus::IntGauge)>,
+    /// Every component, running or refused: `/readyz` needs a live pull for each handler,
+    /// `/status` shows them, HTTP publishers' routes go to them.
+    pub deployments: Arc<Deployments>,
 }
 
 /// Binds `addr` and serves until `shutdown` is cancelled. Returns the bound address (useful
@@ -44,42 +40,19 @@ pub struct Status {
 pub async fn serve(
     addr: SocketAddr,
     status: Status,
-    publishers: Vec<Arc<HttpPublisher>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTP listener on {addr}"))?;
     let bound = listener.local_addr()?;
-    let mut app = Router::new()
+    let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/status", get(component_status))
-        .with_state(status.clone());
-    // One method router per path, so two publishers may share a path with different methods.
-    let mut by_path: BTreeMap<String, MethodRouter> = BTreeMap::new();
-    for publisher in publishers {
-        let metrics = status.metrics.clone();
-        let method = http::Method::from_str(&publisher.route.method)
-            .ok()
-            .and_then(|m| MethodFilter::try_from(m).ok())
-            .with_context(|| format!("publisher {}: unsupported method", publisher.name))?;
-        let path = publisher.route.path.clone();
-        let handler = move |request: Request| {
-            let (publisher, metrics) = (publisher.clone(), metrics.clone());
-            async move {
-                let response = serve_publisher(&publisher, request).await;
-                metrics.http_request(&publisher.name, response.status().as_u16());
-                response
-            }
-        };
-        let routes = by_path.remove(&path).unwrap_or_default();
-        by_path.insert(path, routes.on(method, handler));
-    }
-    for (path, routes) in by_path {
-        app = app.route(&path, routes);
-    }
+        .route("/status", get(component_status));
+    // Publishers come and go with the handlers folder: their routes are looked up per request.
+    let app = app.fallback(route).with_state(status);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -93,15 +66,7 @@ pub async fn serve(
 
 /// `GET /status`: every handler and publisher, with its source, version and state, as JSON.
 async fn component_status(State(status): State<Status>) -> Response {
-    let components: Vec<ComponentStatus> = (status.components.iter())
-        .map(|component| {
-            let live = (status.in_flight.iter()).find(|(name, _)| **name == *component.name);
-            ComponentStatus {
-                in_flight: live.map(|(_, gauge)| gauge.get()),
-                ..component.clone()
-            }
-        })
-        .collect();
+    let components = status.deployments.status();
     let body = serde_json::to_string_pretty(&StatusBody { components }).unwrap_or_default();
     let mut response = (StatusCode::OK, format!("{body}\n")).into_response();
     response.headers_mut().insert(
@@ -124,7 +89,8 @@ async fn ready(State(status): State<Status>) -> (StatusCode, String) {
     if !status.ready.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned());
     }
-    let idle: Vec<&str> = (status.pulls.iter())
+    let pulls = status.deployments.pulls();
+    let idle: Vec<&str> = (pulls.iter())
         .filter(|(_, pulls)| pulls.get() == 0)
         .map(|(name, _)| &**name)
         .collect();
@@ -134,6 +100,23 @@ async fn ready(State(status): State<Status>) -> (StatusCode, String) {
         let names = idle.join(", ");
         let why = format!("not ready: no live pull for handler {names}\n");
         (StatusCode::SERVICE_UNAVAILABLE, why)
+    }
+}
+
+/// A request to an HTTP publisher's route: served by the publisher for its method and path,
+/// 405 when the path is served for other methods only, else 404.
+async fn route(State(status): State<Status>, request: Request) -> Response {
+    let (method, path) = (request.method().as_str(), request.uri().path());
+    match status.deployments.route(method, path) {
+        Some(publisher) => {
+            let response = serve_publisher(&publisher, request).await;
+            (status.metrics).http_request(&publisher.name, response.status().as_u16());
+            response
+        }
+        None if status.deployments.serves_path(path) => {
+            StatusCode::METHOD_NOT_ALLOWED.into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 

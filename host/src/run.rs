@@ -12,12 +12,11 @@ use stream_init::connect::NatsArgs;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::components::{self, Components};
-use crate::config::{Config, DropIn, Overrides, Streams};
-use crate::consumer;
+use crate::components::{self, Loader};
+use crate::config::{Config, Overrides, Streams};
+use crate::deployments::Deployments;
 use crate::metrics::Metrics;
-use crate::status::ComponentStatus;
-use crate::{drop_in, listener, sweeper, timer_publisher};
+use crate::{drop_in, folder, listener};
 
 /// What `jetwasm run` was asked to do.
 #[derive(Debug, Clone)]
@@ -33,7 +32,7 @@ pub struct RunOptions {
 /// Runs the host until a shutdown signal, then drains. Fails before consuming anything if a
 /// handler's component or consumer is unusable.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    let config = Config::load(&options.config, options.overrides.clone())?;
+    let config = Arc::new(Config::load(&options.config, options.overrides.clone())?);
     let mut nats = options.nats.clone();
     if nats.creds.is_none() {
         nats.creds = config.nats.creds.clone();
@@ -49,67 +48,52 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
 
     let metrics = Metrics::new();
-    let (drop_ins, unreadable) = match &config.runtime.handlers_dir {
-        Some(dir) => dropped_in(dir, &config)?,
-        None => Default::default(),
+    let found = match &config.runtime.handlers_dir {
+        Some(dir) => drop_in::scan(dir, &config)?,
+        None => Vec::new(),
     };
-    let Components {
-        handlers,
-        publishers,
-        http_publishers,
-        mut status,
-    } = components::load(&config, &drop_ins, spec.as_ref(), &js, &metrics).await?;
-    status.extend(unreadable);
-    for refused in status.iter().filter(|s| s.state == "refused") {
-        let (name, error) = (&refused.name, refused.error.as_deref().unwrap_or_default());
-        tracing::error!(
-            drop_in = name,
-            error,
-            "drop-in refused; the host runs without it"
-        );
-        metrics.deploy_failure(name);
-    }
+    let configured = config.components();
+    let usable = found.iter().filter_map(|f| f.drop_in.as_ref().ok());
+    let pool = components::pool_size(&config.runtime, configured.iter().chain(usable))?;
+    let loader = Loader::new(&config, pool, spec.map(Arc::new), &js, &metrics)?;
 
     let shutdown = CancellationToken::new();
+    let calls = TaskTracker::new();
+    let deployments = Arc::new(Deployments::new(loader, &js, &metrics, &shutdown, &calls));
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.runtime.http {
-        let pulls = (handlers.iter())
-            .map(|h| (h.name.clone(), h.metrics.pulls.clone()))
-            .collect();
-        let in_flight = (handlers.iter())
-            .map(|h| (h.name.clone(), h.metrics.in_flight.clone()))
-            .collect();
         let state = listener::Status {
             metrics: metrics.clone(),
             ready: ready.clone(),
-            pulls,
-            components: Arc::new(status),
-            in_flight,
+            deployments: deployments.clone(),
         };
-        let bound = listener::serve(addr, state, http_publishers, shutdown.clone()).await?;
+        let bound = listener::serve(addr, state, shutdown.clone()).await?;
         tracing::info!(%bound, "serving /metrics, /healthz, /readyz and /status");
     }
-
-    let calls = TaskTracker::new();
-    let (handler_count, publisher_count) = (handlers.len(), publishers.len());
-    for binding in handlers {
-        sweeper::start(binding.clone(), &js, &shutdown, &calls)
-            .await
-            .with_context(|| {
-                format!(
-                    "handler {}: listening for max-deliveries advisories",
-                    binding.name
-                )
-            })?;
-        consumer::start(binding, &js, &shutdown, &calls);
-    }
-    for publisher in publishers {
-        calls.spawn(timer_publisher::run(publisher, shutdown.clone()));
+    deployments.start_configured(&configured).await?;
+    if let Some(dir) = &config.runtime.handlers_dir {
+        let refused = found.iter().filter(|f| f.drop_in.is_err()).count();
+        tracing::info!(folder = %dir.display(), drop_ins = found.len(), refused, "handlers folder read; watching it");
+        deployments.apply_folder(found).await;
+        folder::watch(
+            dir.clone(),
+            config.clone(),
+            deployments.clone(),
+            shutdown.clone(),
+        )?;
     }
     ready.store(true, Ordering::SeqCst);
+    let running = deployments.status();
+    let count = |kind: &str| {
+        (running.iter())
+            .filter(|c| c.state == "running" && c.kind.as_deref() == Some(kind))
+            .count()
+    };
     tracing::info!(
-        handlers = handler_count,
-        publishers = publisher_count,
+        handlers = count("handler"),
+        publishers = count("publisher"),
+        http_publishers = count("http-publisher"),
+        instances = pool.reservable,
         "jetwasm running"
     );
 
@@ -150,32 +134,6 @@ async fn set_up_streams(
         tracing::info!(file = %file.display(), "stream-init: {line}");
     }
     Ok(spec)
-}
-
-/// The drop-ins in `dir` whose manifests are usable, and the status of the others (refused,
-/// naming the file and the problem).
-fn dropped_in(
-    dir: &std::path::Path,
-    config: &Config,
-) -> anyhow::Result<(Vec<DropIn>, Vec<ComponentStatus>)> {
-    let (mut usable, mut refused) = (Vec::new(), Vec::new());
-    for found in drop_in::scan(dir, config)? {
-        match found.drop_in {
-            Ok(drop_in) => usable.push(drop_in),
-            Err(error) => refused.push(ComponentStatus {
-                name: found.name,
-                kind: None,
-                source: "folder".to_owned(),
-                component: None,
-                version: None,
-                state: "refused".to_owned(),
-                error: Some(error),
-                in_flight: None,
-            }),
-        }
-    }
-    tracing::info!(folder = %dir.display(), usable = usable.len(), refused = refused.len(), "handlers folder read");
-    Ok((usable, refused))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -30,6 +30,10 @@ pub struct ComponentStatus {
     pub error: Option<String>,
     /// A handler's calls running now.
     pub in_flight: Option<i64>,
+    /// Why the last new version (or the first) could not be deployed; a running version
+    /// keeps running.
+    #[serde(default)]
+    pub last_deploy_error: Option<String>,
 }
 
 /// The component's version: the first 12 hex digits of the file's SHA-256.
@@ -97,6 +101,8 @@ pub fn table(components: &[ComponentStatus]) -> String {
         );
         if let Some(error) = &c.error {
             let _ = writeln!(out, "  {error}");
+        } else if let Some(error) = &c.last_deploy_error {
+            let _ = writeln!(out, "  last deploy refused: {error}");
         }
     }
     out
@@ -117,6 +123,7 @@ mod tests {
             state: "running".into(),
             error: None,
             in_flight: Some(3),
+            last_deploy_error: None,
         };
         let refused = ComponentStatus {
             name: "lonely".into(),
@@ -127,6 +134,7 @@ mod tests {
             state: "refused".into(),
             error: Some("handlers.d/lonely.toml: no component lonely.wasm beside it".into()),
             in_flight: None,
+            last_deploy_error: None,
         };
         let table = table(&[running, refused]);
         let lines: Vec<&str> = table.lines().collect();

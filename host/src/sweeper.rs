@@ -3,7 +3,7 @@
 //! advisory and delivers it no more. Every host listens for its consumers' advisories, in one
 //! queue group so that one host takes each, and writes the dead letter from the stream's copy
 //! of the message. JetStream also gives up on a message a host still works on when its ack
-//! wait runs out on the last delivery, so the sweeper first waits [`Binding::sweep_delay`]
+//! wait runs out on the last delivery, so the sweeper first waits [`Version::sweep_delay`](crate::binding::Version::sweep_delay)
 //! (the handler's call timeout and a margin): a host still working writes its own record
 //! first, and the record's message id, the one a host uses, makes the sweeper's a duplicate
 //! that the stream drops. Sweeps still waiting when the host stops are dropped with it.
@@ -81,7 +81,7 @@ pub async fn start(
 
 /// Writes the dead letter of the message the advisory names, read back from its stream.
 async fn sweep(binding: Arc<Binding>, js: jetstream::Context, advisory: MaxDeliveries) {
-    tokio::time::sleep(binding.sweep_delay).await;
+    tokio::time::sleep(binding.version().sweep_delay).await;
     let (handler, stream, seq) = (&*binding.name, &binding.stream, advisory.stream_seq);
     let stored = match dead_letter::stored(&js, stream, seq).await {
         Ok(stored) => stored,

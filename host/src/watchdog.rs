@@ -77,11 +77,7 @@ pub async fn watch(
             _ = pull.cancelled() => return,
             _ = every.tick() => {}
         }
-        binding
-            .dispatcher
-            .env()
-            .host_log
-            .report_dropped(&binding.name);
+        (binding.version().dispatcher.env().host_log).report_dropped(&binding.name);
         let idle = silence.observe(activity.received.load(Ordering::Relaxed), Instant::now());
         let Ok(info) = consumer.info().await else {
             binding.metrics.pending.set(f64::NAN);

@@ -56,6 +56,7 @@ pub async fn bench(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()>
     defaults.allocation_strategy(wasmtime::InstanceAllocationStrategy::pooling());
     let baseline = serve_plain_wasmtime(&plain, Engine::new(&defaults)?, &shutdown)?;
     let tuned = jetwasm::engine::new(jetwasm::engine::PoolSize {
+        reservable: connections as u32,
         instances: (connections + 16) as u32,
         max_memory: 64 << 20,
     })?;
@@ -130,16 +131,18 @@ config = {{ subject = "bench.http" }}
     );
     let config = Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
     let metrics = Metrics::new();
-    let loaded = jetwasm::components::load(&config, &[], None, js, &metrics).await?;
+    let loader = jetwasm::components::Loader::for_config(&config, js, &metrics)?;
+    let calls = tokio_util::task::TaskTracker::new();
+    let deployments =
+        jetwasm::deployments::Deployments::new(loader, js, &metrics, shutdown, &calls);
+    deployments.start_configured(&config.components()).await?;
     let status = jetwasm::listener::Status {
         metrics,
         ready: Arc::new(AtomicBool::new(true)),
-        pulls: Vec::new(),
-        components: Arc::default(),
-        in_flight: Vec::new(),
+        deployments: Arc::new(deployments),
     };
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    jetwasm::listener::serve(any_port, status, loaded.http_publishers, shutdown.clone()).await
+    jetwasm::listener::serve(any_port, status, shutdown.clone()).await
 }
 
 /// Store data for the plain server: WASI with nothing granted, and wasi:http.

@@ -26,6 +26,7 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
 use harness::{handler_wasm, NatsServer};
 use jetwasm::bindings::Message;
+use jetwasm::components::{Loaded, Loader};
 use jetwasm::config::Config;
 use jetwasm::metrics::Metrics;
 use jetwasm::scaffold::{self, Kind, Lang};
@@ -238,10 +239,10 @@ config = {{ count = {n}, subject = "benchpub.out" }}
         handler_wasm("fixture_publish_burst").display()
     );
     let config = Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
-    let publisher = jetwasm::components::load(&config, &[], None, js, &Metrics::new())
-        .await?
-        .publishers
-        .remove(0);
+    let publisher = match load_all(&config, js).await?.remove(0) {
+        Loaded::Timer(publisher) => publisher,
+        _ => anyhow::bail!("the burst publisher is a timer publisher"),
+    };
     let firing = jetwasm::schedule::Firing {
         seq: 1,
         at: std::time::SystemTime::now(),
@@ -368,9 +369,7 @@ async fn drain_with(
         .await?
         .create_consumer(consumer)
         .await?;
-    let bindings = jetwasm::components::load(config, &[], None, js, &Metrics::new())
-        .await?
-        .handlers;
+    let bindings = handlers(config, js).await?;
     let shutdown = CancellationToken::new();
     let calls = TaskTracker::new();
     let start = (Instant::now(), cpu_now());
@@ -463,10 +462,9 @@ async fn call_overhead(
     config: &Config,
     calls: usize,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let bindings = jetwasm::components::load(config, &[], None, js, &Metrics::new())
-        .await?
-        .handlers;
-    let dispatcher = &bindings[0].dispatcher;
+    let bindings = handlers(config, js).await?;
+    let version = bindings[0].version();
+    let dispatcher = &version.dispatcher;
     let message = Message {
         subject: "bench.1".into(),
         payload: vec![b'x'; 64],
@@ -493,4 +491,29 @@ async fn call_overhead(
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// Every component of `config`, loaded and checked.
+async fn load_all(config: &Config, js: &jetstream::Context) -> anyhow::Result<Vec<Loaded>> {
+    let loader = Loader::for_config(config, js, &Metrics::new())?;
+    let mut loaded = Vec::new();
+    for component in config.components() {
+        loaded.push(loader.load(&component).await?);
+    }
+    Ok(loaded)
+}
+
+/// `config`'s handlers, loaded and not bound yet.
+async fn handlers(
+    config: &Config,
+    js: &jetstream::Context,
+) -> anyhow::Result<Vec<std::sync::Arc<jetwasm::binding::Binding>>> {
+    let loaded = load_all(config, js).await?;
+    Ok(loaded
+        .into_iter()
+        .filter_map(|loaded| match loaded {
+            Loaded::Handler(binding) => Some(binding),
+            _ => None,
+        })
+        .collect())
 }

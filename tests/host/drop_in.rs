@@ -2,11 +2,11 @@
 //! bad drop-in is refused, named and counted, and never stops the host.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use harness::setup::{order, tail, Setup};
 use harness::{handler_wasm, http_get, Host};
-use jetwasm::status::{version_of, StatusBody};
+use jetwasm::status::{version_of, ComponentStatus, StatusBody};
 
 /// A manifest for the orders handler on the test consumer.
 const ORDERS_MANIFEST: &str = r#"
@@ -151,4 +151,225 @@ async fn a_publisher_dropped_in_with_kind_publisher_runs_on_its_schedule() {
         .await
         .unwrap();
     assert!(setup.count("ORDERS", "orders.created").await >= 3);
+}
+
+/// Puts `bytes` in `dir/name` as an operator should: written beside it under a hidden name,
+/// then moved in (atomic: the watcher never sees half a file).
+fn move_in(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) {
+    let hidden = dir.join(format!(".{name}.partial"));
+    std::fs::write(&hidden, bytes).unwrap();
+    std::fs::rename(hidden, dir.join(name)).unwrap();
+}
+
+/// Starts a host whose only handlers are in the folder `dir`, watched.
+async fn host_on_folder(setup: &Setup, dir: &Path) -> Host {
+    let config = format!(
+        "streams = \"{}\"\n\n[runtime]\nhttp = \"{{http}}\"\n",
+        setup.dir.path().join("streams.toml").display()
+    );
+    let flags = ["--handlers-dir", dir.to_str().unwrap()];
+    Host::start_with(&setup.server.url, &config, &flags)
+        .await
+        .unwrap()
+}
+
+/// The status of `name` on `host`, if it has one.
+fn status_of(host: &Host, name: &str) -> Option<ComponentStatus> {
+    let (code, body) = http_get(host.http, "/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: StatusBody = serde_json::from_str(&body).unwrap();
+    status.components.into_iter().find(|c| c.name == name)
+}
+
+/// Waits until `name`'s status on `host` satisfies `done`.
+async fn wait_status(host: &Host, name: &str, done: impl Fn(Option<&ComponentStatus>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done(status_of(host, name).as_ref()) {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {:?}\n{}",
+            status_of(host, name),
+            tail(&host.log())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The orders handler's manifest writing its output to `subject`.
+fn orders_to(subject: &str) -> String {
+    format!(
+        "stream = \"ORDERS\"\nconsumer = \"proc\"\npublish = [\"{subject}\"]\nconfig = {{ output_subject = \"{subject}\" }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_dropped_in_while_running_is_replaced_mid_stream_then_removed() {
+    let setup = Setup::new("ack_wait = \"5s\"").await;
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let host = host_on_folder(&setup, dir).await;
+
+    // Added while the host runs.
+    let (v1, v2) = (handler_wasm("orders"), handler_wasm("orders_c"));
+    move_in(dir, "orders.toml", orders_to("orders.v1"));
+    move_in(dir, "orders.wasm", std::fs::read(&v1).unwrap());
+    let v1_version = version_of(&v1).unwrap();
+    wait_status(&host, "orders", |s| {
+        s.is_some_and(|s| s.state == "running" && s.version.as_deref() == Some(&v1_version))
+    })
+    .await;
+
+    // Replaced mid-stream by a version that writes elsewhere (another language, new bytes).
+    let publishing = {
+        let js = setup.js.clone();
+        tokio::spawn(async move {
+            for i in 0..600 {
+                js.publish("orders.created", order(i).into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                if i % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    };
+    while setup.count("ORDERS", "orders.v1").await < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    move_in(dir, "orders.wasm", std::fs::read(&v2).unwrap());
+    move_in(dir, "orders.toml", orders_to("orders.v2"));
+    let v2_version = version_of(&v2).unwrap();
+    wait_status(&host, "orders", |s| {
+        s.is_some_and(|s| s.version.as_deref() == Some(&v2_version))
+    })
+    .await;
+    publishing.await.unwrap();
+    setup.drained(Duration::from_secs(30), &host).await;
+    let (by_v1, by_v2) = (
+        setup.count("ORDERS", "orders.v1").await,
+        setup.count("ORDERS", "orders.v2").await,
+    );
+    assert_eq!(by_v1 + by_v2, 600, "v1 {by_v1}, v2 {by_v2}");
+    assert!(by_v1 >= 100 && by_v2 > 0, "v1 {by_v1}, v2 {by_v2}");
+    // Nothing redelivered because of the swap, nothing handled twice.
+    let info = setup.consumer().await;
+    assert_eq!(info.num_redelivered, 0, "{}", tail(&host.log()));
+    assert_eq!(info.delivered.consumer_sequence, 600, "each delivered once");
+    let acked = "jetwasm_messages_total{handler=\"orders\",outcome=\"ack\"}";
+    assert_eq!(host.metric(acked).unwrap(), 600.0);
+    let swap = format!("orders: {v1_version} → {v2_version}");
+    assert!(host.log().contains(&swap), "{}", tail(&host.log()));
+
+    // After the swap only v2 runs.
+    setup.publish_all((600..650).map(order)).await;
+    setup.drained(Duration::from_secs(30), &host).await;
+    assert_eq!(setup.count("ORDERS", "orders.v1").await, by_v1);
+    assert_eq!(setup.count("ORDERS", "orders.v2").await, by_v2 + 50);
+
+    // A bad file over the running version: v2 keeps running, the error is shown and counted.
+    move_in(dir, "orders.wasm", b"\0asm garbage");
+    wait_status(&host, "orders", |s| {
+        s.is_some_and(|s| s.last_deploy_error.is_some())
+    })
+    .await;
+    let orders = status_of(&host, "orders").unwrap();
+    assert_eq!(
+        (orders.state.as_str(), orders.version.as_deref()),
+        ("running", Some(v2_version.as_str())),
+        "{orders:?}"
+    );
+    let error = orders.last_deploy_error.unwrap();
+    assert!(error.contains("orders.wasm"), "{error}");
+    let failures = "jetwasm_deploy_failures_total{handler=\"orders\"}";
+    assert_eq!(host.metric(failures).unwrap(), 1.0);
+    setup.publish_all((650..660).map(order)).await;
+    setup.drained(Duration::from_secs(30), &host).await;
+    assert_eq!(setup.count("ORDERS", "orders.v2").await, by_v2 + 60);
+
+    // Removed: the consumer is unbound, and what comes next waits for another host.
+    std::fs::remove_file(dir.join("orders.wasm")).unwrap();
+    std::fs::remove_file(dir.join("orders.toml")).unwrap();
+    wait_status(&host, "orders", |s| s.is_none()).await;
+    let pulls = "jetwasm_consumer_pulls{handler=\"orders\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.metric(pulls).unwrap() > 0.0 {
+        assert!(Instant::now() < deadline, "{}", tail(&host.log()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    setup.publish_all((660..670).map(order)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(setup.consumer().await.num_pending, 10, "nobody pulls");
+    assert!(
+        host.log().contains("drop-in removed"),
+        "{}",
+        tail(&host.log())
+    );
+    assert_eq!(http_get(host.http, "/readyz").unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_copy_into_the_folder_is_never_loaded_half_way() {
+    let setup = Setup::new("").await;
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let host = host_on_folder(&setup, dir).await;
+    move_in(dir, "orders.toml", ORDERS_MANIFEST);
+    // Written in place, a piece every 100ms, as a slow `cp` would.
+    let bytes = std::fs::read(handler_wasm("orders")).unwrap();
+    let mut file = std::fs::File::create(dir.join("orders.wasm")).unwrap();
+    for piece in bytes.chunks(bytes.len() / 8 + 1) {
+        std::io::Write::write_all(&mut file, piece).unwrap();
+        file.sync_all().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(file);
+    wait_status(&host, "orders", |s| s.is_some_and(|s| s.state == "running")).await;
+    let failures = "jetwasm_deploy_failures_total{handler=\"orders\"}";
+    assert_eq!(host.metric(failures).unwrap(), 0.0, "{}", tail(&host.log()));
+    assert!(
+        !host.log().contains("drop-in refused"),
+        "{}",
+        tail(&host.log())
+    );
+    setup.publish_all((0..10).map(order)).await;
+    setup.drained(Duration::from_secs(20), &host).await;
+    assert_eq!(setup.count("ORDERS", "orders.processed").await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_publisher_dropped_in_while_running_serves_its_route_until_removed() {
+    let setup = Setup::new("").await;
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let host = host_on_folder(&setup, dir).await;
+    let post = |body: &str| {
+        harness::http_request(host.http, "POST", "/orders", &[], body.as_bytes())
+            .unwrap()
+            .0
+    };
+    assert_eq!(post(&order(0)), 404, "no route yet");
+    let manifest = "kind = \"publisher\"\nhttp = { method = \"POST\", path = \"/orders\" }\npublish = [\"orders.created\"]\n";
+    move_in(dir, "intake.toml", manifest);
+    move_in(
+        dir,
+        "intake.wasm",
+        std::fs::read(handler_wasm("orders_intake")).unwrap(),
+    );
+    wait_status(&host, "intake", |s| s.is_some_and(|s| s.state == "running")).await;
+    assert_eq!(post(&order(1)), 202);
+    assert_eq!(
+        harness::http_request(host.http, "GET", "/orders", &[], b"")
+            .unwrap()
+            .0,
+        405,
+        "the path is served for POST only"
+    );
+    assert_eq!(setup.count("ORDERS", "orders.created").await, 1);
+
+    std::fs::remove_file(dir.join("intake.toml")).unwrap();
+    wait_status(&host, "intake", |s| s.is_some_and(|s| s.state == "refused")).await;
+    assert_eq!(post(&order(2)), 404, "a lone .wasm is not served");
+    assert_eq!(setup.count("ORDERS", "orders.created").await, 1);
 }

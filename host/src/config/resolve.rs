@@ -36,6 +36,13 @@ pub(super) fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> C
     if raw.allow_destructive && raw.streams.is_none() {
         problems.add("`allow_destructive` is set but `streams` is not");
     }
+    if let Some(n) = raw.runtime.max_instances {
+        if !(1..=MAX_INSTANCES).contains(&n) {
+            problems.add(format!(
+                "runtime.max_instances is {n}: it must be 1 to {MAX_INSTANCES}"
+            ));
+        }
+    }
     if raw.runtime.max_failures == 0 {
         problems.add("runtime.max_failures must be at least 1");
     }

@@ -1,0 +1,462 @@
+//! Everything the host runs, and how it changes while it runs. Components from the config
+//! file start with the host and run until it stops. Drop-ins from the handlers folder are
+//! added, replaced and removed as their files change (the `folder` module watches them):
+//!
+//! - **add**: compiled and checked off the message path, then bound (or ticking, or routed);
+//! - **replace**: the new version is compiled and checked while the old one runs; a handler
+//!   whose consumer and lane sizes stay the same swaps in place (its lanes and pulls carry on,
+//!   waiting messages go to the new version, calls running finish on the old one: nothing is
+//!   redelivered or handled twice); any other change stops the old and starts the new;
+//! - **remove**: the handler stops pulling, takes what its open pull requests still bring,
+//!   hands back what waits, lets running calls finish;
+//! - **a bad file never replaces a good one**: the running version keeps running; the error
+//!   is logged naming the file, counted in `jetwasm_deploy_failures_total{handler}` and shown
+//!   on `/status`.
+//!
+//! Each component reserves its share of the engine's instance pool ([`reservation`]); a
+//! drop-in that does not fit is refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::binding::Binding;
+use crate::components::{reservation, Loaded, Loader};
+use crate::config::DropIn;
+use crate::drop_in::Found;
+use crate::http_publisher::HttpPublisher;
+use crate::metrics::Metrics;
+use crate::status::ComponentStatus;
+use crate::{consumer, sweeper, timer_publisher};
+
+/// HTTP publishers by method and path.
+type Routes = HashMap<(String, String), Arc<HttpPublisher>>;
+
+/// Everything the host runs.
+pub struct Deployments {
+    loader: Loader,
+    js: jetstream::Context,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    calls: TaskTracker,
+    state: Mutex<BTreeMap<String, Entry>>,
+    routes: ArcSwap<Routes>,
+}
+
+/// Where a component comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The config file: loaded at start, a failure stops the start.
+    Config,
+    /// The handlers folder: a failure is reported and the host carries on.
+    Folder,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Folder => "folder",
+        }
+    }
+}
+
+/// One component the host knows, running or refused.
+struct Entry {
+    source: Source,
+    /// The files' fingerprint last applied or refused (drop-ins only), so an unchanged file
+    /// is not loaded again.
+    fingerprint: Option<String>,
+    /// What `/status` shows (in-flight filled in when asked).
+    status: ComponentStatus,
+    running: Option<Running>,
+}
+
+/// A component at work.
+enum Running {
+    Handler {
+        binding: Arc<Binding>,
+        stop: CancellationToken,
+        reserved: u32,
+    },
+    Timer {
+        stop: CancellationToken,
+    },
+    Http {
+        route: (String, String),
+        reserved: u32,
+    },
+}
+
+impl Running {
+    fn reserved(&self) -> u32 {
+        match self {
+            Running::Handler { reserved, .. } | Running::Http { reserved, .. } => *reserved,
+            Running::Timer { .. } => 1,
+        }
+    }
+}
+
+impl Deployments {
+    /// Nothing running yet; components start with [`Deployments::start_configured`] and
+    /// [`Deployments::apply_folder`]. Stopping `shutdown` stops them all; their tasks are
+    /// on `calls`.
+    pub fn new(
+        loader: Loader,
+        js: &jetstream::Context,
+        metrics: &Metrics,
+        shutdown: &CancellationToken,
+        calls: &TaskTracker,
+    ) -> Deployments {
+        Deployments {
+            loader,
+            js: js.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            calls: calls.clone(),
+            state: Mutex::default(),
+            routes: ArcSwap::default(),
+        }
+    }
+
+    /// Loads and starts the config file's components; fails on the first that cannot run,
+    /// naming it.
+    pub async fn start_configured(&self, components: &[DropIn]) -> anyhow::Result<()> {
+        for what in components {
+            let loaded = self.loader.load(what).await?;
+            let status = status_of(what, Source::Config);
+            let running = self.start(loaded, reservation(what)).await?;
+            let entry = Entry {
+                source: Source::Config,
+                fingerprint: None,
+                status,
+                running: Some(running),
+            };
+            self.entries().insert(what.component().name.clone(), entry);
+        }
+        Ok(())
+    }
+
+    /// Makes the folder's drop-ins run as `found` (the folder's state now) says: adds the
+    /// new, replaces the changed, removes the gone, refuses the bad.
+    pub async fn apply_folder(&self, found: Vec<Found>) {
+        let present: Vec<String> = found.iter().map(|f| f.name.clone()).collect();
+        for found in found {
+            let unchanged = (self.entries().get(&found.name))
+                .is_some_and(|e| e.source == Source::Folder && e.fingerprint == found.fingerprint);
+            if !unchanged {
+                self.apply_one(found).await;
+            }
+        }
+        let gone: Vec<String> = (self.entries().iter())
+            .filter(|(name, e)| e.source == Source::Folder && !present.contains(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.remove(&name);
+        }
+    }
+
+    /// Adds or replaces one drop-in, or records why it cannot run.
+    async fn apply_one(&self, found: Found) {
+        let Found {
+            name,
+            drop_in,
+            complete,
+            fingerprint,
+        } = found;
+        if !complete && (self.entries().get(&name)).is_some_and(|e| e.source == Source::Folder) {
+            // One of its files is gone: the drop-in is removed (and the other file refused).
+            self.remove(&name);
+        }
+        let started = Instant::now();
+        let outcome = match drop_in {
+            Ok(drop_in) => self.deploy(&name, &drop_in, started).await,
+            Err(error) => Err(anyhow::anyhow!(error)),
+        };
+        let configured = (self.entries().get(&name)).is_some_and(|e| e.source == Source::Config);
+        match outcome {
+            // A drop-in named like a configured component: the config's runs untouched.
+            Err(e) if configured => {
+                self.metrics.deploy_failure(&name);
+                tracing::error!(drop_in = name, error = %format!("{e:#}"), "drop-in refused");
+                return;
+            }
+            Err(e) => self.refuse(&name, &format!("{e:#}")),
+            Ok(()) => {}
+        }
+        if let Some(entry) = self.entries().get_mut(&name) {
+            entry.fingerprint = fingerprint;
+        }
+    }
+
+    /// Loads `drop_in` and makes it run under `name`: added, or replacing what runs.
+    async fn deploy(&self, name: &str, drop_in: &DropIn, started: Instant) -> anyhow::Result<()> {
+        let loaded = self.loader.load(drop_in).await?;
+        let status = status_of(drop_in, Source::Folder);
+        let wanted = reservation(drop_in);
+        let (old, old_version) = {
+            let mut entries = self.entries();
+            let room = self.room(&entries);
+            let entry = entries.get_mut(name);
+            let old_version = entry.as_ref().and_then(|e| e.status.version.clone());
+            let running = entry.and_then(|e| e.running.as_ref());
+            // A handler of the same shape takes the new version in place.
+            if let (Some(Running::Handler { binding, .. }), Loaded::Handler(new)) =
+                (running, &loaded)
+            {
+                if binding.shape() == new.shape() {
+                    binding.replace(new.version());
+                    log_swap(name, old_version.as_deref(), &status, started);
+                    let entry = entries.get_mut(name).expect("found above");
+                    entry.status = status;
+                    return Ok(());
+                }
+            }
+            let room = room + running.map_or(0, Running::reserved);
+            if wanted > room {
+                anyhow::bail!(
+                    "{name} reserves {wanted} instances (its max_in_flight) but {room} of the \
+                     host's {} are free: lower its max_in_flight or raise [runtime] max_instances",
+                    self.loader.capacity()
+                );
+            }
+            if let Loaded::Http(publisher) = &loaded {
+                let key = route_key(publisher);
+                let own = matches!(running, Some(Running::Http { route, .. }) if *route == key);
+                if !own && self.routes.load().contains_key(&key) {
+                    anyhow::bail!("another publisher already serves {} {}", key.0, key.1);
+                }
+            }
+            let old = entries.get_mut(name).and_then(|e| e.running.take());
+            (old, old_version)
+        };
+        if let Some(old) = old {
+            self.stop(name, old);
+        }
+        let running = self.start(loaded, wanted).await?;
+        match &old_version {
+            Some(old) => log_swap(name, Some(old), &status, started),
+            None => {
+                let version = status.version.as_deref().unwrap_or("?");
+                tracing::info!(name, version, elapsed = ?started.elapsed(), "drop-in added");
+            }
+        }
+        let mut entries = self.entries();
+        let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
+            source: Source::Folder,
+            fingerprint: None,
+            status: status.clone(),
+            running: None,
+        });
+        entry.status = status;
+        entry.running = Some(running);
+        Ok(())
+    }
+
+    /// Records that `name` cannot run (as it is now): a running version keeps running.
+    fn refuse(&self, name: &str, error: &str) {
+        self.metrics.deploy_failure(name);
+        let mut entries = self.entries();
+        let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
+            source: Source::Folder,
+            fingerprint: None,
+            status: ComponentStatus {
+                name: name.to_owned(),
+                kind: None,
+                source: Source::Folder.as_str().to_owned(),
+                component: None,
+                version: None,
+                state: "refused".to_owned(),
+                error: None,
+                in_flight: None,
+                last_deploy_error: None,
+            },
+            running: None,
+        });
+        entry.status.last_deploy_error = Some(error.to_owned());
+        if entry.running.is_some() {
+            tracing::error!(
+                drop_in = name,
+                error,
+                "new version refused; the running version keeps running"
+            );
+        } else {
+            entry.status.state = "refused".into();
+            entry.status.error = Some(error.to_owned());
+            tracing::error!(
+                drop_in = name,
+                error,
+                "drop-in refused; the host runs without it"
+            );
+        }
+    }
+
+    /// Stops and forgets the drop-in `name`.
+    fn remove(&self, name: &str) {
+        let Some(entry) = self.entries().remove(name) else {
+            return;
+        };
+        if let Some(running) = entry.running {
+            self.stop(name, running);
+            tracing::info!(name, "drop-in removed");
+        }
+    }
+
+    /// Starts a loaded component: a handler bound, a timer ticking, a route served.
+    async fn start(&self, loaded: Loaded, reserved: u32) -> anyhow::Result<Running> {
+        Ok(match loaded {
+            Loaded::Handler(binding) => {
+                let stop = self.shutdown.child_token();
+                sweeper::start(binding.clone(), &self.js, &stop, &self.calls)
+                    .await
+                    .map_err(|e| {
+                        e.context(format!(
+                            "handler {}: listening for max-deliveries advisories",
+                            binding.name
+                        ))
+                    })?;
+                consumer::start(binding.clone(), &self.js, &stop, &self.calls);
+                Running::Handler {
+                    binding,
+                    stop,
+                    reserved,
+                }
+            }
+            Loaded::Timer(publisher) => {
+                let stop = self.shutdown.child_token();
+                self.calls
+                    .spawn(timer_publisher::run(publisher, stop.clone()));
+                Running::Timer { stop }
+            }
+            Loaded::Http(publisher) => {
+                let route = route_key(&publisher);
+                self.routes.rcu(|routes| {
+                    let mut routes = Routes::clone(routes);
+                    routes.insert(route.clone(), publisher.clone());
+                    routes
+                });
+                Running::Http { route, reserved }
+            }
+        })
+    }
+
+    /// Stops a running component: a handler's lanes finish and unbind, a timer stops after
+    /// its running tick, a route is no longer served (requests running finish).
+    fn stop(&self, name: &str, running: Running) {
+        match running {
+            Running::Handler { binding, stop, .. } => {
+                let in_flight = binding.metrics.in_flight.get();
+                tracing::info!(
+                    handler = name,
+                    in_flight,
+                    "unbinding: no new pulls; running calls finish"
+                );
+                stop.cancel();
+            }
+            Running::Timer { stop } => stop.cancel(),
+            Running::Http { route, .. } => {
+                self.routes.rcu(|routes| {
+                    let mut routes = Routes::clone(routes);
+                    routes.remove(&route);
+                    routes
+                });
+            }
+        }
+    }
+
+    /// Instances not reserved by a running component.
+    fn room(&self, entries: &BTreeMap<String, Entry>) -> u32 {
+        let reserved: u32 = (entries.values())
+            .filter_map(|e| e.running.as_ref().map(Running::reserved))
+            .sum();
+        self.loader.capacity().saturating_sub(reserved)
+    }
+
+    /// The HTTP publisher serving `method` `path`, if any.
+    pub fn route(&self, method: &str, path: &str) -> Option<Arc<HttpPublisher>> {
+        (self.routes.load())
+            .get(&(method.to_owned(), path.to_owned()))
+            .cloned()
+    }
+
+    /// Whether some HTTP publisher serves `path` (with another method).
+    pub fn serves_path(&self, path: &str) -> bool {
+        self.routes.load().keys().any(|(_, p)| p == path)
+    }
+
+    /// Each running handler's name and live pulls (for `/readyz`).
+    pub fn pulls(&self) -> Vec<(Arc<str>, prometheus::IntGauge)> {
+        self.handlers()
+            .map(|b| (b.name.clone(), b.metrics.pulls.clone()))
+            .collect()
+    }
+
+    /// Every component, running or refused, with handlers' calls in flight now.
+    pub fn status(&self) -> Vec<ComponentStatus> {
+        (self.entries().values())
+            .map(|entry| {
+                let mut status = entry.status.clone();
+                if let Some(Running::Handler { binding, .. }) = &entry.running {
+                    status.in_flight = Some(binding.metrics.in_flight.get());
+                }
+                status
+            })
+            .collect()
+    }
+
+    fn handlers(&self) -> impl Iterator<Item = Arc<Binding>> {
+        let bindings: Vec<Arc<Binding>> = (self.entries().values())
+            .filter_map(|e| match &e.running {
+                Some(Running::Handler { binding, .. }) => Some(binding.clone()),
+                _ => None,
+            })
+            .collect();
+        bindings.into_iter()
+    }
+
+    fn entries(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Logs a replacement: `orders: 3f9a1c → 8b20de` and how long it took from noticing the new
+/// files (compiling and checking them included).
+fn log_swap(name: &str, old: Option<&str>, new: &ComponentStatus, started: Instant) {
+    let new = new.version.as_deref().unwrap_or("?");
+    let old = old.unwrap_or("?");
+    tracing::info!(elapsed = ?started.elapsed(), "{name}: {old} → {new}");
+}
+
+/// The method and path an HTTP publisher serves.
+fn route_key(publisher: &HttpPublisher) -> (String, String) {
+    (publisher.route.method.clone(), publisher.route.path.clone())
+}
+
+/// The status of `what`, running, from `source`.
+fn status_of(what: &DropIn, source: Source) -> ComponentStatus {
+    let component = what.component();
+    let kind = match what {
+        DropIn::Handler(_) => "handler",
+        DropIn::Publisher(p) => match p.trigger {
+            crate::config::Trigger::Schedule(_) => "publisher",
+            crate::config::Trigger::Http(_) => "http-publisher",
+        },
+    };
+    ComponentStatus {
+        name: component.name.clone(),
+        kind: Some(kind.to_owned()),
+        source: source.as_str().to_owned(),
+        component: Some(component.wasm.display().to_string()),
+        version: crate::status::version_of(&component.wasm),
+        state: "running".to_owned(),
+        error: None,
+        in_flight: None,
+        last_deploy_error: None,
+    }
+}
