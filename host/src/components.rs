@@ -258,3 +258,54 @@ fn environment(component: &Component, js: &jetstream::Context) -> Arc<ComponentE
         host_log: LogBudget::default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const TWO: &str = r#"
+[[handler]]
+name = "a"
+component = "a.wasm"
+stream = "S"
+consumer = "c"
+limits = { max_in_flight = 8, memory = "32MiB" }
+
+[[publisher]]
+name = "t"
+component = "t.wasm"
+every = "1s"
+"#;
+
+    fn pool(text: &str) -> anyhow::Result<engine::PoolSize> {
+        let config = Config::parse(text, Path::new(".")).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        pool_size(&config.runtime, config.components().iter())
+    }
+
+    #[test]
+    fn the_pool_holds_what_the_components_reserve_and_room_for_drop_ins() {
+        let exact = pool(TWO).unwrap();
+        assert_eq!(
+            (exact.reservable, exact.instances),
+            (9, 9 + SPARE_INSTANCES)
+        );
+        assert_eq!(exact.max_memory, 64 << 20, "the default limit, the larger");
+        let folder = pool(&format!("[runtime]\nhandlers_dir = \"d\"\n{TWO}")).unwrap();
+        assert_eq!(folder.reservable, 9 + crate::config::HOT_INSTANCES);
+        let set = pool(&format!("[runtime]\nmax_instances = 100\n{TWO}")).unwrap();
+        assert_eq!(set.reservable, 100);
+    }
+
+    #[test]
+    fn max_instances_below_what_the_config_reserves_is_refused() {
+        let error = pool(&format!("[runtime]\nmax_instances = 5\n{TWO}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("max_instances is 5") && error.contains("reserve 9"),
+            "{error}"
+        );
+    }
+}

@@ -373,3 +373,38 @@ async fn an_http_publisher_dropped_in_while_running_serves_its_route_until_remov
     assert_eq!(post(&order(2)), 404, "a lone .wasm is not served");
     assert_eq!(setup.count("ORDERS", "orders.created").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_in_that_does_not_fit_the_instance_pool_is_refused_by_name() {
+    let setup = Setup::new("").await;
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let config = format!(
+        "streams = \"{}\"\n\n[runtime]\nhttp = \"{{http}}\"\nmax_instances = 10\n",
+        setup.dir.path().join("streams.toml").display()
+    );
+    let flags = ["--handlers-dir", dir.to_str().unwrap()];
+    let host = Host::start_with(&setup.server.url, &config, &flags)
+        .await
+        .unwrap();
+    // The default max_in_flight (64) reserves more than the host's 10 instances.
+    move_in(dir, "orders.toml", ORDERS_MANIFEST);
+    move_in(
+        dir,
+        "orders.wasm",
+        std::fs::read(handler_wasm("orders")).unwrap(),
+    );
+    wait_status(&host, "orders", |s| s.is_some_and(|s| s.state == "refused")).await;
+    let error = status_of(&host, "orders").unwrap().error.unwrap();
+    assert!(
+        error.contains("orders reserves 64 instances") && error.contains("10 of the host's 10"),
+        "{error}"
+    );
+    // Within its share it runs.
+    let manifest = format!("{ORDERS_MANIFEST}limits = {{ max_in_flight = 8 }}\n");
+    move_in(dir, "orders.toml", manifest);
+    wait_status(&host, "orders", |s| s.is_some_and(|s| s.state == "running")).await;
+    setup.publish_all((0..20).map(order)).await;
+    setup.drained(Duration::from_secs(20), &host).await;
+    assert_eq!(setup.count("ORDERS", "orders.processed").await, 20);
+}

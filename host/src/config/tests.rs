@@ -399,3 +399,18 @@ mod example {
         assert_eq!(components(&prod), components(&dev));
     }
 }
+
+#[test]
+fn max_instances_is_unset_by_default_and_never_zero() {
+    let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
+    assert_eq!(config.runtime.max_instances, None);
+    let with =
+        |n: &str| EXAMPLE.replacen("[runtime]", &format!("[runtime]\nmax_instances = {n}"), 1);
+    let set = Config::parse(&with("500"), Path::new(".")).unwrap();
+    assert_eq!(set.runtime.max_instances, Some(500));
+    let err = Config::parse(&with("0"), Path::new(".")).unwrap_err();
+    assert_eq!(
+        err,
+        vec!["runtime.max_instances is 0: it must be 1 to 100000"]
+    );
+}
