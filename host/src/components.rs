@@ -189,9 +189,16 @@ impl Loader {
             max_in_flight: limits.max_in_flight,
             prefetch: limits.prefetch,
         };
-        let declared = (self.spec.as_deref())
-            .and_then(|spec| spec.consumer(&handler.stream, &handler.consumer))
-            .cloned();
+        if let Some(own) = &handler.own_consumer {
+            self.apply_own_consumer(&handler.stream, own)
+                .await
+                .with_context(label)?;
+        }
+        let declared = (handler.own_consumer.clone()).or_else(|| {
+            (self.spec.as_deref())
+                .and_then(|spec| spec.consumer(&handler.stream, &handler.consumer))
+                .cloned()
+        });
         let runtime = &self.runtime;
         let binding = Arc::new(Binding::new(
             name,
@@ -205,6 +212,26 @@ impl Loader {
         consumer::check_bindable(&self.js, &binding).await?;
         tracing::info!(handler = %component.name, component = %component.wasm.display(), instances = ?handler.instances, "handler loaded");
         Ok(binding)
+    }
+
+    /// Creates or updates a handler's own consumer on `stream` through stream-init's plan and
+    /// apply (the stream itself is left alone; nothing is ever deleted).
+    async fn apply_own_consumer(
+        &self,
+        stream: &str,
+        declared: &stream_init::spec::ConsumerSpec,
+    ) -> anyhow::Result<()> {
+        let what = || format!("its consumer {stream}/{}", declared.durable);
+        let plan = stream_init::plan_consumers(&self.js, stream, std::slice::from_ref(declared))
+            .await
+            .with_context(what)?;
+        for line in stream_init::apply(&self.js, &plan)
+            .await
+            .with_context(what)?
+        {
+            tracing::info!("stream-init: {line}");
+        }
+        Ok(())
     }
 
     /// A publisher, loaded and checked against its world.

@@ -211,6 +211,10 @@ pub struct Handler {
     pub confirm_acks: bool,
     /// How its instances live.
     pub instances: Instances,
+    /// The handler's own durable consumer, declared in its manifest (`[consumer]`, the
+    /// stream-init consumer keys): created or updated on the operator's stream when the
+    /// handler is loaded, never deleted. Configured handlers use the streams spec instead.
+    pub own_consumer: Option<stream_init::spec::ConsumerSpec>,
 }
 
 /// How a handler's instances live.
@@ -411,6 +415,18 @@ impl Config {
         if !problems.0.is_empty() {
             return Err(problems.0);
         }
+        // `[consumer]` declares the handler's own consumer; `consumer` is then its name.
+        let own_consumer = match table.get("consumer") {
+            Some(toml::Value::Table(declared)) if kind == "handler" => {
+                let declared: stream_init::spec::ConsumerSpec =
+                    (toml::Value::Table(declared.clone())).try_into().map_err(
+                        |e: toml::de::Error| vec![format!("[consumer]: {}", one_line(&e, ""))],
+                    )?;
+                table.insert("consumer".into(), declared.durable.clone().into());
+                Some(declared)
+            }
+            _ => None,
+        };
         table.insert("name".into(), name.into());
         table.insert("component".into(), wasm.display().to_string().into());
         let value = toml::Value::Table(table);
@@ -434,13 +450,9 @@ impl Config {
             publisher(&raw, defaults, &same, taken, listener, &mut problems).map(DropIn::Publisher)
         } else {
             let raw: RawHandler = value.try_into().map_err(unreadable)?;
-            Some(DropIn::Handler(handler(
-                &raw,
-                defaults,
-                &same,
-                &mut names,
-                &mut problems,
-            )))
+            let mut handler = handler(&raw, defaults, &same, &mut names, &mut problems);
+            handler.own_consumer = own_consumer;
+            Some(DropIn::Handler(handler))
         };
         match resolved {
             Some(drop_in) if problems.0.is_empty() => Ok(drop_in),

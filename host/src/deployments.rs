@@ -206,11 +206,12 @@ impl Deployments {
             let entry = entries.get_mut(name);
             let old_version = entry.as_ref().and_then(|e| e.status.version.clone());
             let running = entry.and_then(|e| e.running.as_ref());
-            // A handler of the same shape takes the new version in place.
+            // A handler of the same shape takes the new version in place; a new consumer
+            // declaration rebinds, so the lanes read the consumer's settings again.
             if let (Some(Running::Handler { binding, .. }), Loaded::Handler(new)) =
                 (running, &loaded)
             {
-                if binding.shape() == new.shape() {
+                if binding.shape() == new.shape() && binding.declared == new.declared {
                     binding.replace(new.version());
                     log_swap(name, old_version.as_deref(), &status, started);
                     let entry = entries.get_mut(name).expect("found above");

@@ -26,5 +26,5 @@ pub mod subject;
 
 pub use apply::apply;
 pub use destructive::Destructive;
-pub use plan::{plan, Action, Plan, Refused};
+pub use plan::{plan, plan_consumers, Action, Plan, Refused};
 pub use spec::{Spec, SpecError};

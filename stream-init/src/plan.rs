@@ -91,6 +91,47 @@ pub async fn plan(js: &jetstream::Context, spec: &Spec) -> anyhow::Result<Plan> 
     }
 }
 
+/// Plans `consumers` on the existing stream `stream_name` and leaves the stream itself alone:
+/// for consumers declared apart from their stream (a drop-in handler's own), where the stream
+/// belongs to the operator. Fails, naming the stream, when it does not exist or a consumer is
+/// invalid for it; with [`Refused`] when a change cannot be made in place.
+pub async fn plan_consumers(
+    js: &jetstream::Context,
+    stream_name: &str,
+    consumers: &[ConsumerSpec],
+) -> anyhow::Result<Plan> {
+    let mut stream = js.get_stream(stream_name).await.with_context(|| {
+        format!("looking up stream {stream_name} (streams are declared by the operator)")
+    })?;
+    let info = stream
+        .info()
+        .await
+        .with_context(|| format!("reading stream {stream_name}"))?
+        .clone();
+    let at = format!("stream {stream_name}");
+    let problems = spec::consumer_problems_on(&info.config.subjects, consumers, &at);
+    if !problems.is_empty() {
+        anyhow::bail!(problems.join("; "));
+    }
+    let mut refused = Vec::new();
+    let mut planned = Vec::new();
+    for declared in consumers {
+        planned.push(plan_consumer(&stream, stream_name, declared, &mut refused).await?);
+    }
+    if !refused.is_empty() {
+        return Err(Refused(refused).into());
+    }
+    Ok(Plan {
+        streams: vec![StreamPlan {
+            name: stream_name.to_owned(),
+            action: Action::Unchanged,
+            config: info.config,
+            consumers: planned,
+            destructive: Vec::new(),
+        }],
+    })
+}
+
 async fn plan_stream(
     js: &jetstream::Context,
     declared: &StreamSpec,

@@ -310,9 +310,19 @@ impl Spec {
 }
 
 fn consumer_problems(stream: &StreamSpec, at: &str) -> Vec<String> {
+    consumer_problems_on(&stream.subjects, &stream.consumers, at)
+}
+
+/// Every rule `consumers` break as consumers of a stream with `subjects`; `at` names the
+/// stream in each line (`stream ORDERS`).
+pub fn consumer_problems_on(
+    subjects: &[String],
+    consumers: &[ConsumerSpec],
+    at: &str,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut durables = BTreeSet::new();
-    for (i, consumer) in stream.consumers.iter().enumerate() {
+    for (i, consumer) in consumers.iter().enumerate() {
         let at = format!("{at}, consumer {}", display_name(&consumer.durable, i));
         if let Err(why) = check_name(&consumer.durable) {
             problems.push(format!("{at}: durable name {why}"));
@@ -323,14 +333,9 @@ fn consumer_problems(stream: &StreamSpec, at: &str) -> Vec<String> {
         for filter in &consumer.filter_subjects {
             if let Err(why) = subject::validate(filter) {
                 problems.push(format!("{at}: filter subject {filter:?} {why}"));
-            } else if !stream
-                .subjects
-                .iter()
-                .any(|s| subject::is_subset(filter, s))
-            {
+            } else if !subjects.iter().any(|s| subject::is_subset(filter, s)) {
                 problems.push(format!(
-                    "{at}: filter subject {filter:?} is outside the stream's subjects {:?}",
-                    stream.subjects
+                    "{at}: filter subject {filter:?} is outside the stream's subjects {subjects:?}"
                 ));
             }
         }

@@ -408,3 +408,68 @@ async fn a_drop_in_that_does_not_fit_the_instance_pool_is_refused_by_name() {
     setup.drained(Duration::from_secs(20), &host).await;
     assert_eq!(setup.count("ORDERS", "orders.processed").await, 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_brings_its_own_consumer_created_updated_and_never_deleted() {
+    let setup = Setup::new("").await;
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let host = host_on_folder(&setup, dir).await;
+    let manifest = |max_deliver: u32| {
+        format!(
+            "stream = \"ORDERS\"\npublish = [\"orders.processed\"]\n\n[consumer]\ndurable = \"audit\"\nfilter_subjects = [\"orders.created\"]\nmax_deliver = {max_deliver}\n"
+        )
+    };
+    move_in(dir, "audit.toml", manifest(3));
+    move_in(
+        dir,
+        "audit.wasm",
+        std::fs::read(handler_wasm("orders")).unwrap(),
+    );
+    wait_status(&host, "audit", |s| s.is_some_and(|s| s.state == "running")).await;
+    let audit = || async {
+        let stream = setup.stream("ORDERS").await;
+        stream.consumer_info("audit").await.unwrap().config
+    };
+    assert_eq!(audit().await.max_deliver, 3, "created from the manifest");
+    setup.publish_all((0..10).map(order)).await;
+    let acked = "jetwasm_messages_total{handler=\"audit\",outcome=\"ack\"}";
+    host.wait_metric(acked, 10.0, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    // A new manifest updates it through stream-init's plan and apply.
+    move_in(dir, "audit.toml", manifest(5));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while audit().await.max_deliver != 5 {
+        assert!(Instant::now() < deadline, "{}", tail(&host.log()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        host.log()
+            .contains("stream-init: updated consumer ORDERS/audit: max_deliver 3 → 5"),
+        "{}",
+        tail(&host.log())
+    );
+
+    // A change JetStream cannot make in place is refused; the running version keeps running.
+    move_in(
+        dir,
+        "audit.toml",
+        manifest(5).replace("[consumer]", "[consumer]\ndeliver_policy = \"new\""),
+    );
+    wait_status(&host, "audit", |s| {
+        s.is_some_and(|s| s.last_deploy_error.is_some())
+    })
+    .await;
+    let error = status_of(&host, "audit")
+        .unwrap()
+        .last_deploy_error
+        .unwrap();
+    assert!(error.contains("deliver_policy"), "{error}");
+
+    // Removed, the handler unbinds; its consumer stays (the operator's to delete).
+    std::fs::remove_file(dir.join("audit.wasm")).unwrap();
+    wait_status(&host, "audit", |s| s.is_some_and(|s| s.state == "refused")).await;
+    assert_eq!(audit().await.max_deliver, 5);
+}

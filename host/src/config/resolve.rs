@@ -116,6 +116,7 @@ pub(super) fn handler<'a>(
         consumer: raw.consumer.clone(),
         confirm_acks: raw.confirm_acks,
         instances: instances(raw, &mut own),
+        own_consumer: None,
     };
     problems.under(&format!("handler {}", raw.name), own);
     handler

@@ -414,3 +414,38 @@ fn max_instances_is_unset_by_default_and_never_zero() {
         vec!["runtime.max_instances is 0: it must be 1 to 100000"]
     );
 }
+
+#[test]
+fn a_manifest_may_declare_its_own_consumer_with_the_stream_init_keys() {
+    let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
+    let wasm = Path::new("audit.wasm");
+    let manifest = "stream = \"ORDERS\"\n[consumer]\ndurable = \"audit\"\nfilter_subjects = [\"orders.created\"]\nmax_deliver = 3\n";
+    let DropIn::Handler(handler) = config.manifest("audit", wasm, manifest).unwrap() else {
+        panic!("a handler");
+    };
+    assert_eq!(
+        handler.consumer, "audit",
+        "the consumer is the declared durable"
+    );
+    let own = handler.own_consumer.unwrap();
+    assert_eq!((own.durable.as_str(), own.max_deliver), ("audit", Some(3)));
+    assert_eq!(own.filter_subjects, ["orders.created"]);
+
+    let typo = manifest.replace("max_deliver", "max_delivr");
+    let err = config.manifest("audit", wasm, &typo).unwrap_err();
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(
+        err[0].starts_with("[consumer]: unknown field `max_delivr`"),
+        "{err:?}"
+    );
+    let plain = config
+        .manifest("audit", wasm, "stream = \"S\"\nconsumer = \"c\"\n")
+        .unwrap();
+    assert!(matches!(
+        plain,
+        DropIn::Handler(Handler {
+            own_consumer: None,
+            ..
+        })
+    ));
+}
