@@ -25,7 +25,7 @@ pub async fn component(component: &Path) -> anyhow::Result<String> {
 /// The worlds `component` fits, for `jetwasm check`: compiled (through the default compile
 /// cache) and checked against each world. Fails, listing why for each world, when it fits
 /// none.
-async fn fitting_worlds(component: &Path) -> anyhow::Result<Vec<&'static str>> {
+pub async fn fitting_worlds(component: &Path) -> anyhow::Result<Vec<&'static str>> {
     fn verdict<W: World>(
         linker: &Linker<HostState>,
         component: &Component,

@@ -69,7 +69,9 @@ pub fn pool_size<'a>(
              instances (each handler and HTTP publisher its max_in_flight, each timer one)"
         ),
         Some(max) => max,
-        None if runtime.handlers_dir.is_some() => needed + crate::config::HOT_INSTANCES,
+        None if runtime.handlers_dir.is_some() || runtime.registry => {
+            needed + crate::config::HOT_INSTANCES
+        }
         None => needed,
     };
     let max_memory = at_start

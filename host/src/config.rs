@@ -87,6 +87,9 @@ pub struct Runtime {
     /// drop-in that does not fit is refused. Unset: what the components at start need, plus
     /// [`HOT_INSTANCES`] for drop-ins added later when there is a handlers folder.
     pub max_instances: Option<u32>,
+    /// Run what the fleet's registry (JetStream KV and Object Store, written by `jetwasm
+    /// deploy`) holds, watched like the handlers folder.
+    pub registry: bool,
 }
 
 /// Instances kept for drop-ins added while the host runs, unless `[runtime] max_instances`
@@ -105,6 +108,7 @@ impl Default for Runtime {
             max_failures: 10,
             handlers_dir: None,
             max_instances: None,
+            registry: false,
         }
     }
 }
@@ -315,6 +319,8 @@ pub struct Overrides {
     /// `--handlers-dir`: the drop-in folder (`[runtime] handlers_dir`), relative to the
     /// working directory.
     pub handlers_dir: Option<PathBuf>,
+    /// `--registry`: run what the fleet's registry holds (`[runtime] registry`).
+    pub registry: bool,
 }
 
 impl Config {
@@ -347,6 +353,7 @@ impl Config {
             let cwd = std::env::current_dir().unwrap_or_default();
             raw.runtime.handlers_dir = Some(cwd.join(dir));
         }
+        raw.runtime.registry |= overrides.registry;
         let mut problems = Problems::default();
         let config = resolve(raw, base, &mut problems);
         match problems.0.is_empty() {

@@ -55,6 +55,8 @@ pub enum Source {
     Config,
     /// The handlers folder: a failure is reported and the host carries on.
     Folder,
+    /// The fleet's registry (JetStream KV and Object Store), as the folder.
+    Registry,
 }
 
 impl Source {
@@ -62,6 +64,7 @@ impl Source {
         match self {
             Source::Config => "config",
             Source::Folder => "folder",
+            Source::Registry => "registry",
         }
     }
 }
@@ -147,48 +150,62 @@ impl Deployments {
     pub async fn apply_folder(&self, found: Vec<Found>) {
         let present: Vec<String> = found.iter().map(|f| f.name.clone()).collect();
         for found in found {
-            let unchanged = (self.entries().get(&found.name))
-                .is_some_and(|e| e.source == Source::Folder && e.fingerprint == found.fingerprint);
-            if !unchanged {
-                self.apply_one(found).await;
-            }
+            self.apply(found, Source::Folder).await;
         }
         let gone: Vec<String> = (self.entries().iter())
             .filter(|(name, e)| e.source == Source::Folder && !present.contains(name))
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
-            self.remove(&name);
+            self.remove_from(&name, Source::Folder);
         }
     }
 
-    /// Adds or replaces one drop-in, or records why it cannot run.
-    async fn apply_one(&self, found: Found) {
+    /// Adds or replaces one drop-in from `source`, or records why it cannot run. Nothing is
+    /// done when it is unchanged since last time.
+    pub async fn apply(&self, found: Found, source: Source) {
         let Found {
             name,
             drop_in,
             complete,
             fingerprint,
+            revision,
         } = found;
-        if !complete && (self.entries().get(&name)).is_some_and(|e| e.source == Source::Folder) {
+        let owner = self
+            .entries()
+            .get(&name)
+            .map(|e| (e.source, e.fingerprint.clone()));
+        match owner {
+            Some((owner, _)) if owner != source => {
+                // A name another source runs (the config, the folder or the registry) is
+                // left to it.
+                let error = format!("{name} is taken by the {}", owner.as_str());
+                self.metrics.deploy_failure(&name);
+                tracing::error!(
+                    drop_in = name,
+                    source = source.as_str(),
+                    error,
+                    "drop-in refused"
+                );
+                return;
+            }
+            Some((_, seen)) if seen == fingerprint => return,
+            _ => {}
+        }
+        if !complete {
             // One of its files is gone: the drop-in is removed (and the other file refused).
-            self.remove(&name);
+            self.remove_from(&name, source);
         }
         let started = Instant::now();
         let outcome = match drop_in {
-            Ok(drop_in) => self.deploy(&name, &drop_in, started).await,
+            Ok(drop_in) => {
+                self.deploy(&name, &drop_in, source, revision, started)
+                    .await
+            }
             Err(error) => Err(anyhow::anyhow!(error)),
         };
-        let configured = (self.entries().get(&name)).is_some_and(|e| e.source == Source::Config);
-        match outcome {
-            // A drop-in named like a configured component: the config's runs untouched.
-            Err(e) if configured => {
-                self.metrics.deploy_failure(&name);
-                tracing::error!(drop_in = name, error = %format!("{e:#}"), "drop-in refused");
-                return;
-            }
-            Err(e) => self.refuse(&name, &format!("{e:#}")),
-            Ok(()) => {}
+        if let Err(e) = outcome {
+            self.refuse(&name, source, &format!("{e:#}"));
         }
         if let Some(entry) = self.entries().get_mut(&name) {
             entry.fingerprint = fingerprint;
@@ -196,9 +213,17 @@ impl Deployments {
     }
 
     /// Loads `drop_in` and makes it run under `name`: added, or replacing what runs.
-    async fn deploy(&self, name: &str, drop_in: &DropIn, started: Instant) -> anyhow::Result<()> {
+    async fn deploy(
+        &self,
+        name: &str,
+        drop_in: &DropIn,
+        source: Source,
+        revision: Option<u64>,
+        started: Instant,
+    ) -> anyhow::Result<()> {
         let loaded = self.loader.load(drop_in).await?;
-        let status = status_of(drop_in, Source::Folder);
+        let mut status = status_of(drop_in, source);
+        status.revision = revision;
         let wanted = reservation(drop_in);
         let (old, old_version) = {
             let mut entries = self.entries();
@@ -250,7 +275,7 @@ impl Deployments {
         }
         let mut entries = self.entries();
         let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
-            source: Source::Folder,
+            source,
             fingerprint: None,
             status: status.clone(),
             running: None,
@@ -261,22 +286,23 @@ impl Deployments {
     }
 
     /// Records that `name` cannot run (as it is now): a running version keeps running.
-    fn refuse(&self, name: &str, error: &str) {
+    fn refuse(&self, name: &str, source: Source, error: &str) {
         self.metrics.deploy_failure(name);
         let mut entries = self.entries();
         let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
-            source: Source::Folder,
+            source,
             fingerprint: None,
             status: ComponentStatus {
                 name: name.to_owned(),
                 kind: None,
-                source: Source::Folder.as_str().to_owned(),
+                source: source.as_str().to_owned(),
                 component: None,
                 version: None,
                 state: "refused".to_owned(),
                 error: None,
                 in_flight: None,
                 last_deploy_error: None,
+                revision: None,
             },
             running: None,
         });
@@ -298,11 +324,16 @@ impl Deployments {
         }
     }
 
-    /// Stops and forgets the drop-in `name`.
-    fn remove(&self, name: &str) {
-        let Some(entry) = self.entries().remove(name) else {
+    /// Stops and forgets `name`, if `source` runs it.
+    pub fn remove_from(&self, name: &str, source: Source) {
+        let mut entries = self.entries();
+        if entries.get(name).is_none_or(|e| e.source != source) {
+            return;
+        }
+        let Some(entry) = entries.remove(name) else {
             return;
         };
+        drop(entries);
         if let Some(running) = entry.running {
             self.stop(name, running);
             tracing::info!(name, "drop-in removed");
@@ -459,5 +490,6 @@ fn status_of(what: &DropIn, source: Source) -> ComponentStatus {
         error: None,
         in_flight: None,
         last_deploy_error: None,
+        revision: None,
     }
 }

@@ -21,6 +21,8 @@ pub struct Found {
     pub drop_in: Result<DropIn, String>,
     /// Whether both its files are there: one gone means the drop-in is removed.
     pub complete: bool,
+    /// The registry revision it comes from (`None` for a file).
+    pub revision: Option<u64>,
     /// The SHA-256 of its files' contents as read, so that an unchanged drop-in is not loaded
     /// again; `None` when one could not be read.
     pub fingerprint: Option<String>,
@@ -79,6 +81,7 @@ pub fn scan(dir: &Path, config: &Config) -> anyhow::Result<Vec<Found>> {
             drop_in,
             complete,
             fingerprint,
+            revision: None,
         })
     });
     Ok(found.collect())

@@ -6,7 +6,7 @@
 //!   streams with stream-init, and [`components`] loads every component through the
 //!   [`loader`] (with the [`compile_cache`]) on the [`engine`]; [`deployments`] starts them
 //!   and adds, replaces and removes the handlers folder's drop-ins ([`drop_in`]) as the
-//!   [`folder`] watcher sees them change;
+//!   [`folder`] watcher sees them change, and the fleet's ([`registry`]);
 //! - **pull**: [`consumer`] binds each handler's durable consumer ([`binding`]) and runs its
 //!   lanes, each asking for messages with [`pull`], holding the ones waiting for a slot in
 //!   [`waiting`]; [`watchdog`], [`liveness`] and [`sweeper`] watch over them;
@@ -16,7 +16,8 @@
 //! - **publishers**: [`timer_publisher`] (on a [`schedule`]) and [`http_publisher`] (routes on
 //!   the [`listener`], which also serves metrics and health);
 //! - around them: [`metrics`], [`log_budget`], [`limiter`], [`scaffold`] (`jetwasm new`) and
-//!   [`check`] (`jetwasm check`); [`origin`] names what a call works on, in ids and logs.
+//!   [`check`] (`jetwasm check`), [`fleet`] (`jetwasm deploy`, `handlers`, `rollback`,
+//!   `undeploy`); [`origin`] names what a call works on, in ids and logs.
 
 pub mod ack;
 pub mod binding;
@@ -32,6 +33,7 @@ pub mod deployments;
 pub mod dispatch;
 pub mod drop_in;
 pub mod engine;
+pub mod fleet;
 pub mod folder;
 mod guest_output;
 pub mod http_publisher;
@@ -45,6 +47,7 @@ pub mod metrics;
 pub mod origin;
 pub mod publish;
 pub mod pull;
+pub mod registry;
 pub mod run;
 pub mod sandbox;
 pub mod scaffold;

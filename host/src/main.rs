@@ -35,6 +35,10 @@ struct HostArgs {
     /// NAME.toml) instead of the config's `[runtime] handlers_dir`
     #[arg(long)]
     handlers_dir: Option<PathBuf>,
+    /// Run what the fleet's registry holds (`jetwasm deploy`), watched for changes, as with
+    /// `[runtime] registry = true`
+    #[arg(long)]
+    registry: bool,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -46,6 +50,7 @@ impl From<HostArgs> for RunOptions {
             overrides: Overrides {
                 http: args.http,
                 handlers_dir: args.handlers_dir,
+                registry: args.registry,
             },
             nats: args.nats,
         }
@@ -88,6 +93,43 @@ enum Command {
         /// The host's listener
         #[arg(long, default_value = "http://127.0.0.1:9090")]
         url: String,
+    },
+    /// Deploy a handler or publisher to the fleet's registry (JetStream): checked here first,
+    /// then its component uploaded and its manifest put; hosts run with `--registry` pick it
+    /// up.
+    Deploy {
+        /// The component (NAME.wasm: its name is the handler's unless --name says)
+        component: PathBuf,
+        /// Its manifest [default: NAME.toml beside the component]
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// The handler's or publisher's name [default: the component file's]
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// List what the fleet's registry deploys: name, component digest, revision, when.
+    Handlers {
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Deploy an earlier revision of a handler again (the one before the current by default).
+    Rollback {
+        /// The handler or publisher
+        name: String,
+        /// The revision to go back to (see `jetwasm handlers` and the key's history)
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Remove a handler or publisher from the registry (its history stays); hosts stop it.
+    Undeploy {
+        /// The handler or publisher
+        name: String,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Say which jetwasm world a component fits (handler, publisher, http-publisher), and if
     /// none, why; without NATS.
@@ -137,6 +179,15 @@ async fn main() -> ExitCode {
         } => up(host.into(), &data, port, nats_server.as_deref()).await,
         Command::Check { component } => check(&component).await,
         Command::Status { url } => status(&url).await,
+        Command::Deploy {
+            component,
+            manifest,
+            name,
+            nats,
+        } => jetwasm::fleet::deploy(&component, manifest.as_deref(), name.as_deref(), &nats).await,
+        Command::Handlers { nats } => jetwasm::fleet::handlers(&nats).await,
+        Command::Rollback { name, to, nats } => jetwasm::fleet::rollback(&name, to, &nats).await,
+        Command::Undeploy { name, nats } => jetwasm::fleet::undeploy(&name, &nats).await,
         Command::New {
             kind,
             name,

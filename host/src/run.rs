@@ -16,7 +16,7 @@ use crate::components::{self, Loader};
 use crate::config::{Config, Overrides, Streams};
 use crate::deployments::Deployments;
 use crate::metrics::Metrics;
-use crate::{drop_in, folder, listener};
+use crate::{drop_in, folder, listener, registry};
 
 /// What `jetwasm run` was asked to do.
 #[derive(Debug, Clone)]
@@ -81,6 +81,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             deployments.clone(),
             shutdown.clone(),
         )?;
+    }
+    // Components fetched from the registry, by digest, for this run.
+    let registry_dir = tempfile::Builder::new()
+        .prefix("jetwasm-registry-")
+        .tempdir()?;
+    if config.runtime.registry {
+        let dir = registry_dir.path().to_owned();
+        registry::watch(
+            &js,
+            config.clone(),
+            deployments.clone(),
+            dir,
+            shutdown.clone(),
+        )
+        .await?;
+        tracing::info!(bucket = registry::HANDLERS, "watching the registry");
     }
     ready.store(true, Ordering::SeqCst);
     let running = deployments.status();

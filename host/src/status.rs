@@ -18,7 +18,7 @@ pub struct ComponentStatus {
     /// `handler`, `publisher` or `http-publisher`; unknown for a drop-in whose manifest could
     /// not be read.
     pub kind: Option<String>,
-    /// `config` or `folder`.
+    /// `config`, `folder` or `registry`.
     pub source: String,
     /// The `.wasm` file, when there is one.
     pub component: Option<String>,
@@ -34,6 +34,9 @@ pub struct ComponentStatus {
     /// keeps running.
     #[serde(default)]
     pub last_deploy_error: Option<String>,
+    /// The registry revision it runs, for a component from the registry.
+    #[serde(default)]
+    pub revision: Option<u64>,
 }
 
 /// The component's version: the first 12 hex digits of the file's SHA-256.
@@ -124,6 +127,7 @@ mod tests {
             error: None,
             in_flight: Some(3),
             last_deploy_error: None,
+            revision: None,
         };
         let refused = ComponentStatus {
             name: "lonely".into(),
@@ -135,6 +139,7 @@ mod tests {
             error: Some("handlers.d/lonely.toml: no component lonely.wasm beside it".into()),
             in_flight: None,
             last_deploy_error: None,
+            revision: None,
         };
         let table = table(&[running, refused]);
         let lines: Vec<&str> = table.lines().collect();

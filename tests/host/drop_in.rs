@@ -220,21 +220,7 @@ async fn a_handler_dropped_in_while_running_is_replaced_mid_stream_then_removed(
     .await;
 
     // Replaced mid-stream by a version that writes elsewhere (another language, new bytes).
-    let publishing = {
-        let js = setup.js.clone();
-        tokio::spawn(async move {
-            for i in 0..600 {
-                js.publish("orders.created", order(i).into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-                if i % 20 == 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        })
-    };
+    let publishing = setup.publish_steadily(600);
     while setup.count("ORDERS", "orders.v1").await < 100 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -8,6 +8,7 @@ mod chaos;
 mod conformance;
 mod deploy;
 mod drop_in;
+mod registry;
 
 /// The harness starts the host from the binary beside the test executable: exactly the one
 /// Cargo built for these tests.

@@ -265,6 +265,21 @@ publish = ["orders.created", "ticks.>", "nostream.>"]
             ack.await.unwrap();
         }
     }
+
+    /// Publishes orders `0..n` to `orders.created` in the background, one at a time, each
+    /// confirmed, with a 20ms pause every 20: a steady stream to change things under.
+    pub fn publish_steadily(&self, n: usize) -> tokio::task::JoinHandle<()> {
+        let js = self.js.clone();
+        tokio::spawn(async move {
+            for i in 0..n {
+                let ack = js.publish("orders.created", order(i).into()).await;
+                ack.unwrap().await.unwrap();
+                if i % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    }
 }
 
 /// A valid order, `o-<i>`.

@@ -52,9 +52,10 @@ pub(super) fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> C
             raw.runtime.dead_letter
         ));
     }
-    if raw.handlers.is_empty() && raw.publishers.is_empty() && raw.runtime.handlers_dir.is_none() {
+    let drop_ins = raw.runtime.handlers_dir.is_some() || raw.runtime.registry;
+    if raw.handlers.is_empty() && raw.publishers.is_empty() && !drop_ins {
         problems.add(
-            "nothing to run: add a [[handler]] or a [[publisher]], or set [runtime] handlers_dir",
+            "nothing to run: add a [[handler]] or a [[publisher]], or set [runtime] handlers_dir or registry",
         );
     }
     let mut names = BTreeSet::new();
