@@ -134,6 +134,7 @@ impl Deployments {
             let loaded = self.loader.load(what).await?;
             let status = status_of(what, Source::Config);
             let running = self.start(loaded, reservation(what)).await?;
+            self.versions(&status, None);
             let entry = Entry {
                 source: Source::Config,
                 fingerprint: None,
@@ -239,6 +240,7 @@ impl Deployments {
                 if binding.shape() == new.shape() && binding.declared == new.declared {
                     binding.replace(new.version());
                     log_swap(name, old_version.as_deref(), &status, started);
+                    self.versions(&status, old_version.as_deref());
                     let entry = entries.get_mut(name).expect("found above");
                     entry.status = status;
                     return Ok(());
@@ -266,6 +268,7 @@ impl Deployments {
             self.stop(name, old);
         }
         let running = self.start(loaded, wanted).await?;
+        self.versions(&status, old_version.as_deref());
         match &old_version {
             Some(old) => log_swap(name, Some(old), &status, started),
             None => {
@@ -283,6 +286,12 @@ impl Deployments {
         entry.status = status;
         entry.running = Some(running);
         Ok(())
+    }
+
+    /// Moves the version metric of `status`'s component from `old` to its version.
+    fn versions(&self, status: &ComponentStatus, old: Option<&str>) {
+        let new = status.version.as_deref();
+        (self.metrics).version_change(&status.name, &status.source, old, new);
     }
 
     /// Records that `name` cannot run (as it is now): a running version keeps running.
@@ -334,6 +343,10 @@ impl Deployments {
             return;
         };
         drop(entries);
+        if entry.running.is_some() {
+            let (version, source) = (entry.status.version.as_deref(), source.as_str());
+            self.metrics.version_change(name, source, version, None);
+        }
         if let Some(running) = entry.running {
             self.stop(name, running);
             tracing::info!(name, "drop-in removed");

@@ -36,6 +36,8 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     /// `jetwasm_deploy_failures_total{handler}`: drop-ins refused (handlers and publishers).
     deploy_failures: IntCounterVec,
+    /// `jetwasm_component_version{name, source, version}`: 1 for the version that runs.
+    versions: IntGaugeVec,
 }
 
 /// One publisher's metrics, resolved once.
@@ -212,8 +214,14 @@ impl Metrics {
             "Drop-in handlers and publishers refused (a bad component or manifest, a missing consumer)",
             &["handler"],
         );
+        let versions = gauges(
+            "jetwasm_component_version",
+            "1 for the version (SHA-256 prefix) of each handler and publisher that runs",
+            &["name", "source", "version"],
+        );
         Metrics {
             registry,
+            versions,
             outcomes,
             latency,
             in_flight,
@@ -227,6 +235,17 @@ impl Metrics {
             missed_ticks,
             http_requests,
             deploy_failures,
+        }
+    }
+
+    /// Records that `name` (from `source`) now runs `new` instead of `old`; either may be
+    /// absent (started, stopped).
+    pub fn version_change(&self, name: &str, source: &str, old: Option<&str>, new: Option<&str>) {
+        if let Some(old) = old {
+            let _ = self.versions.remove_label_values(&[name, source, old]);
+        }
+        if let Some(new) = new {
+            self.versions.with_label_values(&[name, source, new]).set(1);
         }
     }
 

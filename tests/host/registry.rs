@@ -109,6 +109,21 @@ async fn two_hosts_follow_deploys_rollbacks_and_undeploys_and_a_late_host_catche
     deploy(&setup, "orders_c", "orders.v2");
     let took = converge(&[&a, &b], runs(&v2)).await;
     println!("registry: both hosts on v2 {took:?} after the deploy returned");
+    let version = |v: &str| {
+        format!("jetwasm_component_version{{name=\"orders\",source=\"registry\",version=\"{v}\"}}")
+    };
+    for host in [&a, &b] {
+        assert_eq!(
+            host.metric(&version(&v2)).unwrap(),
+            1.0,
+            "the metric names the version"
+        );
+        assert_eq!(
+            host.metric(&version(&v1)).unwrap(),
+            0.0,
+            "and only the one that runs"
+        );
+    }
     publishing.await.unwrap();
     setup.drained(Duration::from_secs(30), &a).await;
     let by_v1 = setup.count("ORDERS", "orders.v1").await;
@@ -209,4 +224,33 @@ fn deploy_checks_the_component_and_its_manifest_before_touching_the_registry() {
         error.contains("the manifest makes it a publisher, but it fits the handler world"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_from_the_server_resyncs_with_the_registry_when_it_is_back() {
+    let setup = Setup::new("").await;
+    let proxy = harness::Proxy::start(&setup.server.url).await.unwrap();
+    let config = format!(
+        "streams = \"{}\"\n\n[runtime]\nhttp = \"{{http}}\"\n",
+        setup.dir.path().join("streams.toml").display()
+    );
+    let host = Host::start_with(&proxy.url, &config, &["--registry"])
+        .await
+        .unwrap();
+    deploy(&setup, "orders", "orders.v1");
+    let v1 = version_of(&handler_wasm("orders")).unwrap();
+    converge(&[&host], runs(&v1)).await;
+
+    // Deployed while the host cannot reach the server.
+    proxy.refuse(true);
+    proxy.cut();
+    deploy(&setup, "orders_c", "orders.v2");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.refuse(false);
+    let v2 = version_of(&handler_wasm("orders_c")).unwrap();
+    let took = converge(&[&host], runs(&v2)).await;
+    println!("registry: the host resynced {took:?} after the server was reachable again");
+    setup.publish_all((0..20).map(order)).await;
+    setup.drained(Duration::from_secs(30), &host).await;
+    assert_eq!(setup.count("ORDERS", "orders.v2").await, 20);
 }
