@@ -45,6 +45,7 @@ pub struct Deployments {
     shutdown: CancellationToken,
     calls: TaskTracker,
     state: Mutex<BTreeMap<String, Entry>>,
+    draining: Mutex<Vec<Draining>>,
     routes: ArcSwap<Routes>,
 }
 
@@ -78,6 +79,12 @@ struct Entry {
     /// What `/status` shows (in-flight filled in when asked).
     status: ComponentStatus,
     running: Option<Running>,
+}
+
+/// A removed handler whose lanes or last calls are still running (state `draining`).
+struct Draining {
+    status: ComponentStatus,
+    binding: Arc<Binding>,
 }
 
 /// A component at work.
@@ -123,6 +130,7 @@ impl Deployments {
             shutdown: shutdown.clone(),
             calls: calls.clone(),
             state: Mutex::default(),
+            draining: Mutex::default(),
             routes: ArcSwap::default(),
         }
     }
@@ -198,6 +206,22 @@ impl Deployments {
             self.remove_from(&name, source);
         }
         let started = Instant::now();
+        if let Ok(what) = &drop_in {
+            // A new name shows as loading while it compiles.
+            let mut entries = self.entries();
+            let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
+                source,
+                fingerprint: None,
+                status: status_of(what, source),
+                running: None,
+            });
+            if entry.running.is_none() {
+                entry.status = ComponentStatus {
+                    state: "loading".into(),
+                    ..status_of(what, source)
+                };
+            }
+        }
         let outcome = match drop_in {
             Ok(drop_in) => {
                 self.deploy(&name, &drop_in, source, revision, started)
@@ -229,9 +253,8 @@ impl Deployments {
         let (old, old_version) = {
             let mut entries = self.entries();
             let room = self.room(&entries);
-            let entry = entries.get_mut(name);
-            let old_version = entry.as_ref().and_then(|e| e.status.version.clone());
-            let running = entry.and_then(|e| e.running.as_ref());
+            let running = entries.get(name).and_then(|e| e.running.as_ref());
+            let old_version = running.and_then(|_| entries[name].status.version.clone());
             // A handler of the same shape takes the new version in place; a new consumer
             // declaration rebinds, so the lanes read the consumer's settings again.
             if let (Some(Running::Handler { binding, .. }), Loaded::Handler(new)) =
@@ -343,14 +366,22 @@ impl Deployments {
             return;
         };
         drop(entries);
-        if entry.running.is_some() {
-            let (version, source) = (entry.status.version.as_deref(), source.as_str());
-            self.metrics.version_change(name, source, version, None);
+        let Some(running) = entry.running else {
+            return;
+        };
+        let (version, source) = (entry.status.version.as_deref(), source.as_str());
+        self.metrics.version_change(name, source, version, None);
+        // A handler shows as draining until its last calls finish.
+        if let Running::Handler { binding, .. } = &running {
+            let status = ComponentStatus {
+                state: "draining".into(),
+                ..entry.status.clone()
+            };
+            let binding = binding.clone();
+            self.draining().push(Draining { status, binding });
         }
-        if let Some(running) = entry.running {
-            self.stop(name, running);
-            tracing::info!(name, "drop-in removed");
-        }
+        self.stop(name, running);
+        tracing::info!(name, "drop-in removed");
     }
 
     /// Starts a loaded component: a handler bound, a timer ticking, a route served.
@@ -444,15 +475,23 @@ impl Deployments {
 
     /// Every component, running or refused, with handlers' calls in flight now.
     pub fn status(&self) -> Vec<ComponentStatus> {
-        (self.entries().values())
-            .map(|entry| {
-                let mut status = entry.status.clone();
-                if let Some(Running::Handler { binding, .. }) = &entry.running {
-                    status.in_flight = Some(binding.metrics.in_flight.get());
-                }
-                status
-            })
-            .collect()
+        let entries = self.entries();
+        let running = (entries.values()).map(|entry| {
+            let mut status = entry.status.clone();
+            if let Some(Running::Handler { binding, .. }) = &entry.running {
+                status.in_flight = Some(binding.metrics.in_flight.get());
+            }
+            status
+        });
+        let mut draining = self.draining();
+        // A removed handler is gone once its lanes, watchers and messages (each holds the
+        // binding until JetStream has been told) have all ended.
+        draining.retain(|d| Arc::strong_count(&d.binding) > 1);
+        let draining = draining.iter().map(|d| ComponentStatus {
+            in_flight: Some(d.binding.metrics.in_flight.get()),
+            ..d.status.clone()
+        });
+        running.chain(draining).collect()
     }
 
     fn handlers(&self) -> impl Iterator<Item = Arc<Binding>> {
@@ -467,6 +506,10 @@ impl Deployments {
 
     fn entries(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn draining(&self) -> MutexGuard<'_, Vec<Draining>> {
+        self.draining.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

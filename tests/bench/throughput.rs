@@ -8,7 +8,9 @@
 //! - publishing: native async-nats publishes, each awaiting its PubAck, versus a publisher
 //!   component doing the same through the `publish` import;
 //! - HTTP publishers: requests/s and p99 of the intake route, and of a plain `wasi:http`
-//!   component on jetwasm and on a plain wasmtime server (see the `http` module).
+//!   component on jetwasm and on a plain wasmtime server (see the `http` module);
+//! - deploying through the registry: how soon two hosts run a new version, and the
+//!   throughput around a swap under load (see the `deploy` module).
 //!
 //! Numbers, not assertions: run it with `make bench`. Environment: `BENCH_MESSAGES` (default
 //! 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS` (default 20000), `BENCH_LANG_MESSAGES`
@@ -16,7 +18,7 @@
 //! `BENCH_IN_FLIGHT` and `BENCH_PREFETCH` (the host's `max_in_flight` and `prefetch`, default
 //! 64 and 1024 as in the config), `BENCH_LANGS`
 //! (default `rust,python,js,go,c`), `BENCH_HTTP_CONNECTIONS` (default 32) and
-//! `BENCH_HTTP_SECS` (default 5).
+//! `BENCH_HTTP_SECS` (default 5); `BENCH_ONLY=deploy` runs the registry part alone.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -33,6 +35,7 @@ use jetwasm::scaffold::{self, Kind, Lang};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod deploy;
 mod http;
 
 const STREAM: &str = "BENCH";
@@ -126,6 +129,9 @@ impl std::fmt::Display for Drain {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("deploy") {
+        return deploy::bench().await;
+    }
     let messages = env_or("BENCH_MESSAGES", 100_000);
     let rounds = env_or("BENCH_ROUNDS", 3);
     let server = NatsServer::start().await?;
@@ -211,7 +217,8 @@ async fn main() -> anyhow::Result<()> {
     let (n, c) = (median(&mut native), median(&mut component));
     println!("publish median ({publishes} sequential publishes, each awaiting its PubAck): native {n:.0} msgs/s, component {c:.0} msgs/s, ratio {:.2}", c / n);
 
-    http::bench(&js, rounds).await
+    http::bench(&js, rounds).await?;
+    deploy::bench().await
 }
 
 /// The baseline: publishes one after another, each awaiting its PubAck.

@@ -459,3 +459,37 @@ async fn a_manifest_brings_its_own_consumer_created_updated_and_never_deleted() 
     wait_status(&host, "audit", |s| s.is_some_and(|s| s.state == "refused")).await;
     assert_eq!(audit().await.max_deliver, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_handler_drains_its_running_calls_then_is_gone() {
+    let setup = Setup::new("ack_wait = \"30s\"").await;
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let host = host_on_folder(&setup, dir).await;
+    let manifest = "stream = \"ORDERS\"\nconsumer = \"proc\"\nlimits = { max_in_flight = 2 }\nconfig = { sleep_ms = 1500 }\n";
+    move_in(dir, "slow.toml", manifest);
+    move_in(
+        dir,
+        "slow.wasm",
+        std::fs::read(handler_wasm("fixture_slow")).unwrap(),
+    );
+    wait_status(&host, "slow", |s| s.is_some_and(|s| s.state == "running")).await;
+    setup.publish_all(["a".to_owned(), "b".to_owned()]).await;
+    wait_status(&host, "slow", |s| s.is_some_and(|s| s.in_flight == Some(2))).await;
+
+    std::fs::remove_file(dir.join("slow.wasm")).unwrap();
+    std::fs::remove_file(dir.join("slow.toml")).unwrap();
+    wait_status(&host, "slow", |s| {
+        s.is_some_and(|s| s.state == "draining" && s.in_flight == Some(2))
+    })
+    .await;
+    wait_status(&host, "slow", |s| s.is_none()).await;
+    // Both calls finished on the removed version and were acked: nothing left behind.
+    let info = setup.consumer().await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (2, 0),
+        "{}",
+        tail(&host.log())
+    );
+}
