@@ -16,11 +16,10 @@
 //! Each component reserves its share of the engine's instance pool ([`reservation`]); a
 //! drop-in that does not fit is refused.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,23 +29,17 @@ use crate::components::{reservation, Loaded, Loader};
 use crate::config::DropIn;
 use crate::drop_in::Found;
 use crate::http_publisher::HttpPublisher;
+use crate::launch::{route_key, Launcher, Running};
 use crate::metrics::Metrics;
 use crate::status::ComponentStatus;
-use crate::{consumer, sweeper, timer_publisher};
-
-/// HTTP publishers by method and path.
-type Routes = HashMap<(String, String), Arc<HttpPublisher>>;
 
 /// Everything the host runs.
 pub struct Deployments {
     loader: Loader,
-    js: jetstream::Context,
+    launcher: Launcher,
     metrics: Metrics,
-    shutdown: CancellationToken,
-    calls: TaskTracker,
     state: Mutex<BTreeMap<String, Entry>>,
     draining: Mutex<Vec<Draining>>,
-    routes: ArcSwap<Routes>,
 }
 
 /// Where a component comes from.
@@ -87,31 +80,6 @@ struct Draining {
     binding: Arc<Binding>,
 }
 
-/// A component at work.
-enum Running {
-    Handler {
-        binding: Arc<Binding>,
-        stop: CancellationToken,
-        reserved: u32,
-    },
-    Timer {
-        stop: CancellationToken,
-    },
-    Http {
-        route: (String, String),
-        reserved: u32,
-    },
-}
-
-impl Running {
-    fn reserved(&self) -> u32 {
-        match self {
-            Running::Handler { reserved, .. } | Running::Http { reserved, .. } => *reserved,
-            Running::Timer { .. } => 1,
-        }
-    }
-}
-
 impl Deployments {
     /// Nothing running yet; components start with [`Deployments::start_configured`] and
     /// [`Deployments::apply_folder`]. Stopping `shutdown` stops them all; their tasks are
@@ -125,13 +93,10 @@ impl Deployments {
     ) -> Deployments {
         Deployments {
             loader,
-            js: js.clone(),
+            launcher: Launcher::new(js, shutdown, calls),
             metrics: metrics.clone(),
-            shutdown: shutdown.clone(),
-            calls: calls.clone(),
             state: Mutex::default(),
             draining: Mutex::default(),
-            routes: ArcSwap::default(),
         }
     }
 
@@ -141,7 +106,7 @@ impl Deployments {
         for what in components {
             let loaded = self.loader.load(what).await?;
             let status = status_of(what, Source::Config);
-            let running = self.start(loaded, reservation(what)).await?;
+            let running = self.launcher.start(loaded, reservation(what)).await?;
             self.versions(&status, None);
             let entry = Entry {
                 source: Source::Config,
@@ -280,7 +245,7 @@ impl Deployments {
             if let Loaded::Http(publisher) = &loaded {
                 let key = route_key(publisher);
                 let own = matches!(running, Some(Running::Http { route, .. }) if *route == key);
-                if !own && self.routes.load().contains_key(&key) {
+                if !own && self.launcher.serves(&key) {
                     anyhow::bail!("another publisher already serves {} {}", key.0, key.1);
                 }
             }
@@ -288,9 +253,9 @@ impl Deployments {
             (old, old_version)
         };
         if let Some(old) = old {
-            self.stop(name, old);
+            self.launcher.stop(name, old);
         }
-        let running = self.start(loaded, wanted).await?;
+        let running = self.launcher.start(loaded, wanted).await?;
         self.versions(&status, old_version.as_deref());
         match &old_version {
             Some(old) => log_swap(name, Some(old), &status, started),
@@ -380,70 +345,8 @@ impl Deployments {
             let binding = binding.clone();
             self.draining().push(Draining { status, binding });
         }
-        self.stop(name, running);
+        self.launcher.stop(name, running);
         tracing::info!(name, "drop-in removed");
-    }
-
-    /// Starts a loaded component: a handler bound, a timer ticking, a route served.
-    async fn start(&self, loaded: Loaded, reserved: u32) -> anyhow::Result<Running> {
-        Ok(match loaded {
-            Loaded::Handler(binding) => {
-                let stop = self.shutdown.child_token();
-                sweeper::start(binding.clone(), &self.js, &stop, &self.calls)
-                    .await
-                    .map_err(|e| {
-                        e.context(format!(
-                            "handler {}: listening for max-deliveries advisories",
-                            binding.name
-                        ))
-                    })?;
-                consumer::start(binding.clone(), &self.js, &stop, &self.calls);
-                Running::Handler {
-                    binding,
-                    stop,
-                    reserved,
-                }
-            }
-            Loaded::Timer(publisher) => {
-                let stop = self.shutdown.child_token();
-                self.calls
-                    .spawn(timer_publisher::run(publisher, stop.clone()));
-                Running::Timer { stop }
-            }
-            Loaded::Http(publisher) => {
-                let route = route_key(&publisher);
-                self.routes.rcu(|routes| {
-                    let mut routes = Routes::clone(routes);
-                    routes.insert(route.clone(), publisher.clone());
-                    routes
-                });
-                Running::Http { route, reserved }
-            }
-        })
-    }
-
-    /// Stops a running component: a handler's lanes finish and unbind, a timer stops after
-    /// its running tick, a route is no longer served (requests running finish).
-    fn stop(&self, name: &str, running: Running) {
-        match running {
-            Running::Handler { binding, stop, .. } => {
-                let in_flight = binding.metrics.in_flight.get();
-                tracing::info!(
-                    handler = name,
-                    in_flight,
-                    "unbinding: no new pulls; running calls finish"
-                );
-                stop.cancel();
-            }
-            Running::Timer { stop } => stop.cancel(),
-            Running::Http { route, .. } => {
-                self.routes.rcu(|routes| {
-                    let mut routes = Routes::clone(routes);
-                    routes.remove(&route);
-                    routes
-                });
-            }
-        }
     }
 
     /// Instances not reserved by a running component.
@@ -456,14 +359,12 @@ impl Deployments {
 
     /// The HTTP publisher serving `method` `path`, if any.
     pub fn route(&self, method: &str, path: &str) -> Option<Arc<HttpPublisher>> {
-        (self.routes.load())
-            .get(&(method.to_owned(), path.to_owned()))
-            .cloned()
+        self.launcher.route(method, path)
     }
 
     /// Whether some HTTP publisher serves `path` (with another method).
     pub fn serves_path(&self, path: &str) -> bool {
-        self.routes.load().keys().any(|(_, p)| p == path)
+        self.launcher.serves_path(path)
     }
 
     /// Each running handler's name and live pulls (for `/readyz`).
@@ -519,11 +420,6 @@ fn log_swap(name: &str, old: Option<&str>, new: &ComponentStatus, started: Insta
     let new = new.version.as_deref().unwrap_or("?");
     let old = old.unwrap_or("?");
     tracing::info!(elapsed = ?started.elapsed(), "{name}: {old} → {new}");
-}
-
-/// The method and path an HTTP publisher serves.
-fn route_key(publisher: &HttpPublisher) -> (String, String) {
-    (publisher.route.method.clone(), publisher.route.path.clone())
 }
 
 /// The status of `what`, running, from `source`.

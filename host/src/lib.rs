@@ -6,7 +6,8 @@
 //!   streams with stream-init, and [`components`] loads every component through the
 //!   [`loader`] (with the [`compile_cache`]) on the [`engine`]; [`deployments`] starts them
 //!   and adds, replaces and removes the handlers folder's drop-ins ([`drop_in`]) as the
-//!   [`folder`] watcher sees them change, and the fleet's ([`registry`]);
+//!   [`folder`] watcher sees them change, and the fleet's ([`registry`]), [`launch`] starting
+//!   and stopping them;
 //! - **pull**: [`consumer`] binds each handler's durable consumer ([`binding`]) and runs its
 //!   lanes, each asking for messages with [`pull`], holding the ones waiting for a slot in
 //!   [`waiting`]; [`watchdog`], [`liveness`] and [`sweeper`] watch over them;
@@ -38,6 +39,7 @@ pub mod folder;
 mod guest_output;
 pub mod http_publisher;
 pub mod imports;
+pub mod launch;
 pub mod limiter;
 pub mod listener;
 pub mod liveness;

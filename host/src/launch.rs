@@ -1,0 +1,163 @@
+//! Starting and stopping components: a handler bound to its consumer (lanes and sweeper), a
+//! timer publisher ticking, an HTTP publisher's route served. Which version of what runs is
+//! the `deployments` module's business; this one only carries it out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::binding::Binding;
+use crate::components::Loaded;
+use crate::http_publisher::HttpPublisher;
+use crate::{consumer, sweeper, timer_publisher};
+
+/// HTTP publishers by method and path.
+type Routes = HashMap<(String, String), Arc<HttpPublisher>>;
+
+/// A component at work.
+pub enum Running {
+    /// A handler bound to its consumer.
+    Handler {
+        /// What its lanes, sweeper and messages share.
+        binding: Arc<Binding>,
+        /// Stops its lanes and sweeper.
+        stop: CancellationToken,
+        /// Instances it reserves.
+        reserved: u32,
+    },
+    /// A timer publisher ticking.
+    Timer {
+        /// Stops its ticks (a running one finishes).
+        stop: CancellationToken,
+    },
+    /// An HTTP publisher's route served.
+    Http {
+        /// Its method and path.
+        route: (String, String),
+        /// Instances it reserves.
+        reserved: u32,
+    },
+}
+
+impl Running {
+    /// Instances it reserves in the engine's pool.
+    pub fn reserved(&self) -> u32 {
+        match self {
+            Running::Handler { reserved, .. } | Running::Http { reserved, .. } => *reserved,
+            Running::Timer { .. } => 1,
+        }
+    }
+}
+
+/// Starts and stops components on the host's connection, under its shutdown token, their
+/// tasks on its tracker; serves the HTTP routes.
+pub struct Launcher {
+    js: jetstream::Context,
+    shutdown: CancellationToken,
+    calls: TaskTracker,
+    routes: ArcSwap<Routes>,
+}
+
+impl Launcher {
+    /// Nothing started yet.
+    pub fn new(
+        js: &jetstream::Context,
+        shutdown: &CancellationToken,
+        calls: &TaskTracker,
+    ) -> Launcher {
+        Launcher {
+            js: js.clone(),
+            shutdown: shutdown.clone(),
+            calls: calls.clone(),
+            routes: ArcSwap::default(),
+        }
+    }
+
+    /// Starts a loaded component: a handler bound, a timer ticking, a route served.
+    pub async fn start(&self, loaded: Loaded, reserved: u32) -> anyhow::Result<Running> {
+        Ok(match loaded {
+            Loaded::Handler(binding) => {
+                let stop = self.shutdown.child_token();
+                sweeper::start(binding.clone(), &self.js, &stop, &self.calls)
+                    .await
+                    .map_err(|e| {
+                        e.context(format!(
+                            "handler {}: listening for max-deliveries advisories",
+                            binding.name
+                        ))
+                    })?;
+                consumer::start(binding.clone(), &self.js, &stop, &self.calls);
+                Running::Handler {
+                    binding,
+                    stop,
+                    reserved,
+                }
+            }
+            Loaded::Timer(publisher) => {
+                let stop = self.shutdown.child_token();
+                self.calls
+                    .spawn(timer_publisher::run(publisher, stop.clone()));
+                Running::Timer { stop }
+            }
+            Loaded::Http(publisher) => {
+                let route = route_key(&publisher);
+                self.routes.rcu(|routes| {
+                    let mut routes = Routes::clone(routes);
+                    routes.insert(route.clone(), publisher.clone());
+                    routes
+                });
+                Running::Http { route, reserved }
+            }
+        })
+    }
+
+    /// Stops a running component: a handler's lanes finish and unbind, a timer stops after
+    /// its running tick, a route is no longer served (requests running finish).
+    pub fn stop(&self, name: &str, running: Running) {
+        match running {
+            Running::Handler { binding, stop, .. } => {
+                let in_flight = binding.metrics.in_flight.get();
+                tracing::info!(
+                    handler = name,
+                    in_flight,
+                    "unbinding: no new pulls; running calls finish"
+                );
+                stop.cancel();
+            }
+            Running::Timer { stop } => stop.cancel(),
+            Running::Http { route, .. } => {
+                self.routes.rcu(|routes| {
+                    let mut routes = Routes::clone(routes);
+                    routes.remove(&route);
+                    routes
+                });
+            }
+        }
+    }
+
+    /// The HTTP publisher serving `method` `path`, if any.
+    pub fn route(&self, method: &str, path: &str) -> Option<Arc<HttpPublisher>> {
+        (self.routes.load())
+            .get(&(method.to_owned(), path.to_owned()))
+            .cloned()
+    }
+
+    /// Whether some HTTP publisher serves `path` (with another method).
+    pub fn serves_path(&self, path: &str) -> bool {
+        self.routes.load().keys().any(|(_, p)| p == path)
+    }
+
+    /// Whether a publisher serves `route` now.
+    pub fn serves(&self, route: &(String, String)) -> bool {
+        self.routes.load().contains_key(route)
+    }
+}
+
+/// The method and path an HTTP publisher serves.
+pub fn route_key(publisher: &HttpPublisher) -> (String, String) {
+    (publisher.route.method.clone(), publisher.route.path.clone())
+}
