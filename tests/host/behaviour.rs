@@ -294,6 +294,55 @@ async fn a_storm_of_failing_calls_is_counted_in_full_and_logged_at_most_a_hundre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_refusing_every_publish_does_not_flood_the_log() {
+    let setup = Setup::new("").await;
+    let config = (setup.config(&handler_wasm("orders"), "", "")).replace(
+        "\"orders.processed\", \"orders.audited\"",
+        "\"payments.out\"",
+    ) + "config = { output_subject = \"payments.out\" }\n";
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    // PAYMENTS (after the host applied its spec) keeps one message and refuses every other:
+    // each order's publish fails, the handler logs a warning and naks, and the order comes
+    // straight back (no backoff): a storm of refused publishes.
+    let mut payments = setup
+        .stream("PAYMENTS")
+        .await
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    payments.max_messages = 1;
+    payments.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    setup.js.update_stream(&payments).await.unwrap();
+    let started = Instant::now();
+    setup.publish_all((0..300).map(order)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seconds = started.elapsed().as_secs() + 1;
+    let refused = host.metric(&sample("nak")).unwrap();
+    let log = host.log();
+    let lines = (log.lines())
+        .filter(|line| line.contains("publishing order"))
+        .count() as u64;
+    println!("full stream: {refused} refused publishes in {seconds}s, {lines} guest lines logged");
+    assert!(lines > 0, "the refusals are logged: {}", tail(&log));
+    assert!(
+        refused > (100 * (seconds + 1)) as f64,
+        "a storm: {refused} refused publishes in {seconds}s"
+    );
+    // Unlimited, every refused publish would log a line.
+    assert!(
+        lines <= 100 * (seconds + 1),
+        "{lines} guest lines in {seconds}s for {refused} refused publishes"
+    );
+    assert!(
+        log.contains("log lines dropped: over 100 a second from this component"),
+        "{}",
+        tail(&log)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_is_interrupted_at_its_cpu_limit_while_other_messages_flow() {
     let setup = Setup::new("max_deliver = 2\nbackoff = [\"100ms\"]").await;
     let host = setup
