@@ -1,4 +1,6 @@
-//! `jetwasm check`: which worlds a component fits, before it is deployed anywhere.
+//! `jetwasm check`: which worlds a component fits, before it is deployed anywhere; and with
+//! `--config`, whether the server's streams fit a config (see the `topology` module), with
+//! nothing started but a connection.
 
 use std::path::Path;
 
@@ -11,6 +13,41 @@ use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
 use crate::loader::{self, World};
 use crate::sandbox::HostState;
+
+/// `jetwasm check --config C`: every configured component (and drop-in of the handlers
+/// folder) checked against the server's streams; the line to print, or every problem.
+pub async fn config(path: &Path, nats: &stream_init::connect::NatsArgs) -> anyhow::Result<String> {
+    let config = crate::config::Config::load(path, crate::config::Overrides::default())?;
+    let mut components = config.components();
+    if let Some(dir) = &config.runtime.handlers_dir {
+        let found = crate::drop_in::scan(dir, &config)?;
+        components.extend(found.into_iter().filter_map(|f| f.drop_in.ok()));
+    }
+    let client = nats
+        .connect(&nats.url_or(config.nats.url.as_deref()))
+        .await?;
+    let js = async_nats::jetstream::new(client);
+    let (dead_letter, spec) = (
+        &config.runtime.dead_letter,
+        config.streams.as_ref().map(|s| s.spec.as_path()),
+    );
+    let mut problems = Vec::new();
+    for what in &components {
+        problems.extend(crate::topology::problems(&js, what, dead_letter, spec).await);
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{}: the streams do not fit the config:\n  - {}",
+            path.display(),
+            problems.join("\n  - ")
+        );
+    }
+    Ok(format!(
+        "{}: the streams fit its {} components",
+        path.display(),
+        components.len()
+    ))
+}
 
 /// `jetwasm check COMPONENT`: the line to print, naming the worlds the component fits.
 pub async fn component(component: &Path) -> anyhow::Result<String> {

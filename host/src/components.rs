@@ -95,6 +95,8 @@ pub struct Loader {
     pool: engine::PoolSize,
     runtime: Runtime,
     spec: Option<Arc<stream_init::Spec>>,
+    /// The streams spec file, for advice.
+    spec_file: Option<std::path::PathBuf>,
     js: jetstream::Context,
     metrics: Metrics,
 }
@@ -118,6 +120,7 @@ impl Loader {
             pool,
             runtime: runtime.clone(),
             spec,
+            spec_file: config.streams.as_ref().map(|s| s.spec.clone()),
             js: js.clone(),
             metrics: metrics.clone(),
         })
@@ -132,6 +135,13 @@ impl Loader {
     ) -> anyhow::Result<Loader> {
         let pool = pool_size(&config.runtime, config.components().iter())?;
         Loader::new(config, pool, None, js, metrics)
+    }
+
+    /// Every problem with `what`'s place in the server's streams (see the `topology`
+    /// module).
+    pub async fn topology_problems(&self, what: &DropIn) -> Vec<String> {
+        let (dead_letter, spec) = (&self.runtime.dead_letter, self.spec_file.as_deref());
+        crate::topology::problems(&self.js, what, dead_letter, spec).await
     }
 
     /// Instances the pool holds for reservations.

@@ -100,9 +100,19 @@ impl Deployments {
         }
     }
 
-    /// Loads and starts the config file's components; fails on the first that cannot run,
-    /// naming it.
+    /// Loads and starts the config file's components; fails before any starts, listing every
+    /// problem with the streams they need, or on the first that cannot run, naming it.
     pub async fn start_configured(&self, components: &[DropIn]) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        for what in components {
+            problems.extend(self.loader.topology_problems(what).await);
+        }
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "the streams do not fit the config:\n  - {}",
+                problems.join("\n  - ")
+            );
+        }
         for what in components {
             let loaded = self.loader.load(what).await?;
             let status = status_of(what, Source::Config);
@@ -188,10 +198,13 @@ impl Deployments {
             }
         }
         let outcome = match drop_in {
-            Ok(drop_in) => {
-                self.deploy(&name, &drop_in, source, revision, started)
-                    .await
-            }
+            Ok(drop_in) => match self.loader.topology_problems(&drop_in).await {
+                problems if problems.is_empty() => {
+                    self.deploy(&name, &drop_in, source, revision, started)
+                        .await
+                }
+                problems => Err(anyhow::anyhow!(problems.join("; "))),
+            },
             Err(error) => Err(anyhow::anyhow!(error)),
         };
         if let Err(e) = outcome {

@@ -57,6 +57,7 @@ pub mod schedule;
 pub mod status;
 pub mod sweeper;
 pub mod timer_publisher;
+pub mod topology;
 pub mod up;
 pub mod waiting;
 pub mod watchdog;

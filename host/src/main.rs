@@ -132,10 +132,18 @@ enum Command {
         nats: NatsArgs,
     },
     /// Say which jetwasm world a component fits (handler, publisher, http-publisher), and if
-    /// none, why; without NATS.
+    /// none, why, without NATS; or with --config, whether the server's streams fit a config.
     Check {
         /// The component to check
-        component: PathBuf,
+        #[arg(required_unless_present = "config")]
+        component: Option<PathBuf>,
+        /// Instead, check that the server's streams fit this host configuration: a stream
+        /// captures every handler's dead letters and every subject it may publish to, each
+        /// consumer exists and does not deliver the handler's own outputs back to it
+        #[arg(long, conflicts_with = "component")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Write a new handler or publisher project that `./build.sh` builds into a component.
     New {
@@ -177,7 +185,15 @@ async fn main() -> ExitCode {
             port,
             nats_server,
         } => up(host.into(), &data, port, nats_server.as_deref()).await,
-        Command::Check { component } => check(&component).await,
+        Command::Check {
+            component,
+            config,
+            nats,
+        } => match (component, config) {
+            (_, Some(config)) => print(jetwasm::check::config(&config, &nats).await),
+            (Some(component), None) => check(&component).await,
+            (None, None) => unreachable!("clap requires one"),
+        },
         Command::Status { url } => status(&url).await,
         Command::Deploy {
             component,
@@ -248,6 +264,12 @@ fn new(
 async fn status(url: &str) -> anyhow::Result<()> {
     let components = jetwasm::status::fetch(url).await?;
     print!("{}", jetwasm::status::table(&components));
+    Ok(())
+}
+
+/// Prints the line `result` holds.
+fn print(result: anyhow::Result<String>) -> anyhow::Result<()> {
+    println!("{}", result?);
     Ok(())
 }
 

@@ -178,3 +178,60 @@ fn new_go_projects_build_and_fit_their_world() {
 fn new_c_projects_build_and_fit_their_world() {
     new_builds_and_checks("c");
 }
+
+/// The orders handler on the test consumer, writing to `outputs`, dead letters under
+/// `dead_letter`.
+fn topology_config(setup: &harness::setup::Setup, outputs: &str, dead_letter: &str) -> String {
+    let runtime = format!("dead_letter = \"{dead_letter}\"");
+    setup
+        .config(&handler_wasm("orders"), "", &runtime)
+        .replace("\"orders.processed\", \"orders.audited\"", outputs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_the_streams_do_not_fit_fails_at_start_naming_every_problem_and_its_fix() {
+    let setup = harness::setup::Setup::new("").await;
+    // Three mistakes: an output no stream captures, dead letters no stream captures, and an
+    // output the handler's own consumer would deliver back to it.
+    let bad = topology_config(&setup, "\"nowhere.out\", \"orders.created\"", "graveyard");
+    let problems = [
+        "handler h: publishes to \"nowhere.out\", but no stream captures it: add a stream with subjects [\"nowhere.out\"]",
+        "handler h: its dead letters go to \"graveyard.ORDERS.proc\", but no stream captures it: add a stream with subjects [\"graveyard.>\"]",
+        "handler h: its consumer ORDERS/proc (filter \"orders.created\") would deliver the handler's own outputs on \"orders.created\" back to it",
+    ];
+    let error = harness::Host::start(&setup.server.url, &bad)
+        .await
+        .err()
+        .expect("the host refuses to start")
+        .to_string();
+    for problem in problems {
+        assert!(error.contains(problem), "{problem}\nnot in:\n{error}");
+    }
+    assert!(
+        !error.contains("consumer bound"),
+        "nothing started: {error}"
+    );
+
+    // `jetwasm check --config` says the same, with only a connection.
+    let check_config = |text: &str| {
+        let path = setup.dir.path().join("checked.toml");
+        std::fs::write(&path, text.replace("{http}", "127.0.0.1:0")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+            .args(["check", "--config", path.to_str().unwrap()])
+            .args(["--server", &setup.server.url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, text) = check_config(&bad);
+    assert_eq!(code, Some(1), "{text}");
+    for problem in problems {
+        assert!(text.contains(problem), "{problem}\nnot in:\n{text}");
+    }
+    let good = topology_config(&setup, "\"orders.processed\"", "deadletter");
+    let (code, text) = check_config(&good);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("the streams fit its 1 components"), "{text}");
+}

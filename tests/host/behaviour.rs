@@ -916,6 +916,7 @@ async fn publish_errors_are_typed_and_reach_the_component() {
         let extra = format!("every = \"100ms\"\nconfig = {{ subject = \"{subject}\" }}");
         let config = setup.publisher_config(&handler_wasm("orders_generator"), &extra);
         let host = Host::start(&setup.server.url, &config).await.unwrap();
+        setup.js.delete_stream("NOSTREAM").await.unwrap();
         let errors = "jetwasm_publisher_ticks_total{outcome=\"error\",publisher=\"p\"}";
         host.wait_metric(errors, 3.0, Duration::from_secs(10))
             .await
@@ -1018,6 +1019,7 @@ async fn http_intake_answers_each_case_with_a_clear_status() {
         let extra = format!("{POST_ORDERS}\nconfig = {{ subject = \"{subject}\" }}");
         let config = setup.publisher_config(&handler_wasm("orders_intake"), &extra);
         let host = Host::start(&setup.server.url, &config).await.unwrap();
+        setup.js.delete_stream("NOSTREAM").await.unwrap();
         let (status, error) = post(&host, &order(1), &[]);
         assert_eq!(status, expected, "{error}");
         assert!(

@@ -43,6 +43,13 @@ storage = "memory"
 name = "TICKS"
 subjects = ["ticks.>"]
 storage = "memory"
+
+# Publishers may publish here (the host checks a stream captures every subject in a publish
+# list at start); tests of the `no-stream` error delete it once their host runs.
+[[stream]]
+name = "NOSTREAM"
+subjects = ["nostream.>"]
+storage = "memory"
 "#
     )
 }

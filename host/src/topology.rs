@@ -1,0 +1,111 @@
+//! The topology check, made before a component runs (and by `jetwasm check --config`): a
+//! stream captures every subject it writes to (a handler's dead letters, every subject in its
+//! `publish` list), a handler's consumer exists, and that consumer does not receive the
+//! handler's own outputs. Every problem is found, each naming the component and the fix, so a
+//! misconfigured topology fails at start rather than at the first message it hurts.
+
+use std::path::Path;
+
+use async_nats::jetstream;
+use stream_init::subject;
+
+use crate::config::DropIn;
+
+/// Every problem with `what`'s place in the server's streams, one line each. `dead_letter` is
+/// the `[runtime] dead_letter` prefix; `streams` the spec file the host applies, if any, for
+/// the advice.
+pub async fn problems(
+    js: &jetstream::Context,
+    what: &DropIn,
+    dead_letter: &str,
+    streams: Option<&Path>,
+) -> Vec<String> {
+    let component = what.component();
+    let (kind, name) = match what {
+        DropIn::Handler(_) => ("handler", &component.name),
+        DropIn::Publisher(_) => ("publisher", &component.name),
+    };
+    let at = format!("{kind} {name}");
+    let spec = streams.map_or_else(
+        || "the streams spec".to_owned(),
+        |file| file.display().to_string(),
+    );
+    let mut problems = Vec::new();
+    let outputs = component.publish.allowed();
+    for output in outputs {
+        if let Err(why) = captured(js, output).await {
+            problems.push(format!(
+                "{at}: publishes to {output:?}, but {why}: add a stream with subjects [{output:?}] to {spec}, or drop it from `publish`"
+            ));
+        }
+    }
+    let DropIn::Handler(handler) = what else {
+        return problems;
+    };
+    let (stream, consumer) = (&handler.stream, &handler.consumer);
+    let dead_letters = format!("{dead_letter}.{stream}.{consumer}");
+    if let Err(why) = captured(js, &dead_letters).await {
+        problems.push(format!(
+            "{at}: its dead letters go to {dead_letters:?}, but {why}: add a stream with subjects [\"{dead_letter}.>\"] to {spec}"
+        ));
+    }
+    let info = match js.get_stream(stream).await {
+        Ok(mut found) => match found.info().await {
+            Ok(info) => info.clone(),
+            Err(e) => {
+                problems.push(format!("{at}: reading stream {stream}: {e}"));
+                return problems;
+            }
+        },
+        Err(_) => {
+            problems.push(format!(
+                "{at}: no stream {stream}: declare it in {spec} (or fix `stream`)"
+            ));
+            return problems;
+        }
+    };
+    let consumer_info = match js.get_stream(stream).await {
+        Ok(found) => found.consumer_info(consumer).await.ok(),
+        Err(_) => None,
+    };
+    let Some(consumer_info) = consumer_info else {
+        problems.push(format!(
+            "{at}: no consumer {stream}/{consumer}: declare it under the stream {stream} ([[stream.consumer]] durable = {consumer:?}) in {spec}, or in the manifest's [consumer]"
+        ));
+        return problems;
+    };
+    let config = &consumer_info.config;
+    let filters: Vec<&String> = if !config.filter_subjects.is_empty() {
+        config.filter_subjects.iter().collect()
+    } else if !config.filter_subject.is_empty() {
+        vec![&config.filter_subject]
+    } else {
+        info.config.subjects.iter().collect()
+    };
+    for output in outputs {
+        let in_stream = info
+            .config
+            .subjects
+            .iter()
+            .any(|s| subject::overlaps(output, s));
+        if let Some(filter) = filters.iter().find(|f| subject::overlaps(output, f)) {
+            if in_stream {
+                problems.push(format!(
+                    "{at}: its consumer {stream}/{consumer} (filter {filter:?}) would deliver the handler's own outputs on {output:?} back to it: narrow the consumer's filter_subjects"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Ok when a stream captures `subject` (some of it, for a wildcard), else why not.
+async fn captured(js: &jetstream::Context, subject: &str) -> Result<(), String> {
+    match js.stream_by_subject(subject).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound => {
+            Err("no stream captures it".to_owned())
+        }
+        Err(e) => Err(format!("asking which stream captures it failed ({e})")),
+    }
+}
