@@ -296,7 +296,7 @@ fn limits_out_of_range_and_an_empty_config_are_named_one_line_each() {
     let err = Config::parse("[runtime]\n", Path::new(".")).unwrap_err();
     assert_eq!(
         err,
-        vec!["nothing to run: add a [[handler]] or a [[publisher]], or set [runtime] handlers_dir"]
+        vec!["nothing to run: add a [[handler]] or a [[publisher]], or set [runtime] handlers_dir or registry"]
     );
 }
 
