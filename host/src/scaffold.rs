@@ -139,6 +139,12 @@ publish = []                # subjects it may publish to
 durable = "{name}"
 filter_subjects = ["orders.created"]
 max_deliver = 5
+
+# streams.toml: where dead letters go (deadletter.<stream>.<consumer>), if no stream has
+# them yet (deploy/streams.toml has it; `jetwasm check --config` says when one is missing)
+# [[stream]]
+# name = "DEADLETTER"
+# subjects = ["deadletter.>"]
 ```"#
         ),
         Kind::Publisher => format!(
