@@ -74,6 +74,9 @@ enum Command {
     },
     /// Run the handlers and publishers in a config file; without a server URL, start a local
     /// nats-server with JetStream first (stopped with the host).
+    #[command(mut_arg("server", |arg| arg.help(
+        "NATS server URL(s), comma-separated; none (and no [nats] url in the config): start a local nats-server"
+    )))]
     Up {
         #[command(flatten)]
         host: HostArgs,

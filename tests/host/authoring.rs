@@ -235,3 +235,15 @@ async fn a_config_the_streams_do_not_fit_fails_at_start_naming_every_problem_and
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("the streams fit its 1 components"), "{text}");
 }
+
+#[test]
+fn up_help_says_no_url_means_a_local_server() {
+    let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+        .args(["up", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(!help.contains("default: nats://"), "{help}");
+    assert!(help.contains("start a local nats-server"), "{help}");
+}
