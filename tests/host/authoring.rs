@@ -247,3 +247,21 @@ fn up_help_says_no_url_means_a_local_server() {
     assert!(!help.contains("default: nats://"), "{help}");
     assert!(help.contains("start a local nats-server"), "{help}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_clash_fails_before_any_component_is_compiled() {
+    let setup = harness::setup::Setup::new("").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = setup.config(&handler_wasm("orders"), "", "");
+    let addr = taken.local_addr().unwrap().to_string();
+    let error = harness::Host::start_with(&setup.server.url, &config, &["--http", &addr])
+        .await
+        .err()
+        .expect("the port is taken")
+        .to_string();
+    assert!(error.contains("binding the HTTP listener"), "{error}");
+    assert!(
+        !error.contains("handler loaded"),
+        "nothing compiled first: {error}"
+    );
+}
