@@ -135,7 +135,7 @@ impl Dispatcher {
                 }
                 disposition.into()
             }
-            Err(failure) => Outcome::Failed(failure),
+            Err(failure) => Outcome::Failed(failure.with_stderr(store.data().stderr_lines())),
         }
     }
 

@@ -1,6 +1,10 @@
 //! Guest stdout and stderr, line by line into the host log, tagged with the handler. Output
-//! past a per-call budget is dropped so a chatty guest cannot flood the log.
+//! past a per-call budget is dropped so a chatty guest cannot flood the log. The start and
+//! the end of what a call wrote to stderr are kept (bounded), so that a crash's reason can
+//! carry the guest's own words: a Rust panic message, a Python traceback's last line, a JS
+//! error, a Go panic, a C abort message.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +26,61 @@ pub struct GuestOutput {
     used: Arc<AtomicUsize>,
     /// What the current call works on: its lines are logged in that call's span.
     origin: Arc<Mutex<Origin>>,
+    /// The current call's first and last lines.
+    kept: Arc<Mutex<Kept>>,
+}
+
+/// Lines kept from one call's output: the first [`KEPT_HEAD`] and the last [`KEPT_TAIL`]
+/// non-empty lines, each cut at [`KEPT_LINE`] bytes.
+#[derive(Debug, Default)]
+struct Kept {
+    head: Vec<String>,
+    tail: VecDeque<String>,
+    skipped: usize,
+}
+
+const KEPT_HEAD: usize = 3;
+const KEPT_TAIL: usize = 5;
+const KEPT_LINE: usize = 200;
+
+impl Kept {
+    fn push(&mut self, line: &str) {
+        let line = line.trim_end();
+        if line.trim().is_empty() {
+            return;
+        }
+        let mut line = line.to_owned();
+        if line.len() > KEPT_LINE {
+            let cut = (0..=KEPT_LINE)
+                .rev()
+                .find(|&i| line.is_char_boundary(i))
+                .unwrap_or(0);
+            line.truncate(cut);
+            line.push('…');
+        }
+        if self.head.len() < KEPT_HEAD {
+            self.head.push(line);
+            return;
+        }
+        self.tail.push_back(line);
+        if self.tail.len() > KEPT_TAIL {
+            self.tail.pop_front();
+            self.skipped += 1;
+        }
+    }
+
+    /// The kept lines on one line, ` | ` between them, `…` where lines were skipped.
+    fn summary(&self) -> Option<String> {
+        if self.head.is_empty() {
+            return None;
+        }
+        let mut lines: Vec<&str> = self.head.iter().map(String::as_str).collect();
+        if self.skipped > 0 {
+            lines.push("…");
+        }
+        lines.extend(self.tail.iter().map(String::as_str));
+        Some(lines.join(" | "))
+    }
 }
 
 impl GuestOutput {
@@ -32,12 +91,24 @@ impl GuestOutput {
             stream,
             used: Arc::default(),
             origin,
+            kept: Arc::default(),
         }
     }
 
-    /// Starts a new call's budget (a reused instance keeps its stream handles open).
+    /// Starts a new call's budget and kept lines (a reused instance keeps its stream handles
+    /// open).
     pub fn begin_call(&self) {
         self.used.store(0, Ordering::Relaxed);
+        *self.kept() = Kept::default();
+    }
+
+    /// The first and last lines the current call wrote, on one line, if any.
+    pub fn kept_lines(&self) -> Option<String> {
+        self.kept().summary()
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current call's span.
@@ -75,6 +146,7 @@ struct LineWriter {
 impl LineWriter {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
+        self.out.kept().push(&text);
         let output = self.out.stream;
         self.out
             .span()
@@ -131,6 +203,29 @@ impl Drop for LineWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_keeps_its_first_and_last_lines_bounded() {
+        let mut kept = Kept::default();
+        assert_eq!(kept.summary(), None);
+        kept.push("panic: crash requested by order o-1");
+        kept.push("");
+        kept.push("goroutine 1 [running]:");
+        assert_eq!(
+            kept.summary().unwrap(),
+            "panic: crash requested by order o-1 | goroutine 1 [running]:"
+        );
+        for i in 0..10 {
+            kept.push(&format!("frame {i}"));
+        }
+        assert_eq!(
+            kept.summary().unwrap(),
+            "panic: crash requested by order o-1 | goroutine 1 [running]: | frame 0 | … | frame 5 | frame 6 | frame 7 | frame 8 | frame 9"
+        );
+        let mut long = Kept::default();
+        long.push(&"é".repeat(300));
+        assert!(long.summary().unwrap().chars().count() <= KEPT_LINE / 2 + 1);
+    }
 
     #[test]
     fn the_budget_is_per_call_even_on_a_stream_kept_open() {

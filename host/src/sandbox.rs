@@ -42,6 +42,15 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The failure with what the guest wrote to stderr during the call (`lines`), if it is a
+    /// trap: the guest's own words for its crash (a panic message, an exception).
+    pub fn with_stderr(self, lines: Option<String>) -> Failure {
+        match (self, lines) {
+            (Failure::Trap(what), Some(lines)) => Failure::Trap(format!("{what}; stderr: {lines}")),
+            (failure, _) => failure,
+        }
+    }
+
     /// The failure's metric label, the same for a handler's message and a publisher's tick.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -124,6 +133,13 @@ impl HostState {
             origin,
             published: 0,
         }
+    }
+
+    /// The first and last lines the current call wrote to stderr, if it wrote any.
+    pub fn stderr_lines(&self) -> Option<String> {
+        self.wasi
+            .as_ref()
+            .and_then(|wasi| wasi.output[1].kept_lines())
     }
 
     /// Starts another call on the same store (a reused instance): a new origin, publish
