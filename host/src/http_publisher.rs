@@ -125,7 +125,8 @@ impl HttpPublisher {
                         .call_handle(&mut store, incoming, out)
                         .await
                 };
-                sandbox::run(&limits, std::pin::pin!(call)).await
+                let result = sandbox::run(&limits, std::pin::pin!(call)).await;
+                result.map_err(|failure| failure.with_stderr(store.data().stderr_lines()))
             }
             .instrument(span),
         );

@@ -64,11 +64,13 @@ impl TimerPublisher {
                 .call_on_tick(&mut store, Tick { now_ms, seq })
                 .await
         };
-        let call = std::pin::pin!(call.instrument(span));
-        match sandbox::run(&self.limits, call).await {
+        let result = sandbox::run(&self.limits, std::pin::pin!(call.instrument(span))).await;
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(TickError::Returned(reason)),
-            Err(failure) => Err(TickError::Failed(failure)),
+            Err(failure) => Err(TickError::Failed(
+                failure.with_stderr(store.data().stderr_lines()),
+            )),
         }
     }
 }
