@@ -125,7 +125,9 @@ impl HostState {
         HostState {
             wasi: None,
             http: WasiHttpCtx::new(),
-            http_hooks: NoOutgoingRequests,
+            http_hooks: NoOutgoingRequests {
+                env: Some(env.clone()),
+            },
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory.as_u64() as usize),
             budget: Budget::new(limits),
@@ -204,14 +206,17 @@ impl WasiView for HostState {
     }
 }
 
-/// Hooks that refuse every outgoing request: components may answer HTTP, not make it.
+/// Hooks that refuse every outgoing request: components may answer HTTP, not make it. A
+/// component's refusals are logged (within its log budget); the default logs none.
 #[derive(Default)]
-pub struct NoOutgoingRequests;
+pub struct NoOutgoingRequests {
+    env: Option<Arc<ComponentEnv>>,
+}
 
 impl WasiHttpHooks for NoOutgoingRequests {
     fn send_request(
         &mut self,
-        _request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         _options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<
@@ -225,6 +230,11 @@ impl WasiHttpHooks for NoOutgoingRequests {
                 >,
             > + Send,
     > {
+        let logged = (self.env.as_ref()).is_some_and(|env| env.host_log.admit(&env.name));
+        if logged {
+            let (method, uri) = (request.method(), request.uri());
+            tracing::warn!(%method, %uri, "outgoing HTTP request refused (HTTP-request-denied): components may not make outgoing requests");
+        }
         Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }

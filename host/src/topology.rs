@@ -64,23 +64,39 @@ pub async fn problems(
             return problems;
         }
     };
-    let consumer_info = match js.get_stream(stream).await {
-        Ok(found) => found.consumer_info(consumer).await.ok(),
-        Err(_) => None,
+    // A consumer the manifest declares is made when the handler loads: check its declaration.
+    let declared_filters = handler
+        .own_consumer
+        .as_ref()
+        .map(|c| c.filter_subjects.clone());
+    let filters = match declared_filters {
+        Some(filters) => filters,
+        None => {
+            let found = match js.get_stream(stream).await {
+                Ok(found) => found.consumer_info(consumer).await.ok(),
+                Err(_) => None,
+            };
+            let Some(found) = found else {
+                problems.push(format!(
+                    "{at}: no consumer {stream}/{consumer}: declare it under the stream {stream} ([[stream.consumer]] durable = {consumer:?}) in {spec}, or in the manifest's [consumer]"
+                ));
+                return problems;
+            };
+            let config = found.config;
+            if !config.filter_subjects.is_empty() {
+                config.filter_subjects
+            } else if !config.filter_subject.is_empty() {
+                vec![config.filter_subject]
+            } else {
+                Vec::new()
+            }
+        }
     };
-    let Some(consumer_info) = consumer_info else {
-        problems.push(format!(
-            "{at}: no consumer {stream}/{consumer}: declare it under the stream {stream} ([[stream.consumer]] durable = {consumer:?}) in {spec}, or in the manifest's [consumer]"
-        ));
-        return problems;
-    };
-    let config = &consumer_info.config;
-    let filters: Vec<&String> = if !config.filter_subjects.is_empty() {
-        config.filter_subjects.iter().collect()
-    } else if !config.filter_subject.is_empty() {
-        vec![&config.filter_subject]
+    // No filter: the consumer delivers all of the stream's subjects.
+    let filters = if filters.is_empty() {
+        info.config.subjects.clone()
     } else {
-        info.config.subjects.iter().collect()
+        filters
     };
     for output in outputs {
         let in_stream = info

@@ -228,7 +228,7 @@ async fn handle_plain(
         Plain {
             wasi: WasiCtx::builder().build(),
             http: WasiHttpCtx::new(),
-            hooks: NoOutgoingRequests,
+            hooks: NoOutgoingRequests::default(),
             table: ResourceTable::new(),
         },
     );
