@@ -139,16 +139,22 @@ impl Launcher {
         }
     }
 
-    /// The HTTP publisher serving `method` `path`, if any.
+    /// The HTTP publisher serving `method` `path`, if any: its exact route, else the
+    /// wildcard route (`/api/{*rest}`) with the longest prefix of `path`.
     pub fn route(&self, method: &str, path: &str) -> Option<Arc<HttpPublisher>> {
-        (self.routes.load())
-            .get(&(method.to_owned(), path.to_owned()))
-            .cloned()
+        let routes = self.routes.load();
+        if let Some(exact) = routes.get(&(method.to_owned(), path.to_owned())) {
+            return Some(exact.clone());
+        }
+        (routes.iter())
+            .filter(|((m, route), _)| m == method && under(path, route))
+            .max_by_key(|((_, route), _)| route.len())
+            .map(|(_, publisher)| publisher.clone())
     }
 
-    /// Whether some HTTP publisher serves `path` (with another method).
+    /// Whether some HTTP publisher serves `path` (with any method).
     pub fn serves_path(&self, path: &str) -> bool {
-        self.routes.load().keys().any(|(_, p)| p == path)
+        (self.routes.load().keys()).any(|(_, route)| route == path || under(path, route))
     }
 
     /// Whether a publisher serves `route` now.
@@ -160,4 +166,31 @@ impl Launcher {
 /// The method and path an HTTP publisher serves.
 pub fn route_key(publisher: &HttpPublisher) -> (String, String) {
     (publisher.route.method.clone(), publisher.route.path.clone())
+}
+
+/// Whether `path` is under the wildcard route `route` (`/api/{*rest}` serves `/api/` and every
+/// path below it); false for a route without a wildcard tail.
+fn under(path: &str, route: &str) -> bool {
+    match route.rsplit_once("/{*") {
+        Some((prefix, _)) => path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/')),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_route_serves_every_path_under_its_prefix() {
+        assert!(under("/api/orders", "/api/{*rest}"));
+        assert!(under("/api/", "/api/{*rest}"));
+        assert!(under("/api/a/b/c", "/api/{*rest}"));
+        assert!(!under("/api", "/api/{*rest}"));
+        assert!(!under("/apix/y", "/api/{*rest}"));
+        assert!(!under("/api/orders", "/api/orders"));
+        assert!(under("/anything", "/{*all}"));
+    }
 }

@@ -941,6 +941,33 @@ fn post(host: &Host, body: &str, headers: &[(&str, &str)]) -> (u16, serde_json::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_route_serves_every_path_under_its_prefix() {
+    let setup = Setup::new("").await;
+    let route = "http = { method = \"POST\", path = \"/api/{*rest}\" }";
+    let config = setup.publisher_config(&handler_wasm("fixture_http_validate"), route);
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    let body = order(1);
+    let post = |path: &str| http_request(host.http, "POST", path, &[], body.as_bytes()).unwrap();
+    for path in ["/api/orders", "/api/v2/orders/new", "/api/"] {
+        assert_eq!(post(path).0, 202, "{path}");
+    }
+    assert_eq!(post("/api").0, 404, "the prefix itself is not under it");
+    assert_eq!(post("/apis/x").0, 404);
+    assert_eq!(
+        http_request(host.http, "GET", "/api/orders", &[], b"")
+            .unwrap()
+            .0,
+        405,
+        "served for POST only"
+    );
+    assert_eq!(
+        http_get(host.http, "/metrics").unwrap().0,
+        200,
+        "the host's own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_http_orders_become_a_thousand_messages_with_matching_sequences() {
     let setup = Setup::new(QUICK_RETRIES).await;
     let config = setup.publisher_config(&handler_wasm("orders_intake"), POST_ORDERS);

@@ -299,9 +299,25 @@ pub(super) fn check_route<'a>(
         ));
     }
     let plain = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
-    if !route.path.starts_with('/') || !route.path.chars().all(plain) {
+    // A wildcard tail (`/api/{*rest}`) serves every path under its prefix.
+    let prefix = match route.path.rsplit_once("/{*") {
+        Some((prefix, name)) => {
+            let name = name.strip_suffix('}').unwrap_or("");
+            let named =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !named {
+                problems.add(format!(
+                    "http.path {:?}: a wildcard tail is written /{{*name}}, a name of letters, digits and _",
+                    route.path
+                ));
+            }
+            prefix
+        }
+        None => route.path.as_str(),
+    };
+    if !route.path.starts_with('/') || !prefix.chars().all(plain) {
         problems.add(format!(
-            "http.path {:?} must start with '/' and use only letters, digits and /-._~",
+            "http.path {:?} must start with '/' and use only letters, digits and /-._~, and may end with a wildcard tail /{{*name}}",
             route.path
         ));
     }

@@ -88,7 +88,7 @@ fn a_publisher_needs_exactly_one_valid_schedule() {
     assert_eq!(
             err,
             vec![
-                "publisher p: http.path \"orders/{id}\" must start with '/' and use only letters, digits and /-._~",
+                "publisher p: http.path \"orders/{id}\" must start with '/' and use only letters, digits and /-._~, and may end with a wildcard tail /{*name}",
                 "publisher p: an HTTP route needs the listener: set [runtime] http (or pass --http)"
             ]
         );
@@ -222,6 +222,24 @@ fn http_routes_are_plain_unique_and_leave_the_host_paths_alone() {
         Config::parse(&shared, Path::new(".")).is_ok(),
         "same path, other method"
     );
+    let wildcard = |path: &str| {
+        let text = format!(
+            "[runtime]\nhttp = \"127.0.0.1:0\"\n{}",
+            route("a", "POST", path)
+        );
+        Config::parse(&text, Path::new("."))
+    };
+    assert!(wildcard("/api/{*rest}").is_ok(), "a wildcard tail");
+    assert!(
+        wildcard("/{*all}").is_ok(),
+        "everything but the host's paths"
+    );
+    assert_eq!(
+        wildcard("/api/{*}").unwrap_err(),
+        vec!["publisher a: http.path \"/api/{*}\": a wildcard tail is written /{*name}, a name of letters, digits and _"]
+    );
+    assert!(wildcard("/api/{*rest}/more").is_err(), "only as the tail");
+    assert!(wildcard("/api/{id}").is_err(), "no other placeholders");
 }
 
 #[test]
