@@ -20,7 +20,7 @@ use crate::dispatch::Dispatcher;
 use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
-use crate::sandbox::ComponentEnv;
+use crate::sandbox::{ComponentEnv, Sink};
 use crate::status;
 use crate::timer_publisher::TimerPublisher;
 use crate::{consumer, engine, imports, loader};
@@ -292,7 +292,7 @@ fn environment(component: &Component, js: &jetstream::Context) -> Arc<ComponentE
         config: component.config.clone(),
         publish: component.publish.clone(),
         max_publishes: component.limits.max_publishes,
-        js: js.clone(),
+        sink: Sink::JetStream(Box::new(js.clone())),
         log_budget: LogBudget::default(),
         host_log: LogBudget::default(),
     })

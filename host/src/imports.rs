@@ -11,7 +11,7 @@ use crate::bindings::{Handler, PublishAck, PublishError};
 use crate::log_budget::{Verdict, LINES_PER_SECOND};
 use crate::origin::Origin;
 use crate::publish::{check, publish_acked, Allowance};
-use crate::sandbox::HostState;
+use crate::sandbox::{Captured, HostState, Sink};
 
 /// A linker with WASI (no capabilities), `wasi:http` (incoming only: outgoing requests are
 /// refused) and the jetwasm imports.
@@ -89,7 +89,10 @@ impl publish::Host for HostState {
             nth: self.published,
             max_publishes: env.max_publishes,
             policy: &env.publish,
-            max_payload: env.js.client().server_info().max_payload,
+            max_payload: match &env.sink {
+                Sink::JetStream(js) => js.client().server_info().max_payload,
+                Sink::Capture(_) => CAPTURED_MAX_PAYLOAD,
+            },
         };
         let id = msg_id.unwrap_or_else(|| derived_msg_id(&env.name, &self.origin, self.published));
         let headers = match check(&subject, payload.len(), headers, &id, &allowance) {
@@ -102,9 +105,34 @@ impl publish::Host for HostState {
             }
             Err(refused) => return Ok(Err(refused)),
         };
-        Ok(publish_acked(&env.js, subject, headers, payload.into()).await)
+        match &env.sink {
+            Sink::JetStream(js) => Ok(publish_acked(js, subject, headers, payload.into()).await),
+            Sink::Capture(captured) => {
+                let mut captured = captured.lock().unwrap_or_else(|e| e.into_inner());
+                let headers = (headers.iter())
+                    .flat_map(|(name, values)| {
+                        values
+                            .iter()
+                            .map(move |v| (name.to_string(), v.as_str().to_owned()))
+                    })
+                    .collect();
+                captured.push(Captured {
+                    subject,
+                    headers,
+                    payload,
+                });
+                Ok(Ok(PublishAck {
+                    stream: "(captured)".to_owned(),
+                    seq: captured.len() as u64,
+                    duplicate: false,
+                }))
+            }
+        }
     }
 }
+
+/// The largest payload a captured publish may carry: a NATS server's default `max_payload`.
+const CAPTURED_MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// `name:origin:n` (e.g. `orders:ORDERS:42:1`, `generator:tick:1764316800000:1`): the same for every
 /// delivery of a message, so a redelivery's publishes are dropped as duplicates within the

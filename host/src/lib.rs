@@ -17,7 +17,7 @@
 //! - **publishers**: [`timer_publisher`] (on a [`schedule`]) and [`http_publisher`] (routes on
 //!   the [`listener`], which also serves metrics and health);
 //! - around them: [`metrics`], [`log_budget`], [`limiter`], [`scaffold`] (`jetwasm new`) and
-//!   [`check`] (`jetwasm check`), [`fleet`] (`jetwasm deploy`, `handlers`, `rollback`,
+//!   [`check`] (`jetwasm check`), [`try_run`] (`jetwasm try`), [`fleet`] (`jetwasm deploy`, `handlers`, `rollback`,
 //!   `undeploy`); [`origin`] names what a call works on, in ids and logs.
 
 pub mod ack;
@@ -58,6 +58,7 @@ pub mod status;
 pub mod sweeper;
 pub mod timer_publisher;
 pub mod topology;
+pub mod try_run;
 pub mod up;
 pub mod waiting;
 pub mod watchdog;

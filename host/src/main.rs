@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jetwasm::config::Overrides;
 use jetwasm::run::{run, RunOptions};
@@ -148,6 +149,31 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Run one message through a handler in the host's sandbox and default limits, without
+    /// NATS: prints the disposition and the publishes it attempted (recorded, never sent);
+    /// fails for a term or a failed call.
+    Try {
+        /// The handler component
+        component: PathBuf,
+        /// The message's payload
+        #[arg(long)]
+        message: PathBuf,
+        /// The message's subject
+        #[arg(long, default_value = "try.message")]
+        subject: String,
+        /// A header, NAME=VALUE (repeatable)
+        #[arg(long = "header", value_parser = key_value)]
+        headers: Vec<(String, String)>,
+        /// A config entry, KEY=VALUE (repeatable)
+        #[arg(long = "config", value_parser = key_value)]
+        config: Vec<(String, String)>,
+        /// Which delivery this is (from 1)
+        #[arg(long, default_value_t = 1)]
+        delivered: u32,
+        /// A subject it may publish to (repeatable) [default: any]
+        #[arg(long)]
+        publish: Vec<String>,
+    },
     /// Write a new handler or publisher project that `./build.sh` builds into a component.
     New {
         /// What the component is
@@ -198,6 +224,31 @@ async fn main() -> ExitCode {
             (None, None) => unreachable!("clap requires one"),
         },
         Command::Status { url } => status(&url).await,
+        Command::Try {
+            component,
+            message,
+            subject,
+            headers,
+            config,
+            delivered,
+            publish,
+        } => {
+            let trial = std::fs::read(&message)
+                .with_context(|| format!("reading the message {}", message.display()))
+                .map(|payload| jetwasm::try_run::Trial {
+                    component,
+                    payload,
+                    subject,
+                    headers,
+                    config,
+                    delivered,
+                    publish,
+                });
+            match trial {
+                Ok(trial) => try_one(trial).await,
+                Err(e) => Err(e),
+            }
+        }
         Command::Deploy {
             component,
             manifest,
@@ -268,6 +319,21 @@ async fn status(url: &str) -> anyhow::Result<()> {
     let components = jetwasm::status::fetch(url).await?;
     print!("{}", jetwasm::status::table(&components));
     Ok(())
+}
+
+/// Runs `trial` and prints what happened; fails for a term or a failed call.
+async fn try_one(trial: jetwasm::try_run::Trial) -> anyhow::Result<()> {
+    let tried = jetwasm::try_run::run(trial).await?;
+    println!("{}", tried.report());
+    anyhow::ensure!(tried.succeeded(), "the handler did not succeed");
+    Ok(())
+}
+
+/// `NAME=VALUE`.
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
 }
 
 /// Prints the line `result` holds.

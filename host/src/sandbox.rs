@@ -93,11 +93,31 @@ pub struct ComponentEnv {
     /// Most publishes per call.
     pub max_publishes: u32,
     /// Where publishes go.
-    pub js: jetstream::Context,
+    pub sink: Sink,
     /// The rate limit on the component's log lines.
     pub log_budget: LogBudget,
     /// The rate limit on the host's lines about the component's calls.
     pub host_log: LogBudget,
+}
+
+/// Where a component's publishes go.
+#[derive(Clone)]
+pub enum Sink {
+    /// JetStream: each publish waits for its PubAck.
+    JetStream(Box<jetstream::Context>),
+    /// Recorded, never sent (`jetwasm try`): each publish is kept and answered as stored.
+    Capture(Arc<Mutex<Vec<Captured>>>),
+}
+
+/// A publish recorded by [`Sink::Capture`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Captured {
+    /// Its subject.
+    pub subject: String,
+    /// Its headers, the message id among them.
+    pub headers: Vec<(String, String)>,
+    /// Its payload.
+    pub payload: Vec<u8>,
 }
 
 /// Store data: one per instance, so one per message unless the handler reuses instances.

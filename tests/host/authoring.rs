@@ -265,3 +265,58 @@ async fn a_port_clash_fails_before_any_component_is_compiled() {
         "nothing compiled first: {error}"
     );
 }
+
+#[test]
+fn try_runs_one_message_through_a_handler_without_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |payload: &str, extra: &[&str]| {
+        let message = dir.path().join("message.json");
+        std::fs::write(&message, payload).unwrap();
+        let wasm = handler_wasm("orders");
+        let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+            .args([
+                "try",
+                wasm.to_str().unwrap(),
+                "--message",
+                message.to_str().unwrap(),
+            ])
+            .args(["--config", "output_subject=orders.audited"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let valid =
+        r#"{"id":"o-1","customer":"c-1","items":[{"sku":"A1","qty":1,"price":9.5}],"total":9.5}"#;
+    let (code, out) = run(valid, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "ack", "{out}");
+    assert!(
+        lines[1].starts_with("publish orders.audited [") && lines[1].contains("order-id=o-1"),
+        "the publish is shown, not sent: {out}"
+    );
+
+    let (code, out) = run("{not json", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("term: invalid JSON"), "{out}");
+
+    let crash = r#"{"id":"o-crash","customer":"c","items":[1],"total":1,"crash":true}"#;
+    let (code, out) = run(crash, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with("failed: trap:") && out.contains("crash requested by order o-crash"),
+        "{out}"
+    );
+
+    // With an allow-list, a publish outside it is denied, as on the host.
+    let (code, out) = run(valid, &["--publish", "orders.processed"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with("term: cannot publish: denied subject orders.audited"),
+        "{out}"
+    );
+}
