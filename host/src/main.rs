@@ -149,15 +149,22 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
-    /// Run one message through a handler in the host's sandbox and default limits, without
-    /// NATS: prints the disposition and the publishes it attempted (recorded, never sent);
-    /// fails for a term or a failed call.
+    /// Call a component in the host's sandbox and default limits, without NATS: a handler
+    /// with one message (or each file of a folder), a timer publisher with one tick. Prints
+    /// what the call decided and the publishes it attempted (recorded, never sent); fails for
+    /// a term, a tick's error or a failed call.
     Try {
-        /// The handler component
+        /// The handler or timer publisher component
         component: PathBuf,
-        /// The message's payload
+        /// A message for a handler: the payload's file
+        #[arg(long, conflicts_with_all = ["messages", "tick"])]
+        message: Option<PathBuf>,
+        /// Each file in this folder, as one message each, with a table of the results
+        #[arg(long, conflicts_with = "tick")]
+        messages: Option<PathBuf>,
+        /// One tick, for a timer publisher
         #[arg(long)]
-        message: PathBuf,
+        tick: bool,
         /// The message's subject
         #[arg(long, default_value = "try.message")]
         subject: String,
@@ -227,25 +234,30 @@ async fn main() -> ExitCode {
         Command::Try {
             component,
             message,
+            messages,
+            tick,
             subject,
             headers,
             config,
             delivered,
             publish,
         } => {
-            let trial = std::fs::read(&message)
-                .with_context(|| format!("reading the message {}", message.display()))
-                .map(|payload| jetwasm::try_run::Trial {
-                    component,
-                    payload,
-                    subject,
-                    headers,
-                    config,
-                    delivered,
-                    publish,
-                });
-            match trial {
-                Ok(trial) => try_one(trial).await,
+            let template = jetwasm::try_run::TryMessage {
+                payload: Vec::new(),
+                subject,
+                headers,
+                delivered,
+            };
+            let input = match (message, messages, tick) {
+                (Some(file), _, _) => Ok(Input::Message(file)),
+                (None, Some(dir), _) => Ok(Input::Folder(dir)),
+                (None, None, true) => Ok(Input::Tick),
+                (None, None, false) => Err(anyhow::anyhow!(
+                    "say what to call it with: --message FILE, --messages DIR or --tick"
+                )),
+            };
+            match input {
+                Ok(input) => try_component(&component, input, template, config, publish).await,
                 Err(e) => Err(e),
             }
         }
@@ -321,11 +333,50 @@ async fn status(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `trial` and prints what happened; fails for a term or a failed call.
-async fn try_one(trial: jetwasm::try_run::Trial) -> anyhow::Result<()> {
-    let tried = jetwasm::try_run::run(trial).await?;
+/// What `jetwasm try` calls the component with.
+enum Input {
+    Message(PathBuf),
+    Folder(PathBuf),
+    Tick,
+}
+
+/// Calls `component` as `input` says and prints what happened; fails for a term, a tick's
+/// error or a failed call.
+async fn try_component(
+    component: &std::path::Path,
+    input: Input,
+    template: jetwasm::try_run::TryMessage,
+    config: Vec<(String, String)>,
+    publish: Vec<String>,
+) -> anyhow::Result<()> {
+    use jetwasm::try_run::{folder, table, Trier, TryMessage};
+    let trier = Trier::new(component, config, publish).await?;
+    let tried = match input {
+        Input::Message(file) => {
+            let payload = std::fs::read(&file)
+                .with_context(|| format!("reading the message {}", file.display()))?;
+            trier
+                .message(&TryMessage {
+                    payload,
+                    ..template
+                })
+                .await?
+        }
+        Input::Tick => trier.tick().await?,
+        Input::Folder(dir) => {
+            let results = folder(&trier, &dir, &template).await?;
+            print!("{}", table(&results));
+            let failed = results.iter().filter(|(_, t)| !t.succeeded).count();
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {} messages did not succeed",
+                results.len()
+            );
+            return Ok(());
+        }
+    };
     println!("{}", tried.report());
-    anyhow::ensure!(tried.succeeded(), "the handler did not succeed");
+    anyhow::ensure!(tried.succeeded, "the call did not succeed");
     Ok(())
 }
 

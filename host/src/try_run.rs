@@ -1,66 +1,56 @@
-//! `jetwasm try`: one call of a handler in the host's own sandbox and default limits, without
-//! NATS. It prints the disposition, the publishes the handler attempted (recorded, never
-//! sent) and, on stderr, its log lines; it fails for a term or a failed call, so a handler can
-//! be unit-tested from a shell or a CI job in any language.
+//! `jetwasm try`: calls a component in the host's own sandbox and default limits, without
+//! NATS: a handler with one message (or each file of a folder), a timer publisher with one
+//! tick. It prints what the call decided and the publishes it attempted (recorded, answered as
+//! stored, never sent); the guest's log lines go to stderr. A term or a failed call is a
+//! failure, so a component can be unit-tested from a shell or a CI job in any language.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 
+use crate::bindings::publisher::PublisherPre;
 use crate::bindings::{HandlerPre, Message};
 use crate::compile_cache::CompileCache;
 use crate::config::{Limits, PublishPolicy};
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::log_budget::LogBudget;
+use crate::metrics::Metrics;
 use crate::sandbox::{Captured, ComponentEnv, Sink};
+use crate::schedule::{Firing, Schedule};
+use crate::timer_publisher::{TickError, TimerPublisher};
 use crate::{engine, imports, loader};
 
-/// What to try.
-#[derive(Debug, Clone)]
-pub struct Trial {
-    /// The handler component.
-    pub component: PathBuf,
-    /// The message's payload.
+/// A message to try a handler with.
+#[derive(Debug, Clone, Default)]
+pub struct TryMessage {
+    /// Its payload.
     pub payload: Vec<u8>,
     /// Its subject.
     pub subject: String,
     /// Its headers.
     pub headers: Vec<(String, String)>,
-    /// The handler's `config` table.
-    pub config: Vec<(String, String)>,
-    /// Which delivery of the message this is (from 1).
+    /// Which delivery this is (from 1).
     pub delivered: u32,
-    /// The publish allow-list; empty: every subject but the host's own.
-    pub publish: Vec<String>,
 }
 
-/// What the call did.
+/// What one call did.
 #[derive(Debug)]
 pub struct Tried {
-    /// The handler's disposition, or how the call failed.
-    pub outcome: Outcome,
-    /// The publishes it made, in order.
+    /// `ack`, `nak (...)`, `term: reason`, `ok`, `error: reason` or `failed: ...`.
+    pub verdict: String,
+    /// False for a term, a tick's error or a failed call.
+    pub succeeded: bool,
+    /// The publishes the call made, in order.
     pub published: Vec<Captured>,
 }
 
 impl Tried {
-    /// True for an ack or a nak; false for a term or a failed call.
-    pub fn succeeded(&self) -> bool {
-        matches!(self.outcome, Outcome::Ack | Outcome::Nak(_))
-    }
-
-    /// The disposition, then one line per publish.
+    /// The verdict, then one line per publish.
     pub fn report(&self) -> String {
-        let mut out = match &self.outcome {
-            Outcome::Ack => "ack".to_owned(),
-            Outcome::Nak(Some(delay)) => format!("nak (redeliver after {delay:?})"),
-            Outcome::Nak(None) => "nak (redeliver after the consumer's backoff)".to_owned(),
-            Outcome::Term(reason) => format!("term: {reason}"),
-            Outcome::Failed(failure) => format!("failed: {}", failure.describe()),
-        };
+        let mut out = self.verdict.clone();
         for p in &self.published {
             let headers: Vec<String> = p.headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let payload = String::from_utf8_lossy(&p.payload);
@@ -75,61 +65,182 @@ impl Tried {
     }
 }
 
-/// Runs `trial` once.
-pub async fn run(trial: Trial) -> anyhow::Result<Tried> {
-    let limits = Limits::default();
-    let engine = engine::new(engine::PoolSize {
-        reservable: 1,
-        instances: 2,
-        max_memory: limits.memory.as_u64() as usize,
-    })?;
-    let linker = imports::linker(&engine)?;
-    let cache = CompileCache::default_dir()
-        .map(|dir| CompileCache::new(dir, crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64()));
-    let pre: HandlerPre<_> = loader::load(&engine, &linker, &trial.component, cache.as_ref())
-        .await
-        .with_context(|| format!("{} as a handler", trial.component.display()))?;
-    let captured = Arc::new(Mutex::new(Vec::new()));
-    let mut config = trial.config.clone();
-    config.sort();
-    let allowed = if trial.publish.is_empty() {
-        vec![">".to_owned()]
-    } else {
-        trial.publish.clone()
-    };
-    let env = Arc::new(ComponentEnv {
-        name: name_of(&trial.component).into(),
-        config,
-        publish: PublishPolicy::new(allowed),
-        max_publishes: limits.max_publishes,
-        sink: Sink::Capture(captured.clone()),
-        log_budget: LogBudget::default(),
-        host_log: LogBudget::default(),
-    });
-    let instances = prometheus::IntCounter::new("try_instances", "instances")?;
-    let dispatcher = Dispatcher::new(pre, env, limits, None, instances);
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
-    let message = Message {
-        subject: trial.subject.clone(),
-        payload: trial.payload.clone(),
-        headers: trial.headers.clone(),
-        stream: "TRY".into(),
-        consumer: "try".into(),
-        stream_seq: 1,
-        consumer_seq: 1,
-        delivered: trial.delivered,
-        published_ms: now_ms,
-        pending: 0,
-    };
-    let outcome = dispatcher.call(&message).await;
-    let published = captured.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Ok(Tried { outcome, published })
+/// A component loaded for trying: a handler or a timer publisher.
+pub struct Trier {
+    kind: Kind,
+    captured: Arc<Mutex<Vec<Captured>>>,
 }
 
-/// The component's name: its file's stem.
-fn name_of(component: &Path) -> String {
-    (component.file_stem()).map_or_else(|| "try".to_owned(), |s| s.to_string_lossy().into_owned())
+enum Kind {
+    Handler(Dispatcher),
+    Publisher(TimerPublisher),
+}
+
+impl Trier {
+    /// Compiles `component` (through the default compile cache) and prepares it with its
+    /// `config` table and publish allow-list (empty: every subject but the host's own).
+    pub async fn new(
+        component: &Path,
+        mut config: Vec<(String, String)>,
+        publish: Vec<String>,
+    ) -> anyhow::Result<Trier> {
+        let limits = Limits::default();
+        let engine = engine::new(engine::PoolSize {
+            reservable: 1,
+            instances: 2,
+            max_memory: limits.memory.as_u64() as usize,
+        })?;
+        let linker = imports::linker(&engine)?;
+        let cache = CompileCache::default_dir()
+            .map(|dir| CompileCache::new(dir, crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64()));
+        let compiled = loader::compile(&engine, component, cache.as_ref()).await?;
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        config.sort();
+        let allowed = if publish.is_empty() {
+            vec![">".to_owned()]
+        } else {
+            publish
+        };
+        let name = (component.file_stem())
+            .map_or_else(|| "try".to_owned(), |s| s.to_string_lossy().into_owned());
+        let env = Arc::new(ComponentEnv {
+            name: name.as_str().into(),
+            config,
+            publish: PublishPolicy::new(allowed),
+            max_publishes: limits.max_publishes,
+            sink: Sink::Capture(captured.clone()),
+            log_budget: LogBudget::default(),
+            host_log: LogBudget::default(),
+        });
+        let kind = if let Ok(pre) = loader::check::<HandlerPre<_>>(&linker, &compiled) {
+            let instances = prometheus::IntCounter::new("try_instances", "instances")?;
+            Kind::Handler(Dispatcher::new(pre, env, limits, None, instances))
+        } else if let Ok(pre) = loader::check::<PublisherPre<_>>(&linker, &compiled) {
+            let schedule = Schedule::Every(Duration::from_secs(1));
+            let metrics = Metrics::new().publisher(&name);
+            Kind::Publisher(TimerPublisher::new(pre, env, limits, schedule, metrics))
+        } else {
+            bail!(
+                "{} is neither a handler nor a timer publisher (`jetwasm check` says what it fits)",
+                component.display()
+            );
+        };
+        Ok(Trier { kind, captured })
+    }
+
+    /// Calls the handler with `message`.
+    pub async fn message(&self, message: &TryMessage) -> anyhow::Result<Tried> {
+        let Kind::Handler(dispatcher) = &self.kind else {
+            bail!("a publisher takes ticks, not messages: use --tick");
+        };
+        let message = Message {
+            subject: message.subject.clone(),
+            payload: message.payload.clone(),
+            headers: message.headers.clone(),
+            stream: "TRY".into(),
+            consumer: "try".into(),
+            stream_seq: 1,
+            consumer_seq: 1,
+            delivered: message.delivered,
+            published_ms: now_ms(),
+            pending: 0,
+        };
+        let (verdict, succeeded) = match dispatcher.call(&message).await {
+            Outcome::Ack => ("ack".to_owned(), true),
+            Outcome::Nak(Some(delay)) => (format!("nak (redeliver after {delay:?})"), true),
+            Outcome::Nak(None) => (
+                "nak (redeliver after the consumer's backoff)".to_owned(),
+                true,
+            ),
+            Outcome::Term(reason) => (format!("term: {reason}"), false),
+            Outcome::Failed(failure) => (format!("failed: {}", failure.describe()), false),
+        };
+        Ok(self.done(verdict, succeeded))
+    }
+
+    /// Calls the publisher's `on-tick` once.
+    pub async fn tick(&self) -> anyhow::Result<Tried> {
+        let Kind::Publisher(publisher) = &self.kind else {
+            bail!("a handler takes messages, not ticks: use --message");
+        };
+        let firing = Firing {
+            seq: 1,
+            at: SystemTime::now(),
+            missed: 0,
+        };
+        let (verdict, succeeded) = match publisher.tick(&firing).await {
+            Ok(()) => ("ok".to_owned(), true),
+            Err(TickError::Returned(reason)) => (format!("error: {reason}"), false),
+            Err(TickError::Failed(failure)) => (format!("failed: {}", failure.describe()), false),
+        };
+        Ok(self.done(verdict, succeeded))
+    }
+
+    /// The call's result, with the publishes it made (the record starts afresh).
+    fn done(&self, verdict: String, succeeded: bool) -> Tried {
+        let published =
+            std::mem::take(&mut *self.captured.lock().unwrap_or_else(|e| e.into_inner()));
+        Tried {
+            verdict,
+            succeeded,
+            published,
+        }
+    }
+}
+
+/// Tries the handler with every file in `dir` (sorted by name); returns each file's name and
+/// result.
+pub async fn folder(
+    trier: &Trier,
+    dir: &Path,
+    message: &TryMessage,
+) -> anyhow::Result<Vec<(String, Tried)>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the messages folder {}", dir.display()))?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    let mut results = Vec::new();
+    for file in files {
+        let payload =
+            std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        let name = file
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let tried = trier
+            .message(&TryMessage {
+                payload,
+                ..message.clone()
+            })
+            .await?;
+        results.push((name, tried));
+    }
+    Ok(results)
+}
+
+/// One line per file: its name, its verdict and how many publishes it made.
+pub fn table(results: &[(String, Tried)]) -> String {
+    let width = results
+        .iter()
+        .map(|(name, _)| name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!("{:<width$}  {:>9}  VERDICT\n", "FILE", "PUBLISHES");
+    for (name, tried) in results {
+        let _ = writeln!(
+            out,
+            "{name:<width$}  {:>9}  {}",
+            tried.published.len(),
+            tried.verdict
+        );
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    (SystemTime::now().duration_since(UNIX_EPOCH))
+        .unwrap_or_default()
+        .as_millis() as u64
 }

@@ -320,3 +320,58 @@ fn try_runs_one_message_through_a_handler_without_nats() {
         "{out}"
     );
 }
+
+#[test]
+fn try_runs_a_folder_of_messages_as_a_table_and_a_publisher_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let messages = dir.path().join("messages");
+    std::fs::create_dir(&messages).unwrap();
+    let valid =
+        r#"{"id":"o-1","customer":"c-1","items":[{"sku":"A1","qty":1,"price":9.5}],"total":9.5}"#;
+    std::fs::write(messages.join("1-valid.json"), valid).unwrap();
+    std::fs::write(messages.join("2-bad.json"), "{not json").unwrap();
+    let jetwasm = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+            .arg("try")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let handler = handler_wasm("orders");
+    let (code, table) = jetwasm(&[
+        handler.to_str().unwrap(),
+        "--messages",
+        messages.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "one message is termed: {table}");
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(rows[0].starts_with("FILE") && rows.len() == 3, "{table}");
+    assert!(
+        rows[1].starts_with("1-valid.json") && rows[1].ends_with(" 1  ack"),
+        "{table}"
+    );
+    assert!(
+        rows[2].starts_with("2-bad.json") && rows[2].contains("term: invalid JSON"),
+        "{table}"
+    );
+
+    let publisher = handler_wasm("orders_generator");
+    let (code, out) = jetwasm(&[
+        publisher.to_str().unwrap(),
+        "--tick",
+        "--config",
+        "subject=orders.created",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("ok\npublish orders.created ["), "{out}");
+    let (code, _) = jetwasm(&[
+        publisher.to_str().unwrap(),
+        "--message",
+        messages.join("1-valid.json").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "a publisher takes ticks");
+}
