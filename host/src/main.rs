@@ -165,6 +165,15 @@ enum Command {
         /// One tick, for a timer publisher
         #[arg(long)]
         tick: bool,
+        /// A request for an HTTP publisher: the body's file
+        #[arg(long, conflicts_with_all = ["message", "messages", "tick"])]
+        request: Option<PathBuf>,
+        /// The request's method
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// The request's path
+        #[arg(long, default_value = "/")]
+        path: String,
         /// The message's subject
         #[arg(long, default_value = "try.message")]
         subject: String,
@@ -236,6 +245,9 @@ async fn main() -> ExitCode {
             message,
             messages,
             tick,
+            request,
+            method,
+            path,
             subject,
             headers,
             config,
@@ -248,12 +260,13 @@ async fn main() -> ExitCode {
                 headers,
                 delivered,
             };
-            let input = match (message, messages, tick) {
-                (Some(file), _, _) => Ok(Input::Message(file)),
-                (None, Some(dir), _) => Ok(Input::Folder(dir)),
-                (None, None, true) => Ok(Input::Tick),
-                (None, None, false) => Err(anyhow::anyhow!(
-                    "say what to call it with: --message FILE, --messages DIR or --tick"
+            let input = match (message, messages, tick, request) {
+                (Some(file), ..) => Ok(Input::Message(file)),
+                (None, Some(dir), ..) => Ok(Input::Folder(dir)),
+                (None, None, true, _) => Ok(Input::Tick),
+                (None, None, false, Some(body)) => Ok(Input::Request { body, method, path }),
+                (None, None, false, None) => Err(anyhow::anyhow!(
+                    "say what to call it with: --message FILE, --messages DIR, --tick or --request FILE"
                 )),
             };
             match input {
@@ -338,6 +351,11 @@ enum Input {
     Message(PathBuf),
     Folder(PathBuf),
     Tick,
+    Request {
+        body: PathBuf,
+        method: String,
+        path: String,
+    },
 }
 
 /// Calls `component` as `input` says and prints what happened; fails for a term, a tick's
@@ -363,6 +381,11 @@ async fn try_component(
                 .await?
         }
         Input::Tick => trier.tick().await?,
+        Input::Request { body, method, path } => {
+            let body = std::fs::read(&body)
+                .with_context(|| format!("reading the request body {}", body.display()))?;
+            (trier.request(&method, &path, &template.headers, body)).await?
+        }
         Input::Folder(dir) => {
             let results = folder(&trier, &dir, &template).await?;
             print!("{}", table(&results));

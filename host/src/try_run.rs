@@ -1,6 +1,6 @@
 //! `jetwasm try`: calls a component in the host's own sandbox and default limits, without
 //! NATS: a handler with one message (or each file of a folder), a timer publisher with one
-//! tick. It prints what the call decided and the publishes it attempted (recorded, answered as
+//! tick, an HTTP publisher with one request. It prints what the call decided and the publishes it attempted (recorded, answered as
 //! stored, never sent); the guest's log lines go to stderr. A term or a failed call is a
 //! failure, so a component can be unit-tested from a shell or a CI job in any language.
 
@@ -12,10 +12,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 
 use crate::bindings::publisher::PublisherPre;
+use http_body_util::BodyExt as _;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
 use crate::bindings::{HandlerPre, Message};
 use crate::compile_cache::CompileCache;
-use crate::config::{Limits, PublishPolicy};
+use crate::config::{HttpRoute, Limits, PublishPolicy};
 use crate::dispatch::{Dispatcher, Outcome};
+use crate::http_publisher::{HttpPublisher, RequestFailure};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::sandbox::{Captured, ComponentEnv, Sink};
@@ -74,6 +78,7 @@ pub struct Trier {
 enum Kind {
     Handler(Dispatcher),
     Publisher(TimerPublisher),
+    Http(HttpPublisher),
 }
 
 impl Trier {
@@ -119,9 +124,15 @@ impl Trier {
             let schedule = Schedule::Every(Duration::from_secs(1));
             let metrics = Metrics::new().publisher(&name);
             Kind::Publisher(TimerPublisher::new(pre, env, limits, schedule, metrics))
+        } else if let Ok(pre) = loader::check::<ProxyPre<_>>(&linker, &compiled) {
+            let route = HttpRoute {
+                method: "POST".into(),
+                path: "/".into(),
+            };
+            Kind::Http(HttpPublisher::new(pre, env, limits, route))
         } else {
             bail!(
-                "{} is neither a handler nor a timer publisher (`jetwasm check` says what it fits)",
+                "{} fits no jetwasm world (`jetwasm check` says why)",
                 component.display()
             );
         };
@@ -172,6 +183,48 @@ impl Trier {
             Ok(()) => ("ok".to_owned(), true),
             Err(TickError::Returned(reason)) => (format!("error: {reason}"), false),
             Err(TickError::Failed(failure)) => (format!("failed: {}", failure.describe()), false),
+        };
+        Ok(self.done(verdict, succeeded))
+    }
+
+    /// Sends an HTTP publisher `method` `path` with `headers` and `body`.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<Tried> {
+        let Kind::Http(publisher) = &self.kind else {
+            bail!("only an HTTP publisher takes requests");
+        };
+        let mut request = hyper::Request::builder().method(method).uri(path);
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+        {
+            request = request.header("host", "localhost");
+        }
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .context("building the request")?;
+        let (verdict, succeeded) = match publisher.call(request).await {
+            Ok(response) => {
+                let status = response.status();
+                let body = (response.into_body().collect().await)
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                    .unwrap_or_else(|e| format!("(the body failed: {e})"));
+                let success = status.is_success() || status.is_redirection();
+                (format!("{} {body}", status.as_u16()), success)
+            }
+            Err(RequestFailure::Failed(failure)) => {
+                (format!("failed: {}", failure.describe()), false)
+            }
+            Err(RequestFailure::NoResponse(why)) => (format!("no response: {why}"), false),
+            Err(RequestFailure::Busy) => ("busy".to_owned(), false),
         };
         Ok(self.done(verdict, succeeded))
     }

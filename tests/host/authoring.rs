@@ -374,4 +374,31 @@ fn try_runs_a_folder_of_messages_as_a_table_and_a_publisher_tick() {
         messages.join("1-valid.json").to_str().unwrap(),
     ]);
     assert_eq!(code, Some(1), "a publisher takes ticks");
+
+    let intake = handler_wasm("orders_intake");
+    let request = |body: &str| {
+        let file = dir.path().join("body.json");
+        std::fs::write(&file, body).unwrap();
+        jetwasm(&[
+            intake.to_str().unwrap(),
+            "--request",
+            file.to_str().unwrap(),
+            "--path",
+            "/orders",
+        ])
+    };
+    let (code, out) = request(valid);
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("202 {"),
+        "the component's answer: {out}"
+    );
+    assert!(
+        lines[1].starts_with("publish orders.created ["),
+        "recorded, not sent: {out}"
+    );
+    let (code, out) = request("{not json");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("400 {\"error\":\"invalid JSON"), "{out}");
 }
