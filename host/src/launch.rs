@@ -15,8 +15,8 @@ use crate::components::Loaded;
 use crate::http_publisher::HttpPublisher;
 use crate::{consumer, sweeper, timer_publisher};
 
-/// HTTP publishers by method and path.
-type Routes = HashMap<(String, String), Arc<HttpPublisher>>;
+/// HTTP publishers by path, then method (looked up per request without allocating).
+type Routes = HashMap<String, HashMap<String, Arc<HttpPublisher>>>;
 
 /// A component at work.
 pub enum Running {
@@ -107,7 +107,11 @@ impl Launcher {
                 let route = route_key(&publisher);
                 self.routes.rcu(|routes| {
                     let mut routes = Routes::clone(routes);
-                    routes.insert(route.clone(), publisher.clone());
+                    let (method, path) = route.clone();
+                    routes
+                        .entry(path)
+                        .or_default()
+                        .insert(method, publisher.clone());
                     routes
                 });
                 Running::Http { route, reserved }
@@ -132,7 +136,13 @@ impl Launcher {
             Running::Http { route, .. } => {
                 self.routes.rcu(|routes| {
                     let mut routes = Routes::clone(routes);
-                    routes.remove(&route);
+                    let (method, path) = &route;
+                    if let Some(methods) = routes.get_mut(path) {
+                        methods.remove(method);
+                        if methods.is_empty() {
+                            routes.remove(path);
+                        }
+                    }
                     routes
                 });
             }
@@ -143,23 +153,26 @@ impl Launcher {
     /// wildcard route (`/api/{*rest}`) with the longest prefix of `path`.
     pub fn route(&self, method: &str, path: &str) -> Option<Arc<HttpPublisher>> {
         let routes = self.routes.load();
-        if let Some(exact) = routes.get(&(method.to_owned(), path.to_owned())) {
+        if let Some(exact) = routes.get(path).and_then(|methods| methods.get(method)) {
             return Some(exact.clone());
         }
         (routes.iter())
-            .filter(|((m, route), _)| m == method && under(path, route))
-            .max_by_key(|((_, route), _)| route.len())
+            .filter(|(route, _)| under(path, route))
+            .filter_map(|(route, methods)| Some((route.len(), methods.get(method)?)))
+            .max_by_key(|(len, _)| *len)
             .map(|(_, publisher)| publisher.clone())
     }
 
     /// Whether some HTTP publisher serves `path` (with any method).
     pub fn serves_path(&self, path: &str) -> bool {
-        (self.routes.load().keys()).any(|(_, route)| route == path || under(path, route))
+        let routes = self.routes.load();
+        routes.contains_key(path) || routes.keys().any(|route| under(path, route))
     }
 
     /// Whether a publisher serves `route` now.
     pub fn serves(&self, route: &(String, String)) -> bool {
-        self.routes.load().contains_key(route)
+        let (method, path) = route;
+        (self.routes.load().get(path)).is_some_and(|methods| methods.contains_key(method))
     }
 }
 

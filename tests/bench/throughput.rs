@@ -469,6 +469,15 @@ async fn call_overhead(
     config: &Config,
     calls: usize,
 ) -> anyhow::Result<(Duration, Duration)> {
+    // Loading a handler checks its consumer (made here if the drains did not); the calls
+    // here never pull from it.
+    let name = config.handlers[0].consumer.clone();
+    let consumer = pull::Config {
+        durable_name: Some(name.clone()),
+        ..Default::default()
+    };
+    let stream = js.get_stream(STREAM).await?;
+    stream.get_or_create_consumer(&name, consumer).await?;
     let bindings = handlers(config, js).await?;
     let version = bindings[0].version();
     let dispatcher = &version.dispatcher;
