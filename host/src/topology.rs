@@ -49,18 +49,16 @@ pub async fn problems(
             "{at}: its dead letters go to {dead_letters:?}, but {why}: add a stream with subjects [\"{dead_letter}.>\"] to {spec}"
         ));
     }
-    let info = match js.get_stream(stream).await {
-        Ok(mut found) => match found.info().await {
-            Ok(info) => info.clone(),
-            Err(e) => {
-                problems.push(format!("{at}: reading stream {stream}: {e}"));
-                return problems;
-            }
-        },
-        Err(_) => {
-            problems.push(format!(
-                "{at}: no stream {stream}: declare it in {spec} (or fix `stream`)"
-            ));
+    let Ok(mut found_stream) = js.get_stream(stream).await else {
+        problems.push(format!(
+            "{at}: no stream {stream}: declare it in {spec} (or fix `stream`)"
+        ));
+        return problems;
+    };
+    let info = match found_stream.info().await {
+        Ok(info) => info.clone(),
+        Err(e) => {
+            problems.push(format!("{at}: reading stream {stream}: {e}"));
             return problems;
         }
     };
@@ -72,10 +70,7 @@ pub async fn problems(
     let filters = match declared_filters {
         Some(filters) => filters,
         None => {
-            let found = match js.get_stream(stream).await {
-                Ok(found) => found.consumer_info(consumer).await.ok(),
-                Err(_) => None,
-            };
+            let found = found_stream.consumer_info(consumer).await.ok();
             let Some(found) = found else {
                 problems.push(format!(
                     "{at}: no consumer {stream}/{consumer}: declare it under the stream {stream} ([[stream.consumer]] durable = {consumer:?}) in {spec}, or in the manifest's [consumer]"
