@@ -189,7 +189,8 @@ impl DeliveryPolicy {
 
 /// What to do with this delivery.
 pub fn decide(verdict: &Verdict, delivered: u32, policy: &DeliveryPolicy) -> Decision {
-    if let Verdict::Handled(Outcome::Failed(Failure::HostCapacity(_))) = verdict {
+    if let Verdict::Handled(Outcome::Failed(Failure::HostCapacity(_) | Failure::Quota(_))) = verdict
+    {
         return Decision::RetryInPlace;
     }
     Decision::Settle(settle(verdict, delivered, policy))

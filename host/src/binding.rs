@@ -9,11 +9,15 @@ use arc_swap::ArcSwap;
 
 use crate::dispatch::Dispatcher;
 use crate::metrics::HandlerMetrics;
+use crate::tenant::Tenant;
 
 /// One handler bound to one durable consumer.
 pub struct Binding {
     /// Handler name.
     pub name: Arc<str>,
+    /// Its tenant: the connection its lanes pull, acknowledge and dead-letter over, and the
+    /// quota account its calls use.
+    pub tenant: Arc<Tenant>,
     /// The stream the consumer reads.
     pub stream: String,
     /// The durable consumer.
@@ -71,7 +75,7 @@ pub struct Shape {
 impl Binding {
     /// A binding of `shape` running `version` first.
     pub fn new(
-        name: Arc<str>,
+        tenant: Arc<Tenant>,
         shape: Shape,
         version: Version,
         dead_letter: String,
@@ -80,7 +84,8 @@ impl Binding {
         metrics: HandlerMetrics,
     ) -> Binding {
         Binding {
-            name,
+            name: version.dispatcher.env().name.clone(),
+            tenant,
             stream: shape.stream,
             consumer: shape.consumer,
             dead_letter,

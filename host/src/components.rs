@@ -15,13 +15,16 @@ use crate::binding::{Binding, Shape, Version};
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
-use crate::config::{Component, Config, DropIn, Handler, Instances, Publisher, Runtime, Trigger};
+use crate::config::{
+    Component, Config, DropIn, Handler, Instances, Publisher, Runtime, Trigger, DEFAULT_TENANT,
+};
 use crate::dispatch::Dispatcher;
 use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::sandbox::{ComponentEnv, Sink};
 use crate::status;
+use crate::tenant::{Tenant, Tenants};
 use crate::timer_publisher::TimerPublisher;
 use crate::{consumer, engine, imports, loader};
 
@@ -94,20 +97,17 @@ pub struct Loader {
     cache: Option<CompileCache>,
     pool: engine::PoolSize,
     runtime: Runtime,
-    spec: Option<Arc<stream_init::Spec>>,
-    /// The streams spec file, for advice.
-    spec_file: Option<std::path::PathBuf>,
-    js: jetstream::Context,
+    tenants: Arc<Tenants>,
     metrics: Metrics,
 }
 
 impl Loader {
-    /// An engine with an instance pool of `pool`, and what loading needs.
+    /// An engine with an instance pool of `pool`, and what loading needs: each component
+    /// loads and runs as its tenant.
     pub fn new(
         config: &Config,
         pool: engine::PoolSize,
-        spec: Option<Arc<stream_init::Spec>>,
-        js: &jetstream::Context,
+        tenants: &Arc<Tenants>,
         metrics: &Metrics,
     ) -> anyhow::Result<Loader> {
         let engine = engine::new(pool)?;
@@ -119,9 +119,7 @@ impl Loader {
             cache: cache_dir.map(|dir| CompileCache::new(dir, runtime.compile_cache_max.as_u64())),
             pool,
             runtime: runtime.clone(),
-            spec,
-            spec_file: config.streams.as_ref().map(|s| s.spec.clone()),
-            js: js.clone(),
+            tenants: tenants.clone(),
             metrics: metrics.clone(),
         })
     }
@@ -134,14 +132,37 @@ impl Loader {
         metrics: &Metrics,
     ) -> anyhow::Result<Loader> {
         let pool = pool_size(&config.runtime, config.components().iter())?;
-        Loader::new(config, pool, None, js, metrics)
+        let tenants = Arc::new(Tenants::single(js, metrics));
+        Loader::new(config, pool, &tenants, metrics)
     }
 
-    /// Every problem with `what`'s place in the server's streams (see the `topology`
+    /// Every problem with `what`'s place in its tenant's streams (see the `topology`
     /// module).
     pub async fn topology_problems(&self, what: &DropIn) -> Vec<String> {
-        let (dead_letter, spec) = (&self.runtime.dead_letter, self.spec_file.as_deref());
-        crate::topology::problems(&self.js, what, dead_letter, spec).await
+        let tenant = match self.tenant_of(what) {
+            Ok(tenant) => tenant,
+            Err(e) => return vec![format!("{}: {e}", what.component().name)],
+        };
+        let (dead_letter, spec) = (&self.runtime.dead_letter, tenant.spec_file.as_deref());
+        let check = crate::topology::problems(tenant.js(), what, dead_letter, spec);
+        match tenant.connection.denials.during(check).await {
+            Err(subject) => vec![refused(what, tenant, &subject)],
+            Ok(problems) if *tenant.name == *DEFAULT_TENANT => problems,
+            // A tenant sees only its own account.
+            Ok(problems) => (problems.into_iter())
+                .map(|p| format!("{p} [tenant {}, in its own account]", tenant.name))
+                .collect(),
+        }
+    }
+
+    /// The tenant `what` runs as.
+    fn tenant_of(&self, what: &DropIn) -> anyhow::Result<&Arc<Tenant>> {
+        self.tenants.get(&what.component().tenant)
+    }
+
+    /// The tenants components load as.
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
     }
 
     /// Instances the pool holds for reservations.
@@ -162,14 +183,27 @@ impl Loader {
                 bytesize::ByteSize(self.pool.max_memory as u64),
             );
         }
-        match what {
-            DropIn::Handler(handler) => Ok(Loaded::Handler(self.handler(handler).await?)),
-            DropIn::Publisher(publisher) => self.publisher(publisher).await,
+        let tenant = self.tenant_of(what)?;
+        let loading = async {
+            match what {
+                DropIn::Handler(handler) => {
+                    Ok(Loaded::Handler(self.handler(handler, tenant).await?))
+                }
+                DropIn::Publisher(publisher) => self.publisher(publisher, tenant).await,
+            }
+        };
+        match tenant.connection.denials.during(loading).await {
+            Ok(loaded) => loaded,
+            Err(subject) => bail!(refused(what, tenant, &subject)),
         }
     }
 
     /// A handler, loaded and checked against its world, its consumer found.
-    async fn handler(&self, handler: &Handler) -> anyhow::Result<Arc<Binding>> {
+    async fn handler(
+        &self,
+        handler: &Handler,
+        tenant: &Arc<Tenant>,
+    ) -> anyhow::Result<Arc<Binding>> {
         let component = &handler.component;
         let label = || format!("handler {}", component.name);
         let pre = loader::load::<HandlerPre<_>>(
@@ -180,14 +214,13 @@ impl Loader {
         )
         .await
         .with_context(label)?;
-        let env = environment(component, &self.js);
-        let metrics = self.metrics.handler(&component.name);
+        let env = environment(component, tenant);
+        let metrics = self.metrics.handler(&tenant.name, &component.name);
         let limits = component.limits;
         let reuse = match handler.instances {
             Instances::Fresh => None,
             Instances::Reuse { per_instance } => Some(per_instance),
         };
-        let name = env.name.clone();
         let version = Version {
             dispatcher: Dispatcher::new(pre, env, limits, reuse, metrics.instances.clone()),
             max_message_size: limits.max_message_size.as_u64() as usize,
@@ -202,18 +235,18 @@ impl Loader {
             prefetch: limits.prefetch,
         };
         if let Some(own) = &handler.own_consumer {
-            self.apply_own_consumer(&handler.stream, own)
+            apply_own_consumer(tenant.js(), &handler.stream, own)
                 .await
                 .with_context(label)?;
         }
         let declared = (handler.own_consumer.clone()).or_else(|| {
-            (self.spec.as_deref())
+            (tenant.spec.as_deref())
                 .and_then(|spec| spec.consumer(&handler.stream, &handler.consumer))
                 .cloned()
         });
         let runtime = &self.runtime;
         let binding = Arc::new(Binding::new(
-            name,
+            tenant.clone(),
             shape,
             version,
             runtime.dead_letter.clone(),
@@ -221,35 +254,15 @@ impl Loader {
             declared,
             metrics,
         ));
-        consumer::check_bindable(&self.js, &binding).await?;
-        tracing::info!(handler = %component.name, component = %component.wasm.display(), instances = ?handler.instances, "handler loaded");
+        consumer::check_bindable(tenant.js(), &binding).await?;
+        tracing::info!(handler = %component.name, tenant = %tenant.name, component = %component.wasm.display(), instances = ?handler.instances, "handler loaded");
         Ok(binding)
     }
 
-    /// Creates or updates a handler's own consumer on `stream` through stream-init's plan and
-    /// apply (the stream itself is left alone; nothing is ever deleted).
-    async fn apply_own_consumer(
-        &self,
-        stream: &str,
-        declared: &stream_init::spec::ConsumerSpec,
-    ) -> anyhow::Result<()> {
-        let what = || format!("its consumer {stream}/{}", declared.durable);
-        let plan = stream_init::plan_consumers(&self.js, stream, std::slice::from_ref(declared))
-            .await
-            .with_context(what)?;
-        for line in stream_init::apply(&self.js, &plan)
-            .await
-            .with_context(what)?
-        {
-            tracing::info!("stream-init: {line}");
-        }
-        Ok(())
-    }
-
     /// A publisher, loaded and checked against its world.
-    async fn publisher(&self, publisher: &Publisher) -> anyhow::Result<Loaded> {
+    async fn publisher(&self, publisher: &Publisher, tenant: &Tenant) -> anyhow::Result<Loaded> {
         let component = &publisher.component;
-        let env = environment(component, &self.js);
+        let env = environment(component, tenant);
         let (path, limits) = (&component.wasm, component.limits);
         let label = || format!("publisher {}", component.name);
         let (engine, linker, cache) = (&self.engine, &self.linker, self.cache.as_ref());
@@ -274,27 +287,60 @@ impl Loader {
                     env,
                     limits,
                     schedule.clone(),
-                    self.metrics.publisher(&component.name),
+                    self.metrics.publisher(&tenant.name, &component.name),
                 )))
             }
         })
     }
 }
 
+/// Why `what` cannot load: the server refused its tenant `subject`.
+fn refused(what: &DropIn, tenant: &Tenant, subject: &str) -> String {
+    let kind = match what {
+        DropIn::Handler(_) => "handler",
+        DropIn::Publisher(_) => "publisher",
+    };
+    format!(
+        "{kind} {}: the NATS server refused tenant {} {subject}: its permissions do not grant \
+         it (a stream, consumer or subject of another tenant, or one missing from its grant)",
+        what.component().name,
+        tenant.name
+    )
+}
+
 /// How long after a call's timeout the sweeper may take for granted that no host is still
 /// working on a message JetStream gave up on.
 const SWEEP_MARGIN: Duration = Duration::from_secs(5);
 
-/// What a component's imports see: its name, config, publish policy and quota.
-fn environment(component: &Component, js: &jetstream::Context) -> Arc<ComponentEnv> {
+/// Creates or updates a handler's own consumer on `stream` through stream-init's plan and
+/// apply (the stream itself is left alone; nothing is ever deleted).
+async fn apply_own_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    declared: &stream_init::spec::ConsumerSpec,
+) -> anyhow::Result<()> {
+    let what = || format!("its consumer {stream}/{}", declared.durable);
+    let plan = stream_init::plan_consumers(js, stream, std::slice::from_ref(declared))
+        .await
+        .with_context(what)?;
+    for line in stream_init::apply(js, &plan).await.with_context(what)? {
+        tracing::info!("stream-init: {line}");
+    }
+    Ok(())
+}
+
+/// What a component's imports see: its name, config, publish policy and quota, its tenant's
+/// connection and account.
+fn environment(component: &Component, tenant: &Tenant) -> Arc<ComponentEnv> {
     Arc::new(ComponentEnv {
         name: component.name.as_str().into(),
         config: component.config.clone(),
         publish: component.publish.clone(),
         max_publishes: component.limits.max_publishes,
-        sink: Sink::JetStream(Box::new(js.clone())),
+        sink: Sink::JetStream(Box::new(tenant.connection.clone())),
         log_budget: LogBudget::default(),
         host_log: LogBudget::default(),
+        account: tenant.account.clone(),
     })
 }
 

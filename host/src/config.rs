@@ -7,6 +7,7 @@
 
 mod raw;
 mod resolve;
+mod tenant;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -18,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::schedule::Schedule;
 use raw::{RawConfig, RawHandler, RawPublisher};
-use resolve::{handler, one_line, publisher, resolve, Problems};
+use resolve::{handler, one_line, publisher, resolve, Defaults, Problems};
+pub use tenant::{Credentials, Quotas, Tenant, DEFAULT_TENANT};
 
 /// The configuration, resolved and checked.
 #[derive(Debug, Clone)]
@@ -33,6 +35,9 @@ pub struct Config {
     pub handlers: Vec<Handler>,
     /// The publishers to run.
     pub publishers: Vec<Publisher>,
+    /// The tenants whose components run here besides the host's own (see the `tenant`
+    /// module).
+    pub tenants: Vec<Tenant>,
 }
 
 /// `[nats]`.
@@ -163,6 +168,8 @@ impl Default for Limits {
 pub struct Component {
     /// Its name, in logs, metrics and derived message ids.
     pub name: String,
+    /// Its tenant ([`DEFAULT_TENANT`] unless it names one).
+    pub tenant: String,
     /// The `.wasm` component.
     pub wasm: PathBuf,
     /// Its limits, its own laid over the runtime's.
@@ -404,6 +411,7 @@ impl Config {
         for (key, whose) in [
             ("name", "the file's name"),
             ("component", "the .wasm beside it"),
+            ("tenant", "the folder it is in (handlers.d/<tenant>/)"),
         ] {
             if table.contains_key(key) {
                 problems.add(format!("`{key}` is not set in a manifest: it is {whose}"));
@@ -446,11 +454,17 @@ impl Config {
                 Trigger::Schedule(_) => None,
             })
             .collect();
-        let (defaults, same) = (self.runtime.limits, |p: PathBuf| p);
+        let defaults = Defaults {
+            limits: self.runtime.limits,
+            tenants: &self.tenants,
+        };
+        let same = |p: PathBuf| p;
         let listener = self.runtime.http.is_some();
         // serde lists every key it expected; a manifest may not set these two.
-        let unreadable =
-            |e: toml::de::Error| vec![one_line(&e, "").replace("`name`, `component`, ", "")];
+        let unreadable = |e: toml::de::Error| {
+            let line = one_line(&e, "").replace("`name`, `tenant`, `component`, ", "");
+            vec![line]
+        };
         let resolved = if kind == "publisher" {
             let raw: RawPublisher = value.try_into().map_err(unreadable)?;
             let taken = (&mut names, &mut routes);

@@ -19,13 +19,13 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::FutureExt as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ack::{self, DeliveryPolicy};
 use crate::binding::Binding;
-use crate::delivery::{self, Terms};
+use crate::delivery::{self, Slot, Terms};
 use crate::liveness;
 use crate::pull::Pull;
 use crate::waiting::Waiting;
@@ -233,9 +233,10 @@ async fn run_lane(
                 }
                 _ = ticks.tick(), if !waiting.is_empty() => waiting.keep_in_progress(every).await,
                 // An async block, so the semaphore is only touched when a message waits.
-                slot = async { slots.clone().acquire_owned().await }, if !waiting.is_empty() => {
-                    let slot = slot.expect("the semaphore is never closed");
-                    start(waiting.pop(), slot);
+                slot = Slot::take(&slots, &binding), if !waiting.is_empty() => {
+                    if start(waiting.pop(), slot) {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 next = messages.next() => match next {
                     Ok(None) => {
@@ -250,8 +251,12 @@ async fn run_lane(
                         if let Some(finishing) = &mut finishing {
                             finishing.heard = tokio::time::Instant::now();
                         }
-                        match slots.clone().try_acquire_owned() {
-                            Ok(slot) if waiting.is_empty() => start(message, slot),
+                        match Slot::try_take(&slots, &binding) {
+                            Some(slot) if waiting.is_empty() => {
+                                if start(message, slot) {
+                                    tokio::task::yield_now().await;
+                                }
+                            }
                             _ => waiting.push(message),
                         }
                     }
@@ -277,14 +282,18 @@ async fn run_lane(
 }
 
 /// Starts processing `message` in its slot, inline: most calls finish in this first poll; one
-/// that has to wait carries on as a task on `tracker`.
+/// that has to wait carries on as a task on `tracker`. Returns true when the first poll was
+/// long (a CPU-heavy call runs up to an epoch tick in it): the lane then lets other tasks run
+/// before it starts another, so a tenant's burst of heavy messages cannot hold a worker
+/// thread for many ticks in a row.
 fn start_call(
     binding: &Arc<Binding>,
     bound: &Arc<BoundConsumer>,
     tracker: &TaskTracker,
     message: jetstream::Message,
-    slot: OwnedSemaphorePermit,
-) {
+    slot: Slot,
+) -> bool {
+    let started = std::time::Instant::now();
     let call = delivery::process(binding.clone(), bound.terms.clone(), message, slot);
     let mut call = Box::pin(AssertUnwindSafe(call).catch_unwind());
     // A no-op waker is enough for this first poll: a call that is not ready moves to a task of
@@ -300,6 +309,7 @@ fn start_call(
             tracker.spawn(async move { contain_panic(&name, call.await) });
         }
     }
+    started.elapsed() >= LONG_FIRST_POLL
 }
 
 /// Logs a panic in a message's processing: a host bug, kept from taking the lane down. A
@@ -312,6 +322,9 @@ fn contain_panic(handler: &str, outcome: std::thread::Result<()>) {
         );
     }
 }
+
+/// A call's first poll at least this long makes its lane yield before starting another.
+const LONG_FIRST_POLL: Duration = Duration::from_millis(1);
 
 /// How long a stopping lane waits for its open pull requests to be filled, at most.
 const FINISH_WITHIN: Duration = Duration::from_secs(3);

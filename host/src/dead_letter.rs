@@ -8,7 +8,7 @@ use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream;
 
 use crate::ack::{RetrySchedule, DEAD_LETTER_ATTEMPTS};
-use crate::publish::publish_acked;
+use crate::publish::{publish_acked, Connection};
 
 /// Where a dead-lettered message came from.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ impl<'a> Contents<'a> {
 /// dead-letter stream loses nothing. Returns false when the stream already held a record of
 /// this message (its message id is derived from the original).
 pub async fn write(
-    js: &jetstream::Context,
+    connection: &Connection,
     prefix: &str,
     source: &Source<'_>,
     reason: &str,
@@ -100,7 +100,7 @@ pub async fn write(
 ) -> anyhow::Result<bool> {
     let mut attempt = 1;
     loop {
-        let result = publish(js, prefix, source, reason, contents).await;
+        let result = publish(connection, prefix, source, reason, contents).await;
         match (result, retries.next()) {
             (Err(e), Some(pause)) => {
                 if attempt < DEAD_LETTER_ATTEMPTS {
@@ -119,7 +119,7 @@ pub async fn write(
 /// Publishes the record and waits for the stream to store it. Its message id is derived from
 /// the original, so a retried dead-lettering stores one record.
 async fn publish(
-    js: &jetstream::Context,
+    connection: &Connection,
     prefix: &str,
     source: &Source<'_>,
     reason: &str,
@@ -131,7 +131,7 @@ async fn publish(
         let name = HeaderName::from_str(headers::ORIGINAL_HEADERS).expect("a valid header name");
         map.insert(name, HeaderValue::from(raw));
     }
-    let max_payload = js.client().server_info().max_payload;
+    let max_payload = connection.js.client().server_info().max_payload;
     let payload = match fitting_payload(payload.len(), header_bytes(&map), max_payload) {
         Some(fits) => {
             let name = HeaderName::from_str(headers::TRUNCATED).expect("a valid header name");
@@ -141,7 +141,7 @@ async fn publish(
         None => payload,
     };
     publish_acked(
-        js,
+        connection,
         subject(prefix, source.stream, source.consumer),
         map,
         payload,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::Info;
 use async_nats::jetstream::{self, AckKind};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ack::{self, Action, DeadLetterPlan, Decision, DeliveryPolicy, Verdict};
 use crate::binding::{Binding, Version};
@@ -29,12 +29,41 @@ pub struct Terms {
     pub progress_every: Duration,
 }
 
-/// One message, start to finish: its lane's slot stays taken until JetStream has been told.
+/// A message's place among the calls in flight: its lane's slot and, when its tenant has an
+/// in-flight quota, the tenant's.
+pub struct Slot {
+    _lane: OwnedSemaphorePermit,
+    _tenant: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    /// A place now, if both the lane (`lane`) and the tenant have one free.
+    pub fn try_take(lane: &Arc<Semaphore>, binding: &Binding) -> Option<Slot> {
+        let lane = lane.clone().try_acquire_owned().ok()?;
+        let tenant = binding.tenant.account.try_call()?;
+        Some(Slot {
+            _lane: lane,
+            _tenant: tenant,
+        })
+    }
+
+    /// Waits for a place in the lane (`lane`), then in the tenant's quota.
+    pub async fn take(lane: &Arc<Semaphore>, binding: &Binding) -> Slot {
+        let lane =
+            (lane.clone().acquire_owned().await).expect("a lane's semaphore is never closed");
+        Slot {
+            _lane: lane,
+            _tenant: binding.tenant.account.call().await,
+        }
+    }
+}
+
+/// One message, start to finish: its slot stays taken until JetStream has been told.
 pub async fn process(
     binding: Arc<Binding>,
     terms: Arc<Terms>,
     message: jetstream::Message,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 ) {
     let Ok(info) = message.info() else {
         // Not a JetStream delivery (no ack subject): nothing can be acked or redelivered.
@@ -150,7 +179,7 @@ impl Delivery<'_> {
     async fn retry_in_place(&self, mut verdict: Verdict) -> (Verdict, Action) {
         let (binding, every) = (self.binding, self.terms.progress_every);
         if let Verdict::Handled(Outcome::Failed(failure)) = &verdict {
-            self.log(|| tracing::error!(failure = %failure.describe(), "no room for the call; retrying it in place (a host sizing problem, not the handler's)"));
+            self.log(|| tracing::error!(failure = %failure.describe(), "no room for the call; retrying it in place (the host's instance pool or the tenant's quota is full, not the handler's failure)"));
         }
         loop {
             binding.metrics.count(verdict.kind());
@@ -178,10 +207,12 @@ impl Delivery<'_> {
             seq: wit.stream_seq,
             delivered: wit.delivered,
         };
-        let (js, prefix, reason) = (&message.context, &binding.dead_letter, &plan.reason);
+        let (connection, prefix) = (&binding.tenant.connection, &binding.dead_letter);
+        let reason = &plan.reason;
         let mut written = pin!(async {
             let contents = dead_letter::Contents::of(message, &source).await;
-            dead_letter::write(js, prefix, &source, reason, &contents, plan.retries).await
+            let retries = plan.retries;
+            dead_letter::write(connection, prefix, &source, reason, &contents, retries).await
         });
         match tick_in_progress(written.as_mut(), message, self.terms.progress_every).await {
             Ok(_) => {

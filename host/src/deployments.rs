@@ -20,18 +20,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::binding::Binding;
 use crate::components::{reservation, Loaded, Loader};
-use crate::config::DropIn;
+use crate::config::{DropIn, DEFAULT_TENANT};
 use crate::drop_in::Found;
 use crate::http_publisher::HttpPublisher;
 use crate::launch::{route_key, Launcher, Running};
 use crate::metrics::Metrics;
-use crate::status::ComponentStatus;
+use crate::status::{ComponentStatus, TenantStatus};
 
 /// Everything the host runs.
 pub struct Deployments {
@@ -86,14 +85,13 @@ impl Deployments {
     /// on `calls`.
     pub fn new(
         loader: Loader,
-        js: &jetstream::Context,
         metrics: &Metrics,
         shutdown: &CancellationToken,
         calls: &TaskTracker,
     ) -> Deployments {
         Deployments {
             loader,
-            launcher: Launcher::new(js, shutdown, calls),
+            launcher: Launcher::new(shutdown, calls),
             metrics: metrics.clone(),
             state: Mutex::default(),
             draining: Mutex::default(),
@@ -164,7 +162,7 @@ impl Deployments {
                 // A name another source runs (the config, the folder or the registry) is
                 // left to it.
                 let error = format!("{name} is taken by the {}", owner.as_str());
-                self.metrics.deploy_failure(&name);
+                self.metrics.deploy_failure(DEFAULT_TENANT, &name);
                 tracing::error!(
                     drop_in = name,
                     source = source.as_str(),
@@ -292,17 +290,20 @@ impl Deployments {
     /// Moves the version metric of `status`'s component from `old` to its version.
     fn versions(&self, status: &ComponentStatus, old: Option<&str>) {
         let new = status.version.as_deref();
-        (self.metrics).version_change(&status.name, &status.source, old, new);
+        let (tenant, name, source) = (&status.tenant, &status.name, &status.source);
+        (self.metrics).version_change(tenant, name, source, old, new);
     }
 
     /// Records that `name` cannot run (as it is now): a running version keeps running.
     fn refuse(&self, name: &str, source: Source, error: &str) {
-        self.metrics.deploy_failure(name);
         let mut entries = self.entries();
+        let tenant = (entries.get(name)).map_or(DEFAULT_TENANT, |e| e.status.tenant.as_str());
+        self.metrics.deploy_failure(tenant, name);
         let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
             source,
             fingerprint: None,
             status: ComponentStatus {
+                tenant: DEFAULT_TENANT.to_owned(),
                 name: name.to_owned(),
                 kind: None,
                 source: source.as_str().to_owned(),
@@ -348,7 +349,8 @@ impl Deployments {
             return;
         };
         let (version, source) = (entry.status.version.as_deref(), source.as_str());
-        self.metrics.version_change(name, source, version, None);
+        let tenant = &entry.status.tenant;
+        (self.metrics).version_change(tenant, name, source, version, None);
         // A handler shows as draining until its last calls finish.
         if let Running::Handler { binding, .. } = &running {
             let status = ComponentStatus {
@@ -408,6 +410,27 @@ impl Deployments {
         running.chain(draining).collect()
     }
 
+    /// Every tenant with what `components` (from [`Deployments::status`]) use of its quotas.
+    pub fn tenants(&self, components: &[ComponentStatus]) -> Vec<TenantStatus> {
+        let tenants = self.loader.tenants().iter();
+        tenants
+            .map(|tenant| {
+                let own = || components.iter().filter(|c| *c.tenant == *tenant.name);
+                let quotas = tenant.quotas;
+                TenantStatus {
+                    name: tenant.name.to_string(),
+                    components: own().map(|c| c.name.clone()).collect(),
+                    in_flight: own().filter_map(|c| c.in_flight).sum(),
+                    max_in_flight: quotas.and_then(|q| q.max_in_flight),
+                    memory: tenant.account.memory.used(),
+                    max_memory: tenant.account.memory.max(),
+                    cpu_share: quotas.map_or(1, |q| q.cpu_share),
+                    max_handlers: quotas.and_then(|q| q.max_handlers),
+                }
+            })
+            .collect()
+    }
+
     fn handlers(&self) -> impl Iterator<Item = Arc<Binding>> {
         let bindings: Vec<Arc<Binding>> = (self.entries().values())
             .filter_map(|e| match &e.running {
@@ -446,6 +469,7 @@ fn status_of(what: &DropIn, source: Source) -> ComponentStatus {
         },
     };
     ComponentStatus {
+        tenant: component.tenant.clone(),
         name: component.name.clone(),
         kind: Some(kind.to_owned()),
         source: source.as_str().to_owned(),

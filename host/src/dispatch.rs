@@ -110,6 +110,7 @@ impl Dispatcher {
                 (store, None, 0)
             }
         };
+        let turn = store.data().turn.clone();
         // Boxed once here: the call's future is large (~2.5 KB), and moving it by value into
         // the ceiling and up through the message's future would copy it at each step.
         let call = Box::pin(async {
@@ -123,7 +124,7 @@ impl Dispatcher {
             let disposition = handler.call_handle(&mut store, msg).await?;
             Ok((handler, disposition))
         });
-        match sandbox::run(&self.limits, call).await {
+        match sandbox::run(&self.limits, turn, call).await {
             Ok((handler, disposition)) => {
                 let served = served + 1;
                 if self.reuse.is_some_and(|quota| served < quota) {

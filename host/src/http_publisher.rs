@@ -29,6 +29,8 @@ pub type GuestResponse = hyper::Response<HyperOutgoingBody>;
 pub struct HttpPublisher {
     /// Its name.
     pub name: Arc<str>,
+    /// Its tenant.
+    pub tenant: Arc<str>,
     /// The route it serves.
     pub route: HttpRoute,
     pre: ProxyPre<HostState>,
@@ -65,6 +67,7 @@ impl HttpPublisher {
     ) -> Self {
         HttpPublisher {
             name: env.name.clone(),
+            tenant: env.account.tenant.clone(),
             route,
             pre,
             env,
@@ -118,6 +121,7 @@ impl HttpPublisher {
             async move {
                 // The instance is the route's until the guest is done, body included.
                 let _permit = permit;
+                let turn = store.data().turn.clone();
                 let call = async {
                     let proxy = pre.instantiate_async(&mut store).await?;
                     proxy
@@ -125,7 +129,7 @@ impl HttpPublisher {
                         .call_handle(&mut store, incoming, out)
                         .await
                 };
-                let result = sandbox::run(&limits, std::pin::pin!(call)).await;
+                let result = sandbox::run(&limits, turn, std::pin::pin!(call)).await;
                 result.map_err(|failure| failure.with_stderr(store.data().stderr_lines()))
             }
             .instrument(span),

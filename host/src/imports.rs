@@ -90,7 +90,7 @@ impl publish::Host for HostState {
             max_publishes: env.max_publishes,
             policy: &env.publish,
             max_payload: match &env.sink {
-                Sink::JetStream(js) => js.client().server_info().max_payload,
+                Sink::JetStream(connection) => connection.js.client().server_info().max_payload,
                 Sink::Capture(_) => CAPTURED_MAX_PAYLOAD,
             },
         };
@@ -106,7 +106,9 @@ impl publish::Host for HostState {
             Err(refused) => return Ok(Err(refused)),
         };
         match &env.sink {
-            Sink::JetStream(js) => Ok(publish_acked(js, subject, headers, payload.into()).await),
+            Sink::JetStream(connection) => {
+                Ok(publish_acked(connection, subject, headers, payload.into()).await)
+            }
             Sink::Capture(captured) => {
                 let mut captured = captured.lock().unwrap_or_else(|e| e.into_inner());
                 let headers = (headers.iter())

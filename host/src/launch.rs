@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,10 +52,9 @@ impl Running {
     }
 }
 
-/// Starts and stops components on the host's connection, under its shutdown token, their
-/// tasks on its tracker; serves the HTTP routes.
+/// Starts and stops components, each on its tenant's connection, under the host's shutdown
+/// token, their tasks on its tracker; serves the HTTP routes.
 pub struct Launcher {
-    js: jetstream::Context,
     shutdown: CancellationToken,
     calls: TaskTracker,
     routes: ArcSwap<Routes>,
@@ -64,13 +62,8 @@ pub struct Launcher {
 
 impl Launcher {
     /// Nothing started yet.
-    pub fn new(
-        js: &jetstream::Context,
-        shutdown: &CancellationToken,
-        calls: &TaskTracker,
-    ) -> Launcher {
+    pub fn new(shutdown: &CancellationToken, calls: &TaskTracker) -> Launcher {
         Launcher {
-            js: js.clone(),
             shutdown: shutdown.clone(),
             calls: calls.clone(),
             routes: ArcSwap::default(),
@@ -82,7 +75,8 @@ impl Launcher {
         Ok(match loaded {
             Loaded::Handler(binding) => {
                 let stop = self.shutdown.child_token();
-                sweeper::start(binding.clone(), &self.js, &stop, &self.calls)
+                let js = binding.tenant.js().clone();
+                sweeper::start(binding.clone(), &js, &stop, &self.calls)
                     .await
                     .map_err(|e| {
                         e.context(format!(
@@ -90,7 +84,7 @@ impl Launcher {
                             binding.name
                         ))
                     })?;
-                consumer::start(binding.clone(), &self.js, &stop, &self.calls);
+                consumer::start(binding.clone(), &js, &stop, &self.calls);
                 Running::Handler {
                     binding,
                     stop,

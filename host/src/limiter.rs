@@ -1,7 +1,11 @@
-//! The per-store memory cap. A denied `memory.grow` traps the guest with a typed error, so a
-//! memory breach is told apart from other traps.
+//! The per-store memory cap, and the store's share of its tenant's memory quota. A denied
+//! `memory.grow` traps the guest with a typed error, so a memory breach is told apart from
+//! other traps, and the instance's own cap from its tenant's quota.
 
 use std::fmt;
+use std::sync::Arc;
+
+use crate::quota::Account;
 
 /// The error a call fails with when the guest tries to grow memory past its cap.
 #[derive(Debug)]
@@ -24,25 +28,39 @@ impl fmt::Display for MemoryLimitExceeded {
 
 impl std::error::Error for MemoryLimitExceeded {}
 
-/// Caps every linear memory of a store at `limit` bytes and tables at a fixed size.
+/// Caps every linear memory of a store at `limit` bytes and tables at a fixed size, and
+/// counts the memory against the tenant's account until the store is dropped.
 pub struct MemoryLimiter {
     limit: usize,
+    account: Arc<Account>,
+    /// Bytes counted against the account.
+    held: u64,
 }
 
 /// Table elements one instance may grow to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl MemoryLimiter {
-    /// A limiter allowing `limit` bytes per linear memory.
-    pub fn new(limit: usize) -> Self {
-        MemoryLimiter { limit }
+    /// A limiter allowing `limit` bytes per linear memory, counted against `account`.
+    pub fn new(limit: usize, account: Arc<Account>) -> Self {
+        MemoryLimiter {
+            limit,
+            account,
+            held: 0,
+        }
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.account.memory.shrink(self.held);
     }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -52,6 +70,12 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
                 limit: self.limit,
             }));
         }
+        let more = desired.saturating_sub(current) as u64;
+        self.account
+            .memory
+            .grow(more)
+            .map_err(wasmtime::Error::new)?;
+        self.held += more;
         Ok(true)
     }
 

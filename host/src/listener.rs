@@ -67,7 +67,12 @@ pub async fn serve(
 /// `GET /status`: every handler and publisher, with its source, version and state, as JSON.
 async fn component_status(State(status): State<Status>) -> Response {
     let components = status.deployments.status();
-    let body = serde_json::to_string_pretty(&StatusBody { components }).unwrap_or_default();
+    let tenants = status.deployments.tenants(&components);
+    let body = StatusBody {
+        tenants,
+        components,
+    };
+    let body = serde_json::to_string_pretty(&body).unwrap_or_default();
     let mut response = (StatusCode::OK, format!("{body}\n")).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -110,7 +115,8 @@ async fn route(State(status): State<Status>, request: Request) -> Response {
     match status.deployments.route(method, path) {
         Some(publisher) => {
             let response = serve_publisher(&publisher, request).await;
-            (status.metrics).http_request(&publisher.name, response.status().as_u16());
+            let (tenant, code) = (&publisher.tenant, response.status().as_u16());
+            (status.metrics).http_request(tenant, &publisher.name, code);
             response
         }
         None if status.deployments.serves_path(path) => {

@@ -1,5 +1,7 @@
 //! Prometheus metrics, per handler: outcomes by kind, call latency, in-flight calls, dead
-//! letters, instances created, and the consumer's pending and ack-pending counts.
+//! letters, instances created, and the consumer's pending and ack-pending counts; per
+//! publisher its ticks or requests; per tenant its memory. Every series carries the
+//! component's `tenant` (`default` for the host's own).
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -38,6 +40,8 @@ pub struct Metrics {
     deploy_failures: IntCounterVec,
     /// `jetwasm_component_version{name, source, version}`: 1 for the version that runs.
     versions: IntGaugeVec,
+    /// `jetwasm_tenant_memory_bytes{tenant}`: linear memory its live instances hold.
+    tenant_memory: IntGaugeVec,
 }
 
 /// One publisher's metrics, resolved once.
@@ -60,10 +64,10 @@ impl PublisherMetrics {
 /// Tick outcome label values.
 pub mod tick_outcome {
     /// The guest's failures have the same labels as a handler's (`Failure::kind`).
-    pub use super::outcome::{HOST, MEMORY, TIMEOUT, TRAP};
+    pub use super::outcome::{HOST, MEMORY, QUOTA, TIMEOUT, TRAP};
 
     /// Every tick outcome.
-    pub const ALL: [&str; 6] = [OK, ERROR, TRAP, TIMEOUT, MEMORY, HOST];
+    pub const ALL: [&str; 7] = [OK, ERROR, TRAP, TIMEOUT, MEMORY, HOST, QUOTA];
     /// The tick returned `ok`.
     pub const OK: &str = "ok";
     /// The tick returned an error.
@@ -105,8 +109,8 @@ impl HandlerMetrics {
 /// Outcome label values.
 pub mod outcome {
     /// Every outcome, in the order they are reported.
-    pub const ALL: [&str; 9] = [
-        ACK, NAK, TERM, TRAP, TIMEOUT, MEMORY, OVERSIZE, UNREADABLE, HOST,
+    pub const ALL: [&str; 10] = [
+        ACK, NAK, TERM, TRAP, TIMEOUT, MEMORY, OVERSIZE, UNREADABLE, HOST, QUOTA,
     ];
     /// The handler acked.
     pub const ACK: &str = "ack";
@@ -128,6 +132,9 @@ pub mod outcome {
     /// The host could not run the call (no room in the instance pool); the call is retried in
     /// place, the message kept in progress: not the guest's doing, no delivery used up.
     pub const HOST: &str = "host";
+    /// The call would have taken its tenant past its memory quota; retried in place like
+    /// [`HOST`]: the tenant's condition, not the message's.
+    pub const QUOTA: &str = "quota";
 }
 
 impl Metrics {
@@ -143,7 +150,7 @@ impl Metrics {
         let outcomes = counters(
             "jetwasm_messages_total",
             "Messages handled, by outcome",
-            &["handler", "outcome"],
+            &["tenant", "handler", "outcome"],
         );
         let latency = registered(
             &registry,
@@ -156,24 +163,28 @@ impl Metrics {
                     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
                     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 ]),
-                &["handler"],
+                &["tenant", "handler"],
             ),
         );
-        let in_flight = gauges("jetwasm_in_flight", "Calls running now", &["handler"]);
+        let in_flight = gauges(
+            "jetwasm_in_flight",
+            "Calls running now",
+            &["tenant", "handler"],
+        );
         let dead_letters = counters(
             "jetwasm_dead_letters_total",
             "Messages dead-lettered and terminated",
-            &["handler"],
+            &["tenant", "handler"],
         );
         let instances = counters(
             "jetwasm_instances_total",
             "Handler instances created (one per message unless instances are reused)",
-            &["handler"],
+            &["tenant", "handler"],
         );
         let float_gauges = |name: &str, help: &str| {
             registered(
                 &registry,
-                GaugeVec::new(Opts::new(name, help), &["handler"]),
+                GaugeVec::new(Opts::new(name, help), &["tenant", "handler"]),
             )
         };
         let pending = float_gauges(
@@ -187,40 +198,46 @@ impl Metrics {
         let pulls = gauges(
             "jetwasm_consumer_pulls",
             "Lanes with a live pull on the consumer (0: consuming nothing)",
-            &["handler"],
+            &["tenant", "handler"],
         );
         let drift = gauges(
             "jetwasm_consumer_drift",
             "Fields of the consumer changed by hand since the streams spec was applied",
-            &["handler"],
+            &["tenant", "handler"],
         );
         let ticks = counters(
             "jetwasm_publisher_ticks_total",
             "Publisher ticks run, by outcome",
-            &["publisher", "outcome"],
+            &["tenant", "publisher", "outcome"],
         );
         let missed_ticks = counters(
             "jetwasm_publisher_missed_ticks_total",
             "Timer firings skipped because the previous tick was still running",
-            &["publisher"],
+            &["tenant", "publisher"],
         );
         let http_requests = counters(
             "jetwasm_http_requests_total",
             "HTTP publisher requests, by response status",
-            &["publisher", "status"],
+            &["tenant", "publisher", "status"],
         );
         let deploy_failures = counters(
             "jetwasm_deploy_failures_total",
             "Drop-in handlers and publishers refused (a bad component or manifest, a missing consumer)",
-            &["handler"],
+            &["tenant", "handler"],
         );
         let versions = gauges(
             "jetwasm_component_version",
             "1 for the version (SHA-256 prefix) of each handler and publisher that runs",
-            &["name", "source", "version"],
+            &["tenant", "name", "source", "version"],
+        );
+        let tenant_memory = gauges(
+            "jetwasm_tenant_memory_bytes",
+            "Linear memory a tenant's live instances hold (its max_memory caps it)",
+            &["tenant"],
         );
         Metrics {
             registry,
+            tenant_memory,
             versions,
             outcomes,
             latency,
@@ -238,48 +255,68 @@ impl Metrics {
         }
     }
 
-    /// Records that `name` (from `source`) now runs `new` instead of `old`; either may be
-    /// absent (started, stopped).
-    pub fn version_change(&self, name: &str, source: &str, old: Option<&str>, new: Option<&str>) {
+    /// Records that `name` of `tenant` (from `source`) now runs `new` instead of `old`;
+    /// either may be absent (started, stopped).
+    pub fn version_change(
+        &self,
+        tenant: &str,
+        name: &str,
+        source: &str,
+        old: Option<&str>,
+        new: Option<&str>,
+    ) {
         if let Some(old) = old {
-            let _ = self.versions.remove_label_values(&[name, source, old]);
+            let _ = self
+                .versions
+                .remove_label_values(&[tenant, name, source, old]);
         }
         if let Some(new) = new {
-            self.versions.with_label_values(&[name, source, new]).set(1);
+            let labels = [tenant, name, source, new];
+            self.versions.with_label_values(&labels).set(1);
         }
     }
 
-    /// Counts one refused drop-in, handler or publisher `name`.
-    pub fn deploy_failure(&self, name: &str) {
-        self.deploy_failures.with_label_values(&[name]).inc();
-    }
-
-    /// Counts one HTTP publisher request answered with `status`.
-    pub fn http_request(&self, publisher: &str, status: u16) {
-        self.http_requests
-            .with_label_values(&[publisher, &status.to_string()])
+    /// Counts one refused drop-in, handler or publisher `name` of `tenant`.
+    pub fn deploy_failure(&self, tenant: &str, name: &str) {
+        self.deploy_failures
+            .with_label_values(&[tenant, name])
             .inc();
     }
 
-    /// The metrics of publisher `name`, every counter starting at zero.
-    pub fn publisher(&self, name: &str) -> PublisherMetrics {
+    /// Counts one request to HTTP publisher `publisher` of `tenant` answered with `status`.
+    pub fn http_request(&self, tenant: &str, publisher: &str, status: u16) {
+        self.http_requests
+            .with_label_values(&[tenant, publisher, &status.to_string()])
+            .inc();
+    }
+
+    /// The gauge of the memory `tenant`'s live instances hold.
+    pub fn tenant_memory(&self, tenant: &str) -> IntGauge {
+        self.tenant_memory.with_label_values(&[tenant])
+    }
+
+    /// The metrics of publisher `name` of `tenant`, every counter starting at zero.
+    pub fn publisher(&self, tenant: &str, name: &str) -> PublisherMetrics {
         PublisherMetrics {
             ticks: tick_outcome::ALL
                 .iter()
-                .map(|kind| (*kind, self.ticks.with_label_values(&[name, kind])))
+                .map(|kind| (*kind, self.ticks.with_label_values(&[tenant, name, kind])))
                 .collect(),
-            missed_ticks: self.missed_ticks.with_label_values(&[name]),
+            missed_ticks: self.missed_ticks.with_label_values(&[tenant, name]),
         }
     }
 
-    /// The metrics of handler `name`; its outcome counters start at zero, so they show up in
-    /// `/metrics` before the first message.
-    pub fn handler(&self, name: &str) -> HandlerMetrics {
-        let labels = [name];
+    /// The metrics of handler `name` of `tenant`; its outcome counters start at zero, so they
+    /// show up in `/metrics` before the first message.
+    pub fn handler(&self, tenant: &str, name: &str) -> HandlerMetrics {
+        let labels = [tenant, name];
         HandlerMetrics {
             outcomes: outcome::ALL
                 .iter()
-                .map(|kind| (*kind, self.outcomes.with_label_values(&[name, kind])))
+                .map(|kind| {
+                    let counter = self.outcomes.with_label_values(&[tenant, name, kind]);
+                    (*kind, counter)
+                })
                 .collect(),
             latency: self.latency.with_label_values(&labels),
             in_flight: self.in_flight.with_label_values(&labels),

@@ -2,10 +2,12 @@
 //! publish itself, waiting for the stream's acknowledgement, with errors mapped to the
 //! contract's `publish-error`. Used by the `publish` import and for dead letters.
 
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
-use std::str::FromStr;
+use tokio::sync::broadcast;
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
@@ -77,16 +79,97 @@ fn header_map(headers: Vec<(String, String)>) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
+/// A JetStream connection, and what its server refused: the server enforces the
+/// connection's permissions by dropping a forbidden publish and telling the client apart from
+/// it, so that is how a publish learns it was denied.
+#[derive(Clone)]
+pub struct Connection {
+    /// The JetStream context.
+    pub js: jetstream::Context,
+    /// Subjects the server refused to let this connection publish to, as it says so.
+    pub denials: Denials,
+}
+
+/// The subjects a connection was refused, as the server reports them.
+#[derive(Clone)]
+pub struct Denials {
+    heard: broadcast::Sender<Arc<str>>,
+}
+
+impl Default for Denials {
+    fn default() -> Self {
+        Denials {
+            heard: broadcast::channel(64).0,
+        }
+    }
+}
+
+impl Denials {
+    /// Notes a server error: returns true when it was a publish permission violation.
+    pub fn heard(&self, error: &str) -> bool {
+        let Some(subject) = error.strip_prefix("Permissions Violation for Publish to ") else {
+            return false;
+        };
+        let _ = self.heard.send(subject.trim_matches('"').into());
+        true
+    }
+
+    /// Runs `work` unless the server refuses this connection a subject meanwhile: then the
+    /// error is that subject, at once (a refused request would otherwise wait for its
+    /// timeout). Meant for one piece of work at a time, such as loading a component.
+    pub async fn during<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, Arc<str>> {
+        let mut heard = self.heard.subscribe();
+        tokio::select! {
+            biased;
+            done = work => Ok(done),
+            subject = heard.recv() => match subject {
+                Ok(subject) => Err(subject),
+                Err(_) => Err("(a refused subject: too many to tell which)".into()),
+            },
+        }
+    }
+}
+
 /// Publishes and waits for the PubAck. A timed-out publish is retried once with the same
 /// message id, which the stream deduplicates. While the connection is down it fails at once
 /// with `unavailable` and sends nothing: the client would otherwise buffer the message and
-/// store it on reconnect, long after the caller was told it failed.
+/// store it on reconnect, long after the caller was told it failed. A publish the server
+/// refuses (the connection's permissions) fails with `denied` as soon as the server says so.
 pub async fn publish_acked(
-    js: &jetstream::Context,
+    connection: &Connection,
     subject: String,
     headers: HeaderMap,
     payload: bytes::Bytes,
 ) -> Result<PublishAck, PublishError> {
+    let mut denied = connection.denials.heard.subscribe();
+    let refused = async {
+        loop {
+            match denied.recv().await {
+                Ok(s) if *s == subject => return,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                _ => {}
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        result = acked(&connection.js, &subject, headers, payload) => result,
+        () = refused => Err(PublishError::Denied(format!(
+            "{subject} (refused by the NATS server: the connection's permissions do not allow it)"
+        ))),
+    }
+}
+
+async fn acked(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<PublishAck, PublishError> {
+    let subject = subject.to_owned();
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -7,15 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use async_nats::jetstream;
 use stream_init::connect::NatsArgs;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::components::{self, Loader};
-use crate::config::{Config, Overrides, Streams};
+use crate::config::{Config, Overrides};
 use crate::deployments::Deployments;
 use crate::metrics::Metrics;
+use crate::tenant::Tenants;
 use crate::{drop_in, folder, listener, registry};
 
 /// What `jetwasm run` was asked to do.
@@ -38,16 +38,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         nats.creds = config.nats.creds.clone();
     }
     let url = nats.url_or(config.nats.url.as_deref());
-    let client = nats.connect(&url).await?;
-    let js = jetstream::new(client.clone());
-    tracing::info!(%url, "connected to NATS");
-
-    let spec = match &config.streams {
-        Some(streams) => Some(set_up_streams(&js, streams).await?),
-        None => None,
-    };
-
     let metrics = Metrics::new();
+    let tenants = Arc::new(Tenants::start(&config, &nats, &url, &metrics).await?);
+    let js = tenants.host().js().clone();
+
     let found = match &config.runtime.handlers_dir {
         Some(dir) => drop_in::scan(dir, &config)?,
         None => Vec::new(),
@@ -55,11 +49,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let configured = config.components();
     let usable = found.iter().filter_map(|f| f.drop_in.as_ref().ok());
     let pool = components::pool_size(&config.runtime, configured.iter().chain(usable))?;
-    let loader = Loader::new(&config, pool, spec.map(Arc::new), &js, &metrics)?;
+    let loader = Loader::new(&config, pool, &tenants, &metrics)?;
 
     let shutdown = CancellationToken::new();
     let calls = TaskTracker::new();
-    let deployments = Arc::new(Deployments::new(loader, &js, &metrics, &shutdown, &calls));
+    let deployments = Arc::new(Deployments::new(loader, &metrics, &shutdown, &calls));
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.runtime.http {
         let state = listener::Status {
@@ -125,31 +119,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         _ = shutdown_signal() => tracing::warn!("second signal; exiting now, unfinished messages will be redelivered"),
     }
-    // Acks are buffered in the client: make sure they reach the server before exiting.
-    client.flush().await.context("flushing acknowledgements")?;
+    // Acks are buffered in the clients: make sure they reach the server before exiting.
+    for tenant in tenants.iter() {
+        (tenant.js().client().flush().await)
+            .with_context(|| format!("flushing tenant {}'s acknowledgements", tenant.name))?;
+    }
     Ok(())
-}
-
-/// Applies the streams spec (refusing destructive changes unless allowed); returns it, so each
-/// handler can watch its consumer for changes made by hand.
-async fn set_up_streams(
-    js: &jetstream::Context,
-    streams: &Streams,
-) -> anyhow::Result<stream_init::Spec> {
-    let file = &streams.spec;
-    let spec = stream_init::Spec::load(file, streams.env.as_deref())?;
-    let plan = stream_init::plan(js, &spec)
-        .await
-        .with_context(|| format!("planning {}", file.display()))?;
-    plan.check_destructive(streams.allow_destructive)
-        .with_context(|| format!("applying {}", file.display()))?;
-    if plan.is_empty() {
-        tracing::info!(file = %file.display(), "streams up to date");
-    }
-    for line in stream_init::apply(js, &plan).await? {
-        tracing::info!(file = %file.display(), "stream-init: {line}");
-    }
-    Ok(spec)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -18,11 +17,14 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, 
 
 use crate::config::{Limits, PublishPolicy};
 use crate::engine::EPOCH_TICK;
+use crate::fair_share::{let_go, TurnCell};
 use crate::guest_output::GuestOutput;
 use crate::limiter::{MemoryLimitExceeded, MemoryLimiter};
 use crate::log_budget::LogBudget;
 use crate::metrics::outcome;
 use crate::origin::Origin;
+use crate::publish::Connection;
+use crate::quota::{Account, QuotaExceeded};
 
 /// How a call failed; its instance is gone. Every variant but [`Failure::HostCapacity`] is
 /// the guest's doing.
@@ -39,6 +41,9 @@ pub enum Failure {
     /// The host had no room for the instance (its pool was full): a host condition, never
     /// counted or retried as a guest failure.
     HostCapacity(String),
+    /// The call would have taken its tenant past a quota (memory summed over its instances):
+    /// the tenant's condition, retried like [`Failure::HostCapacity`].
+    Quota(String),
 }
 
 impl Failure {
@@ -58,6 +63,7 @@ impl Failure {
             Failure::CpuTime(_) | Failure::Timeout(_) => outcome::TIMEOUT,
             Failure::Memory(_) => outcome::MEMORY,
             Failure::HostCapacity(_) => outcome::HOST,
+            Failure::Quota(_) => outcome::QUOTA,
         }
     }
 
@@ -69,6 +75,7 @@ impl Failure {
             Failure::Timeout(limit) => format!("timeout: still running after {limit:?}"),
             Failure::Memory(what) => what.clone(),
             Failure::HostCapacity(what) => format!("host at capacity: {what}"),
+            Failure::Quota(what) => format!("quota: {what}"),
         }
     }
 }
@@ -98,13 +105,15 @@ pub struct ComponentEnv {
     pub log_budget: LogBudget,
     /// The rate limit on the host's lines about the component's calls.
     pub host_log: LogBudget,
+    /// Its tenant's quota account.
+    pub account: Arc<Account>,
 }
 
 /// Where a component's publishes go.
 #[derive(Clone)]
 pub enum Sink {
     /// JetStream: each publish waits for its PubAck.
-    JetStream(Box<jetstream::Context>),
+    JetStream(Box<Connection>),
     /// Recorded, never sent (`jetwasm try`): each publish is kept and answered as stored.
     Capture(Arc<Mutex<Vec<Captured>>>),
 }
@@ -137,6 +146,8 @@ pub struct HostState {
     pub(crate) origin: Origin,
     /// Publishes made by the current call.
     pub(crate) published: u32,
+    /// The current call's turn at the CPU, while it has one (see the `fair_share` module).
+    pub(crate) turn: TurnCell,
 }
 
 impl HostState {
@@ -149,11 +160,12 @@ impl HostState {
                 env: Some(env.clone()),
             },
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(limits.memory.as_u64() as usize),
+            limiter: MemoryLimiter::new(limits.memory.as_u64() as usize, env.account.clone()),
             budget: Budget::new(limits),
             env,
             origin,
             published: 0,
+            turn: TurnCell::default(),
         }
     }
 
@@ -296,8 +308,9 @@ impl Budget {
 /// applied.
 ///
 /// The epoch callback runs at each tick the guest spends executing (never while it is
-/// blocked in a host call): it counts CPU time against the call's [`Budget`], yields to other
-/// tasks, and ends the call past either limit with the [`Failure`] naming it.
+/// blocked in a host call): it counts CPU time against the call's [`Budget`], ends the call
+/// past either limit with the [`Failure`] naming it, and otherwise lets go of the call's turn
+/// at the CPU and waits for its tenant's next one (see the `fair_share` module).
 pub fn store(
     engine: &Engine,
     env: Arc<ComponentEnv>,
@@ -307,9 +320,18 @@ pub fn store(
     let mut store = Store::new(engine, HostState::new(env, origin, limits));
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|mut store| match store.data_mut().budget.tick() {
-        Some(failure) => Err(wasmtime::Error::new(failure)),
-        None => Ok(UpdateDeadline::Yield(1)),
+    store.epoch_deadline_callback(|mut store| {
+        let state = store.data_mut();
+        if let Some(failure) = state.budget.tick() {
+            return Err(wasmtime::Error::new(failure));
+        }
+        let_go(&state.turn);
+        let (share, cell) = (state.env.account.share.clone(), state.turn.clone());
+        let next = async move {
+            let turn = share.turn().await;
+            *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(turn);
+        };
+        Ok(UpdateDeadline::YieldCustom(1, Box::pin(next)))
     });
     store
 }
@@ -332,11 +354,14 @@ pub const CEILING_GRACE: Duration = Duration::from_secs(1);
 ///
 /// Most calls never wait on anything and finish in their first poll; only a call that waits
 /// gets a timer, started then (the first poll is itself bounded by the epoch deadline). The
-/// call is taken pinned (boxed or `pin!`ned) so that it is never copied.
+/// call is taken pinned (boxed or `pin!`ned) so that it is never copied. Whenever the call
+/// waits, and when it ends, it lets go of its turn at the CPU (`turn`, its store's).
 pub async fn run<T>(
     limits: &Limits,
-    mut call: impl Future<Output = wasmtime::Result<T>> + Unpin,
+    turn: TurnCell,
+    call: impl Future<Output = wasmtime::Result<T>> + Unpin,
 ) -> Result<T, Failure> {
+    let mut call = LettingGo { call, turn };
     let result = match futures::poll!(&mut call) {
         Poll::Ready(result) => result.map_err(Some),
         Poll::Pending => match tokio::time::timeout(limits.timeout + CEILING_GRACE, call).await {
@@ -345,6 +370,25 @@ pub async fn run<T>(
         },
     };
     result.map_err(|error| classify(error.as_ref(), limits))
+}
+
+/// A call that lets go of its turn at the CPU whenever it waits or ends.
+struct LettingGo<F> {
+    call: F,
+    turn: TurnCell,
+}
+
+impl<F: Future + Unpin> Future for LettingGo<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<F::Output> {
+        let polled = std::pin::Pin::new(&mut self.call).poll(cx);
+        let_go(&self.turn);
+        polled
+    }
 }
 
 /// Names what made a call fail: `error` is the call's error, `None` when the wall-clock
@@ -358,6 +402,9 @@ pub fn classify(error: Option<&wasmtime::Error>, limits: &Limits) -> Failure {
     }
     if let Some(memory) = error.downcast_ref::<MemoryLimitExceeded>() {
         return Failure::Memory(memory.to_string());
+    }
+    if let Some(quota) = error.downcast_ref::<QuotaExceeded>() {
+        return Failure::Quota(quota.to_string());
     }
     if let Some(pool) = error.downcast_ref::<PoolConcurrencyLimitError>() {
         return Failure::HostCapacity(pool.to_string());

@@ -13,6 +13,9 @@ use sha2::{Digest, Sha256};
 /// One handler or publisher, running or refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComponentStatus {
+    /// Its tenant.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     /// Its name.
     pub name: String,
     /// `handler`, `publisher` or `http-publisher`; unknown for a drop-in whose manifest could
@@ -49,9 +52,37 @@ pub fn version_of(wasm: &Path) -> Option<String> {
     }))
 }
 
+/// One tenant and what its components use of its quotas on this host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantStatus {
+    /// Its name.
+    pub name: String,
+    /// Its handlers and publishers here, by name.
+    pub components: Vec<String>,
+    /// Calls running now across its handlers.
+    pub in_flight: i64,
+    /// Its `max_in_flight`, if it has one.
+    pub max_in_flight: Option<usize>,
+    /// Linear memory its live instances hold, in bytes.
+    pub memory: u64,
+    /// Its `max_memory` in bytes, if it has one.
+    pub max_memory: Option<u64>,
+    /// Its `cpu_share`.
+    pub cpu_share: u32,
+    /// Its `max_handlers`, if it has one.
+    pub max_handlers: Option<usize>,
+}
+
+fn default_tenant() -> String {
+    crate::config::DEFAULT_TENANT.to_owned()
+}
+
 /// The body of `GET /status`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatusBody {
+    /// Every tenant with what it uses of its quotas.
+    #[serde(default)]
+    pub tenants: Vec<TenantStatus>,
     /// Every handler and publisher, running or refused.
     pub components: Vec<ComponentStatus>,
 }
@@ -87,14 +118,15 @@ pub async fn fetch(url: &str) -> anyhow::Result<Vec<ComponentStatus>> {
 /// `jetwasm status`: one line per component, refused ones with their reason under them.
 pub fn table(components: &[ComponentStatus]) -> String {
     let mut out = format!(
-        "{:<24} {:<15} {:<7} {:<13} {:<8} {}\n",
-        "NAME", "KIND", "SOURCE", "VERSION", "STATE", "IN FLIGHT"
+        "{:<12} {:<24} {:<15} {:<8} {:<13} {:<8} {}\n",
+        "TENANT", "NAME", "KIND", "SOURCE", "VERSION", "STATE", "IN FLIGHT"
     );
     for c in components {
         let dash = || "-".to_owned();
         let _ = writeln!(
             out,
-            "{:<24} {:<15} {:<7} {:<13} {:<8} {}",
+            "{:<12} {:<24} {:<15} {:<8} {:<13} {:<8} {}",
+            c.tenant,
             c.name,
             c.kind.clone().unwrap_or_else(dash),
             c.source,
@@ -118,6 +150,7 @@ mod tests {
     #[test]
     fn the_table_shows_every_component_and_why_one_was_refused() {
         let running = ComponentStatus {
+            tenant: "default".into(),
             name: "orders".into(),
             kind: Some("handler".into()),
             source: "folder".into(),
@@ -130,6 +163,7 @@ mod tests {
             revision: None,
         };
         let refused = ComponentStatus {
+            tenant: "default".into(),
             name: "lonely".into(),
             kind: None,
             source: "folder".into(),
@@ -143,15 +177,15 @@ mod tests {
         };
         let table = table(&[running, refused]);
         let lines: Vec<&str> = table.lines().collect();
-        assert!(lines[0].starts_with("NAME"), "{table}");
+        assert!(lines[0].starts_with("TENANT       NAME"), "{table}");
         assert!(
-            lines[1].starts_with("orders")
+            lines[1].starts_with("default      orders")
                 && lines[1].contains("3f9a1c0b2d4e")
                 && lines[1].ends_with(" 3"),
             "{table}"
         );
         assert!(
-            lines[2].starts_with("lonely") && lines[2].contains("refused"),
+            lines[2].starts_with("default      lonely") && lines[2].contains("refused"),
             "{table}"
         );
         assert_eq!(

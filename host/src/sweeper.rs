@@ -109,7 +109,7 @@ async fn sweep(binding: Arc<Binding>, js: jetstream::Context, advisory: MaxDeliv
     };
     let prefix = &binding.dead_letter;
     match dead_letter::write(
-        &js,
+        &binding.tenant.connection,
         prefix,
         &source,
         &reason,

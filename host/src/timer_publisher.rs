@@ -58,13 +58,14 @@ impl TimerPublisher {
         // Everything logged during the tick, the guest's lines included, names it.
         let span = origin.span(&self.name);
         let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &self.limits);
+        let turn = store.data().turn.clone();
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
                 .call_on_tick(&mut store, Tick { now_ms, seq })
                 .await
         };
-        let result = sandbox::run(&self.limits, std::pin::pin!(call.instrument(span))).await;
+        let result = sandbox::run(&self.limits, turn, std::pin::pin!(call.instrument(span))).await;
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(TickError::Returned(reason)),

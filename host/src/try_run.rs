@@ -17,11 +17,13 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::bindings::{HandlerPre, Message};
 use crate::compile_cache::CompileCache;
-use crate::config::{HttpRoute, Limits, PublishPolicy};
+use crate::config::{HttpRoute, Limits, PublishPolicy, DEFAULT_TENANT};
 use crate::dispatch::{Dispatcher, Outcome};
+use crate::fair_share::Gate;
 use crate::http_publisher::{HttpPublisher, RequestFailure};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
+use crate::quota::Account;
 use crate::sandbox::{Captured, ComponentEnv, Sink};
 use crate::schedule::{Firing, Schedule};
 use crate::timer_publisher::{TickError, TimerPublisher};
@@ -116,13 +118,20 @@ impl Trier {
             sink: Sink::Capture(captured.clone()),
             log_budget: LogBudget::default(),
             host_log: LogBudget::default(),
+            account: Arc::new(Account::new(
+                DEFAULT_TENANT,
+                None,
+                None,
+                Gate::new(1).share(0, 1),
+                prometheus::IntGauge::new("try_memory", "memory")?,
+            )),
         });
         let kind = if let Ok(pre) = loader::check::<HandlerPre<_>>(&linker, &compiled) {
             let instances = prometheus::IntCounter::new("try_instances", "instances")?;
             Kind::Handler(Dispatcher::new(pre, env, limits, None, instances))
         } else if let Ok(pre) = loader::check::<PublisherPre<_>>(&linker, &compiled) {
             let schedule = Schedule::Every(Duration::from_secs(1));
-            let metrics = Metrics::new().publisher(&name);
+            let metrics = Metrics::new().publisher(DEFAULT_TENANT, &name);
             Kind::Publisher(TimerPublisher::new(pre, env, limits, schedule, metrics))
         } else if let Ok(pre) = loader::check::<ProxyPre<_>>(&linker, &compiled) {
             let route = HttpRoute {

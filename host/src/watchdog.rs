@@ -89,7 +89,14 @@ pub async fn watch(
         if let Some(declared) = &binding.declared {
             report_drift(&binding, declared, &info.config, &mut drift);
         }
-        if is_stalled(info.num_pending, idle, slots.available_permits()) {
+        // A call needs a slot in its lane and one in its tenant's quota.
+        let tenant_free = binding
+            .tenant
+            .account
+            .in_flight_free()
+            .unwrap_or(usize::MAX);
+        let free = slots.available_permits().min(tenant_free);
+        if is_stalled(info.num_pending, idle, free) {
             tracing::warn!(handler = %binding.name, pending = info.num_pending, "pull stalled; re-issuing it");
             pull.cancel();
             return;

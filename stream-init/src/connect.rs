@@ -27,6 +27,9 @@ pub struct NatsArgs {
     /// NATS credentials file (JWT + NKey seed)
     #[arg(long, env = "NATS_CREDS")]
     pub creds: Option<PathBuf>,
+    /// File holding an NKey seed (`SU...`) to authenticate with
+    #[arg(long, env = "NATS_NKEY")]
+    pub nkey: Option<PathBuf>,
     /// CA certificate (PEM) to verify the server's TLS certificate
     #[arg(long, env = "NATS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -53,6 +56,29 @@ impl NatsArgs {
     /// Connects to `url` with these credentials. Fails within a few seconds, naming the URL,
     /// when the server cannot be reached or refuses the credentials.
     pub async fn connect(&self, url: &str) -> anyhow::Result<async_nats::Client> {
+        self.connect_with(url, self.options().await?).await
+    }
+
+    /// Connects to `url` with `options` (from [`NatsArgs::options`], with more set).
+    pub async fn connect_with(
+        &self,
+        url: &str,
+        options: async_nats::ConnectOptions,
+    ) -> anyhow::Result<async_nats::Client> {
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("invalid NATS server URL {url:?}"))?;
+        options
+            .connect(servers)
+            .await
+            .with_context(|| format!("cannot connect to NATS at {url}"))
+    }
+
+    /// The connect options these flags ask for: credentials, TLS and a short connection
+    /// timeout.
+    pub async fn options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
             .name("jetwasm");
@@ -76,18 +102,15 @@ impl NatsArgs {
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
+        if let Some(nkey) = &self.nkey {
+            let seed = std::fs::read_to_string(nkey)
+                .with_context(|| format!("reading nkey seed file {}", nkey.display()))?;
+            options = options.nkey(seed.trim().to_owned());
+        }
         if self.tls {
             options = options.require_tls(true);
         }
-        let servers = url
-            .split(',')
-            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("invalid NATS server URL {url:?}"))?;
-        options
-            .connect(servers)
-            .await
-            .with_context(|| format!("cannot connect to NATS at {url}"))
+        Ok(options)
     }
 }
 

@@ -133,8 +133,7 @@ config = {{ subject = "bench.http" }}
     let metrics = Metrics::new();
     let loader = jetwasm::components::Loader::for_config(&config, js, &metrics)?;
     let calls = tokio_util::task::TaskTracker::new();
-    let deployments =
-        jetwasm::deployments::Deployments::new(loader, js, &metrics, shutdown, &calls);
+    let deployments = jetwasm::deployments::Deployments::new(loader, &metrics, shutdown, &calls);
     deployments.start_configured(&config.components()).await?;
     let status = jetwasm::listener::Status {
         metrics,

@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use harness::setup::order;
 use harness::{deploy_config, workspace_root, Cluster, Host};
 use jetwasm::bindings::PublishError;
-use jetwasm::publish::publish_acked;
+use jetwasm::publish::{publish_acked, Connection, Denials};
 
 const STREAMS: [&str; 2] = ["ORDERS", "DEADLETTER"];
 
@@ -43,12 +43,22 @@ async fn publish_through_failover(
     n: usize,
 ) -> Vec<PublishError> {
     let mut errors = Vec::new();
+    let connection = Connection {
+        js: js.clone(),
+        denials: Denials::default(),
+    };
     for i in 0..n {
         let payload = order(i).replacen("\"id\":\"", &format!("\"id\":\"{prefix}-"), 1);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let subject = "orders.created".to_owned();
-            let result = publish_acked(js, subject, HeaderMap::new(), payload.clone().into()).await;
+            let result = publish_acked(
+                &connection,
+                subject,
+                HeaderMap::new(),
+                payload.clone().into(),
+            )
+            .await;
             match result {
                 Ok(_) => break,
                 Err(e) if Instant::now() < deadline => {

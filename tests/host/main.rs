@@ -9,6 +9,7 @@ mod conformance;
 mod deploy;
 mod drop_in;
 mod registry;
+mod tenants;
 
 /// The harness starts the host from the binary beside the test executable: exactly the one
 /// Cargo built for these tests.

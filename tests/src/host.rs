@@ -186,14 +186,12 @@ impl Host {
         Ok(body)
     }
 
-    /// The value of one sample in `/metrics`, e.g.
-    /// `metric("jetwasm_messages_total{handler=\"orders\",outcome=\"ack\"}")`; 0 when absent.
+    /// The value of a sample in `/metrics`, e.g.
+    /// `metric("jetwasm_messages_total{handler=\"orders\",outcome=\"ack\"}")`: the sum of the
+    /// series of that name whose labels include the ones given (so a sample need not name
+    /// every label, e.g. `tenant`); 0 when none.
     pub fn metric(&self, sample: &str) -> anyhow::Result<f64> {
-        let text = self.metrics()?;
-        Ok(text
-            .lines()
-            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(0.0))
+        Ok(sample_sum(&self.metrics()?, sample))
     }
 
     /// Waits until the sample in `/metrics` reaches `at_least`; fails with the log's tail
@@ -314,4 +312,31 @@ pub fn http_exchange(
         .context("HTTP status line")?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     Ok((status, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+/// The sum of the series in Prometheus `text` named as in `sample` whose labels include every
+/// label `sample` gives.
+pub fn sample_sum(text: &str, sample: &str) -> f64 {
+    let split = |s: &str| -> (String, Vec<String>) {
+        match s.split_once('{') {
+            Some((name, labels)) => (
+                name.to_owned(),
+                (labels.trim_end_matches('}').split(','))
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            None => (s.to_owned(), Vec::new()),
+        }
+    };
+    let (name, wanted) = split(sample);
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, labels) = split(series);
+            let matches = series_name == name && wanted.iter().all(|w| labels.contains(w));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }

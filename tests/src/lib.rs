@@ -11,7 +11,9 @@ mod nats;
 mod proxy;
 pub mod setup;
 
-pub use host::{deploy_config, handler_wasm, http_exchange, http_get, http_request, Host};
+pub use host::{
+    deploy_config, handler_wasm, http_exchange, http_get, http_request, sample_sum, Host,
+};
 pub use nats::{Cluster, NatsServer};
 pub use proxy::Proxy;
 

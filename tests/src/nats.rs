@@ -47,6 +47,43 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// Starts a single JetStream server configured by the file `conf` (accounts, users), on a
+    /// free port with its own temporary store; waits until JetStream answers a client that
+    /// gives no credentials (the config's `no_auth_user`).
+    pub async fn start_with_config(conf: &std::path::Path) -> anyhow::Result<NatsServer> {
+        let dir = tempfile::tempdir()?;
+        let (port, monitor_port) = (free_port(), free_port());
+        let args = [
+            "-c".to_owned(),
+            conf.display().to_string(),
+            "-js".to_owned(),
+            "-a".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            port.to_string(),
+            "-m".to_owned(),
+            monitor_port.to_string(),
+            "-sd".to_owned(),
+            dir.path().join("store").display().to_string(),
+        ];
+        let log = dir.path().join("nats.log");
+        let mut server = NatsServer::spawn(&args, port, monitor_port, log)?;
+        server._dir = Some(dir);
+        server.wait_for_jetstream(Duration::from_secs(15)).await?;
+        Ok(server)
+    }
+
+    /// A client connected as `user` with `password`.
+    pub async fn client_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<async_nats::Client> {
+        let options =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into());
+        Ok(options.connect(&self.url).await?)
+    }
+
     fn spawn(
         args: &[String],
         port: u16,

@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub handlers: Vec<RawHandler>,
     #[serde(default, rename = "publisher")]
     pub publishers: Vec<RawPublisher>,
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<super::tenant::RawTenant>,
 }
 
 /// Limits as written in a component's table: each may be absent.
@@ -64,6 +66,7 @@ impl LimitOverrides {
 /// What handlers and publishers both have, borrowed from either.
 pub struct Common<'a> {
     pub name: &'a str,
+    pub tenant: Option<&'a str>,
     pub component: &'a PathBuf,
     pub publish: &'a [String],
     pub limits: &'a LimitOverrides,
@@ -85,6 +88,7 @@ pub enum RawInstances {
 #[serde(deny_unknown_fields)]
 pub struct RawHandler {
     pub name: String,
+    pub tenant: Option<String>,
     pub component: PathBuf,
     pub stream: String,
     pub consumer: String,
@@ -106,6 +110,7 @@ pub struct RawHandler {
 #[serde(deny_unknown_fields)]
 pub struct RawPublisher {
     pub name: String,
+    pub tenant: Option<String>,
     pub component: PathBuf,
     #[serde(default, with = "humantime_serde")]
     pub every: Option<Duration>,
@@ -127,6 +132,7 @@ macro_rules! common {
             pub fn common(&self) -> Common<'_> {
                 Common {
                     name: &self.name,
+                    tenant: self.tenant.as_deref(),
                     component: &self.component,
                     publish: &self.publish,
                     limits: &self.limits,

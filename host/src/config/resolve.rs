@@ -8,6 +8,7 @@ use std::str::FromStr;
 use bytesize::ByteSize;
 
 use super::raw::{Common, RawConfig, RawHandler, RawInstances, RawPublisher};
+use super::tenant::{check_counts, check_member, defaults_for, tenants};
 use super::*;
 use crate::schedule::Schedule;
 
@@ -25,6 +26,14 @@ impl Problems {
         self.0
             .extend(own.0.into_iter().map(|p| format!("{label}: {p}")));
     }
+}
+
+/// What a component's settings are laid over and checked against: `[runtime.limits]` and the
+/// tenants.
+#[derive(Clone, Copy)]
+pub(super) struct Defaults<'a> {
+    pub(super) limits: Limits,
+    pub(super) tenants: &'a [Tenant],
 }
 
 /// The raw file resolved into typed values, every problem noted in `problems`.
@@ -60,12 +69,17 @@ pub(super) fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> C
     }
     let mut names = BTreeSet::new();
     let mut routes = BTreeSet::new();
-    let defaults = raw.runtime.limits;
+    let streams = (&raw.env, raw.allow_destructive);
+    let tenants = tenants(&raw.tenants, raw.runtime.limits, streams, &path, problems);
+    let defaults = Defaults {
+        limits: raw.runtime.limits,
+        tenants: &tenants,
+    };
     let listener = raw.runtime.http.is_some();
-    let handlers = (raw.handlers.iter())
+    let handlers: Vec<Handler> = (raw.handlers.iter())
         .map(|h| handler(h, defaults, &path, &mut names, problems))
         .collect();
-    let publishers = (raw.publishers.iter())
+    let publishers: Vec<Publisher> = (raw.publishers.iter())
         .filter_map(|p| {
             publisher(
                 p,
@@ -77,6 +91,9 @@ pub(super) fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> C
             )
         })
         .collect();
+    let components =
+        (handlers.iter().map(|h| &h.component)).chain(publishers.iter().map(|p| &p.component));
+    check_counts(components, &tenants, problems);
     let streams = raw.streams.map(|spec| Streams {
         spec: path(spec),
         env: raw.env,
@@ -97,6 +114,7 @@ pub(super) fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> C
         runtime,
         handlers,
         publishers,
+        tenants,
     }
 }
 
@@ -104,7 +122,7 @@ pub(super) fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> C
 /// name.
 pub(super) fn handler<'a>(
     raw: &'a RawHandler,
-    defaults: Limits,
+    defaults: Defaults<'_>,
     path: &impl Fn(PathBuf) -> PathBuf,
     names: &mut BTreeSet<&'a str>,
     problems: &mut Problems,
@@ -128,7 +146,7 @@ pub(super) fn handler<'a>(
 /// used; `listener` says whether the host serves HTTP.
 pub(super) fn publisher<'a>(
     raw: &'a RawPublisher,
-    defaults: Limits,
+    defaults: Defaults<'_>,
     path: &impl Fn(PathBuf) -> PathBuf,
     taken: (&mut BTreeSet<&'a str>, &mut BTreeSet<(&'a str, &'a str)>),
     listener: bool,
@@ -157,7 +175,7 @@ pub(super) fn note_name<'a>(name: &'a str, names: &mut BTreeSet<&'a str>, proble
 /// A component's shared settings, resolved and checked.
 pub(super) fn component(
     common: Common<'_>,
-    defaults: Limits,
+    defaults: Defaults<'_>,
     path: &impl Fn(PathBuf) -> PathBuf,
     problems: &mut Problems,
 ) -> Component {
@@ -173,7 +191,8 @@ pub(super) fn component(
             ));
         }
     }
-    let limits = common.limits.over(defaults);
+    let base = defaults_for(common.tenant, defaults.tenants, defaults.limits);
+    let limits = common.limits.over(base);
     check_limits(&limits, problems);
     let mut config = Vec::new();
     for (key, value) in common.config {
@@ -185,13 +204,16 @@ pub(super) fn component(
             )),
         }
     }
-    Component {
+    let component = Component {
         name: common.name.to_owned(),
+        tenant: common.tenant.unwrap_or(DEFAULT_TENANT).to_owned(),
         wasm: path(common.component.clone()),
         limits,
         publish: PublishPolicy::new(common.publish.to_vec()),
         config,
-    }
+    };
+    check_member(&component, defaults.tenants, problems);
+    component
 }
 
 pub(super) fn check_limits(limits: &Limits, problems: &mut Problems) {
