@@ -159,7 +159,14 @@ fn tenant(
             problems.add(format!("publish subject {subject:?} {why}"));
         }
     }
-    let limits = raw.limits.over(defaults);
+    let mut limits = raw.limits.over(defaults);
+    // Defaults never ask for more than the tenant's quotas: only a handler's own setting can.
+    if let (None, Some(quota)) = (raw.limits.max_in_flight, raw.max_in_flight) {
+        limits.max_in_flight = limits.max_in_flight.min(quota);
+    }
+    if let (None, Some(quota)) = (raw.limits.memory, raw.max_memory) {
+        limits.memory = limits.memory.min(quota);
+    }
     check_limits(&limits, problems);
     Tenant {
         name: raw.name.clone(),
