@@ -400,18 +400,28 @@ impl DropIn {
 }
 
 impl Config {
-    /// The drop-in `name` from its manifest `text` (`NAME.toml`), its component `wasm`: the
-    /// keys of a `[[handler]]` table, or with `kind = "publisher"` of a `[[publisher]]` table,
-    /// minus `name` (the file's) and `component` (`NAME.wasm` beside it), with this config's
-    /// defaults, and checked against what the config runs (names, HTTP routes). The error is
-    /// every problem, one line each.
-    pub fn manifest(&self, name: &str, wasm: &Path, text: &str) -> Result<DropIn, Vec<String>> {
+    /// The drop-in `name` of `tenant` from its manifest `text` (`NAME.toml`), its component
+    /// `wasm`: the keys of a `[[handler]]` table, or with `kind = "publisher"` of a
+    /// `[[publisher]]` table, minus `name` (the file's), `component` (`NAME.wasm` beside it)
+    /// and `tenant` (the folder's or the registry key's), with this config's and its tenant's
+    /// defaults, and checked against what the config runs (names, HTTP routes) and its
+    /// tenant's quotas and grant. The error is every problem, one line each.
+    pub fn manifest(
+        &self,
+        name: &str,
+        tenant: &str,
+        wasm: &Path,
+        text: &str,
+    ) -> Result<DropIn, Vec<String>> {
         let mut table: toml::Table = text.parse().map_err(|e| vec![one_line(&e, text)])?;
         let mut problems = Problems::default();
         for (key, whose) in [
             ("name", "the file's name"),
             ("component", "the .wasm beside it"),
-            ("tenant", "the folder it is in (handlers.d/<tenant>/)"),
+            (
+                "tenant",
+                "the folder it is in (TENANT/NAME.toml) or its registry key (TENANT.NAME)",
+            ),
         ] {
             if table.contains_key(key) {
                 problems.add(format!("`{key}` is not set in a manifest: it is {whose}"));
@@ -444,9 +454,14 @@ impl Config {
         };
         table.insert("name".into(), name.into());
         table.insert("component".into(), wasm.display().to_string().into());
+        if tenant != DEFAULT_TENANT {
+            table.insert("tenant".into(), tenant.into());
+        }
         let value = toml::Value::Table(table);
-        let mut names: BTreeSet<&str> = (self.handlers.iter().map(|h| h.component.name.as_str()))
-            .chain(self.publishers.iter().map(|p| p.component.name.as_str()))
+        let mut names: BTreeSet<&str> = (self.handlers.iter().map(|h| &h.component))
+            .chain(self.publishers.iter().map(|p| &p.component))
+            .filter(|c| c.tenant == tenant)
+            .map(|c| c.name.as_str())
             .collect();
         let mut routes: BTreeSet<(&str, &str)> = (self.publishers.iter())
             .filter_map(|p| match &p.trigger {

@@ -25,8 +25,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::binding::Binding;
 use crate::components::{reservation, Loaded, Loader};
-use crate::config::{DropIn, DEFAULT_TENANT};
-use crate::drop_in::Found;
+use crate::config::DropIn;
+use crate::drop_in::{self, Found};
 use crate::http_publisher::HttpPublisher;
 use crate::launch::{route_key, Launcher, Running};
 use crate::metrics::Metrics;
@@ -122,7 +122,9 @@ impl Deployments {
                 status,
                 running: Some(running),
             };
-            self.entries().insert(what.component().name.clone(), entry);
+            let component = what.component();
+            let key = drop_in::key(&component.tenant, &component.name);
+            self.entries().insert(key, entry);
         }
         Ok(())
     }
@@ -148,6 +150,7 @@ impl Deployments {
     pub async fn apply(&self, found: Found, source: Source) {
         let Found {
             name,
+            tenant,
             drop_in,
             complete,
             fingerprint,
@@ -162,7 +165,7 @@ impl Deployments {
                 // A name another source runs (the config, the folder or the registry) is
                 // left to it.
                 let error = format!("{name} is taken by the {}", owner.as_str());
-                self.metrics.deploy_failure(DEFAULT_TENANT, &name);
+                self.metrics.deploy_failure(&tenant, bare(&name, &tenant));
                 tracing::error!(
                     drop_in = name,
                     source = source.as_str(),
@@ -196,6 +199,10 @@ impl Deployments {
             }
         }
         let outcome = match drop_in {
+            Ok(drop_in) if !self.runs(&name) => self.check_max_handlers(&drop_in).map(|()| drop_in),
+            other => other.map_err(|e| anyhow::anyhow!(e)),
+        };
+        let outcome = match outcome {
             Ok(drop_in) => match self.loader.topology_problems(&drop_in).await {
                 problems if problems.is_empty() => {
                     self.deploy(&name, &drop_in, source, revision, started)
@@ -203,10 +210,10 @@ impl Deployments {
                 }
                 problems => Err(anyhow::anyhow!(problems.join("; "))),
             },
-            Err(error) => Err(anyhow::anyhow!(error)),
+            Err(error) => Err(error),
         };
         if let Err(e) = outcome {
-            self.refuse(&name, source, &format!("{e:#}"));
+            self.refuse(&name, &tenant, source, &format!("{e:#}"));
         }
         if let Some(entry) = self.entries().get_mut(&name) {
             entry.fingerprint = fingerprint;
@@ -294,17 +301,17 @@ impl Deployments {
         (self.metrics).version_change(tenant, name, source, old, new);
     }
 
-    /// Records that `name` cannot run (as it is now): a running version keeps running.
-    fn refuse(&self, name: &str, source: Source, error: &str) {
+    /// Records that `name` (a [`drop_in::key`]) of `tenant` cannot run (as it is now): a
+    /// running version keeps running.
+    fn refuse(&self, name: &str, tenant: &str, source: Source, error: &str) {
+        self.metrics.deploy_failure(tenant, bare(name, tenant));
         let mut entries = self.entries();
-        let tenant = (entries.get(name)).map_or(DEFAULT_TENANT, |e| e.status.tenant.as_str());
-        self.metrics.deploy_failure(tenant, name);
         let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
             source,
             fingerprint: None,
             status: ComponentStatus {
-                tenant: DEFAULT_TENANT.to_owned(),
-                name: name.to_owned(),
+                tenant: tenant.to_owned(),
+                name: bare(name, tenant).to_owned(),
                 kind: None,
                 source: source.as_str().to_owned(),
                 component: None,
@@ -362,6 +369,31 @@ impl Deployments {
         }
         self.launcher.stop(name, running);
         tracing::info!(name, "drop-in removed");
+    }
+
+    /// Whether `name` runs now.
+    fn runs(&self, name: &str) -> bool {
+        self.entries()
+            .get(name)
+            .is_some_and(|e| e.running.is_some())
+    }
+
+    /// Refuses a new component of a tenant already running its `max_handlers`.
+    fn check_max_handlers(&self, what: &DropIn) -> anyhow::Result<()> {
+        let tenant = &what.component().tenant;
+        let quotas = (self.loader.tenants().get(tenant).ok()).and_then(|t| t.quotas);
+        let Some(max) = quotas.and_then(|q| q.max_handlers) else {
+            return Ok(());
+        };
+        let running = (self.entries().values())
+            .filter(|e| e.running.is_some() && e.status.tenant == *tenant)
+            .count();
+        if running >= max {
+            anyhow::bail!(
+                "tenant {tenant} runs {running} handlers and publishers here, its max_handlers"
+            );
+        }
+        Ok(())
     }
 
     /// Instances not reserved by a running component.
@@ -448,6 +480,13 @@ impl Deployments {
     fn draining(&self) -> MutexGuard<'_, Vec<Draining>> {
         self.draining.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The name in `key` (see [`drop_in::key`]), without its tenant.
+fn bare<'a>(key: &'a str, tenant: &str) -> &'a str {
+    (key.strip_prefix(tenant))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .unwrap_or(key)
 }
 
 /// Logs a replacement: `orders: 3f9a1c → 8b20de` and how long it took from noticing the new

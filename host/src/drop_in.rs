@@ -1,8 +1,10 @@
 //! The handlers folder (`[runtime] handlers_dir`, `--handlers-dir`): a handler or publisher is
 //! `NAME.wasm` beside its manifest `NAME.toml` (the keys of a `[[handler]]` or, with
 //! `kind = "publisher"`, a `[[publisher]]` table, minus `name` and `component`: see
-//! [`Config::manifest`]). The folder is read at start and whenever it changes (see
-//! the `folder` module); a drop-in that cannot be used is reported, naming the file and the
+//! [`Config::manifest`]). A tenant's drop-ins live in its own subfolder, `TENANT/NAME.wasm`
+//! beside `TENANT/NAME.toml`, and run as that tenant; the folder a drop-in is in is the only
+//! way to give it a tenant. The folder is read at start and whenever it changes (see the
+//! `folder` module); a drop-in that cannot be used is reported, naming the file and the
 //! problem, and skipped: it never stops the host.
 
 use std::collections::BTreeMap;
@@ -10,13 +12,25 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::config::{Config, DropIn};
+use crate::config::{Config, DropIn, DEFAULT_TENANT};
 
-/// One drop-in found in the folder: resolved, or why it cannot be used.
+/// What names a drop-in on a host, across the config, the folder and the registry: `NAME`
+/// for the host's own, `TENANT.NAME` for a tenant's (its registry key too).
+pub fn key(tenant: &str, name: &str) -> String {
+    if tenant == DEFAULT_TENANT {
+        name.to_owned()
+    } else {
+        format!("{tenant}.{name}")
+    }
+}
+
+/// One drop-in found in the folder or the registry: resolved, or why it cannot be used.
 #[derive(Debug)]
 pub struct Found {
-    /// Its name: the files' stem.
+    /// Its [`key`]: the files' stem, after its tenant's name and a dot for a tenant's.
     pub name: String,
+    /// Its tenant.
+    pub tenant: String,
     /// The handler or publisher, or the problems, one line each, naming the file.
     pub drop_in: Result<DropIn, String>,
     /// Whether both its files are there: one gone means the drop-in is removed.
@@ -35,12 +49,51 @@ struct Pair {
     manifest: Option<PathBuf>,
 }
 
-/// Every drop-in in `dir`, by name. Creates the folder if it does not exist yet; fails only
-/// when it cannot be read. Files other than `.wasm` and `.toml`, and hidden ones (an editor's
-/// or a copy's temporary files), are ignored.
+/// Every drop-in in `dir` and in its tenants' subfolders, by name. Creates the folder if it
+/// does not exist yet; fails only when it cannot be read. Files other than `.wasm` and
+/// `.toml`, and hidden ones (an editor's or a copy's temporary files), are ignored; a
+/// subfolder that names no declared tenant is reported.
 pub fn scan(dir: &Path, config: &Config) -> anyhow::Result<Vec<Found>> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the handlers folder {}", dir.display()))?;
+    let mut found = scan_one(dir, DEFAULT_TENANT, config)?;
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the handlers folder {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let Some(folder) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !path.is_dir() || folder.starts_with('.') {
+            continue;
+        }
+        if config.tenants.iter().any(|t| t.name == folder) {
+            found.extend(scan_one(&path, folder, config)?);
+        } else {
+            let declared: Vec<&str> = config.tenants.iter().map(|t| t.name.as_str()).collect();
+            found.push(Found {
+                name: format!("{folder}/"),
+                tenant: DEFAULT_TENANT.to_owned(),
+                drop_in: Err(format!(
+                    "{}: no tenant {folder} is declared (declared: {}): its drop-ins do not run",
+                    path.display(),
+                    if declared.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        declared.join(", ")
+                    }
+                )),
+                complete: true,
+                fingerprint: Some(String::new()),
+                revision: None,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// The drop-ins of `tenant` in `dir` (not its subfolders).
+fn scan_one(dir: &Path, tenant: &str, config: &Config) -> anyhow::Result<Vec<Found>> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("reading the handlers folder {}", dir.display()))?;
     let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
@@ -64,7 +117,7 @@ pub fn scan(dir: &Path, config: &Config) -> anyhow::Result<Vec<Found>> {
         let pair_files: Vec<PathBuf> = pair.wasm.iter().chain(&pair.manifest).cloned().collect();
         let complete = pair_files.len() == 2;
         let drop_in = match (pair.wasm, pair.manifest) {
-            (Some(wasm), Some(manifest)) => resolve(&name, &wasm, &manifest, config),
+            (Some(wasm), Some(manifest)) => resolve(&name, tenant, &wasm, &manifest, config),
             (Some(wasm), None) => Err(format!(
                 "{}: no manifest {name}.toml beside it (say which stream and consumer it handles)",
                 wasm.display()
@@ -77,7 +130,8 @@ pub fn scan(dir: &Path, config: &Config) -> anyhow::Result<Vec<Found>> {
         };
         let fingerprint = fingerprint(&pair_files);
         Some(Found {
-            name,
+            name: key(tenant, &name),
+            tenant: tenant.to_owned(),
             drop_in,
             complete,
             fingerprint,
@@ -87,14 +141,22 @@ pub fn scan(dir: &Path, config: &Config) -> anyhow::Result<Vec<Found>> {
     Ok(found.collect())
 }
 
-/// The drop-in `name` from its manifest, or every problem, naming the manifest.
-fn resolve(name: &str, wasm: &Path, manifest: &Path, config: &Config) -> Result<DropIn, String> {
+/// The drop-in `name` of `tenant` from its manifest, or every problem, naming the manifest.
+fn resolve(
+    name: &str,
+    tenant: &str,
+    wasm: &Path,
+    manifest: &Path,
+    config: &Config,
+) -> Result<DropIn, String> {
     let at = manifest.display();
     let text = std::fs::read_to_string(manifest).map_err(|e| format!("{at}: {e}"))?;
-    config.manifest(name, wasm, &text).map_err(|problems| {
-        let lines: Vec<String> = problems.iter().map(|p| format!("{at}: {p}")).collect();
-        lines.join("; ")
-    })
+    config
+        .manifest(name, tenant, wasm, &text)
+        .map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(|p| format!("{at}: {p}")).collect();
+            lines.join("; ")
+        })
 }
 
 /// The SHA-256 of `files`' contents, in order, with their names.

@@ -6,22 +6,31 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 use stream_init::connect::NatsArgs;
 
-use crate::config::{Config, DropIn, Trigger};
-use crate::{check, registry};
+use crate::config::{Config, DropIn, Trigger, DEFAULT_TENANT};
+use crate::publish::Connection;
+use crate::{check, drop_in, registry, tenant};
 
 /// Checks `component` and its manifest here (the manifest's keys, and that the component
 /// fits the world its kind needs), then deploys them under `name` (the component file's
-/// stem unless given).
+/// stem unless given), as `tenant`'s when given (key `TENANT.NAME`).
 pub async fn deploy(
     component: &Path,
     manifest: Option<&Path>,
     name: Option<&str>,
+    tenant: Option<&str>,
     nats: &NatsArgs,
 ) -> anyhow::Result<()> {
     let stem = component.file_stem().and_then(|s| s.to_str());
     let name = name
         .or(stem)
         .context("the component's file name is not a usable name; pass --name")?;
+    if name.contains('.') {
+        bail!(
+            "the name {name:?} has a '.': a tenant's handlers are keyed TENANT.NAME; pass \
+             --tenant and a name without dots"
+        );
+    }
+    let key = drop_in::key(tenant.unwrap_or(DEFAULT_TENANT), name);
     let manifest_path = match manifest {
         Some(path) => path.to_owned(),
         None => component.with_extension("toml"),
@@ -35,7 +44,7 @@ pub async fn deploy(
     let defaults = Config::parse("[runtime]\nregistry = true\n", Path::new("."))
         .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
     let resolved = defaults
-        .manifest(name, component, &manifest)
+        .manifest(name, DEFAULT_TENANT, component, &manifest)
         .map_err(|problems| {
             anyhow::anyhow!("{}: {}", manifest_path.display(), problems.join("; "))
         })?;
@@ -56,16 +65,17 @@ pub async fn deploy(
     }
     let bytes =
         std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
-    let js = connect(nats).await?;
-    let revision = registry::deploy(&js, name, &bytes, &manifest).await?;
+    let connection = connect(nats).await?;
+    let deploying = registry::deploy(&connection.js, &key, &bytes, &manifest);
+    let revision = refusing(&connection, deploying).await?;
     let digest = registry::digest(&bytes);
-    println!("deployed {name}: {} (revision {revision})", &digest[..12]);
+    println!("deployed {key}: {} (revision {revision})", &digest[..12]);
     Ok(())
 }
 
 /// Prints what the registry deploys, a line per name.
 pub async fn handlers(nats: &NatsArgs) -> anyhow::Result<()> {
-    let js = connect(nats).await?;
+    let js = connect(nats).await?.js;
     println!(
         "{:<24} {:<13} {:>8}  DEPLOYED",
         "NAME", "VERSION", "REVISION"
@@ -84,21 +94,35 @@ pub async fn handlers(nats: &NatsArgs) -> anyhow::Result<()> {
 
 /// Deploys an earlier revision of `name` again.
 pub async fn rollback(name: &str, to: Option<u64>, nats: &NatsArgs) -> anyhow::Result<()> {
-    let js = connect(nats).await?;
-    let revision = registry::rollback(&js, name, to).await?;
+    let connection = connect(nats).await?;
+    let revision = refusing(&connection, registry::rollback(&connection.js, name, to)).await?;
     println!("rolled back {name} (revision {revision})");
     Ok(())
 }
 
 /// Removes `name` from the registry.
 pub async fn undeploy(name: &str, nats: &NatsArgs) -> anyhow::Result<()> {
-    let js = connect(nats).await?;
-    registry::undeploy(&js, name).await?;
+    let connection = connect(nats).await?;
+    refusing(&connection, registry::undeploy(&connection.js, name)).await?;
     println!("undeployed {name}");
     Ok(())
 }
 
-async fn connect(nats: &NatsArgs) -> anyhow::Result<async_nats::jetstream::Context> {
-    let url = nats.url_or(None);
-    Ok(async_nats::jetstream::new(nats.connect(&url).await?))
+async fn connect(nats: &NatsArgs) -> anyhow::Result<Connection> {
+    tenant::connect(nats, &nats.url_or(None), "jetwasm").await
+}
+
+/// `work` on the registry, failing at once, naming the subject, when the server refuses the
+/// credentials something (a tenant's deploy user writing another tenant's keys).
+async fn refusing<T>(
+    connection: &Connection,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match connection.denials.during(work).await {
+        Ok(done) => done,
+        Err(subject) => bail!(
+            "the NATS server refused {subject}: these credentials do not allow it (a tenant's \
+             deploy user may write only its own keys, TENANT.NAME: pass --tenant)"
+        ),
+    }
 }

@@ -2,7 +2,8 @@
 //! makes the host read the folder again once its files have stopped changing, and apply what
 //! it finds (see [`crate::deployments`]). A file still being written (a slow copy) is not
 //! loaded half way: its size and modification time must hold still for [`SETTLE`] first.
-//! `mv` into the folder is atomic and never seen half way at all.
+//! `mv` into the folder is atomic and never seen half way at all. Tenants' subfolders are
+//! watched too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub fn watch(
     .context("starting the handlers folder's watcher")?;
     debouncer
         .watcher()
-        .watch(&dir, RecursiveMode::NonRecursive)
+        .watch(&dir, RecursiveMode::Recursive)
         .with_context(|| format!("watching the handlers folder {}", dir.display()))?;
     tokio::spawn(async move {
         // The watcher lives as long as this task.
@@ -78,17 +79,23 @@ async fn settle(dir: &Path) {
     }
 }
 
-/// Every file in `dir` with its size and modification time.
+/// Every file in `dir` and its subfolders (one level: the tenants') with its size and
+/// modification time.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+    let list = |dir: &Path| -> Vec<(PathBuf, std::fs::Metadata)> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        (entries.filter_map(Result::ok))
+            .filter_map(|entry| Some((entry.path(), entry.metadata().ok()?)))
+            .collect()
     };
-    let mut files: Vec<_> = entries
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let meta = entry.metadata().ok()?;
-            Some((entry.path(), meta.len(), meta.modified().ok()))
-        })
+    let top = list(dir);
+    let below = (top.iter())
+        .filter(|(_, meta)| meta.is_dir())
+        .flat_map(|(path, _)| list(path));
+    let mut files: Vec<_> = (top.iter().cloned().chain(below))
+        .map(|(path, meta)| (path, meta.len(), meta.modified().ok()))
         .collect();
     files.sort();
     files

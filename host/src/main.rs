@@ -110,6 +110,10 @@ enum Command {
         /// The handler's or publisher's name [default: the component file's]
         #[arg(long)]
         name: Option<String>,
+        /// Deploy it as this tenant's (registry key TENANT.NAME); hosts run it with the
+        /// tenant's credentials and quotas
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -120,7 +124,7 @@ enum Command {
     },
     /// Deploy an earlier revision of a handler again (the one before the current by default).
     Rollback {
-        /// The handler or publisher
+        /// The handler or publisher (TENANT.NAME for a tenant's)
         name: String,
         /// The revision to go back to (see `jetwasm handlers` and the key's history)
         #[arg(long)]
@@ -130,7 +134,7 @@ enum Command {
     },
     /// Remove a handler or publisher from the registry (its history stays); hosts stop it.
     Undeploy {
-        /// The handler or publisher
+        /// The handler or publisher (TENANT.NAME for a tenant's)
         name: String,
         #[command(flatten)]
         nats: NatsArgs,
@@ -278,8 +282,13 @@ async fn main() -> ExitCode {
             component,
             manifest,
             name,
+            tenant,
             nats,
-        } => jetwasm::fleet::deploy(&component, manifest.as_deref(), name.as_deref(), &nats).await,
+        } => {
+            let (manifest, name, tenant) =
+                (manifest.as_deref(), name.as_deref(), tenant.as_deref());
+            jetwasm::fleet::deploy(&component, manifest, name, tenant, &nats).await
+        }
         Command::Handlers { nats } => jetwasm::fleet::handlers(&nats).await,
         Command::Rollback { name, to, nats } => jetwasm::fleet::rollback(&name, to, &nats).await,
         Command::Undeploy { name, nats } => jetwasm::fleet::undeploy(&name, &nats).await,

@@ -6,7 +6,9 @@
 //! `jetwasm deploy / handlers / rollback / undeploy` write and read it; a host started with
 //! `--registry` watches it and runs what it says, through the same add / replace / remove /
 //! refuse rules as the handlers folder. A host loads an object only if its SHA-256 matches
-//! the manifest's digest.
+//! the manifest's digest. A tenant's deployments are keyed `TENANT.NAME` (see
+//! [`crate::drop_in::key`]) and run as that tenant; a tenant's deploy credentials can be
+//! limited to its keys with subject permissions on `$KV.jetwasm-handlers.TENANT.>`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_TENANT};
 use crate::deployments::{Deployments, Source};
 use crate::drop_in::Found;
 
@@ -292,8 +294,14 @@ async fn fetch(
     entry: &kv::Entry,
 ) -> Found {
     let name = entry.key.clone();
+    let (tenant, bare) = tenant_and_name(&name);
     let fingerprint = Some(format!("{}:{}", entry.revision, digest(&entry.value)));
     let drop_in = async {
+        if tenant == DEFAULT_TENANT && bare != name {
+            return Err(format!(
+                "{name}: the host's own handlers are keyed by their name alone, without \"{DEFAULT_TENANT}.\""
+            ));
+        }
         let deployment: Deployment = serde_json::from_slice(&entry.value).map_err(|e| {
             format!(
                 "{HANDLERS} {name} revision {}: not a jetwasm deployment: {e}",
@@ -318,7 +326,7 @@ async fn fetch(
                 .map_err(|e| format!("{name}: keeping the component in {}: {e}", dir.display()))?;
         }
         config
-            .manifest(&name, &wasm, &deployment.manifest)
+            .manifest(bare, tenant, &wasm, &deployment.manifest)
             .map_err(|problems| {
                 let at = format!("{HANDLERS} {name} revision {}", entry.revision);
                 let lines: Vec<String> = problems.iter().map(|p| format!("{at}: {p}")).collect();
@@ -327,12 +335,18 @@ async fn fetch(
     }
     .await;
     Found {
+        tenant: tenant.to_owned(),
         name,
         drop_in,
         complete: true,
         fingerprint,
         revision: Some(entry.revision),
     }
+}
+
+/// The tenant and the name a registry key holds: `TENANT.NAME`, or `NAME` for the host's own.
+pub fn tenant_and_name(key: &str) -> (&str, &str) {
+    key.split_once('.').unwrap_or((DEFAULT_TENANT, key))
 }
 
 async fn read_object(

@@ -159,9 +159,9 @@ fn with_credentials(nats: &NatsArgs, credentials: &Credentials) -> NatsArgs {
     }
 }
 
-/// Connects as `tenant`, hearing what the server refuses it (logged, and told to the publish
-/// waiting on it).
-async fn connect(nats: &NatsArgs, url: &str, tenant: &str) -> anyhow::Result<Connection> {
+/// Connects as `tenant` (or another name for the log), hearing what the server refuses it
+/// (logged, and told to the work waiting on it: see [`Denials`]).
+pub async fn connect(nats: &NatsArgs, url: &str, tenant: &str) -> anyhow::Result<Connection> {
     let denials = Denials::default();
     let heard = denials.clone();
     let tenant: Arc<str> = tenant.into();

@@ -121,7 +121,9 @@ async fn handlers_dropped_in_a_folder_run_and_bad_ones_are_refused_without_stopp
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    let row = table.lines().find(|l| l.starts_with("orders ")).unwrap();
+    let row = (table.lines())
+        .find(|l| l.split_whitespace().take(2).eq(["default", "orders"]))
+        .unwrap_or_else(|| panic!("no row for orders:\n{table}"));
     assert!(
         row.contains("running") && row.contains(orders.version.as_deref().unwrap()),
         "{table}"

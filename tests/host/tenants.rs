@@ -521,3 +521,168 @@ async fn a_tenant_flooding_the_cpu_does_not_starve_another() {
     .await
     .unwrap();
 }
+
+/// The manifest of the orders handler on a tenant's ORDERS/orders-processor.
+const ORDERS_MANIFEST: &str =
+    "stream = \"ORDERS\"\nconsumer = \"orders-processor\"\npublish = [\"orders.processed\"]\n";
+
+/// The component `name` of `tenant` in `/status`, if it is there.
+fn component(host: &Host, tenant: &str, name: &str) -> Option<Value> {
+    let status = status(host);
+    let components = status["components"].as_array().unwrap().clone();
+    (components.into_iter()).find(|c| c["tenant"] == tenant && c["name"] == name)
+}
+
+/// Waits until `tenant`'s `name` shows `state` in `/status`.
+async fn wait_state(host: &Host, tenant: &str, name: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match component(host, tenant, name) {
+            Some(c) if c["state"] == state => return c,
+            other => assert!(
+                Instant::now() < deadline,
+                "{tenant}.{name}: {other:?}, not {state}\n{}",
+                harness::setup::tail(&host.log())
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_drop_ins_live_in_its_own_folder_and_run_as_the_tenant() {
+    let accounts = Accounts::start().await;
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let text = config("max_handlers = 1", "", "").replace(
+        "http = \"{http}\"",
+        &format!(
+            "http = \"{{http}}\"\nhandlers_dir = {:?}",
+            dir.display().to_string()
+        ),
+    );
+    let host = Host::start(&accounts.server.url, &text).await.unwrap();
+    std::fs::create_dir(dir.join("acme")).unwrap();
+    std::fs::copy(handler_wasm("orders"), dir.join("acme/orders.wasm")).unwrap();
+    std::fs::write(dir.join("acme/orders.toml"), ORDERS_MANIFEST).unwrap();
+    let orders = wait_state(&host, "acme", "orders", "running").await;
+    assert_eq!(orders["source"], "folder");
+
+    // It consumes, publishes and acks in ACME's account, and nothing happens in GLOBEX's.
+    publish(&accounts.acme, (0..5).map(order)).await;
+    publish(&accounts.globex, (0..3).map(order)).await;
+    wait_processed(&accounts.acme, 5, Duration::from_secs(30), &host).await;
+    assert_eq!(processed(&accounts.globex).await, 0);
+
+    // A second one is over ACME's max_handlers; a folder naming no tenant is refused.
+    std::fs::copy(handler_wasm("noop"), dir.join("acme/second.wasm")).unwrap();
+    std::fs::write(dir.join("acme/second.toml"), ORDERS_MANIFEST).unwrap();
+    std::fs::create_dir(dir.join("initech")).unwrap();
+    std::fs::copy(handler_wasm("noop"), dir.join("initech/x.wasm")).unwrap();
+    std::fs::write(dir.join("initech/x.toml"), ORDERS_MANIFEST).unwrap();
+    let second = wait_state(&host, "acme", "second", "refused").await;
+    let error = second["error"].as_str().unwrap();
+    assert!(
+        error.contains("tenant acme runs 1 handlers and publishers here, its max_handlers"),
+        "{error}"
+    );
+    let initech = wait_state(&host, "default", "initech/", "refused").await;
+    let error = initech["error"].as_str().unwrap();
+    assert!(
+        error.contains("no tenant initech is declared (declared: acme, globex)"),
+        "{error}"
+    );
+    let failures = "jetwasm_deploy_failures_total{tenant=\"acme\",handler=\"second\"}";
+    assert_eq!(host.metric(failures).unwrap(), 1.0);
+    assert_eq!(
+        component(&host, "acme", "orders").unwrap()["state"],
+        "running"
+    );
+}
+
+/// Runs `jetwasm deploy` of the orders component with `flags`; returns its success and output.
+fn deploy(dir: &std::path::Path, url: &str, flags: &[&str]) -> (bool, String) {
+    let manifest = dir.join("orders.toml");
+    std::fs::write(&manifest, ORDERS_MANIFEST).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+        .arg("deploy")
+        .arg(handler_wasm("orders"))
+        .arg("--manifest")
+        .arg(&manifest)
+        .args(["--server", url])
+        .args(flags)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_deploy_credentials_reach_only_its_own_registry_keys() {
+    let accounts = Accounts::start().await;
+    let url = accounts.server.url.clone();
+    let host = Host::start_with(&url, &config("", "", ""), &["--registry"])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let acme = ["--user", "acme-deploy", "--password", "acme-deploy-secret"];
+    let globex = [
+        "--user",
+        "globex-deploy",
+        "--password",
+        "globex-deploy-secret",
+    ];
+
+    let (ok, out) = deploy(
+        dir.path(),
+        &url,
+        &[&acme[..], &["--tenant", "acme"]].concat(),
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("deployed acme.orders"), "{out}");
+    let orders = wait_state(&host, "acme", "orders", "running").await;
+    assert_eq!(orders["source"], "registry");
+    publish(&accounts.acme, (0..5).map(order)).await;
+    wait_processed(&accounts.acme, 5, Duration::from_secs(30), &host).await;
+
+    let (ok, out) = deploy(
+        dir.path(),
+        &url,
+        &[&globex[..], &["--tenant", "globex"]].concat(),
+    );
+    assert!(ok, "{out}");
+    wait_state(&host, "globex", "orders", "running").await;
+
+    // ACME's deploy user can neither deploy nor overwrite nor remove GLOBEX's handler.
+    let (ok, out) = deploy(
+        dir.path(),
+        &url,
+        &[&acme[..], &["--tenant", "globex"]].concat(),
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the NATS server refused $KV.jetwasm-handlers.globex.orders"),
+        "{out}"
+    );
+    let undeploy = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+        .args(["undeploy", "globex.orders", "--server", &url])
+        .args(acme)
+        .output()
+        .unwrap();
+    assert!(!undeploy.status.success(), "{undeploy:?}");
+    let revision = component(&host, "globex", "orders").unwrap()["revision"].clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let globex_orders = component(&host, "globex", "orders").unwrap();
+    assert_eq!(
+        (
+            globex_orders["state"].clone(),
+            globex_orders["revision"].clone()
+        ),
+        ("running".into(), revision),
+        "GLOBEX's handler untouched"
+    );
+}

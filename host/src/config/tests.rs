@@ -114,7 +114,10 @@ fn a_manifest_is_a_handler_or_publisher_table_named_by_its_file() {
     let config = Config::parse(EXAMPLE, Path::new("/etc/jw")).unwrap();
     let wasm = Path::new("/srv/handlers.d/audit.wasm");
     let manifest = "stream = \"ORDERS\"\nconsumer = \"audit\"\nlimits = { timeout = \"1s\" }\n";
-    let DropIn::Handler(handler) = config.manifest("audit", wasm, manifest).unwrap() else {
+    let DropIn::Handler(handler) = config
+        .manifest("audit", DEFAULT_TENANT, wasm, manifest)
+        .unwrap()
+    else {
         panic!("a handler by default");
     };
     assert_eq!(handler.component.name, "audit");
@@ -128,7 +131,9 @@ fn a_manifest_is_a_handler_or_publisher_table_named_by_its_file() {
     assert_eq!(handler.consumer, "audit");
 
     let publisher = "kind = \"publisher\"\ncron = \"0/5 * * * * *\"\n";
-    let drop_in = config.manifest("ticker", wasm, publisher).unwrap();
+    let drop_in = config
+        .manifest("ticker", DEFAULT_TENANT, wasm, publisher)
+        .unwrap();
     assert!(matches!(
         drop_in,
         DropIn::Publisher(Publisher {
@@ -144,36 +149,51 @@ fn a_bad_manifest_names_every_problem() {
     let wasm = Path::new("x.wasm");
     let named = "name = \"other\"\ncomponent = \"x.wasm\"\nstream = \"S\"\nconsumer = \"c\"\n";
     assert_eq!(
-        config.manifest("x", wasm, named).unwrap_err(),
+        config
+            .manifest("x", DEFAULT_TENANT, wasm, named)
+            .unwrap_err(),
         [
             "`name` is not set in a manifest: it is the file's name",
             "`component` is not set in a manifest: it is the .wasm beside it",
         ]
     );
-    let typo = config.manifest("x", wasm, "stream = \"S\"\nconsumr = \"c\"\n");
+    let typo = config.manifest(
+        "x",
+        DEFAULT_TENANT,
+        wasm,
+        "stream = \"S\"\nconsumr = \"c\"\n",
+    );
     let typo = typo.unwrap_err();
     assert!(typo[0].contains("unknown field `consumr`"), "{typo:?}");
     assert!(
         typo[0].contains("expected one of `stream`") && !typo[0].contains("`name`"),
         "only the keys a manifest may set: {typo:?}"
     );
-    let kind = config.manifest("x", wasm, "kind = \"cron\"\n").unwrap_err();
+    let kind = config
+        .manifest("x", DEFAULT_TENANT, wasm, "kind = \"cron\"\n")
+        .unwrap_err();
     assert_eq!(
         kind,
         ["kind = \"cron\": it must be \"handler\" or \"publisher\""]
     );
     let taken = "stream = \"S\"\nconsumer = \"c\"\n";
     assert_eq!(
-        config.manifest("orders", wasm, taken).unwrap_err(),
+        config
+            .manifest("orders", DEFAULT_TENANT, wasm, taken)
+            .unwrap_err(),
         ["handler orders: the name is used more than once"],
         "the config runs a handler of that name"
     );
     let route = "kind = \"publisher\"\nhttp = { method = \"GET\", path = \"/metrics\" }\n";
     assert_eq!(
-        config.manifest("web", wasm, route).unwrap_err(),
+        config
+            .manifest("web", DEFAULT_TENANT, wasm, route)
+            .unwrap_err(),
         ["publisher web: http.path \"/metrics\" is the host's own"]
     );
-    let broken = config.manifest("x", wasm, "stream = [").unwrap_err();
+    let broken = config
+        .manifest("x", DEFAULT_TENANT, wasm, "stream = [")
+        .unwrap_err();
     assert!(broken[0].starts_with("line 1, column"), "{broken:?}");
 }
 
@@ -438,7 +458,10 @@ fn a_manifest_may_declare_its_own_consumer_with_the_stream_init_keys() {
     let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
     let wasm = Path::new("audit.wasm");
     let manifest = "stream = \"ORDERS\"\n[consumer]\ndurable = \"audit\"\nfilter_subjects = [\"orders.created\"]\nmax_deliver = 3\n";
-    let DropIn::Handler(handler) = config.manifest("audit", wasm, manifest).unwrap() else {
+    let DropIn::Handler(handler) = config
+        .manifest("audit", DEFAULT_TENANT, wasm, manifest)
+        .unwrap()
+    else {
         panic!("a handler");
     };
     assert_eq!(
@@ -450,14 +473,21 @@ fn a_manifest_may_declare_its_own_consumer_with_the_stream_init_keys() {
     assert_eq!(own.filter_subjects, ["orders.created"]);
 
     let typo = manifest.replace("max_deliver", "max_delivr");
-    let err = config.manifest("audit", wasm, &typo).unwrap_err();
+    let err = config
+        .manifest("audit", DEFAULT_TENANT, wasm, &typo)
+        .unwrap_err();
     assert_eq!(err.len(), 1, "{err:?}");
     assert!(
         err[0].starts_with("[consumer]: unknown field `max_delivr`"),
         "{err:?}"
     );
     let plain = config
-        .manifest("audit", wasm, "stream = \"S\"\nconsumer = \"c\"\n")
+        .manifest(
+            "audit",
+            DEFAULT_TENANT,
+            wasm,
+            "stream = \"S\"\nconsumer = \"c\"\n",
+        )
         .unwrap();
     assert!(matches!(
         plain,
@@ -625,7 +655,7 @@ cpu_share = 0
         let config = Config::parse(TWO, Path::new(".")).unwrap();
         let manifest = "tenant = \"acme\"\nstream = \"ORDERS\"\nconsumer = \"c\"\n";
         let problems = config
-            .manifest("x", Path::new("x.wasm"), manifest)
+            .manifest("x", DEFAULT_TENANT, Path::new("x.wasm"), manifest)
             .unwrap_err();
         assert!(
             problems[0].contains("`tenant` is not set in a manifest"),
@@ -635,7 +665,7 @@ cpu_share = 0
 
     #[test]
     fn the_tenants_example_parses() {
-        let config = super::example::deploy("tenants/jetwasm.toml");
+        let config = example::deploy("tenants/jetwasm.toml");
         let names: Vec<&str> = config.tenants.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["acme", "globex"]);
         assert!(config
