@@ -60,7 +60,8 @@ impl Tenants {
         let gate = Gate::per_core();
         let mut by_name = BTreeMap::new();
         let host = connect(nats, url, DEFAULT_TENANT).await?;
-        tracing::info!(%url, "connected to NATS");
+        let shown = stream_init::connect::redact(url);
+        tracing::info!(url = %shown, "connected to NATS");
         let spec = set_up_streams(&host.js, config.streams.as_ref()).await?;
         let account = Account::new(
             DEFAULT_TENANT,

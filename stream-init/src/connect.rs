@@ -69,11 +69,11 @@ impl NatsArgs {
             .split(',')
             .map(|u| u.trim().parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("invalid NATS server URL {url:?}"))?;
+            .with_context(|| format!("invalid NATS server URL {:?}", redact(url)))?;
         options
             .connect(servers)
             .await
-            .with_context(|| format!("cannot connect to NATS at {url}"))
+            .with_context(|| format!("cannot connect to NATS at {}", redact(url)))
     }
 
     /// The connect options these flags ask for: credentials, TLS and a short connection
@@ -123,7 +123,43 @@ pub async fn jetstream(
     let client = args.connect(url).await?;
     let js = async_nats::jetstream::new(client);
     js.query_account().await.with_context(|| {
-        format!("JetStream is not available at {url} (is the server running with -js?)")
+        format!(
+            "JetStream is not available at {} (is the server running with -js?)",
+            redact(url)
+        )
     })?;
     Ok(js)
+}
+
+/// `url` (one or several, comma-separated) with any password in it replaced by `***`, for
+/// logs and errors.
+pub fn redact(url: &str) -> String {
+    let one = |url: &str| -> String {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.to_owned();
+        };
+        match rest.split_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => format!("{scheme}://***@{host}"),
+            },
+            None => url.to_owned(),
+        }
+    };
+    url.split(',').map(one).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_and_tokens_in_urls_are_redacted() {
+        assert_eq!(
+            redact("nats://u:secret@h:4222,nats://h2:4222"),
+            "nats://u:***@h:4222,nats://h2:4222"
+        );
+        assert_eq!(redact("nats://token@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact("127.0.0.1:4222"), "127.0.0.1:4222");
+    }
 }

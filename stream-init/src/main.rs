@@ -89,7 +89,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if plan.is_empty() {
         let (_, _, unchanged) = plan.counts();
-        println!("No changes: {url} already matches {source} ({unchanged} objects).");
+        println!(
+            "No changes: {} already matches {source} ({unchanged} objects).",
+            connect::redact(&url)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     plan.check_destructive(allow_destructive)?;

@@ -10,7 +10,9 @@
 //! - HTTP publishers: requests/s and p99 of the intake route, and of a plain `wasi:http`
 //!   component on jetwasm and on a plain wasmtime server (see the `http` module);
 //! - deploying through the registry: how soon two hosts run a new version, and the
-//!   throughput around a swap under load (see the `deploy` module).
+//!   throughput around a swap under load (see the `deploy` module);
+//! - tenants: a light tenant's throughput and latency alone and beside a tenant flooding the
+//!   CPU, and the cost of tenancy on the no-op handler (see the `tenants` module).
 //!
 //! Numbers, not assertions: run it with `make bench`. Environment: `BENCH_MESSAGES` (default
 //! 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS` (default 20000), `BENCH_LANG_MESSAGES`
@@ -18,7 +20,8 @@
 //! `BENCH_IN_FLIGHT` and `BENCH_PREFETCH` (the host's `max_in_flight` and `prefetch`, default
 //! 64 and 1024 as in the config), `BENCH_LANGS`
 //! (default `rust,python,js,go,c`), `BENCH_HTTP_CONNECTIONS` (default 32) and
-//! `BENCH_HTTP_SECS` (default 5); `BENCH_ONLY=deploy` runs the registry part alone.
+//! `BENCH_HTTP_SECS` (default 5), `BENCH_TENANT_SECS` (default 10) and `BENCH_TENANT_MESSAGES`
+//! (default 50000); `BENCH_ONLY=deploy` or `BENCH_ONLY=tenants` runs that part alone.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -37,6 +40,7 @@ use tokio_util::task::TaskTracker;
 
 mod deploy;
 mod http;
+mod tenants;
 
 const STREAM: &str = "BENCH";
 
@@ -129,8 +133,10 @@ impl std::fmt::Display for Drain {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("deploy") {
-        return deploy::bench().await;
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("deploy") => return deploy::bench().await,
+        Ok("tenants") => return tenants::bench().await,
+        _ => {}
     }
     let messages = env_or("BENCH_MESSAGES", 100_000);
     let rounds = env_or("BENCH_ROUNDS", 3);
@@ -218,7 +224,8 @@ async fn main() -> anyhow::Result<()> {
     println!("publish median ({publishes} sequential publishes, each awaiting its PubAck): native {n:.0} msgs/s, component {c:.0} msgs/s, ratio {:.2}", c / n);
 
     http::bench(&js, rounds).await?;
-    deploy::bench().await
+    deploy::bench().await?;
+    tenants::bench().await
 }
 
 /// The baseline: publishes one after another, each awaiting its PubAck.
