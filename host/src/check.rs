@@ -23,17 +23,19 @@ pub async fn config(path: &Path, nats: &stream_init::connect::NatsArgs) -> anyho
         let found = crate::drop_in::scan(dir, &config)?;
         components.extend(found.into_iter().filter_map(|f| f.drop_in.ok()));
     }
-    let client = nats
-        .connect(&nats.url_or(config.nats.url.as_deref()))
-        .await?;
-    let js = async_nats::jetstream::new(client);
-    let (dead_letter, spec) = (
-        &config.runtime.dead_letter,
-        config.streams.as_ref().map(|s| s.spec.as_path()),
-    );
+    let url = nats.url_or(config.nats.url.as_deref());
+    let metrics = crate::metrics::Metrics::new();
+    let tenants = crate::tenant::Tenants::start(&config, nats, &url, &metrics, false).await?;
+    let dead_letter = &config.runtime.dead_letter;
     let mut problems = Vec::new();
     for what in &components {
-        problems.extend(crate::topology::problems(&js, what, dead_letter, spec).await);
+        match tenants.get(&what.component().tenant) {
+            Ok(tenant) => {
+                let found = crate::topology::tenant_problems(tenant, what, dead_letter).await;
+                problems.extend(found);
+            }
+            Err(e) => problems.push(format!("{}: {e}", what.component().name)),
+        }
     }
     if !problems.is_empty() {
         bail!(

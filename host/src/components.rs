@@ -15,9 +15,7 @@ use crate::binding::{Binding, Shape, Version};
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
-use crate::config::{
-    Component, Config, DropIn, Handler, Instances, Publisher, Runtime, Trigger, DEFAULT_TENANT,
-};
+use crate::config::{Component, Config, DropIn, Handler, Instances, Publisher, Runtime, Trigger};
 use crate::dispatch::Dispatcher;
 use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
@@ -26,7 +24,7 @@ use crate::sandbox::{ComponentEnv, Sink};
 use crate::status;
 use crate::tenant::{Tenant, Tenants};
 use crate::timer_publisher::TimerPublisher;
-use crate::{consumer, engine, imports, loader};
+use crate::{consumer, engine, imports, loader, topology};
 
 /// A component loaded and checked, ready to start.
 pub enum Loaded {
@@ -139,19 +137,9 @@ impl Loader {
     /// Every problem with `what`'s place in its tenant's streams (see the `topology`
     /// module).
     pub async fn topology_problems(&self, what: &DropIn) -> Vec<String> {
-        let tenant = match self.tenant_of(what) {
-            Ok(tenant) => tenant,
-            Err(e) => return vec![format!("{}: {e}", what.component().name)],
-        };
-        let (dead_letter, spec) = (&self.runtime.dead_letter, tenant.spec_file.as_deref());
-        let check = crate::topology::problems(tenant.js(), what, dead_letter, spec);
-        match tenant.connection.denials.during(check).await {
-            Err(subject) => vec![refused(what, tenant, &subject)],
-            Ok(problems) if *tenant.name == *DEFAULT_TENANT => problems,
-            // A tenant sees only its own account.
-            Ok(problems) => (problems.into_iter())
-                .map(|p| format!("{p} [tenant {}, in its own account]", tenant.name))
-                .collect(),
+        match self.tenant_of(what) {
+            Ok(tenant) => topology::tenant_problems(tenant, what, &self.runtime.dead_letter).await,
+            Err(e) => vec![format!("{}: {e}", what.component().name)],
         }
     }
 
@@ -194,7 +182,7 @@ impl Loader {
         };
         match tenant.connection.denials.during(loading).await {
             Ok(loaded) => loaded,
-            Err(subject) => bail!(refused(what, tenant, &subject)),
+            Err(subject) => bail!(topology::refused(what, tenant, &subject)),
         }
     }
 
@@ -292,20 +280,6 @@ impl Loader {
             }
         })
     }
-}
-
-/// Why `what` cannot load: the server refused its tenant `subject`.
-fn refused(what: &DropIn, tenant: &Tenant, subject: &str) -> String {
-    let kind = match what {
-        DropIn::Handler(_) => "handler",
-        DropIn::Publisher(_) => "publisher",
-    };
-    format!(
-        "{kind} {}: the NATS server refused tenant {} {subject}: its permissions do not grant \
-         it (a stream, consumer or subject of another tenant, or one missing from its grant)",
-        what.component().name,
-        tenant.name
-    )
 }
 
 /// How long after a call's timeout the sweeper may take for granted that no host is still

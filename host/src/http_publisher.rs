@@ -49,8 +49,9 @@ pub enum RequestFailure {
     Failed(Failure),
     /// The guest returned without answering, or answered with a wasi:http error.
     NoResponse(String),
-    /// Every instance reserved for the route stayed busy for [`ADMISSION_WAIT`]: the host is
-    /// at capacity (a 503 with `Retry-After`, never a guest failure).
+    /// Every instance reserved for the route, or the tenant's whole in-flight quota, stayed
+    /// busy for [`ADMISSION_WAIT`]: the host is at capacity (a 503 with `Retry-After`, never a
+    /// guest failure).
     Busy,
 }
 
@@ -95,9 +96,13 @@ impl HttpPublisher {
             .as_millis();
         // Admission first: a request beyond the route's reserved instances waits briefly, then
         // gets a 503, and never takes an instance that admitted messages need.
+        // A tenant's quota is shared by its handlers and HTTP publishers.
         let wait = ADMISSION_WAIT.min(self.limits.timeout);
-        let admitted = tokio::time::timeout(wait, self.admission.clone().acquire_owned()).await;
-        let Ok(Ok(permit)) = admitted else {
+        let admitted = tokio::time::timeout(wait, async {
+            let route = self.admission.clone().acquire_owned().await;
+            (route, self.env.account.call().await)
+        });
+        let Ok((Ok(permit), tenant_permit)) = admitted.await else {
             return Err(RequestFailure::Busy);
         };
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
@@ -120,7 +125,7 @@ impl HttpPublisher {
         let guest = tokio::spawn(
             async move {
                 // The instance is the route's until the guest is done, body included.
-                let _permit = permit;
+                let _permits = (permit, tenant_permit);
                 let turn = store.data().turn.clone();
                 let call = async {
                     let proxy = pre.instantiate_async(&mut store).await?;

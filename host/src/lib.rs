@@ -29,6 +29,7 @@ pub mod components;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
+pub mod dead_letters;
 pub mod delivery;
 pub mod deployments;
 pub mod dispatch;

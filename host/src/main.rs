@@ -194,6 +194,12 @@ enum Command {
         #[arg(long)]
         publish: Vec<String>,
     },
+    /// Read the dead-letter records and put their messages back (against a live fleet).
+    #[command(alias = "dlq")]
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Write a new handler or publisher project that `./build.sh` builds into a component.
     New {
         /// What the component is
@@ -209,9 +215,125 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
+/// `jetwasm dead-letters ...`.
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// A line per record: sequence, original subject, stream and sequence, handler, age, reason.
+    List {
+        #[command(flatten)]
+        filter: DeadLetterFilter,
+    },
+    /// One record's headers and payload.
+    Show {
+        /// The record's sequence in the dead-letter stream
+        seq: u64,
+        #[command(flatten)]
+        filter: DeadLetterFilter,
+    },
+    /// Republish each selected record's payload and headers to its original subject (or --to)
+    /// with message id redrive:<dead-letter stream>:<seq>, then delete the record; a second
+    /// run republishes nothing twice.
+    Redrive {
+        /// Republish to this subject instead of each record's original one
+        #[arg(long)]
+        to: Option<String>,
+        /// Only say what would be republished
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        filter: DeadLetterFilter,
+    },
+}
+
+/// Which dead-letter records a command is about.
+#[derive(Debug, Args)]
+struct DeadLetterFilter {
+    /// Records of messages from this stream
+    #[arg(long)]
+    stream: Option<String>,
+    /// Records of messages delivered by this consumer
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Records written within this long (e.g. 1h, 30m)
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<std::time::Duration>,
+    /// Records whose reason contains this text (case-insensitive)
+    #[arg(long)]
+    reason: Option<String>,
+    /// The dead-letter stream [default: the stream capturing <prefix>.>]
+    #[arg(long)]
+    dead_letters: Option<String>,
+    /// The dead-letter subject prefix ([runtime] dead_letter)
+    #[arg(long, default_value = "deadletter")]
+    prefix: String,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+impl DeadLetterFilter {
+    fn split(self) -> (jetwasm::dead_letters::Filter, NatsArgs) {
+        let filter = jetwasm::dead_letters::Filter {
+            dead_letters: self.dead_letters,
+            prefix: self.prefix,
+            stream: self.stream,
+            consumer: self.consumer,
+            since: self.since,
+            reason: self.reason,
+        };
+        (filter, self.nats)
+    }
+}
+
+/// Runs a `jetwasm dead-letters` command.
+async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
+    use jetwasm::dead_letters as dl;
+    let connect = |nats: NatsArgs| async move {
+        stream_init::connect::jetstream(&nats, &nats.url_or(None)).await
+    };
+    match action {
+        DeadLetterAction::List { filter } => {
+            let (filter, nats) = filter.split();
+            println!("{}", dl::list(&connect(nats).await?, &filter).await?);
+        }
+        DeadLetterAction::Show { seq, filter } => {
+            let (filter, nats) = filter.split();
+            println!("{}", dl::show(&connect(nats).await?, &filter, seq).await?);
+        }
+        DeadLetterAction::Redrive {
+            to,
+            dry_run,
+            filter,
+        } => {
+            let (filter, nats) = filter.split();
+            let js = connect(nats).await?;
+            let bar = indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template("{spinner} {pos} records, {per_sec} {msg}")
+                    .expect("a valid template"),
+            );
+            let outcome = dl::redrive(&js, &filter, to.as_deref(), dry_run, |line| {
+                bar.inc(1);
+                bar.suspend(|| println!("{line}"));
+            })
+            .await?;
+            bar.finish_and_clear();
+            let verb = if dry_run { "would redrive" } else { "redriven" };
+            println!(
+                "{verb} {}, left alone {}",
+                outcome.done,
+                outcome.failed.len()
+            );
+            if !outcome.failed.is_empty() {
+                anyhow::bail!("{} record(s) left alone (see above)", outcome.failed.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Logs to stderr at `level` unless `RUST_LOG` says otherwise.
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -225,7 +347,13 @@ fn init_logging(format: LogFormat) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The host reports what it does; one-shot commands print their answer, and log only
+    // what went wrong.
+    let level = match cli.command {
+        Command::Run { .. } | Command::Up { .. } => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, level);
     let result = match cli.command {
         Command::Run { host } => run(host.into()).await,
         Command::Up {
@@ -244,6 +372,7 @@ async fn main() -> ExitCode {
             (None, None) => unreachable!("clap requires one"),
         },
         Command::Status { url } => status(&url).await,
+        Command::DeadLetters { action } => dead_letters(action).await,
         Command::Try {
             component,
             message,

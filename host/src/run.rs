@@ -39,7 +39,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     let url = nats.url_or(config.nats.url.as_deref());
     let metrics = Metrics::new();
-    let tenants = Arc::new(Tenants::start(&config, &nats, &url, &metrics).await?);
+    let tenants = Arc::new(Tenants::start(&config, &nats, &url, &metrics, true).await?);
     let js = tenants.host().js().clone();
 
     let found = match &config.runtime.handlers_dir {

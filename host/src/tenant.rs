@@ -49,20 +49,22 @@ pub struct Tenants {
 
 impl Tenants {
     /// Connects the host (`nats` at `url`) and each tenant with its own credentials, and
-    /// applies each one's streams spec over its connection. Fails naming the tenant whose
-    /// connection or streams fail.
+    /// applies each one's streams spec over its connection (unless `apply` is false: `jetwasm
+    /// check` changes nothing). Fails naming the tenant whose connection or streams fail.
     pub async fn start(
         config: &Config,
         nats: &NatsArgs,
         url: &str,
         metrics: &Metrics,
+        apply: bool,
     ) -> anyhow::Result<Tenants> {
         let gate = Gate::per_core();
         let mut by_name = BTreeMap::new();
         let host = connect(nats, url, DEFAULT_TENANT).await?;
         let shown = stream_init::connect::redact(url);
         tracing::info!(url = %shown, "connected to NATS");
-        let spec = set_up_streams(&host.js, config.streams.as_ref()).await?;
+        let streams = config.streams.as_ref().filter(|_| apply);
+        let spec = set_up_streams(&host.js, streams).await?;
         let account = Account::new(
             DEFAULT_TENANT,
             None,
@@ -85,7 +87,7 @@ impl Tenants {
             let connection = connect(&args, url, &tenant.name)
                 .await
                 .with_context(label)?;
-            let spec = set_up_streams(&connection.js, tenant.streams.as_ref())
+            let spec = set_up_streams(&connection.js, tenant.streams.as_ref().filter(|_| apply))
                 .await
                 .with_context(label)?;
             let quotas = tenant.quotas;

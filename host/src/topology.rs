@@ -9,7 +9,37 @@ use std::path::Path;
 use async_nats::jetstream;
 use stream_init::subject;
 
-use crate::config::DropIn;
+use crate::config::{DropIn, DEFAULT_TENANT};
+use crate::tenant::Tenant;
+
+/// Every problem with `what`'s place in its tenant's streams, checked over the tenant's
+/// connection: a subject the server refuses the tenant on the way is the problem, found at
+/// once (see [`refused`]); a tenant's other problems say that it sees only its own account.
+pub async fn tenant_problems(tenant: &Tenant, what: &DropIn, dead_letter: &str) -> Vec<String> {
+    let spec = tenant.spec_file.as_deref();
+    let check = problems(tenant.js(), what, dead_letter, spec);
+    match tenant.connection.denials.during(check).await {
+        Err(subject) => vec![refused(what, tenant, &subject)],
+        Ok(problems) if *tenant.name == *DEFAULT_TENANT => problems,
+        Ok(problems) => (problems.into_iter())
+            .map(|p| format!("{p} [tenant {}, in its own account]", tenant.name))
+            .collect(),
+    }
+}
+
+/// Why `what` cannot run: the server refused its tenant `subject`.
+pub fn refused(what: &DropIn, tenant: &Tenant, subject: &str) -> String {
+    let kind = match what {
+        DropIn::Handler(_) => "handler",
+        DropIn::Publisher(_) => "publisher",
+    };
+    format!(
+        "{kind} {}: the NATS server refused tenant {} {subject}: its permissions do not grant \
+         it (a stream, consumer or subject of another tenant, or one missing from its grant)",
+        what.component().name,
+        tenant.name
+    )
+}
 
 /// Every problem with `what`'s place in the server's streams, one line each. `dead_letter` is
 /// the `[runtime] dead_letter` prefix; `streams` the spec file the host applies, if any, for

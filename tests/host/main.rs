@@ -6,6 +6,7 @@ mod authoring;
 mod behaviour;
 mod chaos;
 mod conformance;
+mod dead_letters;
 mod deploy;
 mod drop_in;
 mod registry;

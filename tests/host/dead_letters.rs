@@ -1,0 +1,114 @@
+//! `jetwasm dead-letters list / show / redrive`, as an operator uses them against a running
+//! server: the records a real host wrote, read back, and their messages put back in place.
+
+use std::process::Command;
+use std::time::Duration;
+
+use harness::setup::{header, order, Setup, QUICK_RETRIES};
+
+/// Runs `jetwasm dead-letters ARGS --server URL`; returns success and stdout + stderr.
+fn dead_letters(url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+        .arg("dead-letters")
+        .args(args)
+        .args(["--server", url])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_shown_and_redriven_once() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let mut host = setup.host("fixture_trap", "").await;
+    setup.publish_all((0..3).map(order)).await;
+    let records = setup
+        .wait_dead_letters(3, Duration::from_secs(30), &host)
+        .await;
+    host.stop_gracefully(Duration::from_secs(15)).await.unwrap();
+    // A stray message no host wrote, on a dead-letter subject.
+    setup
+        .js
+        .publish("deadletter.ORDERS.proc", "junk".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let url = &setup.server.url;
+
+    let (ok, table) = dead_letters(url, &["list"]);
+    assert!(ok, "{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].contains("SEQ") && lines[0].contains("REASON"),
+        "{table}"
+    );
+    assert_eq!(
+        lines.len(),
+        6,
+        "a header, four records and a total:\n{table}"
+    );
+    assert!(
+        lines[1].contains("orders.created")
+            && lines[1].contains("ORDERS:1")
+            && lines[1].contains("trap"),
+        "{table}"
+    );
+    assert!(table.contains("(not a jetwasm record)"), "{table}");
+    let (ok, filtered) = dead_letters(url, &["list", "--reason", "UNREACHABLE", "--since", "1h"]);
+    assert!(ok && filtered.contains("3 record(s)"), "{filtered}");
+    let (ok, none) = dead_letters(url, &["list", "--consumer", "other"]);
+    assert!(ok && none.contains("0 record(s)"), "{none}");
+
+    let first = records[0].sequence.to_string();
+    let (ok, shown) = dead_letters(url, &["show", &first]);
+    assert!(ok, "{shown}");
+    assert!(
+        shown.contains("Jetwasm-Reason: trap") && shown.contains("\"id\":\"o-0\""),
+        "{shown}"
+    );
+
+    let (ok, dry) = dead_letters(url, &["redrive", "--dry-run"]);
+    assert!(!ok, "the junk record makes it fail: {dry}");
+    assert!(dry.contains("would redrive 3, left alone 1"), "{dry}");
+    assert_eq!(
+        setup.count("ORDERS", "orders.created").await,
+        3,
+        "a dry run changes nothing"
+    );
+
+    let (ok, out) = dead_letters(url, &["redrive"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("redriven 3, left alone 1"), "{out}");
+    assert!(
+        out.contains("not a jetwasm dead-letter record (no Jetwasm-Subject header); left alone"),
+        "{out}"
+    );
+    let orders = setup.messages("ORDERS").await;
+    let redriven: Vec<_> = orders.iter().skip(3).collect();
+    assert_eq!(redriven.len(), 3, "each message once more");
+    for (message, record) in redriven.iter().zip(&records) {
+        assert_eq!(message.subject.as_str(), "orders.created");
+        assert_eq!(message.payload, record.payload);
+        let seq = record.sequence;
+        assert_eq!(
+            header(message, "Nats-Msg-Id"),
+            format!("redrive:DEADLETTER:{seq}")
+        );
+    }
+    let (ok, left) = dead_letters(url, &["list"]);
+    assert!(
+        ok && left.contains("1 record(s)") && left.contains("(not a jetwasm record)"),
+        "{left}"
+    );
+
+    // A second run republishes nothing.
+    let (_, again) = dead_letters(url, &["redrive"]);
+    assert!(again.contains("redriven 0, left alone 1"), "{again}");
+    assert_eq!(setup.count("ORDERS", "orders.created").await, 6);
+}
