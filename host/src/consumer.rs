@@ -72,9 +72,21 @@ async fn bind(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<Boun
     })
 }
 
-/// Checks that every handler's consumer exists, before any message is taken.
+/// Checks that every handler's consumer exists, before any message is taken; warns about
+/// settings that will hurt (see [`ack_pending_advice`]).
 pub async fn check_bindable(js: &jetstream::Context, binding: &Binding) -> anyhow::Result<()> {
     let bound = bind(js, binding).await?;
+    let max_ack_pending = bound.consumer.cached_info().config.max_ack_pending;
+    if let Some(advice) =
+        ack_pending_advice(max_ack_pending, binding.max_in_flight, binding.prefetch)
+    {
+        tracing::warn!(
+            handler = %binding.name,
+            stream = %binding.stream,
+            consumer = %binding.consumer,
+            "{advice}"
+        );
+    }
     if bound.terms.policy.max_deliver.is_none() {
         tracing::warn!(
             handler = %binding.name,
@@ -85,6 +97,27 @@ pub async fn check_bindable(js: &jetstream::Context, binding: &Binding) -> anyho
         );
     }
     Ok(())
+}
+
+/// Advice when a consumer's `max_ack_pending` is below what one host may hold of it: up to
+/// `max_in_flight` running plus `prefetch` waiting. JetStream then stops delivering to every
+/// host on the consumer while this one holds that many, and its pull requests wait. The host
+/// sees only itself: with N hosts on the consumer, it needs N times as many.
+pub fn ack_pending_advice(
+    max_ack_pending: i64,
+    max_in_flight: usize,
+    prefetch: usize,
+) -> Option<String> {
+    let held = max_in_flight + prefetch;
+    (max_ack_pending > 0 && (max_ack_pending as usize) < held).then(|| {
+        format!(
+            "the consumer's max_ack_pending is {max_ack_pending}, but this host alone may hold {held} \
+             of its messages unacknowledged (max_in_flight {max_in_flight} + prefetch {prefetch}): \
+             while it does, JetStream delivers nothing more to any host on the consumer. Raise \
+             max_ack_pending to at least {held} × the number of hosts on it (this host cannot \
+             see how many others pull from it), or lower prefetch"
+        )
+    })
 }
 
 /// Starts `binding`'s lanes on `tracker`. Each pulls and processes messages until `shutdown`
@@ -379,6 +412,19 @@ async fn pause(shutdown: &CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_max_ack_pending_below_what_one_host_holds_gets_advice() {
+        assert_eq!(ack_pending_advice(-1, 64, 1024), None, "unlimited");
+        assert_eq!(ack_pending_advice(2000, 64, 1024), None);
+        let advice = ack_pending_advice(1000, 64, 1024).unwrap();
+        assert!(
+            advice.contains("max_ack_pending is 1000")
+                && advice.contains("may hold 1088")
+                && advice.contains("× the number of hosts"),
+            "{advice}"
+        );
+    }
 
     fn lanes(max_in_flight: usize, prefetch: usize, workers: usize) -> Vec<(usize, usize)> {
         plan_lanes(max_in_flight, prefetch, workers)

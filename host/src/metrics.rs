@@ -26,6 +26,8 @@ pub struct Metrics {
     pending: GaugeVec,
     /// `jetwasm_consumer_ack_pending{handler}`: delivered, not yet acked (NaN while unknown).
     ack_pending: GaugeVec,
+    /// `jetwasm_consumer_redelivered{handler}`: delivered more than once, not yet acked.
+    redelivered: GaugeVec,
     /// `jetwasm_consumer_pulls{handler}`: the handler's lanes with a live pull.
     pulls: IntGaugeVec,
     /// `jetwasm_consumer_drift{handler}`: fields of the consumer changed by hand.
@@ -91,6 +93,8 @@ pub struct HandlerMetrics {
     pub pending: Gauge,
     /// Messages delivered and not yet acknowledged; NaN while unknown.
     pub ack_pending: Gauge,
+    /// Messages delivered more than once and not yet acknowledged; NaN while unknown.
+    pub redelivered: Gauge,
     /// Lanes with a live pull on the consumer: 0 means the handler consumes nothing now.
     pub pulls: IntGauge,
     /// Managed fields of the consumer that differ from the streams spec the host applied.
@@ -195,6 +199,10 @@ impl Metrics {
             "jetwasm_consumer_ack_pending",
             "Messages delivered and not yet acknowledged (NaN while unknown)",
         );
+        let redelivered = float_gauges(
+            "jetwasm_consumer_redelivered",
+            "Messages delivered more than once and not yet acknowledged (NaN while unknown)",
+        );
         let pulls = gauges(
             "jetwasm_consumer_pulls",
             "Lanes with a live pull on the consumer (0: consuming nothing)",
@@ -246,6 +254,7 @@ impl Metrics {
             instances,
             pending,
             ack_pending,
+            redelivered,
             pulls,
             drift,
             ticks,
@@ -324,6 +333,7 @@ impl Metrics {
             instances: self.instances.with_label_values(&labels),
             pending: unknown(self.pending.with_label_values(&labels)),
             ack_pending: unknown(self.ack_pending.with_label_values(&labels)),
+            redelivered: unknown(self.redelivered.with_label_values(&labels)),
             pulls: self.pulls.with_label_values(&labels),
             drift: self.drift.with_label_values(&labels),
         }

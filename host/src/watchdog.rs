@@ -86,6 +86,7 @@ pub async fn watch(
         };
         binding.metrics.pending.set(info.num_pending as f64);
         binding.metrics.ack_pending.set(info.num_ack_pending as f64);
+        binding.metrics.redelivered.set(info.num_redelivered as f64);
         if let Some(declared) = &binding.declared {
             report_drift(&binding, declared, &info.config, &mut drift);
         }
