@@ -289,7 +289,7 @@ async fn tick_in_progress<T, F: Future<Output = T>>(
 
 /// The message as the contract hands it to the guest: subject, payload and headers as
 /// received, and the delivery's JetStream metadata.
-fn guest_copy(message: &async_nats::Message, info: &Info<'_>) -> Message {
+pub fn guest_copy(message: &async_nats::Message, info: &Info<'_>) -> Message {
     Message {
         subject: message.subject.to_string(),
         payload: message.payload.to_vec(),

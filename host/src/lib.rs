@@ -53,6 +53,7 @@ pub mod publish;
 pub mod pull;
 pub mod quota;
 pub mod registry;
+pub mod replay;
 pub mod run;
 pub mod sandbox;
 pub mod scaffold;

@@ -194,6 +194,40 @@ enum Command {
         #[arg(long)]
         publish: Vec<String>,
     },
+    /// Run a configured handler over a stretch of its stream's history, through an ordered
+    /// ephemeral consumer (the durable consumer's position is never touched); publishes are
+    /// captured and counted unless --publish on; nothing is acknowledged.
+    Replay {
+        /// The host config naming the handler
+        #[arg(long)]
+        config: PathBuf,
+        /// The handler to run
+        #[arg(long)]
+        handler: String,
+        /// Start at this stream sequence
+        #[arg(long, group = "start", required_unless_present_any = ["since", "from_time"])]
+        from_seq: Option<u64>,
+        /// Start at messages stored this long ago (e.g. 2h)
+        #[arg(long, group = "start", value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Start at messages stored from this time (RFC 3339, e.g. 2026-11-29T10:00:00Z)
+        #[arg(long, group = "start", value_parser = rfc3339)]
+        from_time: Option<time::OffsetDateTime>,
+        /// Stop after this stream sequence [default: the last stored when the replay starts]
+        #[arg(long)]
+        to_seq: Option<u64>,
+        /// Only messages on this subject [default: the durable consumer's filter]
+        #[arg(long)]
+        subject: Option<String>,
+        /// Send the handler's publishes (on) or capture and count them (off)
+        #[arg(long, default_value = "off", value_parser = ["off", "on"])]
+        publish: String,
+        /// Count what would be replayed without running the handler
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
     /// Read the dead-letter records and put their messages back (against a live fleet).
     #[command(alias = "dlq")]
     DeadLetters {
@@ -282,6 +316,50 @@ impl DeadLetterFilter {
         };
         (filter, self.nats)
     }
+}
+
+/// An RFC 3339 time.
+fn rfc3339(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time (e.g. 2026-11-29T10:00:00Z): {e}"))
+}
+
+/// Runs `jetwasm replay` with a progress bar, and prints its summary.
+async fn replay(replay: jetwasm::replay::Replay) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} messages, {per_sec}, ETA {eta}",
+        )
+        .expect("a valid template"),
+    );
+    let summary = jetwasm::replay::run(&replay, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let range = summary.seqs.map_or_else(
+        || "nothing".to_owned(),
+        |(a, b)| format!("sequences {a}–{b}"),
+    );
+    let verb = if replay.dry_run {
+        "would replay"
+    } else {
+        "replayed"
+    };
+    println!(
+        "{verb} {} messages ({range}) through {}",
+        summary.messages, replay.handler
+    );
+    for (outcome, n) in &summary.outcomes {
+        println!("  {outcome:<10} {n}");
+    }
+    match summary.captured {
+        Some(n) if !replay.dry_run => println!("  publishes  {n} captured, not sent"),
+        None => println!("  publishes  sent (--publish on)"),
+        Some(_) => {}
+    }
+    Ok(())
 }
 
 /// Runs a `jetwasm dead-letters` command.
@@ -373,6 +451,36 @@ async fn main() -> ExitCode {
         },
         Command::Status { url } => status(&url).await,
         Command::DeadLetters { action } => dead_letters(action).await,
+        Command::Replay {
+            config,
+            handler,
+            from_seq,
+            since,
+            from_time,
+            to_seq,
+            subject,
+            publish,
+            dry_run,
+            nats,
+        } => {
+            let start = match (from_seq, since, from_time) {
+                (Some(seq), _, _) => jetwasm::replay::Start::Seq(seq),
+                (_, Some(ago), _) => jetwasm::replay::Start::Since(ago),
+                (_, _, Some(at)) => jetwasm::replay::Start::Time(at),
+                (None, None, None) => unreachable!("clap requires one"),
+            };
+            replay(jetwasm::replay::Replay {
+                config,
+                handler,
+                start,
+                to_seq,
+                subject,
+                publish: publish == "on",
+                dry_run,
+                nats,
+            })
+            .await
+        }
         Command::Try {
             component,
             message,

@@ -6,9 +6,10 @@ mod authoring;
 mod behaviour;
 mod chaos;
 mod conformance;
-mod dead_letters;
+
 mod deploy;
 mod drop_in;
+mod operations;
 mod registry;
 mod tenants;
 
