@@ -106,6 +106,7 @@ impl Delivery<'_> {
                 stream: self.wit.stream.clone(),
                 seq: self.wit.stream_seq,
                 delivered: self.wit.delivered,
+                traceparent: None,
             };
             origin.span(&self.binding.name)
         });

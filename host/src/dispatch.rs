@@ -18,6 +18,7 @@ use crate::config::Limits;
 use crate::origin::Origin;
 pub use crate::sandbox::Failure;
 use crate::sandbox::{self, ComponentEnv, HostState};
+use crate::trace;
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,10 +90,12 @@ impl Dispatcher {
     /// Calls `handle` on `msg`, on a warm instance when one is free and reuse is on, else on
     /// a new one.
     pub async fn call(&self, msg: &Message) -> Outcome {
+        let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         let origin = Origin::Message {
             stream: msg.stream.clone(),
             seq: msg.stream_seq,
             delivered: msg.delivered,
+            traceparent: trace::find(headers),
         };
         let warm = self.reuse.and_then(|_| self.lock_warm().pop());
         let (mut store, handler, served) = match warm {

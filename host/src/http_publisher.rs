@@ -16,6 +16,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use crate::config::{HttpRoute, Limits};
 use crate::origin::Origin;
 use crate::sandbox::{self, ComponentEnv, Failure, HostState};
+use crate::trace;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -106,8 +107,11 @@ impl HttpPublisher {
             return Err(RequestFailure::Busy);
         };
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let headers = (request.headers().iter())
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
         let origin = Origin::Request {
             id: format!("{arrival_ms}-{n}"),
+            traceparent: trace::find(headers),
         };
         // Everything logged while the guest runs, its own lines included, names the request.
         let span = origin.span(&self.name);

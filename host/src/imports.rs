@@ -12,6 +12,7 @@ use crate::log_budget::{Verdict, LINES_PER_SECOND};
 use crate::origin::Origin;
 use crate::publish::{check, publish_acked, Allowance};
 use crate::sandbox::{Captured, HostState, Sink};
+use crate::trace;
 
 /// A linker with WASI (no capabilities), `wasi:http` (incoming only: outgoing requests are
 /// refused) and the jetwasm imports.
@@ -80,10 +81,17 @@ impl publish::Host for HostState {
         &mut self,
         subject: String,
         payload: Vec<u8>,
-        headers: Vec<(String, String)>,
+        mut headers: Vec<(String, String)>,
         msg_id: Option<String>,
     ) -> wasmtime::Result<Result<PublishAck, PublishError>> {
         self.published += 1;
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(trace::TRACEPARENT))
+        {
+            let traceparent = trace::child(self.origin.traceparent());
+            headers.push((trace::TRACEPARENT.to_owned(), traceparent));
+        }
         let env = &self.env;
         let allowance = Allowance {
             nth: self.published,
@@ -153,6 +161,7 @@ mod tests {
             stream: "ORDERS".into(),
             seq: 42,
             delivered: 1,
+            traceparent: None,
         };
         assert_eq!(derived_msg_id("orders", &origin, 1), "orders:ORDERS:42:1");
         assert_eq!(

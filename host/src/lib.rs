@@ -63,6 +63,7 @@ pub mod sweeper;
 pub mod tenant;
 pub mod timer_publisher;
 pub mod topology;
+pub mod trace;
 pub mod try_run;
 pub mod up;
 pub mod waiting;

@@ -15,6 +15,8 @@ pub enum Origin {
         /// Its delivery count (logged, not part of the shown form: ids stay the same on
         /// redelivery).
         delivered: u32,
+        /// The message's `traceparent`, if it has one (see the `trace` module).
+        traceparent: Option<String>,
     },
     /// A publisher's firing due at `due_ms` (Unix milliseconds; unique across restarts,
     /// unlike the tick's sequence number); shown as `tick:1764316800000`.
@@ -26,6 +28,8 @@ pub enum Origin {
     Request {
         /// Arrival time in Unix milliseconds and a counter, e.g. `1764316800000-7`.
         id: String,
+        /// The request's `traceparent`, if it has one.
+        traceparent: Option<String>,
     },
 }
 
@@ -34,12 +38,22 @@ impl fmt::Display for Origin {
         match self {
             Origin::Message { stream, seq, .. } => write!(f, "{stream}:{seq}"),
             Origin::Tick { due_ms } => write!(f, "tick:{due_ms}"),
-            Origin::Request { id } => write!(f, "req:{id}"),
+            Origin::Request { id, .. } => write!(f, "req:{id}"),
         }
     }
 }
 
 impl Origin {
+    /// The `traceparent` the call was made under, if any.
+    pub fn traceparent(&self) -> Option<&str> {
+        match self {
+            Origin::Message { traceparent, .. } | Origin::Request { traceparent, .. } => {
+                traceparent.as_deref()
+            }
+            Origin::Tick { .. } => None,
+        }
+    }
+
     /// The span the lines about this call are logged in, `component` naming the handler or
     /// publisher: `message`, `tick` or `request`. At ERROR level, so that its fields show on
     /// every line any filter lets through.
@@ -49,9 +63,12 @@ impl Origin {
                 stream,
                 seq,
                 delivered,
+                ..
             } => tracing::error_span!("message", handler = component, stream, seq, delivered),
             Origin::Tick { due_ms } => tracing::error_span!("tick", publisher = component, due_ms),
-            Origin::Request { id } => tracing::error_span!("request", publisher = component, id),
+            Origin::Request { id, .. } => {
+                tracing::error_span!("request", publisher = component, id)
+            }
         }
     }
 }

@@ -196,3 +196,58 @@ async fn replay_runs_a_handler_over_history_without_moving_its_consumer() {
         "a start is required: {out}"
     );
 }
+
+/// The trace id in a `traceparent` value.
+fn trace_id(traceparent: &str) -> &str {
+    traceparent.split('-').nth(1).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_follows_an_order_from_the_http_intake_to_orders_processed() {
+    let setup = Setup::new("").await;
+    let intake = format!(
+        "\n[[publisher]]\nname = \"intake\"\ncomponent = {:?}\npublish = [\"orders.created\"]\nhttp = {{ method = \"POST\", path = \"/orders\" }}\n",
+        harness::handler_wasm("orders_intake").display().to_string()
+    );
+    let config = setup.config(&harness::handler_wasm("orders"), "", "") + &intake;
+    let host = harness::Host::start(&setup.server.url, &config)
+        .await
+        .unwrap();
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (i, headers) in [vec![("traceparent", parent)], vec![]]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) =
+            harness::http_request(host.http, "POST", "/orders", &headers, order(i).as_bytes())
+                .unwrap();
+        assert_eq!(status, 202, "{body}");
+    }
+    setup.drained(Duration::from_secs(30), &host).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while setup.count("ORDERS", "orders.processed").await < 2 {
+        assert!(std::time::Instant::now() < deadline, "not processed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let messages = setup.messages("ORDERS").await;
+    let of = |subject: &str, id: &str| {
+        let found = messages.iter().find(|m| {
+            m.subject.as_str() == subject && String::from_utf8_lossy(&m.payload).contains(id)
+        });
+        header(
+            found.unwrap_or_else(|| panic!("no {subject} for {id}")),
+            "traceparent",
+        )
+        .to_owned()
+    };
+    // The intake's publish continues the request's trace; the handler's continues the order's.
+    let (created, processed) = (of("orders.created", "o-0"), of("orders.processed", "o-0"));
+    assert_eq!(trace_id(&created), trace_id(parent), "{created}");
+    assert_eq!(trace_id(&processed), trace_id(parent), "{processed}");
+    assert_ne!(created, processed, "each publish is a span of its own");
+    // Without one, the intake starts a trace, and the handler's output carries it on.
+    let (created, processed) = (of("orders.created", "o-1"), of("orders.processed", "o-1"));
+    assert_eq!(trace_id(&created).len(), 32, "{created}");
+    assert_ne!(trace_id(&created), trace_id(parent));
+    assert_eq!(trace_id(&processed), trace_id(&created));
+}
