@@ -475,3 +475,58 @@ async fn soak_with_a_fault_every_minute() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_share_one_consumer_and_lose_nothing_when_two_go() {
+    let cluster = Cluster::start().await.unwrap();
+    let js = cluster.jetstream().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("streams.toml");
+    // Room for the three hosts' prefetch (see the README's sizing rule).
+    let text = streams("ack_wait = \"2s\"\nmax_ack_pending = 10000")
+        .replace("storage = \"memory\"", "storage = \"file\"\nreplicas = 3");
+    std::fs::write(&spec, text).unwrap();
+    let loaded = stream_init::Spec::load(&spec, None).unwrap();
+    let plan = stream_init::plan(&js, &loaded).await.unwrap();
+    stream_init::apply(&js, &plan).await.unwrap();
+    let config = host_config(&spec, &handler_wasm("orders"), "", "");
+    let url = cluster.url();
+    let mut hosts = Vec::new();
+    for _ in 0..3 {
+        hosts.push(Host::start(&url, &config).await.unwrap());
+    }
+    let orders = 30_000;
+    let load = Load::start(cluster.jetstream().await.unwrap(), 3_000);
+
+    // Mid-stream: one host is killed outright, another stopped as an orchestrator would.
+    progress(&hosts[1], 0.0, 2_000.0).await;
+    let killed_at = acked(&hosts[1]);
+    hosts[1].kill().unwrap();
+    progress(&hosts[2], acked(&hosts[2]), 2_000.0).await;
+    let stopped_at = acked(&hosts[2]);
+    hosts[2]
+        .stop_gracefully(Duration::from_secs(30))
+        .await
+        .unwrap();
+    while load.published() < orders {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let published = load.stop().await;
+    let verdict = conclude(
+        "three hosts on one consumer",
+        &js,
+        order_ids(published),
+        &hosts[0],
+        "",
+    )
+    .await;
+    let last = acked(&hosts[0]);
+    println!(
+        "shares: host 1 acked {last:.0} (ran throughout); host 2 at least {killed_at:.0} before kill -9; host 3 at least {stopped_at:.0} until SIGTERM"
+    );
+    assert_eq!(verdict.processed, published, "every order processed");
+    assert!(
+        killed_at > 0.0 && stopped_at > 0.0 && last > 0.0,
+        "all three shared the work"
+    );
+}
