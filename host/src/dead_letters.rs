@@ -18,6 +18,8 @@ use futures::StreamExt as _;
 use std::fmt::Write as _;
 use std::str::FromStr as _;
 
+use stream_init::connect::NatsArgs;
+
 use crate::dead_letter::headers;
 
 /// Which records a command is about.
@@ -318,4 +320,121 @@ async fn redrive_one(
         "{name} record {} → {subject} ({}:{}){again}",
         record.seq, ack.stream, ack.sequence
     ))
+}
+
+/// `jetwasm dead-letters ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// A line per record: sequence, original subject, stream and sequence, handler, age, reason.
+    List {
+        /// Which records.
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// One record's headers and payload.
+    Show {
+        /// The record's sequence in the dead-letter stream
+        seq: u64,
+        /// Which records.
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Republish each selected record's payload and headers to its original subject (or --to)
+    /// with message id redrive:<dead-letter stream>:<seq>, then delete the record; a second
+    /// run republishes nothing twice.
+    Redrive {
+        /// Republish to this subject instead of each record's original one
+        #[arg(long)]
+        to: Option<String>,
+        /// Only say what would be republished
+        #[arg(long)]
+        dry_run: bool,
+        /// Which records.
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+/// Which dead-letter records a command is about.
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
+    /// Records of messages from this stream
+    #[arg(long)]
+    stream: Option<String>,
+    /// Records of messages delivered by this consumer
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Records written within this long (e.g. 1h, 30m)
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<Duration>,
+    /// Records whose reason contains this text (case-insensitive)
+    #[arg(long)]
+    reason: Option<String>,
+    /// The dead-letter stream [default: the stream capturing <prefix>.>]
+    #[arg(long)]
+    dead_letters: Option<String>,
+    /// The dead-letter subject prefix ([runtime] dead_letter)
+    #[arg(long, default_value = "deadletter")]
+    prefix: String,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+impl FilterArgs {
+    fn split(self) -> (Filter, NatsArgs) {
+        let filter = Filter {
+            dead_letters: self.dead_letters,
+            prefix: self.prefix,
+            stream: self.stream,
+            consumer: self.consumer,
+            since: self.since,
+            reason: self.reason,
+        };
+        (filter, self.nats)
+    }
+}
+
+/// Runs a `jetwasm dead-letters` command, printing what it finds or does.
+pub async fn run(action: Action) -> anyhow::Result<()> {
+    let connect = |nats: NatsArgs| async move {
+        stream_init::connect::jetstream(&nats, &nats.url_or(None)).await
+    };
+    match action {
+        Action::List { filter } => {
+            let (filter, nats) = filter.split();
+            println!("{}", list(&connect(nats).await?, &filter).await?);
+        }
+        Action::Show { seq, filter } => {
+            let (filter, nats) = filter.split();
+            println!("{}", show(&connect(nats).await?, &filter, seq).await?);
+        }
+        Action::Redrive {
+            to,
+            dry_run,
+            filter,
+        } => {
+            let (filter, nats) = filter.split();
+            let js = connect(nats).await?;
+            let bar = indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template("{spinner} {pos} records, {per_sec} {msg}")
+                    .expect("a valid template"),
+            );
+            let outcome = redrive(&js, &filter, to.as_deref(), dry_run, |line| {
+                bar.inc(1);
+                bar.suspend(|| println!("{line}"));
+            })
+            .await?;
+            bar.finish_and_clear();
+            let verb = if dry_run { "would redrive" } else { "redriven" };
+            println!(
+                "{verb} {}, left alone {}",
+                outcome.done,
+                outcome.failed.len()
+            );
+            if !outcome.failed.is_empty() {
+                anyhow::bail!("{} record(s) left alone (see above)", outcome.failed.len());
+            }
+        }
+    }
+    Ok(())
 }

@@ -211,7 +211,7 @@ enum Command {
         #[arg(long, group = "start", value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
         /// Start at messages stored from this time (RFC 3339, e.g. 2026-11-29T10:00:00Z)
-        #[arg(long, group = "start", value_parser = rfc3339)]
+        #[arg(long, group = "start", value_parser = jetwasm::replay::rfc3339)]
         from_time: Option<time::OffsetDateTime>,
         /// Stop after this stream sequence [default: the last stored when the replay starts]
         #[arg(long)]
@@ -232,7 +232,7 @@ enum Command {
     #[command(alias = "dlq")]
     DeadLetters {
         #[command(subcommand)]
-        action: DeadLetterAction,
+        action: jetwasm::dead_letters::Action,
     },
     /// Write a new handler or publisher project that `./build.sh` builds into a component.
     New {
@@ -247,165 +247,6 @@ enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
-}
-
-/// `jetwasm dead-letters ...`.
-#[derive(Debug, Subcommand)]
-enum DeadLetterAction {
-    /// A line per record: sequence, original subject, stream and sequence, handler, age, reason.
-    List {
-        #[command(flatten)]
-        filter: DeadLetterFilter,
-    },
-    /// One record's headers and payload.
-    Show {
-        /// The record's sequence in the dead-letter stream
-        seq: u64,
-        #[command(flatten)]
-        filter: DeadLetterFilter,
-    },
-    /// Republish each selected record's payload and headers to its original subject (or --to)
-    /// with message id redrive:<dead-letter stream>:<seq>, then delete the record; a second
-    /// run republishes nothing twice.
-    Redrive {
-        /// Republish to this subject instead of each record's original one
-        #[arg(long)]
-        to: Option<String>,
-        /// Only say what would be republished
-        #[arg(long)]
-        dry_run: bool,
-        #[command(flatten)]
-        filter: DeadLetterFilter,
-    },
-}
-
-/// Which dead-letter records a command is about.
-#[derive(Debug, Args)]
-struct DeadLetterFilter {
-    /// Records of messages from this stream
-    #[arg(long)]
-    stream: Option<String>,
-    /// Records of messages delivered by this consumer
-    #[arg(long)]
-    consumer: Option<String>,
-    /// Records written within this long (e.g. 1h, 30m)
-    #[arg(long, value_parser = humantime::parse_duration)]
-    since: Option<std::time::Duration>,
-    /// Records whose reason contains this text (case-insensitive)
-    #[arg(long)]
-    reason: Option<String>,
-    /// The dead-letter stream [default: the stream capturing <prefix>.>]
-    #[arg(long)]
-    dead_letters: Option<String>,
-    /// The dead-letter subject prefix ([runtime] dead_letter)
-    #[arg(long, default_value = "deadletter")]
-    prefix: String,
-    #[command(flatten)]
-    nats: NatsArgs,
-}
-
-impl DeadLetterFilter {
-    fn split(self) -> (jetwasm::dead_letters::Filter, NatsArgs) {
-        let filter = jetwasm::dead_letters::Filter {
-            dead_letters: self.dead_letters,
-            prefix: self.prefix,
-            stream: self.stream,
-            consumer: self.consumer,
-            since: self.since,
-            reason: self.reason,
-        };
-        (filter, self.nats)
-    }
-}
-
-/// An RFC 3339 time.
-fn rfc3339(text: &str) -> Result<time::OffsetDateTime, String> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("{text:?} is not an RFC 3339 time (e.g. 2026-11-29T10:00:00Z): {e}"))
-}
-
-/// Runs `jetwasm replay` with a progress bar, and prints its summary.
-async fn replay(replay: jetwasm::replay::Replay) -> anyhow::Result<()> {
-    let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} messages, {per_sec}, ETA {eta}",
-        )
-        .expect("a valid template"),
-    );
-    let summary = jetwasm::replay::run(&replay, |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })
-    .await?;
-    bar.finish_and_clear();
-    let range = summary.seqs.map_or_else(
-        || "nothing".to_owned(),
-        |(a, b)| format!("sequences {a}–{b}"),
-    );
-    let verb = if replay.dry_run {
-        "would replay"
-    } else {
-        "replayed"
-    };
-    println!(
-        "{verb} {} messages ({range}) through {}",
-        summary.messages, replay.handler
-    );
-    for (outcome, n) in &summary.outcomes {
-        println!("  {outcome:<10} {n}");
-    }
-    match summary.captured {
-        Some(n) if !replay.dry_run => println!("  publishes  {n} captured, not sent"),
-        None => println!("  publishes  sent (--publish on)"),
-        Some(_) => {}
-    }
-    Ok(())
-}
-
-/// Runs a `jetwasm dead-letters` command.
-async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
-    use jetwasm::dead_letters as dl;
-    let connect = |nats: NatsArgs| async move {
-        stream_init::connect::jetstream(&nats, &nats.url_or(None)).await
-    };
-    match action {
-        DeadLetterAction::List { filter } => {
-            let (filter, nats) = filter.split();
-            println!("{}", dl::list(&connect(nats).await?, &filter).await?);
-        }
-        DeadLetterAction::Show { seq, filter } => {
-            let (filter, nats) = filter.split();
-            println!("{}", dl::show(&connect(nats).await?, &filter, seq).await?);
-        }
-        DeadLetterAction::Redrive {
-            to,
-            dry_run,
-            filter,
-        } => {
-            let (filter, nats) = filter.split();
-            let js = connect(nats).await?;
-            let bar = indicatif::ProgressBar::new_spinner().with_style(
-                indicatif::ProgressStyle::with_template("{spinner} {pos} records, {per_sec} {msg}")
-                    .expect("a valid template"),
-            );
-            let outcome = dl::redrive(&js, &filter, to.as_deref(), dry_run, |line| {
-                bar.inc(1);
-                bar.suspend(|| println!("{line}"));
-            })
-            .await?;
-            bar.finish_and_clear();
-            let verb = if dry_run { "would redrive" } else { "redriven" };
-            println!(
-                "{verb} {}, left alone {}",
-                outcome.done,
-                outcome.failed.len()
-            );
-            if !outcome.failed.is_empty() {
-                anyhow::bail!("{} record(s) left alone (see above)", outcome.failed.len());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Logs to stderr at `level` unless `RUST_LOG` says otherwise.
@@ -450,7 +291,7 @@ async fn main() -> ExitCode {
             (None, None) => unreachable!("clap requires one"),
         },
         Command::Status { url } => status(&url).await,
-        Command::DeadLetters { action } => dead_letters(action).await,
+        Command::DeadLetters { action } => jetwasm::dead_letters::run(action).await,
         Command::Replay {
             config,
             handler,
@@ -469,7 +310,7 @@ async fn main() -> ExitCode {
                 (_, _, Some(at)) => jetwasm::replay::Start::Time(at),
                 (None, None, None) => unreachable!("clap requires one"),
             };
-            replay(jetwasm::replay::Replay {
+            jetwasm::replay::print(jetwasm::replay::Replay {
                 config,
                 handler,
                 start,

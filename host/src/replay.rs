@@ -226,3 +226,47 @@ async fn dispatcher(
         instances,
     ))
 }
+
+/// An RFC 3339 time, for `--from-time`.
+pub fn rfc3339(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time (e.g. 2026-11-29T10:00:00Z): {e}"))
+}
+
+/// Runs `replay` with a progress bar, and prints its summary.
+pub async fn print(replay: Replay) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} messages, {per_sec}, ETA {eta}",
+        )
+        .expect("a valid template"),
+    );
+    let summary = run(&replay, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let range = summary.seqs.map_or_else(
+        || "nothing".to_owned(),
+        |(a, b)| format!("sequences {a}–{b}"),
+    );
+    let verb = if replay.dry_run {
+        "would replay"
+    } else {
+        "replayed"
+    };
+    println!(
+        "{verb} {} messages ({range}) through {}",
+        summary.messages, replay.handler
+    );
+    for (outcome, n) in &summary.outcomes {
+        println!("  {outcome:<10} {n}");
+    }
+    match summary.captured {
+        Some(n) if !replay.dry_run => println!("  publishes  {n} captured, not sent"),
+        None => println!("  publishes  sent (--publish on)"),
+        Some(_) => {}
+    }
+    Ok(())
+}
