@@ -3,7 +3,9 @@
 # needed): docker-compose.yml is valid (`docker-compose config`, Debian's package), the
 # nats-server image is the version the tests run, and every jetwasm service runs a host config
 # that applies no stream overlay (an overlay such as `dev` would scale the cluster's streams
-# down to one replica).
+# down to one replica); at least two hosts share the consumers; Prometheus scrapes the hosts
+# and every exporter service; the Grafana dashboard is valid JSON and every jetwasm metric it
+# queries is one the host exports (host/src/metrics.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +35,7 @@ with open(rendered) as f:
     services = yaml.safe_load(f)["services"]
 problems = []
 
-images = {s.get("image") for s in services.values() if "nats" in str(s.get("image", ""))}
+images = {s.get("image") for s in services.values() if str(s.get("image", "")).startswith("nats:")}
 for image in images:
     if image.split(":")[1].split("-")[0] != nats_version:
         problems.append(f"image {image}: the tests run nats-server {nats_version}")
@@ -67,6 +69,35 @@ for name, service in services.items():
 
 if hosts == 0:
     problems.append("no service runs `jetwasm run`")
+for name, service in services.items():
+    if name == "jetwasm" and int(service.get("scale", 1)) < 2:
+        problems.append("service jetwasm: scale it to at least 2 hosts (the fleet reference)")
+
+import json, re
+deploy = os.path.dirname(compose_file)
+with open(os.path.join(deploy, "prometheus.yml")) as f:
+    prometheus = yaml.safe_load(f)
+jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+if "jetwasm" not in jobs:
+    problems.append("prometheus.yml: no job scrapes jetwasm")
+targets = {t for c in jobs.get("nats", {}).get("static_configs", []) for t in c["targets"]}
+for name in services:
+    if name.startswith("nats-exporter") and f"{name}:7777" not in targets:
+        problems.append(f"prometheus.yml: the nats job does not scrape {name}:7777")
+with open("host/src/metrics.rs") as f:
+    exported = set(re.findall(r'"(jetwasm_[a-z_]+)"', f.read()))
+dashboard_file = os.path.join(deploy, "grafana/dashboards/jetwasm.json")
+with open(dashboard_file) as f:
+    dashboard = json.load(f)
+queried = set()
+for panel in dashboard["panels"]:
+    for target in panel.get("targets", []):
+        queried |= set(re.findall(r"\b(jetwasm_[a-z_]+?)(?:_bucket|_count|_sum)?\b", target["expr"]))
+for variable in dashboard["templating"]["list"]:
+    queried |= set(re.findall(r"\b(jetwasm_[a-z_]+)\b", variable["query"]))
+for metric in sorted(queried - exported):
+    problems.append(f"{dashboard_file}: queries {metric}, which the host does not export")
+print(f"deploy/check.sh: the dashboard queries {len(queried)} jetwasm metrics, all exported")
 if problems:
     print(f"{compose_file}:", *problems, sep="\n  - ", file=sys.stderr)
     sys.exit(1)
