@@ -50,7 +50,7 @@ soak: tools handlers
 ## denied, host and handlers, cargo deny, and the deployment files checked offline (CI runs it
 ## before the tests). The toolchain is pinned in rust-toolchain.toml, which is also the MSRV.
 lint: wasm-target
-	deploy/check.sh
+	TOOLS=$(TOOLS) deploy/check.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps

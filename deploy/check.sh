@@ -98,8 +98,52 @@ for variable in dashboard["templating"]["list"]:
 for metric in sorted(queried - exported):
     problems.append(f"{dashboard_file}: queries {metric}, which the host does not export")
 print(f"deploy/check.sh: the dashboard queries {len(queried)} jetwasm metrics, all exported")
+
+# Kubernetes: the ConfigMap carries deploy/jetwasm.toml and streams.toml as shipped, and the
+# KEDA ScaledObject (a CRD, which the schema validator below does not know) scales the
+# Deployment on the consumer the config binds.
+kube = os.path.join(deploy, "kubernetes")
+def load(name):
+    with open(os.path.join(kube, name)) as f:
+        return yaml.safe_load(f)
+configmap = load("configmap.yaml")
+for key in ("jetwasm.toml", "streams.toml"):
+    with open(os.path.join(deploy, key)) as f:
+        if configmap["data"][key] != f.read():
+            problems.append(f"kubernetes/configmap.yaml: {key} differs from deploy/{key}")
+deployment = load("deployment.yaml")
+scaled = load("scaledobject.yaml")
+if (scaled.get("apiVersion"), scaled.get("kind")) != ("keda.sh/v1alpha1", "ScaledObject"):
+    problems.append("kubernetes/scaledobject.yaml: not a keda.sh/v1alpha1 ScaledObject")
+if scaled["spec"]["scaleTargetRef"]["name"] != deployment["metadata"]["name"]:
+    problems.append("kubernetes/scaledobject.yaml: scaleTargetRef is not the jetwasm Deployment")
+host = tomllib.loads(configmap["data"]["jetwasm.toml"])
+bound = {(h["stream"], h["consumer"]) for h in host.get("handler", [])}
+for trigger in scaled["spec"]["triggers"]:
+    meta = trigger["metadata"]
+    missing = {"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold"} - set(meta)
+    if trigger["type"] != "nats-jetstream" or missing:
+        problems.append(f"kubernetes/scaledobject.yaml: a nats-jetstream trigger needs {sorted(missing)}")
+    elif (meta["stream"], meta["consumer"]) not in bound:
+        problems.append(f"kubernetes/scaledobject.yaml: {meta['stream']}/{meta['consumer']} is no handler's consumer")
+probes = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
+if probes != "/readyz":
+    problems.append("kubernetes/deployment.yaml: readiness must be /readyz")
+print("deploy/check.sh: kubernetes/ ConfigMap matches deploy/, the ScaledObject scales the host on its consumer")
 if problems:
     print(f"{compose_file}:", *problems, sep="\n  - ", file=sys.stderr)
     sys.exit(1)
 print(f"deploy/check.sh: {compose_file} is valid; nats-server {nats_version}")
 PY
+
+# The core resources against Kubernetes' own schemas (kubernetes-validate, from PyPI, into
+# the tools venv once), strictly: unknown fields are errors.
+venv="${TOOLS:-.tools}/venv"
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  echo "deploy/check.sh: installing kubernetes-validate into $venv (once)"
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+"$venv/bin/kubernetes-validate" --strict --quiet -k 1.31.0 \
+  deploy/kubernetes/{namespace,configmap,secret,deployment,service}.yaml
+echo "deploy/check.sh: kubernetes/ core resources valid against Kubernetes 1.31's schemas (strict)"
