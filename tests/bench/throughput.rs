@@ -12,7 +12,9 @@
 //! - deploying through the registry: how soon two hosts run a new version, and the
 //!   throughput around a swap under load (see the `deploy` module);
 //! - tenants: a light tenant's throughput and latency alone and beside a tenant flooding the
-//!   CPU, and the cost of tenancy on the no-op handler (see the `tenants` module).
+//!   CPU, and the cost of tenancy on the no-op handler (see the `tenants` module);
+//! - a fleet: one, two and three hosts on one consumer, and `jetwasm replay` over the same
+//!   history (see the `fleet` module).
 //!
 //! Numbers, not assertions: run it with `make bench`. Environment: `BENCH_MESSAGES` (default
 //! 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS` (default 20000), `BENCH_LANG_MESSAGES`
@@ -21,7 +23,8 @@
 //! 64 and 1024 as in the config), `BENCH_LANGS`
 //! (default `rust,python,js,go,c`), `BENCH_HTTP_CONNECTIONS` (default 32) and
 //! `BENCH_HTTP_SECS` (default 5), `BENCH_TENANT_SECS` (default 10) and `BENCH_TENANT_MESSAGES`
-//! (default 50000); `BENCH_ONLY=deploy` or `BENCH_ONLY=tenants` runs that part alone.
+//! (default 50000), `BENCH_FLEET_MESSAGES` (default 50000); `BENCH_ONLY=deploy`, `tenants` or
+//! `fleet` runs that part alone.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -39,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod deploy;
+mod fleet;
 mod http;
 mod tenants;
 
@@ -136,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("deploy") => return deploy::bench().await,
         Ok("tenants") => return tenants::bench().await,
+        Ok("fleet") => return fleet::bench().await,
         _ => {}
     }
     let messages = env_or("BENCH_MESSAGES", 100_000);
@@ -225,7 +230,8 @@ async fn main() -> anyhow::Result<()> {
 
     http::bench(&js, rounds).await?;
     deploy::bench().await?;
-    tenants::bench().await
+    tenants::bench().await?;
+    fleet::bench().await
 }
 
 /// The baseline: publishes one after another, each awaiting its PubAck.
