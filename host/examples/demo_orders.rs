@@ -33,10 +33,19 @@ fn scoreboard(metrics: &str) -> anyhow::Result<(u64, u64, u64, u64)> {
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n")?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
-    let sample = |name: &str| -> u64 {
+    // The series named as in `sample` whose labels include the ones it gives (every series
+    // has a `tenant` label too), summed.
+    let sample = |sample: &str| -> u64 {
+        let (name, wanted) = sample.split_once('{').unwrap_or((sample, "}"));
+        let wanted: Vec<&str> = wanted.trim_end_matches('}').split(',').collect();
         text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (series_name, labels) = series.split_once('{').unwrap_or((series, "}"));
+                let labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                let fits = series_name == name && wanted.iter().all(|w| labels.contains(w));
+                fits.then(|| value.parse::<f64>().ok()).flatten()
+            })
             .sum::<f64>() as u64
     };
     let processed = sample("jetwasm_messages_total{handler=\"orders\",outcome=\"ack\"}");
