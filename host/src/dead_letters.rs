@@ -340,8 +340,8 @@ pub enum Action {
         filter: FilterArgs,
     },
     /// Republish each selected record's payload and headers to its original subject (or --to)
-    /// with message id redrive:<dead-letter stream>:<seq>, then delete the record; a second
-    /// run republishes nothing twice.
+    /// with message id redrive:STREAM:SEQ (the record's dead-letter stream and sequence),
+    /// then delete the record; a second run republishes nothing twice.
     Redrive {
         /// Republish to this subject instead of each record's original one
         #[arg(long)]
@@ -370,7 +370,7 @@ pub struct FilterArgs {
     /// Records whose reason contains this text (case-insensitive)
     #[arg(long)]
     reason: Option<String>,
-    /// The dead-letter stream [default: the stream capturing <prefix>.>]
+    /// The dead-letter stream [default: the stream capturing PREFIX.>]
     #[arg(long)]
     dead_letters: Option<String>,
     /// The dead-letter subject prefix ([runtime] dead_letter)
