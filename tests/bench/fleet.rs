@@ -4,7 +4,7 @@
 //! hosts show the cost of sharing a consumer, not scaling: there are no more cores to use.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use harness::setup::Setup;
 use harness::{handler_wasm, Host};
@@ -67,22 +67,5 @@ async fn drain(setup: &Setup, config: &str, hosts: usize, n: usize) -> anyhow::R
         .map(|_| Host::spawn(&setup.server.url, config))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let acked = "jetwasm_messages_total{handler=\"h\",outcome=\"ack\"}";
-    let (mut first, deadline) = (None, Instant::now() + Duration::from_secs(300));
-    loop {
-        let mut done = 0.0;
-        for host in &running {
-            // Zero until its listener is up.
-            done += host.metric(acked).unwrap_or(0.0);
-        }
-        let done = done as usize;
-        if done > 0 && first.is_none() {
-            first = Some((Instant::now(), done));
-        }
-        if done >= n {
-            let (at, from) = first.expect("set above");
-            return Ok((n - from) as f64 / at.elapsed().as_secs_f64());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "not drained: {done} of {n}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    super::acked_rate(&running, acked, n).await
 }

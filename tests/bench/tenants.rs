@@ -239,17 +239,5 @@ async fn drain(
     let admin = ["--user", "acme-admin", "--password", "acme-admin-secret"];
     let host = Host::start_with(&server.url, &config, &admin).await?;
     let acked = "jetwasm_messages_total{handler=\"noop\",outcome=\"ack\"}";
-    let (mut first, deadline) = (None, Instant::now() + Duration::from_secs(300));
-    loop {
-        let done = host.metric(acked)? as usize;
-        if done > 0 && first.is_none() {
-            first = Some((Instant::now(), done));
-        }
-        if done >= n {
-            let (at, from) = first.expect("set above");
-            return Ok((n - from) as f64 / at.elapsed().as_secs_f64());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "not drained: {done} of {n}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    super::acked_rate(&[host], acked, n).await
 }

@@ -234,6 +234,26 @@ async fn main() -> anyhow::Result<()> {
     fleet::bench().await
 }
 
+/// Messages/s acked by `hosts` together (`acked` names the sample), from the first ack to the
+/// `n`th: the drain rate of a backlog, start-up left out.
+async fn acked_rate(hosts: &[harness::Host], acked: &str, n: usize) -> anyhow::Result<f64> {
+    let (mut first, deadline) = (None, Instant::now() + Duration::from_secs(300));
+    loop {
+        // Zero until a host's listener is up.
+        let done: f64 = hosts.iter().map(|h| h.metric(acked).unwrap_or(0.0)).sum();
+        let done = done as usize;
+        if done > 0 && first.is_none() {
+            first = Some((Instant::now(), done));
+        }
+        if done >= n {
+            let (at, from) = first.expect("set above");
+            return Ok((n - from) as f64 / at.elapsed().as_secs_f64());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not drained: {done} of {n}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The baseline: publishes one after another, each awaiting its PubAck.
 async fn publish_native(js: &jetstream::Context, n: usize) -> anyhow::Result<f64> {
     let payload = bytes::Bytes::from(vec![b'x'; 64]);

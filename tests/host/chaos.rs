@@ -75,6 +75,24 @@ async fn on_file_storage(consumer: &str) -> Setup {
     setup
 }
 
+/// The test streams on a cluster, on file storage with 3 replicas, `consumer` lines added to
+/// `proc`; returns the folder holding the spec and the orders host's config applying it.
+async fn on_replicated_file_storage(
+    js: &async_nats::jetstream::Context,
+    consumer: &str,
+) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("streams.toml");
+    let text =
+        streams(consumer).replace("storage = \"memory\"", "storage = \"file\"\nreplicas = 3");
+    std::fs::write(&spec, text).unwrap();
+    let loaded = stream_init::Spec::load(&spec, None).unwrap();
+    let plan = stream_init::plan(js, &loaded).await.unwrap();
+    stream_init::apply(js, &plan).await.unwrap();
+    let config = host_config(&spec, &handler_wasm("orders"), "", "");
+    (dir, config)
+}
+
 fn orders_config(setup: &Setup) -> String {
     setup.config(&handler_wasm("orders"), "", "")
 }
@@ -148,15 +166,7 @@ async fn the_stream_leader_is_lost_on_a_three_node_cluster_under_load() {
     let Scale { rate, .. } = scale();
     let mut cluster = Cluster::start().await.unwrap();
     let js = cluster.jetstream().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("streams.toml");
-    let text = streams("ack_wait = \"2s\"")
-        .replace("storage = \"memory\"", "storage = \"file\"\nreplicas = 3");
-    std::fs::write(&spec, text).unwrap();
-    let loaded = stream_init::Spec::load(&spec, None).unwrap();
-    let plan = stream_init::plan(&js, &loaded).await.unwrap();
-    stream_init::apply(&js, &plan).await.unwrap();
-    let config = host_config(&spec, &handler_wasm("orders"), "", "");
+    let (_spec, config) = on_replicated_file_storage(&js, "ack_wait = \"2s\"").await;
     let host = Host::start(&cluster.url(), &config).await.unwrap();
     let load = Load::start(cluster.jetstream().await.unwrap(), rate);
     progress(&host, 0.0, 300.0).await;
@@ -480,16 +490,9 @@ async fn soak_with_a_fault_every_minute() {
 async fn three_hosts_share_one_consumer_and_lose_nothing_when_two_go() {
     let cluster = Cluster::start().await.unwrap();
     let js = cluster.jetstream().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("streams.toml");
     // Room for the three hosts' prefetch (see the README's sizing rule).
-    let text = streams("ack_wait = \"2s\"\nmax_ack_pending = 10000")
-        .replace("storage = \"memory\"", "storage = \"file\"\nreplicas = 3");
-    std::fs::write(&spec, text).unwrap();
-    let loaded = stream_init::Spec::load(&spec, None).unwrap();
-    let plan = stream_init::plan(&js, &loaded).await.unwrap();
-    stream_init::apply(&js, &plan).await.unwrap();
-    let config = host_config(&spec, &handler_wasm("orders"), "", "");
+    let consumer = "ack_wait = \"2s\"\nmax_ack_pending = 10000";
+    let (_spec, config) = on_replicated_file_storage(&js, consumer).await;
     let url = cluster.url();
     let mut hosts = Vec::new();
     for _ in 0..3 {

@@ -20,3 +20,22 @@ fn the_harness_runs_the_binary_cargo_built_for_these_tests() {
     let found = harness::package_bin("jetwasm").unwrap();
     assert_eq!(found, std::path::Path::new(env!("CARGO_BIN_EXE_jetwasm")));
 }
+
+/// Runs `jetwasm ARGS` (the binary Cargo built for these tests) to completion; returns whether
+/// it succeeded, and its stdout followed by its stderr.
+pub fn jetwasm<I, S>(args: I) -> (bool, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+        .args(args)
+        .output()
+        .expect("running jetwasm");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

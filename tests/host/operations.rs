@@ -2,25 +2,14 @@
 //! list / show / redrive` (the records a real host wrote, read back, and their messages put
 //! back in place) and `jetwasm replay` (a handler run over history, its consumer untouched).
 
-use std::process::Command;
 use std::time::Duration;
 
 use harness::setup::{header, order, Setup, QUICK_RETRIES};
 
 /// Runs `jetwasm dead-letters ARGS --server URL`; returns success and stdout + stderr.
 fn dead_letters(url: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
-        .arg("dead-letters")
-        .args(args)
-        .args(["--server", url])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let all = [&["dead-letters"][..], args, &["--server", url]].concat();
+    crate::jetwasm(all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,19 +110,13 @@ async fn dead_letters_are_listed_shown_and_redriven_once() {
 
 /// Runs `jetwasm replay --config CONFIG --handler h ARGS --server URL`.
 fn replay(url: &str, config: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
-        .args(["replay", "--handler", "h", "--config"])
-        .arg(config)
-        .args(args)
-        .args(["--server", url])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let config = config.to_str().expect("a UTF-8 path");
+    let all = [
+        &["replay", "--handler", "h", "--config", config][..],
+        args,
+        &["--server", url],
+    ];
+    crate::jetwasm(all.concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

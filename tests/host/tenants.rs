@@ -604,21 +604,20 @@ async fn a_tenants_drop_ins_live_in_its_own_folder_and_run_as_the_tenant() {
 fn deploy(dir: &std::path::Path, url: &str, flags: &[&str]) -> (bool, String) {
     let manifest = dir.join("orders.toml");
     std::fs::write(&manifest, ORDERS_MANIFEST).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
-        .arg("deploy")
-        .arg(handler_wasm("orders"))
-        .arg("--manifest")
-        .arg(&manifest)
-        .args(["--server", url])
-        .args(flags)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let (component, manifest) = (handler_wasm("orders"), manifest.display().to_string());
+    let component = component.display().to_string();
+    let args = [
+        &[
+            "deploy",
+            &component,
+            "--manifest",
+            &manifest,
+            "--server",
+            url,
+        ][..],
+        flags,
+    ];
+    crate::jetwasm(args.concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,12 +667,9 @@ async fn a_tenants_deploy_credentials_reach_only_its_own_registry_keys() {
         out.contains("the NATS server refused $KV.jetwasm-handlers.globex.orders"),
         "{out}"
     );
-    let undeploy = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
-        .args(["undeploy", "globex.orders", "--server", &url])
-        .args(acme)
-        .output()
-        .unwrap();
-    assert!(!undeploy.status.success(), "{undeploy:?}");
+    let (ok, undeploy) =
+        crate::jetwasm([&["undeploy", "globex.orders", "--server", &url][..], &acme].concat());
+    assert!(!ok, "{undeploy}");
     let revision = component(&host, "globex", "orders").unwrap()["revision"].clone();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let globex_orders = component(&host, "globex", "orders").unwrap();
