@@ -20,6 +20,7 @@ use crate::dispatch::Dispatcher;
 use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
+use crate::publish::JS_API;
 use crate::sandbox::{ComponentEnv, Sink};
 use crate::status;
 use crate::tenant::{Tenant, Tenants};
@@ -180,7 +181,7 @@ impl Loader {
                 DropIn::Publisher(publisher) => self.publisher(publisher, tenant).await,
             }
         };
-        match tenant.connection.denials.during(loading).await {
+        match tenant.connection.denials.during(JS_API, loading).await {
             Ok(loaded) => loaded,
             Err(subject) => bail!(topology::refused(what, tenant, &subject)),
         }

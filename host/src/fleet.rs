@@ -118,7 +118,7 @@ async fn refusing<T>(
     connection: &Connection,
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    match connection.denials.during(work).await {
+    match connection.denials.during("", work).await {
         Ok(done) => done,
         Err(subject) => bail!(
             "the NATS server refused {subject}: these credentials do not allow it (a tenant's \

@@ -79,6 +79,9 @@ fn header_map(headers: Vec<(String, String)>) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
+/// The subjects of JetStream API requests (what loading a component sends).
+pub const JS_API: &str = "$JS.API.";
+
 /// A JetStream connection, and what its server refused: the server enforces the
 /// connection's permissions by dropping a forbidden publish and telling the client apart from
 /// it, so that is how a publish learns it was denied.
@@ -114,21 +117,33 @@ impl Denials {
         true
     }
 
-    /// Runs `work` unless the server refuses this connection a subject meanwhile: then the
-    /// error is that subject, at once (a refused request would otherwise wait for its
-    /// timeout). Meant for one piece of work at a time, such as loading a component.
+    /// Runs `work` unless the server refuses this connection a subject starting with `prefix`
+    /// meanwhile: then the error is that subject, at once (a refused request would otherwise
+    /// wait for its timeout). The prefix keeps other work on the same connection out of it: a
+    /// running handler's refused publish must not fail a component loading beside it, whose
+    /// requests are all `$JS.API.` calls.
     pub async fn during<T>(
         &self,
+        prefix: &str,
         work: impl std::future::Future<Output = T>,
     ) -> Result<T, Arc<str>> {
         let mut heard = self.heard.subscribe();
+        let refused = async {
+            loop {
+                match heard.recv().await {
+                    Ok(subject) if subject.starts_with(prefix) => return subject,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return "(a refused subject: too many refusals to tell which)".into()
+                    }
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        };
         tokio::select! {
             biased;
             done = work => Ok(done),
-            subject = heard.recv() => match subject {
-                Ok(subject) => Err(subject),
-                Err(_) => Err("(a refused subject: too many to tell which)".into()),
-            },
+            subject = refused => Err(subject),
         }
     }
 }
@@ -231,6 +246,24 @@ async fn no_stream_or_unavailable(js: &jetstream::Context, subject: String) -> P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn work_fails_only_on_a_refusal_of_its_own_kind() {
+        let denials = Denials::default();
+        let (tell, told) = tokio::sync::oneshot::channel::<()>();
+        let refusing = denials.clone();
+        let work = async move {
+            refusing.heard("Permissions Violation for Publish to \"orders.refunded\"");
+            tokio::task::yield_now().await;
+            refusing.heard("Permissions Violation for Publish to \"$JS.API.STREAM.INFO.X\"");
+            let _ = told.await;
+        };
+        let result = denials.during("$JS.API.", work).await;
+        assert_eq!(result.err().as_deref(), Some("$JS.API.STREAM.INFO.X"));
+        drop(tell);
+        let calm = denials.during("$JS.API.", async { 7 }).await;
+        assert_eq!(calm.ok(), Some(7));
+    }
 
     fn allowance(nth: u32, policy: &PublishPolicy) -> Allowance<'_> {
         Allowance {

@@ -18,7 +18,12 @@ use crate::tenant::Tenant;
 pub async fn tenant_problems(tenant: &Tenant, what: &DropIn, dead_letter: &str) -> Vec<String> {
     let spec = tenant.spec_file.as_deref();
     let check = problems(tenant.js(), what, dead_letter, spec);
-    match tenant.connection.denials.during(check).await {
+    match tenant
+        .connection
+        .denials
+        .during(crate::publish::JS_API, check)
+        .await
+    {
         Err(subject) => vec![refused(what, tenant, &subject)],
         Ok(problems) if *tenant.name == *DEFAULT_TENANT => problems,
         Ok(problems) => (problems.into_iter())
