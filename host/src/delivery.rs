@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::message::Info;
 use async_nats::jetstream::{self, AckKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 
 use crate::ack::{self, Action, DeadLetterPlan, Decision, DeliveryPolicy, Verdict};
 use crate::binding::{Binding, Version};
@@ -20,6 +21,7 @@ use crate::dead_letter;
 use crate::dispatch::Outcome;
 use crate::origin::Origin;
 use crate::waiting::mark_in_progress;
+use crate::{telemetry, trace};
 
 /// What a delivery needs of its consumer's settings, read at each bind.
 pub struct Terms {
@@ -70,15 +72,39 @@ pub async fn process(
         tracing::error!(handler = %binding.name, subject = %message.subject, "message without JetStream metadata skipped");
         return;
     };
+    let wit = guest_copy(&message.message, &info);
+    let otel = telemetry::message_span(&telemetry::MessageFacts {
+        handler: &binding.name,
+        tenant: &binding.tenant.name,
+        subject: &wit.subject,
+        stream: &wit.stream,
+        seq: wit.stream_seq,
+        delivered: wit.delivered,
+        consumer: &wit.consumer,
+        size: wit.payload.len(),
+        message_id: header(&wit, "Nats-Msg-Id"),
+        traceparent: header(&wit, trace::TRACEPARENT),
+    });
     let delivery = Delivery {
-        wit: guest_copy(&message.message, &info),
+        wit,
+        otel,
         version: binding.version(),
         binding: &binding,
         terms: &terms,
         message: &message,
         span: OnceLock::new(),
     };
-    delivery.handle().await
+    match delivery.otel.clone() {
+        Some(span) => delivery.handle().instrument(span).await,
+        None => delivery.handle().await,
+    }
+}
+
+/// The first value of header `name` (any case) in the guest's copy.
+fn header<'a>(wit: &'a Message, name: &str) -> Option<&'a str> {
+    (wit.headers.iter())
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_str())
 }
 
 /// A message being handled, with what its life needs.
@@ -96,6 +122,9 @@ struct Delivery<'a> {
     /// message would cost each one ~1.3 µs of host CPU with the log's formatter (measured,
     /// about a tenth of a fresh sandbox's message), and most messages log nothing.
     span: OnceLock<tracing::Span>,
+    /// The exported span of the message's processing, when export is on (see
+    /// [`telemetry`]).
+    otel: Option<tracing::Span>,
 }
 
 impl Delivery<'_> {
@@ -159,6 +188,13 @@ impl Delivery<'_> {
         }
         let kind = verdict.kind();
         binding.metrics.count(kind);
+        if let Some(span) = &self.otel {
+            let error = match &verdict {
+                Verdict::Handled(Outcome::Failed(failure)) => Some(failure.describe()),
+                _ => None,
+            };
+            telemetry::finish(span, kind, error.as_deref());
+        }
         match &verdict {
             Verdict::Handled(Outcome::Failed(failure)) if self.admit() => {
                 self.log(|| tracing::warn!(failure = %failure.describe(), "handler failed"))

@@ -18,7 +18,7 @@ use crate::config::Limits;
 use crate::origin::Origin;
 pub use crate::sandbox::Failure;
 use crate::sandbox::{self, ComponentEnv, HostState};
-use crate::trace;
+use crate::{telemetry, trace};
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +95,7 @@ impl Dispatcher {
             stream: msg.stream.clone(),
             seq: msg.stream_seq,
             delivered: msg.delivered,
-            traceparent: trace::find(headers),
+            traceparent: telemetry::current_traceparent().or_else(|| trace::find(headers)),
         };
         let warm = self.reuse.and_then(|_| self.lock_warm().pop());
         let (mut store, handler, served) = match warm {

@@ -229,7 +229,10 @@ mod tests {
 
     #[test]
     fn the_budget_is_per_call_even_on_a_stream_kept_open() {
-        let origin = Origin::Tick { due_ms: 0 };
+        let origin = Origin::Tick {
+            due_ms: 0,
+            traceparent: None,
+        };
         let out = GuestOutput::new("h".into(), "stdout", Arc::new(Mutex::new(origin)));
         let mut writer = LineWriter {
             out: out.clone(),

@@ -16,7 +16,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use crate::config::{HttpRoute, Limits};
 use crate::origin::Origin;
 use crate::sandbox::{self, ComponentEnv, Failure, HostState};
-use crate::trace;
+use crate::{telemetry, trace};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -111,7 +111,7 @@ impl HttpPublisher {
             .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
         let origin = Origin::Request {
             id: format!("{arrival_ms}-{n}"),
-            traceparent: trace::find(headers),
+            traceparent: telemetry::current_traceparent().or_else(|| trace::find(headers)),
         };
         // Everything logged while the guest runs, its own lines included, names the request.
         let span = origin.span(&self.name);

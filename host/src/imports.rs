@@ -12,7 +12,7 @@ use crate::log_budget::{Verdict, LINES_PER_SECOND};
 use crate::origin::Origin;
 use crate::publish::{check, publish_acked, Allowance};
 use crate::sandbox::{Captured, HostState, Sink};
-use crate::trace;
+use crate::{telemetry, trace};
 
 /// A linker with WASI (no capabilities), `wasi:http` (incoming only: outgoing requests are
 /// refused) and the jetwasm imports.
@@ -89,7 +89,11 @@ impl publish::Host for HostState {
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case(trace::TRACEPARENT))
         {
-            let traceparent = trace::child(self.origin.traceparent());
+            // An exported call's traceparent names its own span: the publish hangs under it.
+            let traceparent = match self.origin.traceparent() {
+                Some(own) if telemetry::enabled() => own.to_owned(),
+                parent => trace::child(parent),
+            };
             headers.push((trace::TRACEPARENT.to_owned(), traceparent));
         }
         let env = &self.env;
@@ -165,7 +169,14 @@ mod tests {
         };
         assert_eq!(derived_msg_id("orders", &origin, 1), "orders:ORDERS:42:1");
         assert_eq!(
-            derived_msg_id("gen", &Origin::Tick { due_ms: 1_000 }, 2),
+            derived_msg_id(
+                "gen",
+                &Origin::Tick {
+                    due_ms: 1_000,
+                    traceparent: None,
+                },
+                2
+            ),
             "gen:tick:1000:2"
         );
         assert_ne!(

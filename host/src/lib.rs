@@ -60,6 +60,7 @@ pub mod scaffold;
 pub mod schedule;
 pub mod status;
 pub mod sweeper;
+pub mod telemetry;
 pub mod tenant;
 pub mod timer_publisher;
 pub mod topology;

@@ -16,12 +16,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::deployments::Deployments;
 use crate::http_publisher::{HttpPublisher, RequestFailure};
 use crate::metrics::Metrics;
 use crate::sandbox::Failure;
 use crate::status::StatusBody;
+use crate::{telemetry, trace};
 
 /// What the endpoints report on.
 #[derive(Clone)]
@@ -114,9 +116,28 @@ async fn route(State(status): State<Status>, request: Request) -> Response {
     let (method, path) = (request.method().as_str(), request.uri().path());
     match status.deployments.route(method, path) {
         Some(publisher) => {
-            let response = serve_publisher(&publisher, request).await;
+            let otel = telemetry::request_span(
+                &publisher.name,
+                method,
+                path,
+                trace::find(
+                    request
+                        .headers()
+                        .iter()
+                        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+                )
+                .as_deref(),
+            );
+            let served = serve_publisher(&publisher, request);
+            let response = match &otel {
+                Some(span) => served.instrument(span.clone()).await,
+                None => served.await,
+            };
             let (tenant, code) = (&publisher.tenant, response.status().as_u16());
             (status.metrics).http_request(tenant, &publisher.name, code);
+            if let Some(span) = &otel {
+                telemetry::finish_request(span, code);
+            }
             response
         }
         None if status.deployments.serves_path(path) => {

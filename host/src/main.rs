@@ -249,18 +249,33 @@ enum Command {
     },
 }
 
-/// Logs to stderr at `level` unless `RUST_LOG` says otherwise.
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs to stderr at `level` unless `RUST_LOG` says otherwise; with `export`, also sends
+/// spans to the OpenTelemetry collector the environment names, if it names one (see
+/// [`jetwasm::telemetry`]). Keep the returned exporter until exit: dropping it flushes.
+fn init_logging(
+    format: LogFormat,
+    level: &str,
+    export: bool,
+) -> anyhow::Result<Option<jetwasm::telemetry::Exporter>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+        .add_directive(format!("{}=off", jetwasm::telemetry::TARGET).parse()?);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = match format {
+        LogFormat::Human => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+    };
+    let (otel, exporter) = match export {
+        true => jetwasm::telemetry::layer()?.unzip(),
+        false => (None, None),
+    };
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    Ok(exporter)
 }
 
 #[tokio::main]
@@ -272,7 +287,17 @@ async fn main() -> ExitCode {
         Command::Run { .. } | Command::Up { .. } => "info",
         _ => "warn",
     };
-    init_logging(cli.log_format, level);
+    let export = matches!(cli.command, Command::Run { .. } | Command::Up { .. });
+    let exporter = match init_logging(cli.log_format, level, export) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(exporter) = &exporter {
+        tracing::info!(endpoint = %exporter.endpoint, "exporting spans over OTLP");
+    }
     let result = match cli.command {
         Command::Run { host } => run(host.into()).await,
         Command::Up {

@@ -23,6 +23,8 @@ pub enum Origin {
     Tick {
         /// When the firing was due.
         due_ms: u64,
+        /// The tick's exported span, as a `traceparent`, when spans are exported.
+        traceparent: Option<String>,
     },
     /// An HTTP request to a publisher, `id` unique to it; shown as `req:<id>`.
     Request {
@@ -37,7 +39,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Message { stream, seq, .. } => write!(f, "{stream}:{seq}"),
-            Origin::Tick { due_ms } => write!(f, "tick:{due_ms}"),
+            Origin::Tick { due_ms, .. } => write!(f, "tick:{due_ms}"),
             Origin::Request { id, .. } => write!(f, "req:{id}"),
         }
     }
@@ -47,10 +49,9 @@ impl Origin {
     /// The `traceparent` the call was made under, if any.
     pub fn traceparent(&self) -> Option<&str> {
         match self {
-            Origin::Message { traceparent, .. } | Origin::Request { traceparent, .. } => {
-                traceparent.as_deref()
-            }
-            Origin::Tick { .. } => None,
+            Origin::Message { traceparent, .. }
+            | Origin::Tick { traceparent, .. }
+            | Origin::Request { traceparent, .. } => traceparent.as_deref(),
         }
     }
 
@@ -65,7 +66,9 @@ impl Origin {
                 delivered,
                 ..
             } => tracing::error_span!("message", handler = component, stream, seq, delivered),
-            Origin::Tick { due_ms } => tracing::error_span!("tick", publisher = component, due_ms),
+            Origin::Tick { due_ms, .. } => {
+                tracing::error_span!("tick", publisher = component, due_ms)
+            }
             Origin::Request { id, .. } => {
                 tracing::error_span!("request", publisher = component, id)
             }

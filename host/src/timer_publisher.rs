@@ -16,6 +16,7 @@ use crate::origin::Origin;
 use crate::sandbox::{self, Failure};
 use crate::sandbox::{ComponentEnv, HostState};
 use crate::schedule::{Firing, Schedule};
+use crate::telemetry;
 
 /// A publisher ready to run.
 pub struct TimerPublisher {
@@ -52,8 +53,11 @@ impl TimerPublisher {
         let unix_ms =
             |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let (now_ms, seq) = (unix_ms(SystemTime::now()), firing.seq);
+        let due_ms = unix_ms(firing.at);
+        let otel = telemetry::tick_span(&self.name, due_ms);
         let origin = Origin::Tick {
-            due_ms: unix_ms(firing.at),
+            due_ms,
+            traceparent: otel.as_ref().and_then(telemetry::traceparent),
         };
         // Everything logged during the tick, the guest's lines included, names it.
         let span = origin.span(&self.name);
@@ -66,13 +70,20 @@ impl TimerPublisher {
                 .await
         };
         let result = sandbox::run(&self.limits, turn, std::pin::pin!(call.instrument(span))).await;
-        match result {
+        let result = match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(TickError::Returned(reason)),
             Err(failure) => Err(TickError::Failed(
                 failure.with_stderr(store.data().stderr_lines()),
             )),
+        };
+        if let Some(span) = &otel {
+            match &result {
+                Ok(()) => telemetry::finish(span, tick_outcome::OK, None),
+                Err(e) => telemetry::finish(span, e.kind(), Some(&e.describe())),
+            }
         }
+        result
     }
 }
 

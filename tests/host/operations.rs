@@ -1,6 +1,7 @@
 //! Day-2 operations as an operator runs them against a live server: `jetwasm dead-letters
 //! list / show / redrive` (the records a real host wrote, read back, and their messages put
-//! back in place) and `jetwasm replay` (a handler run over history, its consumer untouched).
+//! back in place), `jetwasm replay` (a handler run over history, its consumer untouched), and
+//! traces: `traceparent` propagation and OTLP export to a stand-in collector.
 
 use std::time::Duration;
 
@@ -238,4 +239,226 @@ async fn a_trace_follows_an_order_from_the_http_intake_to_orders_processed() {
     assert_eq!(trace_id(&created).len(), 32, "{created}");
     assert_ne!(trace_id(&created), trace_id(parent));
     assert_eq!(trace_id(&processed), trace_id(&created));
+}
+
+/// A stand-in OpenTelemetry collector: the spans of every OTLP/HTTP (protobuf) trace export
+/// the host posts to it, with their resource's `service.name`.
+struct Collector {
+    endpoint: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<(String, otlp::Span)>>>,
+}
+
+mod otlp {
+    pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    pub use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    pub use opentelemetry_proto::tonic::common::v1::KeyValue;
+    pub use opentelemetry_proto::tonic::trace::v1::Span;
+
+    /// The string value of attribute `key`, if any.
+    pub fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+        let found = attributes.iter().find(|kv| kv.key == key)?;
+        found.value.as_ref()?.value.as_ref()
+    }
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        use prost::Message as _;
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let received = spans.clone();
+        let export = move |body: axum::body::Bytes| async move {
+            let request = otlp::ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+            let mut all = received.lock().unwrap();
+            for resource_spans in request.resource_spans {
+                let attributes = resource_spans.resource.map(|r| r.attributes);
+                let service = match otlp::attribute(&attributes.unwrap_or_default(), "service.name")
+                {
+                    Some(otlp::Value::StringValue(name)) => name.clone(),
+                    _ => String::new(),
+                };
+                for scope in resource_spans.scope_spans {
+                    all.extend(scope.spans.into_iter().map(|s| (service.clone(), s)));
+                }
+            }
+            // An empty ExportTraceServiceResponse: everything accepted.
+            (
+                [("content-type", "application/x-protobuf")],
+                Vec::<u8>::new(),
+            )
+        };
+        let app = axum::Router::new().route("/v1/traces", axum::routing::post(export));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Collector { endpoint, spans }
+    }
+
+    /// The first span named `name` received within `within`, with its service name.
+    async fn wait_span(&self, name: &str, within: Duration) -> (String, otlp::Span) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let found = (self.spans.lock().unwrap().iter())
+                .find(|(_, span)| span.name == name)
+                .cloned();
+            if let Some(found) = found {
+                return found;
+            }
+            let names: Vec<String> = (self.spans.lock().unwrap().iter())
+                .map(|(_, s)| s.name.clone())
+                .collect();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no span {name} exported; got {names:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_as_one_trace_from_the_http_intake_to_the_handler() {
+    let collector = Collector::start().await;
+    let setup = Setup::new("").await;
+    let intake = format!(
+        "\n[[publisher]]\nname = \"intake\"\ncomponent = {:?}\npublish = [\"orders.created\"]\nhttp = {{ method = \"POST\", path = \"/orders\" }}\n",
+        harness::handler_wasm("orders_intake").display().to_string()
+    );
+    let config = setup.config(&harness::handler_wasm("orders"), "", "") + &intake;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let host = harness::Host::start_with_env(&setup.server.url, &config, &[], &env)
+        .await
+        .unwrap();
+    assert!(
+        host.log().contains("exporting spans over OTLP"),
+        "{}",
+        host.log()
+    );
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, body) = harness::http_request(
+        host.http,
+        "POST",
+        "/orders",
+        &[("traceparent", parent)],
+        order(0).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 202, "{body}");
+    setup.drained(Duration::from_secs(30), &host).await;
+
+    let (service, request) = collector
+        .wait_span("POST intake", Duration::from_secs(30))
+        .await;
+    assert_eq!(service, "jetwasm");
+    assert_eq!(hex(&request.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex(&request.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(request.kind, 2, "server");
+    let status_code = otlp::attribute(&request.attributes, "http.response.status_code");
+    assert_eq!(status_code, Some(&otlp::Value::IntValue(202)));
+
+    let (_, process) = collector
+        .wait_span("process h", Duration::from_secs(30))
+        .await;
+    assert_eq!(process.trace_id, request.trace_id, "one trace");
+    assert_eq!(
+        process.parent_span_id, request.span_id,
+        "the order's span hangs under the request that published it"
+    );
+    assert_eq!(process.kind, 5, "consumer");
+    for (key, value) in [
+        ("messaging.system", "nats"),
+        ("messaging.operation.type", "process"),
+        ("messaging.destination.name", "orders.created"),
+        ("messaging.consumer.group.name", "proc"),
+        ("jetwasm.handler", "h"),
+        ("jetwasm.stream", "ORDERS"),
+        ("jetwasm.outcome", "ack"),
+    ] {
+        assert_eq!(
+            otlp::attribute(&process.attributes, key),
+            Some(&otlp::Value::StringValue(value.into())),
+            "{key}: {:?}",
+            process.attributes
+        );
+    }
+    for (key, value) in [("jetwasm.stream.sequence", 1), ("jetwasm.delivered", 1)] {
+        let found = otlp::attribute(&process.attributes, key);
+        assert_eq!(found, Some(&otlp::Value::IntValue(value)), "{key}");
+    }
+    assert_eq!(process.status.as_ref().map(|s| s.code), Some(1), "ok");
+
+    // A crash is the span's error, with the guest's own message.
+    let crash = r#"{"id":"o-crash","customer":"c","items":[1],"total":1,"crash":true}"#;
+    setup.publish_all([crash.to_owned()]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let found = (collector.spans.lock().unwrap().iter())
+            .map(|(_, span)| span)
+            .find(|span| span.status.as_ref().is_some_and(|s| s.code == 2))
+            .cloned();
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failed span");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed.name, "process h");
+    let message = failed.status.map(|s| s.message).unwrap_or_default();
+    assert!(
+        message.contains("crash requested by order o-crash"),
+        "{message}"
+    );
+    assert_eq!(
+        otlp::attribute(&failed.attributes, "jetwasm.outcome"),
+        Some(&otlp::Value::StringValue("trap".into()))
+    );
+
+    // The handler's output names the handler's span as its parent.
+    let messages = setup.messages("ORDERS").await;
+    let processed = (messages.iter())
+        .find(|m| m.subject.as_str() == "orders.processed")
+        .expect("orders.processed");
+    let traceparent = header(processed, "traceparent");
+    assert_eq!(
+        traceparent,
+        format!("00-{}-{}-01", hex(&process.trace_id), hex(&process.span_id))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otlp_export_the_host_cannot_make_stops_the_start_with_the_fix() {
+    let setup = Setup::new("").await;
+    let config = setup.config(&harness::handler_wasm("orders"), "", "");
+    for (env, expected) in [
+        (
+            [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ],
+            "OTEL_EXPORTER_OTLP_PROTOCOL=grpc: jetwasm exports OTLP over http/protobuf only",
+        ),
+        (
+            [
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "https://collector.example:4318",
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ],
+            "point at its plain HTTP port",
+        ),
+    ] {
+        let error = harness::Host::start_with_env(&setup.server.url, &config, &[], &env)
+            .await
+            .err()
+            .expect("the host must not start");
+        let error = format!("{error:#}");
+        assert!(error.contains(expected), "{error}");
+    }
 }

@@ -61,6 +61,8 @@ pub struct Host {
     dir: TempDir,
     /// Flags added to `jetwasm run`.
     flags: Vec<String>,
+    /// Environment variables set for it.
+    env: Vec<(String, String)>,
 }
 
 impl Host {
@@ -72,17 +74,32 @@ impl Host {
 
     /// Like [`Host::start`], with `flags` added to `jetwasm run` (e.g. `--log-format json`).
     pub async fn start_with(url: &str, config: &str, flags: &[&str]) -> anyhow::Result<Host> {
-        let mut host = Host::spawn_with(url, config, flags)?;
+        Host::start_with_env(url, config, flags, &[]).await
+    }
+
+    /// Like [`Host::start_with`], with environment variables `env` set for the host.
+    pub async fn start_with_env(
+        url: &str,
+        config: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Host> {
+        let mut host = Host::spawn_with(url, config, flags, env)?;
         host.wait_ready(Duration::from_secs(60)).await?;
         Ok(host)
     }
 
     /// Starts `jetwasm run` without waiting for it to become ready.
     pub fn spawn(url: &str, config: &str) -> anyhow::Result<Host> {
-        Host::spawn_with(url, config, &[])
+        Host::spawn_with(url, config, &[], &[])
     }
 
-    fn spawn_with(url: &str, config: &str, flags: &[&str]) -> anyhow::Result<Host> {
+    fn spawn_with(
+        url: &str,
+        config: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Host> {
         let dir = tempfile::tempdir()?;
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         if !config.contains("{http}") {
@@ -94,13 +111,17 @@ impl Host {
         )?;
         let log = dir.path().join("host.log");
         let flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
-        let child = spawn_host(&dir, url, &log, &flags)?;
+        let env: Vec<(String, String)> = (env.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = spawn_host(&dir, url, &log, &flags, &env)?;
         Ok(Host {
             child,
             http,
             log,
             dir,
             flags,
+            env,
         })
     }
 
@@ -108,7 +129,7 @@ impl Host {
     pub async fn restart(&mut self, url: &str) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_host(&self.dir, url, &self.log, &self.flags)?;
+        self.child = spawn_host(&self.dir, url, &self.log, &self.flags, &self.env)?;
         self.wait_ready(Duration::from_secs(60)).await
     }
 
@@ -238,6 +259,7 @@ fn spawn_host(
     url: &str,
     log: &std::path::Path,
     flags: &[String],
+    env: &[(String, String)],
 ) -> anyhow::Result<Child> {
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -250,10 +272,13 @@ fn spawn_host(
         .args(flags)
         .env_remove("NATS_URL")
         .env_remove("JETWASM_LOG_FORMAT")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env(
             "RUST_LOG",
             std::env::var("JETWASM_TEST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(out)
         .spawn()
