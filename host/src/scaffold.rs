@@ -49,6 +49,9 @@ pub enum Kind {
     Handler,
     /// A timer-driven publisher (the `publisher` world).
     Publisher,
+    /// A publisher serving HTTP requests (the `http-publisher` world: a `wasi:http`
+    /// incoming handler).
+    HttpPublisher,
 }
 
 impl Kind {
@@ -56,6 +59,7 @@ impl Kind {
         match self {
             Kind::Handler => "handler",
             Kind::Publisher => "publisher",
+            Kind::HttpPublisher => "http-publisher",
         }
     }
 }
@@ -156,6 +160,20 @@ component = "{component}"
 every = "1s"                # or cron = "0/5 * * * * *"
 publish = ["orders.ticks"]  # subjects it may publish to
 config = {{ subject = "orders.ticks" }}
+```"#
+        ),
+        Kind::HttpPublisher => format!(
+            r#"```toml
+# jetwasm.toml
+[runtime]
+http = "127.0.0.1:9090"     # the listener its route is served on (or `jetwasm run --http`)
+
+[[publisher]]
+name = "{name}"
+component = "{component}"
+http = {{ method = "POST", path = "/{name}" }}   # or path = "/{name}/{{*rest}}"
+publish = ["orders.created"]  # subjects it may publish to
+config = {{ subject = "orders.created" }}
 ```"#
         ),
     }
