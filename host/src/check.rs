@@ -51,20 +51,45 @@ pub async fn config(path: &Path, nats: &stream_init::connect::NatsArgs) -> anyho
     ))
 }
 
-/// `jetwasm check COMPONENT`: the line to print, naming the worlds the component fits.
+/// `jetwasm check COMPONENT`: what to print, naming the worlds the component fits, then a
+/// note on each import the host links but refuses at run time.
 pub async fn component(component: &Path) -> anyhow::Result<String> {
-    let fits = fitting_worlds(component).await?;
-    Ok(format!(
+    let (fits, compiled) = compile_and_fit(component).await?;
+    let mut out = format!(
         "{}: fits the {} world (jetwasm:runtime@0.1.0)",
         component.display(),
         fits.join(" and ")
-    ))
+    );
+    for note in refused_imports(&compiled) {
+        out.push_str("\nnote: ");
+        out.push_str(note);
+    }
+    Ok(out)
+}
+
+/// Notes on the imports of `component` that link but are refused when called.
+fn refused_imports(component: &Component) -> Vec<&'static str> {
+    let ty = component.component_type();
+    let imports: Vec<&str> = ty
+        .imports(component.engine())
+        .map(|(name, _)| name)
+        .collect();
+    let mut notes = Vec::new();
+    if (imports.iter()).any(|name| name.starts_with("wasi:http/outgoing-handler")) {
+        notes.push("it imports wasi:http/outgoing-handler, but the host refuses every outgoing HTTP request: each gets the error code HTTP-request-denied, and the host logs it (components get no network)");
+    }
+    notes
 }
 
 /// The worlds `component` fits, for `jetwasm check`: compiled (through the default compile
 /// cache) and checked against each world. Fails, listing why for each world, when it fits
 /// none.
 pub async fn fitting_worlds(component: &Path) -> anyhow::Result<Vec<&'static str>> {
+    Ok(compile_and_fit(component).await?.0)
+}
+
+/// [`fitting_worlds`], with the compiled component.
+async fn compile_and_fit(component: &Path) -> anyhow::Result<(Vec<&'static str>, Component)> {
     fn verdict<W: World>(
         linker: &Linker<HostState>,
         component: &Component,
@@ -101,5 +126,5 @@ pub async fn fitting_worlds(component: &Path) -> anyhow::Result<Vec<&'static str
             why.join("\n")
         );
     }
-    Ok(fits)
+    Ok((fits, compiled))
 }

@@ -965,6 +965,40 @@ async fn a_wildcard_route_serves_every_path_under_its_prefix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outgoing_http_request_is_refused_with_its_error_code_logged_and_foretold_by_check() {
+    let wasm = handler_wasm("fixture_outgoing_http");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+        .arg("check")
+        .arg(&wasm)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        said.contains("fits the http-publisher world")
+            && said.contains("note: it imports wasi:http/outgoing-handler")
+            && said.contains("HTTP-request-denied"),
+        "check says outgoing HTTP will be refused: {said}"
+    );
+
+    let setup = Setup::new("").await;
+    let config = setup.publisher_config(&wasm, POST_ORDERS);
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    let (status, body) = http_request(host.http, "POST", "/orders", &[], b"{}").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "refused: ErrorCode::HttpRequestDenied"),
+        "the guest gets the error code at once"
+    );
+    let log = host.log();
+    assert!(
+        log.contains("outgoing HTTP request refused (HTTP-request-denied)")
+            && log.contains("uri=http://example.com/"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_http_orders_become_a_thousand_messages_with_matching_sequences() {
     let setup = Setup::new(QUICK_RETRIES).await;
     let config = setup.publisher_config(&handler_wasm("orders_intake"), POST_ORDERS);

@@ -191,3 +191,35 @@ fn the_demo_builds_only_the_rust_components_it_runs() {
     }
     assert!(commands.contains("deploy/demo.sh"), "{commands}");
 }
+
+/// `make` installs toolchains where `jetwasm new` projects look for them (handlers/toolchain.sh:
+/// `JETWASM_TOOLS`, default `~/.cache/jetwasm/tools`), so nothing is installed twice.
+#[test]
+fn make_and_new_projects_share_one_toolchain_folder() {
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = home.path().join("elsewhere");
+    let default = home.path().join(".cache/jetwasm/tools");
+    for (jetwasm_tools, expected) in [(None, &default), (Some(&elsewhere), &elsewhere)] {
+        let mut make = Command::new("make");
+        make.args(["-n", "nats-server"])
+            .current_dir(workspace_root())
+            .env("HOME", home.path())
+            .env_remove("TOOLS")
+            .env_remove("NATS_SERVER_BIN")
+            .env_remove("JETWASM_TOOLS");
+        if let Some(dir) = jetwasm_tools {
+            make.env("JETWASM_TOOLS", dir);
+        }
+        let out = make.output().unwrap();
+        let commands = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        let venv = format!("python3 -m venv {}/venv", expected.display());
+        assert!(commands.contains(&venv), "{venv}:\n{commands}");
+    }
+    let toolchain =
+        std::fs::read_to_string(workspace_root().join("handlers/toolchain.sh")).unwrap();
+    assert!(
+        toolchain.contains(r#"tools="${JETWASM_TOOLS:-$HOME/.cache/jetwasm/tools}""#),
+        "toolchain.sh's default moved: keep the Makefile's in step"
+    );
+}

