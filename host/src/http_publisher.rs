@@ -15,16 +15,16 @@ use wasmtime_wasi_http::WasiHttpView;
 
 use crate::config::{HttpRoute, Limits};
 use crate::origin::Origin;
+use crate::response_body::GuestBody;
 use crate::sandbox::{self, ComponentEnv, Failure, HostState};
 use crate::{telemetry, trace};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// A request body already read in full (the host caps its size before the guest sees it).
 pub type RequestBody = http_body_util::Full<Bytes>;
 
 /// The response a component produced; its body may still be streaming from the guest.
-pub type GuestResponse = hyper::Response<HyperOutgoingBody>;
+pub type GuestResponse = hyper::Response<GuestBody>;
 
 /// A publisher serving an HTTP route.
 pub struct HttpPublisher {
@@ -146,7 +146,10 @@ impl HttpPublisher {
         // The guest's task ends within its ceiling, dropping the response slot if it never
         // answered: no timer of its own is needed here.
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                let env = self.env.clone();
+                Ok(response.map(|body| GuestBody::new(body, guest, env)))
+            }
             Ok(Err(code)) => Err(RequestFailure::NoResponse(format!(
                 "the component answered with an error: {code:?}"
             ))),

@@ -54,6 +54,7 @@ pub mod pull;
 pub mod quota;
 pub mod registry;
 pub mod replay;
+pub mod response_body;
 pub mod run;
 pub mod sandbox;
 pub mod scaffold;

@@ -223,10 +223,11 @@ impl Trier {
         let (verdict, succeeded) = match publisher.call(request).await {
             Ok(response) => {
                 let status = response.status();
-                let body = (response.into_body().collect().await)
-                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                    .unwrap_or_else(|e| format!("(the body failed: {e})"));
-                let success = status.is_success() || status.is_redirection();
+                let (body, whole) = match response.into_body().collect().await {
+                    Ok(b) => (String::from_utf8_lossy(&b.to_bytes()).into_owned(), true),
+                    Err(e) => (format!("(the body failed: {e})"), false),
+                };
+                let success = whole && (status.is_success() || status.is_redirection());
                 (format!("{} {body}", status.as_u16()), success)
             }
             Err(RequestFailure::Failed(failure)) => {

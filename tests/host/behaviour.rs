@@ -966,7 +966,7 @@ async fn a_wildcard_route_serves_every_path_under_its_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outgoing_http_request_is_refused_with_its_error_code_logged_and_foretold_by_check() {
-    let wasm = handler_wasm("fixture_outgoing_http");
+    let wasm = handler_wasm("fixture_http_edges");
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
         .arg("check")
         .arg(&wasm)
@@ -995,6 +995,52 @@ async fn an_outgoing_http_request_is_refused_with_its_error_code_logged_and_fore
         log.contains("outgoing HTTP request refused (HTTP-request-denied)")
             && log.contains("uri=http://example.com/"),
         "{log}"
+    );
+}
+
+/// A guest that fails after it answered and wrote part of the body: an HTTP/1.1 client gets a
+/// broken response (the connection closes before the chunked body's last chunk), not a short
+/// one that looks whole, and the host logs why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_fails_mid_stream_breaks_the_response_and_is_logged() {
+    use std::io::{Read as _, Write as _};
+    let setup = Setup::new("").await;
+    let route = "http = { method = \"POST\", path = \"/{*rest}\" }";
+    let config = setup.publisher_config(&handler_wasm("fixture_http_edges"), route);
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    let mut stream = std::net::TcpStream::connect(host.http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request =
+        "POST /midstream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    // What the client has when the connection closes: nothing, or the head and part of a
+    // chunked body (hyper may not have flushed the first part before the failure), never a
+    // whole response.
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.is_empty()
+            || (response.starts_with("HTTP/1.1 200")
+                && (response.to_ascii_lowercase()).contains("transfer-encoding: chunked")),
+        "{response}"
+    );
+    assert!(
+        !response.ends_with("0\r\n\r\n"),
+        "the body must not end as if whole: {response:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host.log().contains("response body failed mid-stream") {
+        assert!(Instant::now() < deadline, "{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        host.log()
+            .contains("failing after the first part of the body"),
+        "the guest's own words: {}",
+        host.log()
     );
 }
 
