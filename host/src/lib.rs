@@ -32,6 +32,7 @@ pub mod dead_letter;
 pub mod dead_letters;
 pub mod delivery;
 pub mod deployments;
+pub mod dev;
 pub mod dispatch;
 pub mod drop_in;
 pub mod engine;

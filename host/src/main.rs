@@ -234,6 +234,23 @@ enum Command {
         #[command(subcommand)]
         action: jetwasm::dead_letters::Action,
     },
+    /// Build a project made by `jetwasm new` and drop it into a running host's handlers
+    /// folder (`jetwasm up --handlers-dir DIR`), again at every change to its sources,
+    /// printing the build's error or what the host made of the new version.
+    Dev {
+        /// The project's folder
+        #[arg(default_value = ".")]
+        project: PathBuf,
+        /// The handler's or publisher's name [default: the project folder's]
+        #[arg(long)]
+        name: Option<String>,
+        /// The running host's handlers folder
+        #[arg(long, default_value = "handlers.d")]
+        handlers_dir: PathBuf,
+        /// The running host's listener, for its /status
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        url: String,
+    },
     /// Write a new handler or publisher project that `./build.sh` builds into a component.
     New {
         /// What the component is
@@ -401,6 +418,15 @@ async fn main() -> ExitCode {
             lang,
             dir,
         } => new(kind, &name, lang, &dir),
+        Command::Dev {
+            project,
+            name,
+            handlers_dir,
+            url,
+        } => match jetwasm::dev::Dev::new(&project, name, handlers_dir, url) {
+            Ok(dev) => dev.run().await,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -443,7 +469,13 @@ fn new(
     println!("Created {} ({lang}). Next:", root.display());
     println!("  cd {} && ./build.sh", root.display());
     println!("  jetwasm check {name}.wasm");
-    println!("Then add it to the host's config:");
+    println!("Run it on a local host, rebuilt and swapped in at every save:");
+    println!("  jetwasm up --config jetwasm.toml --handlers-dir handlers.d   # in one terminal; a config with the ORDERS stream, e.g. deploy/jetwasm.dev.toml");
+    println!(
+        "  jetwasm dev {} --handlers-dir handlers.d   # in another ({name}.toml is its manifest)",
+        root.display()
+    );
+    println!("Or add it to the host's config:");
     println!(
         "{}",
         jetwasm::scaffold::config_snippet(kind, name, &component)

@@ -105,6 +105,7 @@ pub fn create(kind: Kind, name: &str, lang: Lang, dir: &Path) -> anyhow::Result<
         ".gitignore".into(),
         text(template("gitignore")?)?.to_owned(),
     ));
+    files.push((format!("{name}.toml").into(), manifest(kind, name)));
     let readme = fill(text(template("README.md")?)?);
     let component = std::path::absolute(root.join(format!("{name}.wasm")))?;
     files.push((
@@ -177,6 +178,44 @@ config = {{ subject = "orders.created" }}
 ```"#
         ),
     }
+}
+
+/// The project's drop-in manifest, `NAME.toml`: what `jetwasm dev` (or a copy) puts beside
+/// `NAME.wasm` in a host's handlers folder. A handler brings its own durable consumer.
+pub fn manifest(kind: Kind, name: &str) -> String {
+    let head = format!(
+        "# {name}.toml: the drop-in manifest, beside {name}.wasm in a host's handlers folder\n\
+         # (`jetwasm dev` copies both). The keys of a [[{table}]] table, minus name and component.\n",
+        table = if kind == Kind::Handler { "handler" } else { "publisher" },
+    );
+    let body = match kind {
+        Kind::Handler => format!(
+            r#"stream = "ORDERS"
+publish = []                # subjects it may publish to
+config = {{}}
+
+# Its own durable consumer, created (or updated) when the handler is loaded.
+[consumer]
+durable = "{name}"
+filter_subjects = ["orders.created"]
+max_deliver = 5
+"#
+        ),
+        Kind::Publisher => r#"kind = "publisher"
+every = "1s"                # or cron = "0/5 * * * * *"
+publish = ["orders.ticks"]  # subjects it may publish to
+config = { subject = "orders.ticks" }
+"#
+        .to_owned(),
+        Kind::HttpPublisher => format!(
+            r#"kind = "publisher"
+http = {{ method = "POST", path = "/{name}" }}
+publish = ["orders.created"]  # subjects it may publish to
+config = {{ subject = "orders.created" }}
+"#
+        ),
+    };
+    head + &body
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {
@@ -252,6 +291,7 @@ mod tests {
         );
         assert!(root.join("wit/deps/http/http.wit").is_file());
         assert!(read("README.md").contains("[[publisher]]\nname = \"tick-tock\""));
+        assert!(read("tick-tock.toml").contains("kind = \"publisher\"\nevery = \"1s\""));
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(root.join("build.sh"))
             .unwrap()

@@ -108,10 +108,15 @@ fn check_names_a_wrong_signature_and_an_import_the_host_does_not_provide() {
 }
 
 /// `jetwasm new <kind> <name> --lang <lang>`, then the project's own `./build.sh` (with the
-/// project's own `wit/` and `toolchain.sh`, not the repository's), then `jetwasm check`.
+/// project's own `wit/` and `toolchain.sh`, not the repository's), then `jetwasm check`; an
+/// HTTP publisher is also sent requests with `jetwasm try`.
 fn new_builds_and_checks(lang: &str) {
     let dir = tempfile::tempdir().unwrap();
-    for (kind, world) in [("handler", "handler"), ("publisher", "publisher")] {
+    for (kind, world) in [
+        ("handler", "handler"),
+        ("publisher", "publisher"),
+        ("http-publisher", "http-publisher"),
+    ] {
         let name = format!("my-{kind}");
         let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
             .args(["new", kind, &name, "--lang", lang, "--dir"])
@@ -139,13 +144,76 @@ fn new_builds_and_checks(lang: &str) {
             "{lang} {kind}: ./build.sh failed:\n{}",
             String::from_utf8_lossy(&build.stderr)
         );
-        let (code, stdout, stderr) = check(&project.join(format!("{name}.wasm")));
+        let component = project.join(format!("{name}.wasm"));
+        let (code, stdout, stderr) = check(&component);
         assert_eq!(code, Some(0), "{lang} {kind}: {stderr}");
         assert!(
             stdout.contains(&format!("fits the {world} world")),
             "{lang} {kind}: {stdout}"
         );
+        if kind == "http-publisher" {
+            new_http_publisher_answers(lang, &component, dir.path());
+        }
     }
+}
+
+/// The new HTTP publisher publishes a request's body to its default subject and answers 202
+/// with the stream and sequence; 403 when the subject is denied; 413 past 1 MiB.
+fn new_http_publisher_answers(lang: &str, component: &Path, dir: &Path) {
+    let request = |body: &[u8], extra: &[&str]| {
+        let file = dir.join("request-body");
+        std::fs::write(&file, body).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+            .arg("try")
+            .arg(component)
+            .arg("--request")
+            .arg(&file)
+            .args(["--path", "/x"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    let published = |out: &str| out.lines().any(|line| line.starts_with("publish "));
+    let order = br#"{"id":"o-1"}"#;
+
+    let (code, out, err) = request(order, &[]);
+    assert_eq!(code, Some(0), "{lang}: {out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "{lang}: the answer and one publish: {out}{err}"
+    );
+    assert!(
+        lines[0].starts_with("202 {")
+            && lines[0].contains("\"stream\"")
+            && lines[0].contains("\"seq\""),
+        "{lang}: the component's answer: {out}"
+    );
+    assert!(
+        lines[1].starts_with("publish orders.created [") && lines[1].ends_with(r#"] {"id":"o-1"}"#),
+        "{lang}: the body, published (recorded, not sent): {out}"
+    );
+
+    // With an allow-list that leaves out its subject, the publish is denied, as on the host.
+    let (code, out, err) = request(order, &["--publish", "orders.other"]);
+    assert_eq!(code, Some(1), "{lang}: {out}{err}");
+    assert!(
+        out.starts_with("403 {") && out.contains("\"error\""),
+        "{lang}: {out}{err}"
+    );
+    assert!(!published(&out), "{lang}: nothing stored: {out}");
+
+    let (code, out, err) = request(&vec![b'a'; (1 << 20) + 1], &[]);
+    assert_eq!(code, Some(1), "{lang}: {out}{err}");
+    assert!(
+        out.starts_with("413 {") && out.contains("\"error\""),
+        "{lang}: {out}{err}"
+    );
+    assert!(!published(&out), "{lang}: nothing published: {out}");
 }
 
 /// Beside the test binaries: `target/<profile>/new-projects`.

@@ -495,3 +495,94 @@ async fn a_removed_handler_drains_its_running_calls_then_is_gone() {
         tail(&host.log())
     );
 }
+
+/// Waits until `output` (a file a child process writes) contains `text`; returns it all.
+async fn wait_output(output: &Path, text: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = std::fs::read_to_string(output).unwrap_or_default();
+        if out.contains(text) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "no {text:?} in:\n{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `jetwasm dev` on a project: built with its own `build.sh` (here a stand-in that copies a
+/// real component named in `source.txt`, so the test needs no toolchain), dropped into a
+/// running host's folder, rebuilt at each save; a failed build shows its error and leaves the
+/// running version alone; a good one is swapped in and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_rebuilds_a_project_at_each_save_and_swaps_it_into_the_running_host() {
+    let setup = Setup::new("").await;
+    let work = tempfile::tempdir().unwrap();
+    let (folder, project) = (work.path().join("handlers.d"), work.path().join("audit"));
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::create_dir_all(&project).unwrap();
+    let build = "#!/bin/sh\nset -e\nsource=$(cat source.txt)\nif [ \"$source\" = broken ]; then\n  echo 'app.c:3:1: error: expected ; before }' >&2\n  exit 1\nfi\ncp \"$source\" \"$1\"\n";
+    std::fs::write(project.join("build.sh"), build).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(project.join("build.sh"), executable).unwrap();
+    std::fs::write(project.join("audit.toml"), ORDERS_MANIFEST).unwrap();
+    let source = |text: String| std::fs::write(project.join("source.txt"), text).unwrap();
+    let wasm = |name: &str| handler_wasm(name).display().to_string();
+    source(wasm("orders"));
+
+    let config = format!(
+        "streams = \"{}\"\n\n[runtime]\nhttp = \"{{http}}\"\n",
+        setup.dir.path().join("streams.toml").display()
+    );
+    let folder_flag = folder.to_str().unwrap();
+    let host = Host::start_with(&setup.server.url, &config, &["--handlers-dir", folder_flag])
+        .await
+        .unwrap();
+    let output = work.path().join("dev.out");
+    let mut dev = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+        .arg("dev")
+        .arg(&project)
+        .args(["--handlers-dir", folder_flag])
+        .args(["--url", &format!("http://{}", host.http)])
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = version_of(&handler_wasm("orders")).unwrap();
+    let out = wait_output(&output, "running (", Duration::from_secs(60)).await;
+    assert!(
+        out.contains(&format!("dev: audit {first} running")),
+        "{out}"
+    );
+    setup.publish_all((0..5).map(order)).await;
+    setup.drained(Duration::from_secs(20), &host).await;
+    assert_eq!(setup.count("ORDERS", "orders.processed").await, 5);
+
+    // A save that breaks the build: its error, and the host keeps the running version.
+    source("broken".into());
+    let out = wait_output(&output, "build failed", Duration::from_secs(30)).await;
+    assert!(
+        out.contains("app.c:3:1: error: expected ; before }"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the running version (if any) keeps running"),
+        "{out}"
+    );
+
+    // A save that builds: swapped in, and the host runs it.
+    source(wasm("orders_python"));
+    let second = version_of(&handler_wasm("orders_python")).unwrap();
+    let swapped = format!("dev: audit {first} → {second} running");
+    let out = wait_output(&output, &swapped, Duration::from_secs(90)).await;
+    let status = http_get(host.http, "/status").unwrap().1;
+    let status: StatusBody = serde_json::from_str(&status).unwrap();
+    let audit = status.components.iter().find(|c| c.name == "audit");
+    assert_eq!(
+        audit.and_then(|c| c.version.as_deref()),
+        Some(second.as_str()),
+        "{out}"
+    );
+    let _ = dev.kill();
+    let _ = dev.wait();
+}

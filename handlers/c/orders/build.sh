@@ -15,10 +15,11 @@ world=handler
 build="$(mktemp -d)"
 trap 'rm -rf "$build"' EXIT
 wit-bindgen c --world "$world" --out-dir "$build" "$wit"
+bindings="$build/${world//-/_}" # the files' names have no dashes: http_publisher.c, ...
 
 # A WASI preview1 core module (a reactor: a library, no main; --strip-debug drops the debug
 # info of wasi-libc, three quarters of the size)...
 clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Wl,--strip-debug \
-    -I "$build" -o "$build/core.wasm" ./*.c "$build/$world.c" "$build/${world}_component_type.o"
+    -I "$build" -o "$build/core.wasm" ./*.c "$bindings.c" "${bindings}_component_type.o"
 # ...made a component via the preview1 adapter.
 wasm-tools component new "$build/core.wasm" --adapt "$JETWASM_ADAPTER" -o "$out"

@@ -12,11 +12,14 @@ world={{world}}
 # wit-bindgen writes a Go module `wit_component` into a temporary directory: one package per
 # WIT interface, and a main package that exports the world's function and calls ours
 # (`Handle` or `OnTick`) in package `export_wit_world`: the Go files here, copied in.
+# (An http-publisher exports an interface instead: package export_wasi_http_incoming_handler.)
 build="$(mktemp -d)"
 trap 'rm -rf "$build"' EXIT
 wit-bindgen go --world "$world" --out-dir "$build" "$wit"
-mkdir "$build/export_wit_world"
-cp ./*.go "$build/export_wit_world/"
+package=export_wit_world
+if [ "$world" = http-publisher ]; then package=export_wasi_http_incoming_handler; fi
+mkdir "$build/$package"
+cp ./*.go "$build/$package/"
 # The bindings' runtime package comes from the toolchain folder, not from the module proxy.
 echo "replace go.bytecodealliance.org/pkg => $JETWASM_GO_PKG" >>"$build/go.mod"
 
