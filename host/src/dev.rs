@@ -28,7 +28,14 @@ pub struct Dev {
 }
 
 /// Folders and files of a project that are build output, not sources.
-const NOT_SOURCES: &[&str] = &["target", "node_modules", "__pycache__", "build", "dist"];
+const NOT_SOURCES: &[&str] = &[
+    "target",
+    "node_modules",
+    "__pycache__",
+    "bindings",
+    "build",
+    "dist",
+];
 
 /// How long to wait for the host to take a new version up.
 const SWAP_WAIT: Duration = Duration::from_secs(60);

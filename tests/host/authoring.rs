@@ -154,7 +154,172 @@ fn new_builds_and_checks(lang: &str) {
         if kind == "http-publisher" {
             new_http_publisher_answers(lang, &component, dir.path());
         }
+        new_project_helps_editors(lang, &project, world);
     }
+}
+
+/// A new project carries its language's API notes and, once built, the generated bindings
+/// where its language's editors look for them.
+fn new_project_helps_editors(lang: &str, project: &Path, world: &str) {
+    let exists = |path: &str| {
+        let file = project.join(path);
+        assert!(file.exists(), "{lang} {world}: no {}", file.display());
+    };
+    if lang == "rust" {
+        return; // rust-analyzer expands wit-bindgen's macro itself
+    }
+    let notes = std::fs::read_to_string(project.join("API.md")).unwrap();
+    assert!(notes.starts_with("# The jetwasm contract in "), "{notes}");
+    match lang {
+        "python" => {
+            exists("bindings/wit_world/imports/publish.py");
+            exists("pyrightconfig.json");
+            exists("jetwasm.py");
+        }
+        "js" => {
+            exists("jsconfig.json");
+            exists("jetwasm.js");
+        }
+        "c" => {
+            exists(&format!("bindings/{}.h", world.replace('-', "_")));
+            exists("compile_flags.txt");
+        }
+        "go" => {
+            exists("bindings/go.mod");
+            // The workspace resolves every import, as gopls would: go vet type-checks the code.
+            let vet = Command::new("bash")
+                .args([
+                    "-c",
+                    "eval \"$(./toolchain.sh go)\" && GOOS=wasip1 GOARCH=wasm GOPROXY=off GOTOOLCHAIN=local go vet .",
+                ])
+                .current_dir(project)
+                .env_remove("GOFLAGS")
+                .output()
+                .unwrap();
+            assert!(vet.status.success(), "{world}: go vet: {vet:?}");
+        }
+        _ => {}
+    }
+    let ignored = std::fs::read_to_string(project.join(".gitignore")).unwrap();
+    assert!(ignored.contains("bindings/"), "{ignored}");
+}
+
+/// A handler project in `lang` whose `app` source is `app`, built; returns its component.
+fn built_handler(lang: &str, dir: &Path, app: &str) -> Result<PathBuf, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+        .args(["new", "handler", "checked", "--lang", lang, "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let project = dir.join("checked");
+    let file = if lang == "js" { "app.js" } else { "app.py" };
+    std::fs::write(project.join(file), app).unwrap();
+    let build = Command::new(project.join("build.sh"))
+        .current_dir(&project)
+        .env_remove("JETWASM_WIT")
+        .env_remove("JETWASM_TOOLCHAIN")
+        .output()
+        .unwrap();
+    match build.status.success() {
+        true => Ok(project.join("checked.wasm")),
+        false => Err(String::from_utf8_lossy(&build.stderr).into_owned()),
+    }
+}
+
+const CHECKED_JS: &str = r#"import { get } from 'jetwasm:runtime/config@0.1.0';
+import { publish } from './jetwasm.js';
+
+export function handle(msg) {
+  const mode = get('mode');
+  if (mode === 'number') publish('out.x', 42);
+  else if (mode === 'header') publish('out.x', 'x', [['k', 7]]);
+  else publish('out.x', 'héllo');
+  return { tag: 'ack' };
+}
+"#;
+
+const CHECKED_PYTHON: &str = r#"import wit_world
+from jetwasm import publish
+from wit_world.imports import config
+from wit_world.imports.types import Disposition_Ack
+
+
+class WitWorld(wit_world.WitWorld):
+    def handle(self, msg):
+        mode = config.get("mode")
+        if mode == "number":
+            publish("out.x", 42)
+        elif mode == "header":
+            publish("out.x", "x", [("k", 7)])
+        else:
+            publish("out.x", "héllo")
+        return Disposition_Ack()
+"#;
+
+/// What a new JavaScript or Python author meets: a string payload is sent as UTF-8 (it used
+/// to be an empty message in JavaScript), and a payload or header of the wrong type fails the
+/// call with an error naming the argument (Python's CastError named none).
+fn publish_checks_its_arguments(lang: &str, app: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let component = built_handler(lang, dir.path(), app).unwrap();
+    let message = dir.path().join("message");
+    std::fs::write(&message, "{}").unwrap();
+    let run = |mode: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+            .arg("try")
+            .arg(&component)
+            .arg("--message")
+            .arg(&message)
+            .args(["--config", &format!("mode={mode}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sent = run("string");
+    assert!(
+        sent.starts_with("ack\npublish out.x [") && sent.trim_end().ends_with("] héllo"),
+        "{lang}: a string is sent as UTF-8: {sent}"
+    );
+    let (payload, header) = match lang {
+        // componentize-js prints an uncaught error's message and stack, not its class.
+        "js" => (
+            "publish: payload must be a Uint8Array or a string (sent as UTF-8), got number 42",
+            "publish: headers[0] must be a [name, value] pair of strings",
+        ),
+        _ => (
+            "TypeError: publish: payload must be bytes or a str (sent as UTF-8), got int 42",
+            "TypeError: publish: headers[0] must be a (name, value) pair of str",
+        ),
+    };
+    for (mode, error) in [("number", payload), ("header", header)] {
+        let out = run(mode);
+        assert!(
+            out.starts_with("failed: trap") && out.contains(error),
+            "{lang} {mode}: {out}"
+        );
+    }
+}
+
+#[test]
+fn js_publish_sends_strings_as_utf8_and_names_a_wrong_argument() {
+    publish_checks_its_arguments("js", CHECKED_JS);
+}
+
+#[test]
+fn python_publish_sends_strings_as_utf8_and_names_a_wrong_argument() {
+    publish_checks_its_arguments("python", CHECKED_PYTHON);
+}
+
+#[test]
+fn a_javascript_syntax_error_fails_the_build_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = "export function handle(msg) {\n  const x = ;\n  return { tag: 'ack' };\n}\n";
+    let error = built_handler("js", dir.path(), app).unwrap_err();
+    assert!(
+        error.contains("app.js:2") && error.contains("SyntaxError"),
+        "{error}"
+    );
 }
 
 /// The new HTTP publisher publishes a request's body to its default subject and answers 202

@@ -8,5 +8,12 @@ wit="${JETWASM_WIT:-wit}"
 toolchain="$("${JETWASM_TOOLCHAIN:-./toolchain.sh}" js)" # fails the build if the install fails
 eval "$toolchain"
 
+# Syntax first, as ES modules: node names the line of an error; componentize-js would not.
+for file in ./*.js; do
+    if ! errors="$(node --input-type=module --check <"$file" 2>&1)"; then
+        echo "${errors//\[stdin\]/${file#./}}" >&2
+        exit 1
+    fi
+done
 # -d http -d fetch-event: leave out fetch() and incoming HTTP, which the host does not provide.
 componentize-js app.js --wit "$wit" --world-name handler -d http -d fetch-event -o "$out"

@@ -18,6 +18,13 @@ trap 'rm -rf "$build"' EXIT
 wit-bindgen go --world "$world" --out-dir "$build" "$wit"
 package=export_wit_world
 if [ "$world" = http-publisher ]; then package=export_wasi_http_incoming_handler; fi
+# For editors: the same bindings in bindings/, and a Go workspace (go.work, go.mod: generated
+# here, not sources) over them and the files here, so gopls and `go vet` resolve every import.
+rm -rf bindings && cp -r "$build" bindings
+go_version="$(go env GOVERSION)" && go_version="${go_version#go}"
+printf 'module wit_component/%s\n\ngo %s\n' "$package" "$go_version" >go.mod
+printf 'go %s\n\nuse (\n\t.\n\t./bindings\n)\n\nreplace go.bytecodealliance.org/pkg => %s\n' \
+    "$go_version" "$JETWASM_GO_PKG" >go.work
 mkdir "$build/$package"
 cp ./*.go "$build/$package/"
 # The bindings' runtime package comes from the toolchain folder, not from the module proxy.

@@ -13,4 +13,7 @@ eval "$toolchain"
 src="$(mktemp -d)"
 trap 'rm -rf "$src"' EXIT
 cp ./*.py "$src/"
+# The same bindings in bindings/, for editors and type checkers (see pyrightconfig.json).
+rm -rf bindings
+componentize-py -d "$wit" -w {{world}} bindings bindings
 componentize-py -d "$wit" -w {{world}} componentize app -p "$src" -o "$out"

@@ -13,7 +13,7 @@
 // Each imported WIT interface is a module named after it, version included.
 import { get } from 'jetwasm:runtime/config@0.1.0';
 import { log } from 'jetwasm:runtime/log@0.1.0';
-import { publish } from 'jetwasm:runtime/publish@0.1.0';
+import { publish } from './jetwasm.js'; // the contract's publish, its arguments checked
 import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam } from 'wasi:http/types@0.2.12';
 
 const MAX_BODY = 1024 * 1024; // the largest request body accepted, in bytes

@@ -3,7 +3,7 @@
 // Config key: `subject`, where the ticks go (default `ticks`).
 
 import { get } from 'jetwasm:runtime/config@0.1.0';
-import { publish } from 'jetwasm:runtime/publish@0.1.0';
+import { publish } from './jetwasm.js'; // the contract's publish, its arguments checked
 
 // The export `on-tick: func(tick: tick) -> result<_, string>`. Returning nothing returns ok;
 // returning { tag: 'err', val: 'why' } returns err (the host logs and counts it; the timer
@@ -14,7 +14,7 @@ export function onTick(tick) {
   const payload = JSON.stringify({ tick: Number(tick.seq), now_ms: Number(tick.nowMs) });
   try {
     // No msg id (undefined): the host derives one, so a retried tick is not stored twice.
-    publish(subject, new TextEncoder().encode(payload), [], undefined);
+    publish(subject, payload, [], undefined); // a string is sent as UTF-8
   } catch (e) {
     if (e.payload === undefined) throw e; // a bug, not a publish error
     const { tag, val } = e.payload; // the publish-error, e.g. { tag: 'no-stream', val: subject }

@@ -2,7 +2,8 @@
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import config, log, publish
+from jetwasm import publish  # the contract's publish, its arguments checked
+from wit_world.imports import config, log
 from wit_world.imports.log import Level
 from wit_world.imports.types import (
     Disposition,
@@ -21,9 +22,10 @@ class WitWorld(wit_world.WitWorld):
 
         # Read config (None when not set):
         #     limit = config.get("limit")
-        # Publish (raises Err(PublishError_...) when the message is not stored):
+        # Publish bytes or a str (sent as UTF-8); raises TypeError naming a wrong argument,
+        # and Err(PublishError_...) when the message is not stored:
         #     try:
-        #         publish.publish("out.subject", b"data", [("header", "value")], None)
+        #         publish("out.subject", b"data", [("header", "value")])
         #     except Err as e:
         #         if isinstance(e.value, PublishError_Denied): ...
         # Retry later: redeliver in 5 s (Disposition_Nak(None): the consumer's backoff):
