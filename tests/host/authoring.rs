@@ -177,8 +177,19 @@ fn new_project_helps_editors(lang: &str, project: &Path, world: &str) {
             exists("jetwasm.py");
         }
         "js" => {
-            exists("jsconfig.json");
             exists("jetwasm.js");
+            exists("bindings/interfaces/jetwasm-runtime-publish.d.ts");
+            // The declarations resolve every import, as an editor would: the template
+            // type-checks clean with TypeScript.
+            let tsc = Command::new("bash")
+                .args([
+                    "-c",
+                    "eval \"$(./toolchain.sh js)\" && tsc -p jsconfig.json",
+                ])
+                .current_dir(project)
+                .output()
+                .unwrap();
+            assert!(tsc.status.success(), "{world}: tsc: {tsc:?}");
         }
         "c" => {
             exists(&format!("bindings/{}.h", world.replace('-', "_")));

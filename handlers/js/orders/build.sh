@@ -15,5 +15,8 @@ for file in ./*.js; do
         exit 1
     fi
 done
+# The contract's TypeScript declarations in bindings/, for editors (see jsconfig.json).
+rm -rf bindings
+node "$JETWASM_JS_TYPES" "$wit" handler bindings
 # -d http -d fetch-event: leave out fetch() and incoming HTTP, which the host does not provide.
 componentize-js app.js --wit "$wit" --world-name handler -d http -d fetch-event -o "$out"

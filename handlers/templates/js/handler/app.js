@@ -7,6 +7,10 @@ import { publish } from './jetwasm.js'; // the contract's publish, its arguments
 
 // msg.payload is a Uint8Array; msg.subject, msg.headers ([name, value] pairs), msg.streamSeq
 // (a BigInt), msg.delivered, ... Return a disposition: { tag: 'ack' | 'nak' | 'term', val }.
+/**
+ * @param {import('jetwasm:runtime/types@0.1.0').Message} msg
+ * @returns {import('jetwasm:runtime/types@0.1.0').Disposition}
+ */
 export function handle(msg) {
   log('info', `${msg.subject}: ${msg.payload.length} bytes`);
 
