@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::dispatch::Dispatcher;
 use crate::metrics::HandlerMetrics;
+use crate::ordering::OrderingKey;
 use crate::tenant::Tenant;
 
 /// One handler bound to one durable consumer.
@@ -26,6 +27,8 @@ pub struct Binding {
     pub dead_letter: String,
     /// Wait for the server to confirm each ack.
     pub confirm_acks: bool,
+    /// Where the ordering key of its messages comes from, when they are ordered per key.
+    pub ordering: Option<OrderingKey>,
     /// Most calls at once.
     pub max_in_flight: usize,
     /// Messages asked of the server ahead of need, waiting for a free slot.
@@ -66,6 +69,8 @@ pub struct Shape {
     pub consumer: String,
     /// Wait for the server to confirm each ack.
     pub confirm_acks: bool,
+    /// Where the ordering key of its messages comes from, when they are ordered per key.
+    pub ordering: Option<OrderingKey>,
     /// Most calls at once.
     pub max_in_flight: usize,
     /// Messages asked of the server ahead of need.
@@ -90,6 +95,7 @@ impl Binding {
             consumer: shape.consumer,
             dead_letter,
             confirm_acks: shape.confirm_acks,
+            ordering: shape.ordering,
             max_in_flight: shape.max_in_flight,
             prefetch: shape.prefetch,
             max_failures,
@@ -110,6 +116,7 @@ impl Binding {
             stream: self.stream.clone(),
             consumer: self.consumer.clone(),
             confirm_acks: self.confirm_acks,
+            ordering: self.ordering.clone(),
             max_in_flight: self.max_in_flight,
             prefetch: self.prefetch,
         }

@@ -220,6 +220,7 @@ impl Loader {
             stream: handler.stream.clone(),
             consumer: handler.consumer.clone(),
             confirm_acks: handler.confirm_acks,
+            ordering: handler.ordering.clone(),
             max_in_flight: limits.max_in_flight,
             prefetch: limits.prefetch,
         };

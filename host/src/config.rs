@@ -220,6 +220,8 @@ pub struct Handler {
     pub consumer: String,
     /// Wait for the server to confirm each ack (slower; for effects that must not repeat).
     pub confirm_acks: bool,
+    /// Where its messages' ordering key comes from, if they are handled in order per key.
+    pub ordering: Option<crate::ordering::OrderingKey>,
     /// How its instances live.
     pub instances: Instances,
     /// The handler's own durable consumer, declared in its manifest (`[consumer]`, the

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::FutureExt as _;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +28,7 @@ use crate::ack::{self, DeliveryPolicy};
 use crate::binding::Binding;
 use crate::delivery::{self, Slot, Terms};
 use crate::liveness;
+use crate::ordering::{KeyGate, OrderingKey};
 use crate::pull::Pull;
 use crate::waiting::Waiting;
 use crate::watchdog::{self, Activity};
@@ -129,7 +131,11 @@ pub fn start(
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let workers = match binding.ordering {
+        // One pull, so that messages reach the key gate in the order the server sends them.
+        Some(_) => 1,
+        None => tokio::runtime::Handle::current().metrics().num_workers(),
+    };
     for lane in plan_lanes(binding.max_in_flight, binding.prefetch, workers) {
         let lane = run_lane(
             binding.clone(),
@@ -191,6 +197,11 @@ async fn run_lane(
 ) {
     let slots = Arc::new(Semaphore::new(capacity));
     let mut waiting = Waiting::default();
+    // With an ordering key: the gate holding messages behind their key's earlier one, and the
+    // calls' reports of how each of their messages ended.
+    let mut gate = KeyGate::default();
+    let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel::<Ended>();
+    let ordered = binding.ordering.as_ref().map(|key| (key, &ended));
     while !shutdown.is_cancelled() {
         let bound = match bind(&js, &binding).await {
             Ok(bound) => Arc::new(bound),
@@ -226,7 +237,7 @@ async fn run_lane(
         let every = bound.terms.progress_every / 2;
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let start = |message, slot| start_call(&binding, &bound, &tracker, message, slot);
+        let start = |message, slot| start_call(&binding, &bound, &tracker, message, slot, ordered);
         // Set on shutdown: the lane asks for nothing more and takes what its open requests
         // still bring, so that none is open when its subscription closes.
         let mut finishing: Option<Finishing> = None;
@@ -264,7 +275,22 @@ async fn run_lane(
                     }
                     break;
                 }
-                _ = ticks.tick(), if !waiting.is_empty() => waiting.keep_in_progress(every).await,
+                _ = ticks.tick(), if !waiting.is_empty() || gate.held() > 0 => {
+                    waiting.keep_in_progress(every).await;
+                    gate.keep_in_progress(every).await;
+                }
+                Some(end) = ends.recv() => {
+                    if let Some(next) = gate.finish(&end.key, end.seq, end.settled) {
+                        match Slot::try_take(&slots, &binding) {
+                            Some(slot) if waiting.is_empty() => {
+                                if start(next, slot) {
+                                    tokio::task::yield_now().await;
+                                }
+                            }
+                            _ => waiting.push(next),
+                        }
+                    }
+                }
                 // An async block, so the semaphore is only touched when a message waits.
                 slot = Slot::take(&slots, &binding), if !waiting.is_empty() => {
                     if start(waiting.pop(), slot) {
@@ -284,6 +310,9 @@ async fn run_lane(
                         if let Some(finishing) = &mut finishing {
                             finishing.heard = tokio::time::Instant::now();
                         }
+                        let Some(message) = admit(&mut gate, ordered, message) else {
+                            continue;
+                        };
                         match Slot::try_take(&slots, &binding) {
                             Some(slot) if waiting.is_empty() => {
                                 if start(message, slot) {
@@ -304,7 +333,9 @@ async fn run_lane(
         // What the server sent before the pull ended waits with the rest: processed after
         // the rebind, or handed back on shutdown.
         for message in messages.close().await {
-            waiting.push(message);
+            if let Some(message) = admit(&mut gate, ordered, message) {
+                waiting.push(message);
+            }
         }
         if !shutdown.is_cancelled() {
             liveness::check(&js).await;
@@ -312,6 +343,33 @@ async fn run_lane(
         pause(&shutdown).await;
     }
     waiting.hand_back(&binding.name).await;
+    gate.hand_back(&binding.name).await;
+}
+
+/// How a call on an ordered handler's message ended, for its key's gate.
+struct Ended {
+    key: String,
+    seq: u64,
+    settled: bool,
+}
+
+/// For a handler with an ordering key: the message's key and stream sequence, when it has a
+/// key (a message without one is not ordered).
+fn key_of(key: &OrderingKey, message: &jetstream::Message) -> Option<(String, u64)> {
+    let seq = message.info().ok()?.stream_sequence;
+    Some((key.of(&message.subject, message.headers.as_ref())?, seq))
+}
+
+/// Lets `message` through now, or holds it in the gate behind its key's earlier message.
+fn admit(
+    gate: &mut KeyGate<jetstream::Message>,
+    ordered: Option<(&OrderingKey, &UnboundedSender<Ended>)>,
+    message: jetstream::Message,
+) -> Option<jetstream::Message> {
+    match ordered.and_then(|(key, _)| key_of(key, &message)) {
+        Some((key, seq)) => gate.admit(key, seq, message),
+        None => Some(message),
+    }
 }
 
 /// Starts processing `message` in its slot, inline: most calls finish in this first poll; one
@@ -325,10 +383,20 @@ fn start_call(
     tracker: &TaskTracker,
     message: jetstream::Message,
     slot: Slot,
+    ordered: Option<(&OrderingKey, &UnboundedSender<Ended>)>,
 ) -> bool {
     let started = std::time::Instant::now();
+    // An ordered message's end is reported to its key's gate, a panic as not settled.
+    let report = ordered.and_then(|(key, ended)| Some((key_of(key, &message)?, ended.clone())));
     let call = delivery::process(binding.clone(), bound.terms.clone(), message, slot);
-    let mut call = Box::pin(AssertUnwindSafe(call).catch_unwind());
+    let call = AssertUnwindSafe(call).catch_unwind().map(move |outcome| {
+        if let Some(((key, seq), ended)) = report {
+            let settled = matches!(outcome, Ok(true));
+            let _ = ended.send(Ended { key, seq, settled });
+        }
+        outcome.map(drop)
+    });
+    let mut call = Box::pin(call);
     // A no-op waker is enough for this first poll: a call that is not ready moves to a task of
     // its own, which polls it again at once and so registers its real waker.
     let waker = futures::task::noop_waker();

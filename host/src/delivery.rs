@@ -61,16 +61,18 @@ impl Slot {
 }
 
 /// One message, start to finish: its slot stays taken until JetStream has been told.
+/// Returns whether the message is settled (acked, or dead-lettered and termed) rather than
+/// left to be redelivered.
 pub async fn process(
     binding: Arc<Binding>,
     terms: Arc<Terms>,
     message: jetstream::Message,
     _slot: Slot,
-) {
+) -> bool {
     let Ok(info) = message.info() else {
         // Not a JetStream delivery (no ack subject): nothing can be acked or redelivered.
         tracing::error!(handler = %binding.name, subject = %message.subject, "message without JetStream metadata skipped");
-        return;
+        return true;
     };
     let wit = guest_copy(&message.message, &info);
     let otel = telemetry::message_span(&telemetry::MessageFacts {
@@ -150,8 +152,8 @@ impl Delivery<'_> {
     }
 
     /// Decides the message's verdict (unreadable, oversize, or the handler's outcome) and
-    /// carries out the action it calls for.
-    async fn handle(&self) {
+    /// carries out the action it calls for; returns whether that settled the message.
+    async fn handle(&self) -> bool {
         let (binding, terms, wit) = (self.binding, self.terms, &self.wit);
         let started = Instant::now();
         let unreadable = dead_letter::unreadable(self.message.headers.as_ref());
@@ -205,7 +207,7 @@ impl Delivery<'_> {
             }
             _ => {}
         }
-        self.apply(action).await;
+        self.apply(action).await
     }
 
     /// Makes the call again, with the message kept in progress, until it runs: the host had
@@ -233,8 +235,9 @@ impl Delivery<'_> {
 
     /// Writes the dead letter (in progress all along: attempts and pauses can outlast the ack
     /// wait, and the handler must not run again meanwhile), then terms the message; naks it
-    /// when the record could not be written, so that it comes back.
-    async fn dead_letter(&self, plan: DeadLetterPlan) -> Result<(), async_nats::Error> {
+    /// when the record could not be written, so that it comes back. Also says whether the
+    /// message was termed (settled) or nak'd.
+    async fn dead_letter(&self, plan: DeadLetterPlan) -> (Result<(), async_nats::Error>, bool) {
         let (binding, message, wit) = (self.binding, self.message, &self.wit);
         let source = dead_letter::Source {
             handler: &binding.name,
@@ -257,37 +260,38 @@ impl Delivery<'_> {
                 if self.admit() {
                     self.log(|| tracing::warn!(reason, "dead-lettered"));
                 }
-                message.ack_with(AckKind::Term).await
+                (message.ack_with(AckKind::Term).await, true)
             }
             Err(e) => {
                 if self.admit() {
                     self.log(|| tracing::error!(error = %format!("{e:#}"), "dead letter not written after retries; message nak'd"));
                 }
-                message
-                    .ack_with(AckKind::Nak(Some(plan.if_unwritten)))
-                    .await
+                let nak = AckKind::Nak(Some(plan.if_unwritten));
+                (message.ack_with(nak).await, false)
             }
         }
     }
 
-    /// Tells JetStream what became of the message. A dead letter is written and confirmed
-    /// before the term; if it cannot be written the message is nak'd so it comes back.
-    async fn apply(&self, action: Action) {
+    /// Tells JetStream what became of the message; returns whether that settled it. A dead
+    /// letter is written and confirmed before the term; if it cannot be written the message
+    /// is nak'd so it comes back.
+    async fn apply(&self, action: Action) -> bool {
         let message = self.message;
-        let result = match action {
+        let (result, settles) = match action {
             // Boxed, like the other paths that wait on the server, to keep the common future
             // small.
-            Action::Ack { confirm: true } => Box::pin(message.double_ack()).await,
-            Action::Ack { confirm: false } => message.ack().await,
-            Action::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
+            Action::Ack { confirm: true } => (Box::pin(message.double_ack()).await, true),
+            Action::Ack { confirm: false } => (message.ack().await, true),
+            Action::Nak(delay) => (message.ack_with(AckKind::Nak(delay)).await, false),
             Action::DeadLetter(plan) => Box::pin(self.dead_letter(plan)).await,
         };
-        if let Err(e) = result {
+        if let Err(e) = &result {
             // The message stays unacknowledged and JetStream redelivers it after the ack wait.
             if self.admit() {
                 self.log(|| tracing::warn!(error = %e, "acknowledgement failed; JetStream will redeliver"));
             }
         }
+        settles && result.is_ok()
     }
 }
 

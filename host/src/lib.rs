@@ -49,6 +49,7 @@ pub mod liveness;
 pub mod loader;
 pub mod log_budget;
 pub mod metrics;
+pub mod ordering;
 pub mod origin;
 pub mod publish;
 pub mod pull;

@@ -96,6 +96,7 @@ pub struct RawHandler {
     pub publish: Vec<String>,
     #[serde(default)]
     pub confirm_acks: bool,
+    pub ordering: Option<RawOrdering>,
     #[serde(default)]
     pub instances: RawInstances,
     pub messages_per_instance: Option<u32>,
@@ -103,6 +104,13 @@ pub struct RawHandler {
     pub limits: LimitOverrides,
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+}
+
+/// A handler's `ordering = { key = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrdering {
+    pub key: String,
 }
 
 /// One `[[publisher]]`.

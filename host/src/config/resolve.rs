@@ -134,6 +134,13 @@ pub(super) fn handler<'a>(
         stream: raw.stream.clone(),
         consumer: raw.consumer.clone(),
         confirm_acks: raw.confirm_acks,
+        ordering: (raw.ordering.as_ref()).and_then(|o| match o.key.parse() {
+            Ok(key) => Some(key),
+            Err(e) => {
+                own.add(format!("`ordering`: {e}"));
+                None
+            }
+        }),
         instances: instances(raw, &mut own),
         own_consumer: None,
     };

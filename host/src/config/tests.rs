@@ -45,6 +45,22 @@ fn parses_and_layers_limits() {
 }
 
 #[test]
+fn an_ordering_key_is_parsed_or_refused_naming_the_handler() {
+    let ordered = format!("{EXAMPLE}ordering = {{ key = \"header:Order-Id\" }}\n");
+    let config = Config::parse(&ordered, Path::new(".")).unwrap();
+    let key = crate::ordering::OrderingKey::Header("Order-Id".into());
+    assert_eq!(config.handlers[0].ordering, Some(key));
+    let wrong = format!("{EXAMPLE}ordering = {{ key = \"body:1\" }}\n");
+    let error = Config::parse(&wrong, Path::new("."))
+        .unwrap_err()
+        .join("\n");
+    assert!(
+        error.contains("handler orders: `ordering`: ordering key \"body:1\""),
+        "{error}"
+    );
+}
+
+#[test]
 fn publish_allow_list_and_reserved_subjects() {
     let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
     let publish = &config.handlers[0].component.publish;
