@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use crate::dispatch::Dispatcher;
 use crate::metrics::HandlerMetrics;
 use crate::ordering::OrderingKey;
+use crate::shadow::Shadow;
 use crate::tenant::Tenant;
 
 /// One handler bound to one durable consumer.
@@ -57,6 +58,8 @@ pub struct Version {
     pub sweep_delay: Duration,
     /// The component's version: the first 12 hex digits of its SHA-256.
     pub digest: String,
+    /// The candidate version a sample of messages also runs through, if any.
+    pub shadow: Option<Arc<Shadow>>,
 }
 
 /// What shapes a handler's lanes and pulls: a new version with the same shape replaces the

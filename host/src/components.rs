@@ -3,11 +3,12 @@
 //! (config, publish policy, limits) prepared, its share of the engine's instance pool known.
 //! Nothing is bound or started here: that is the `deployments` module's job.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream;
+use prometheus::IntCounter;
 
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -15,13 +16,16 @@ use crate::binding::{Binding, Shape, Version};
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
-use crate::config::{Component, Config, DropIn, Handler, Instances, Publisher, Runtime, Trigger};
+use crate::config::{
+    self, Component, Config, DropIn, Handler, Instances, Limits, Publisher, Runtime, Trigger,
+};
 use crate::dispatch::Dispatcher;
 use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
-use crate::metrics::Metrics;
+use crate::metrics::{HandlerMetrics, Metrics};
 use crate::publish::JS_API;
 use crate::sandbox::{ComponentEnv, Sink};
+use crate::shadow::Shadow;
 use crate::status;
 use crate::tenant::{Tenant, Tenants};
 use crate::timer_publisher::TimerPublisher;
@@ -43,7 +47,8 @@ pub enum Loaded {
 /// publisher its `max_in_flight` (requests beyond it wait briefly, then get a 503).
 pub fn reservation(what: &DropIn) -> u32 {
     let instances = match what {
-        DropIn::Handler(h) => h.component.limits.max_in_flight,
+        // A shadow's candidate runs one call at a time, on an instance of its own.
+        DropIn::Handler(h) => h.component.limits.max_in_flight + usize::from(h.shadow.is_some()),
         DropIn::Publisher(p) => match p.trigger {
             Trigger::Http(_) => p.component.limits.max_in_flight,
             Trigger::Schedule(_) => 1,
@@ -72,7 +77,7 @@ pub fn pool_size<'a>(
         ),
         Some(max) => max,
         None if runtime.handlers_dir.is_some() || runtime.registry => {
-            needed + crate::config::HOT_INSTANCES
+            needed + config::HOT_INSTANCES
         }
         None => needed,
     };
@@ -210,11 +215,20 @@ impl Loader {
             Instances::Fresh => None,
             Instances::Reuse { per_instance } => Some(per_instance),
         };
+        let shadow = match &handler.shadow {
+            Some(spec) => Some(Arc::new(
+                self.shadow(spec, &env, limits, &metrics)
+                    .await
+                    .with_context(label)?,
+            )),
+            None => None,
+        };
         let version = Version {
             dispatcher: Dispatcher::new(pre, env, limits, reuse, metrics.instances.clone()),
             max_message_size: limits.max_message_size.as_u64() as usize,
             sweep_delay: limits.timeout + SWEEP_MARGIN,
             digest: status::version_of(&component.wasm).unwrap_or_default(),
+            shadow,
         };
         let shape = Shape {
             stream: handler.stream.clone(),
@@ -305,6 +319,49 @@ async fn apply_own_consumer(
     Ok(())
 }
 
+impl Loader {
+    /// A handler's shadow: its candidate loaded and checked against the handler world, run
+    /// with the live version's name, config, publish policy and limits, its publishes
+    /// captured.
+    async fn shadow(
+        &self,
+        spec: &config::Shadow,
+        live: &ComponentEnv,
+        limits: Limits,
+        metrics: &HandlerMetrics,
+    ) -> anyhow::Result<Shadow> {
+        let what = || format!("shadow candidate {}", spec.wasm.display());
+        let pre = loader::load::<HandlerPre<_>>(
+            &self.engine,
+            &self.linker,
+            &spec.wasm,
+            self.cache.as_ref(),
+        )
+        .await
+        .with_context(what)?;
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let env = Arc::new(ComponentEnv {
+            name: live.name.clone(),
+            config: live.config.clone(),
+            publish: live.publish.clone(),
+            max_publishes: live.max_publishes,
+            sink: Sink::Capture(captured.clone()),
+            log_budget: LogBudget::default(),
+            host_log: LogBudget::default(),
+            account: live.account.clone(),
+        });
+        // Its instances are not the handler's: counted nowhere.
+        let instances = IntCounter::new("shadow_instances", "unregistered").expect("a valid name");
+        let dispatcher = Dispatcher::new(pre, env, limits, None, instances);
+        Ok(Shadow::new(
+            dispatcher,
+            captured,
+            spec.sample,
+            metrics.shadow.clone(),
+        ))
+    }
+}
+
 /// What a component's imports see: its name, config, publish policy and quota, its tenant's
 /// connection and account.
 fn environment(component: &Component, tenant: &Tenant) -> Arc<ComponentEnv> {
@@ -354,7 +411,7 @@ every = "1s"
         );
         assert_eq!(exact.max_memory, 64 << 20, "the default limit, the larger");
         let folder = pool(&format!("[runtime]\nhandlers_dir = \"d\"\n{TWO}")).unwrap();
-        assert_eq!(folder.reservable, 9 + crate::config::HOT_INSTANCES);
+        assert_eq!(folder.reservable, 9 + config::HOT_INSTANCES);
         let set = pool(&format!("[runtime]\nmax_instances = 100\n{TWO}")).unwrap();
         assert_eq!(set.reservable, 100);
     }

@@ -222,12 +222,24 @@ pub struct Handler {
     pub confirm_acks: bool,
     /// Where its messages' ordering key comes from, if they are handled in order per key.
     pub ordering: Option<crate::ordering::OrderingKey>,
+    /// A candidate version run beside it on a sample of messages, never affecting them.
+    pub shadow: Option<Shadow>,
     /// How its instances live.
     pub instances: Instances,
     /// The handler's own durable consumer, declared in its manifest (`[consumer]`, the
     /// stream-init consumer keys): created or updated on the operator's stream when the
     /// handler is loaded, never deleted. Configured handlers use the streams spec instead.
     pub own_consumer: Option<stream_init::spec::ConsumerSpec>,
+}
+
+/// A handler's shadow: a candidate component a share of its messages also runs through, in
+/// its own sandbox, its publishes captured and compared with the live version's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shadow {
+    /// The candidate component.
+    pub wasm: PathBuf,
+    /// The share of messages it sees, in (0, 1].
+    pub sample: f64,
 }
 
 /// How a handler's instances live.

@@ -18,8 +18,9 @@ use crate::ack::{self, Action, DeadLetterPlan, Decision, DeliveryPolicy, Verdict
 use crate::binding::{Binding, Version};
 use crate::bindings::Message;
 use crate::dead_letter;
-use crate::dispatch::Outcome;
+use crate::dispatch::{Failure, Outcome};
 use crate::origin::Origin;
+use crate::shadow::Shadow;
 use crate::waiting::mark_in_progress;
 use crate::{telemetry, trace};
 
@@ -172,8 +173,22 @@ impl Delivery<'_> {
             Some(verdict) => verdict,
             None => {
                 binding.metrics.in_flight.inc();
-                let call = pin!(self.version.dispatcher.call(wit));
-                Verdict::Handled(with_progress(call, self.message, terms.progress_every).await)
+                let dispatcher = &self.version.dispatcher;
+                match self
+                    .version
+                    .shadow
+                    .as_ref()
+                    .filter(|shadow| shadow.sampled())
+                {
+                    None => {
+                        let call = pin!(dispatcher.call(wit));
+                        Verdict::Handled(
+                            with_progress(call, self.message, terms.progress_every).await,
+                        )
+                    }
+                    // Boxed: the rare path, kept out of every message's future.
+                    Some(shadow) => Box::pin(self.call_beside(shadow)).await,
+                }
             }
         };
         let (verdict, action) = match ack::decide(&verdict, wit.delivered, &terms.policy) {
@@ -208,6 +223,23 @@ impl Delivery<'_> {
             _ => {}
         }
         self.apply(action).await
+    }
+
+    /// The live call, recording its publishes, then the same message through `shadow`'s
+    /// candidate, detached: the candidate never holds up or changes the live outcome.
+    async fn call_beside(&self, shadow: &Arc<Shadow>) -> Verdict {
+        let call = pin!(self.version.dispatcher.call_recording(&self.wit));
+        let (outcome, published) =
+            with_progress(call, self.message, self.terms.progress_every).await;
+        // A call the host had no room for is retried in place: nothing to compare yet.
+        let host_side = matches!(
+            outcome,
+            Outcome::Failed(Failure::HostCapacity(_) | Failure::Quota(_))
+        );
+        if !host_side {
+            shadow.run_beside(self.wit.clone(), outcome.clone(), published);
+        }
+        Verdict::Handled(outcome)
     }
 
     /// Makes the call again, with the message kept in progress, until it runs: the host had
@@ -301,11 +333,11 @@ const HOST_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Runs `call`, telling JetStream the message is in progress every `every` meanwhile. The
 /// call's own deadline bounds how long that goes on. A call that finishes in its first poll
 /// (most do) needs no timer.
-async fn with_progress<F: Future<Output = Outcome>>(
+async fn with_progress<T, F: Future<Output = T>>(
     mut call: Pin<&mut F>,
     message: &jetstream::Message,
     every: Duration,
-) -> Outcome {
+) -> T {
     if let Poll::Ready(outcome) = futures::poll!(call.as_mut()) {
         return outcome;
     }

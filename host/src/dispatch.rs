@@ -17,7 +17,7 @@ use crate::bindings::{Disposition, Handler, HandlerPre, Message};
 use crate::config::Limits;
 use crate::origin::Origin;
 pub use crate::sandbox::Failure;
-use crate::sandbox::{self, ComponentEnv, HostState};
+use crate::sandbox::{self, Captured, ComponentEnv, HostState};
 use crate::{telemetry, trace};
 
 /// How a call ended.
@@ -90,6 +90,16 @@ impl Dispatcher {
     /// Calls `handle` on `msg`, on a warm instance when one is free and reuse is on, else on
     /// a new one.
     pub async fn call(&self, msg: &Message) -> Outcome {
+        self.call_with(msg, false).await.0
+    }
+
+    /// [`Dispatcher::call`], also returning a copy of each publish the call made (for a
+    /// shadow to compare its candidate's with).
+    pub async fn call_recording(&self, msg: &Message) -> (Outcome, Vec<Captured>) {
+        self.call_with(msg, true).await
+    }
+
+    async fn call_with(&self, msg: &Message, record: bool) -> (Outcome, Vec<Captured>) {
         let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         let origin = Origin::Message {
             stream: msg.stream.clone(),
@@ -113,6 +123,7 @@ impl Dispatcher {
                 (store, None, 0)
             }
         };
+        store.data_mut().recorded = record.then(Vec::new);
         let turn = store.data().turn.clone();
         // Boxed once here: the call's future is large (~2.5 KB), and moving it by value into
         // the ceiling and up through the message's future would copy it at each step.
@@ -127,7 +138,9 @@ impl Dispatcher {
             let disposition = handler.call_handle(&mut store, msg).await?;
             Ok((handler, disposition))
         });
-        match sandbox::run(&self.limits, turn, call).await {
+        let result = sandbox::run(&self.limits, turn, call).await;
+        let recorded = store.data_mut().recorded.take().unwrap_or_default();
+        let outcome = match result {
             Ok((handler, disposition)) => {
                 let served = served + 1;
                 if self.reuse.is_some_and(|quota| served < quota) {
@@ -140,7 +153,8 @@ impl Dispatcher {
                 disposition.into()
             }
             Err(failure) => Outcome::Failed(failure.with_stderr(store.data().stderr_lines())),
-        }
+        };
+        (outcome, recorded)
     }
 
     fn lock_warm(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {

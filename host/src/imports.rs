@@ -119,20 +119,22 @@ impl publish::Host for HostState {
         };
         match &env.sink {
             Sink::JetStream(connection) => {
-                Ok(publish_acked(connection, subject, headers, payload.into()).await)
+                let copy = (self.recorded.is_some()).then(|| Captured {
+                    subject: subject.clone(),
+                    headers: flatten(&headers),
+                    payload: payload.clone(),
+                });
+                let acked = publish_acked(connection, subject, headers, payload.into()).await;
+                if let (Some(recorded), Some(copy), Ok(_)) = (&mut self.recorded, copy, &acked) {
+                    recorded.push(copy);
+                }
+                Ok(acked)
             }
             Sink::Capture(captured) => {
                 let mut captured = captured.lock().unwrap_or_else(|e| e.into_inner());
-                let headers = (headers.iter())
-                    .flat_map(|(name, values)| {
-                        values
-                            .iter()
-                            .map(move |v| (name.to_string(), v.as_str().to_owned()))
-                    })
-                    .collect();
                 captured.push(Captured {
                     subject,
-                    headers,
+                    headers: flatten(&headers),
                     payload,
                 });
                 Ok(Ok(PublishAck {
@@ -143,6 +145,15 @@ impl publish::Host for HostState {
             }
         }
     }
+}
+
+/// Headers as (name, value) pairs, in order.
+fn flatten(headers: &async_nats::HeaderMap) -> Vec<(String, String)> {
+    (headers.iter())
+        .flat_map(|(name, values)| {
+            (values.iter()).map(move |v| (name.to_string(), v.as_str().to_owned()))
+        })
+        .collect()
 }
 
 /// The largest payload a captured publish may carry: a NATS server's default `max_payload`.

@@ -61,6 +61,7 @@ pub mod run;
 pub mod sandbox;
 pub mod scaffold;
 pub mod schedule;
+pub mod shadow;
 pub mod status;
 pub mod sweeper;
 pub mod telemetry;

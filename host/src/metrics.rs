@@ -22,6 +22,8 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     /// `jetwasm_instances_total{handler}`: instances created.
     instances: IntCounterVec,
+    /// `jetwasm_shadow_total{handler, result}`: shadow runs of a candidate version.
+    shadow: IntCounterVec,
     /// `jetwasm_consumer_pending{handler}`: messages not yet delivered (NaN while unknown).
     pending: GaugeVec,
     /// `jetwasm_consumer_ack_pending{handler}`: delivered, not yet acked (NaN while unknown).
@@ -88,6 +90,8 @@ pub struct HandlerMetrics {
     pub dead_letters: IntCounter,
     /// Instances created: one per message when fresh, far fewer when reused.
     pub instances: IntCounter,
+    /// Shadow runs by result: agree, differ, skipped.
+    pub shadow: [(&'static str, IntCounter); 3],
     /// Messages the consumer has not delivered yet; NaN while unknown (no answer from the
     /// server), never a reassuring 0.
     pub pending: Gauge,
@@ -102,6 +106,13 @@ pub struct HandlerMetrics {
 }
 
 impl HandlerMetrics {
+    /// Counts one shadow run with `result`: agree, differ or skipped.
+    pub fn count_shadow(&self, result: &str) {
+        if let Some((_, counter)) = self.shadow.iter().find(|(r, _)| *r == result) {
+            counter.inc();
+        }
+    }
+
     /// Counts one message with outcome `kind` (one of [`outcome::ALL`]).
     pub fn count(&self, kind: &str) {
         if let Some((_, counter)) = self.outcomes.iter().find(|(k, _)| *k == kind) {
@@ -180,6 +191,11 @@ impl Metrics {
             "Messages dead-lettered and terminated",
             &["tenant", "handler"],
         );
+        let shadow = counters(
+            "jetwasm_shadow_total",
+            "Messages also run through a handler's shadow candidate, by result: agree, differ, or skipped (one already running)",
+            &["tenant", "handler", "result"],
+        );
         let instances = counters(
             "jetwasm_instances_total",
             "Handler instances created (one per message unless instances are reused)",
@@ -252,6 +268,7 @@ impl Metrics {
             in_flight,
             dead_letters,
             instances,
+            shadow,
             pending,
             ack_pending,
             redelivered,
@@ -331,6 +348,12 @@ impl Metrics {
             in_flight: self.in_flight.with_label_values(&labels),
             dead_letters: self.dead_letters.with_label_values(&labels),
             instances: self.instances.with_label_values(&labels),
+            shadow: ["agree", "differ", "skipped"].map(|result| {
+                (
+                    result,
+                    self.shadow.with_label_values(&[tenant, name, result]),
+                )
+            }),
             pending: unknown(self.pending.with_label_values(&labels)),
             ack_pending: unknown(self.ack_pending.with_label_values(&labels)),
             redelivered: unknown(self.redelivered.with_label_values(&labels)),

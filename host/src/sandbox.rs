@@ -146,6 +146,9 @@ pub struct HostState {
     pub(crate) origin: Origin,
     /// Publishes made by the current call.
     pub(crate) published: u32,
+    /// A copy of each publish the current call makes, when it is recorded (a live call a
+    /// shadow compares itself with).
+    pub(crate) recorded: Option<Vec<Captured>>,
     /// The current call's turn at the CPU, while it has one (see the `fair_share` module).
     pub(crate) turn: TurnCell,
 }
@@ -165,6 +168,7 @@ impl HostState {
             env,
             origin,
             published: 0,
+            recorded: None,
             turn: TurnCell::default(),
         }
     }

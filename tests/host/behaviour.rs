@@ -1759,3 +1759,83 @@ async fn each_keys_events_are_handled_in_stream_order_despite_delays_and_naks() 
         "some were nak'd"
     );
 }
+
+/// A handler's shadow candidate sees every message (`sample = 1.0`) after the live version
+/// decided, and its verdict is only counted and logged: whether it agrees (the same component),
+/// traps, loops until its timeout, or terms everything, JetStream sees the live version's
+/// work alone (every order acked and processed once, nothing nak'd or dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_candidate_is_compared_but_never_changes_what_jetstream_sees() {
+    const ORDERS: usize = 10;
+    let shadow =
+        |result: &str| format!("jetwasm_shadow_total{{handler=\"h\",result=\"{result}\"}}");
+    for (candidate, agrees) in [
+        ("orders", true),
+        ("fixture_trap", false),
+        ("fixture_loop", false),
+        ("fixture_ordered", false), // terms every order: not its payload format
+    ] {
+        let setup = Setup::new("").await;
+        let keys = format!(
+            "shadow = {{ component = {:?}, sample = 1.0 }}\nlimits = {{ timeout = \"500ms\" }}",
+            handler_wasm(candidate).display().to_string()
+        );
+        let host = setup.host("orders", &keys).await;
+        for i in 0..ORDERS {
+            setup.publish_all([order(i)]).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        setup.drained(Duration::from_secs(30), &host).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let counted = |host: &Host| {
+            ["agree", "differ", "skipped"]
+                .map(|result| host.metric(&shadow(result)).unwrap())
+                .iter()
+                .sum::<f64>()
+        };
+        while counted(&host) < ORDERS as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "{candidate}: {}",
+                tail(&host.log())
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // What JetStream sees: the live version's work, whatever the candidate did.
+        assert_eq!(
+            host.metric(&sample("ack")).unwrap(),
+            ORDERS as f64,
+            "{candidate}"
+        );
+        assert_eq!(host.metric(&sample("nak")).unwrap(), 0.0, "{candidate}");
+        assert_eq!(
+            setup.count("ORDERS", "orders.processed").await,
+            ORDERS,
+            "{candidate}"
+        );
+        assert!(setup.dead_letters().await.is_empty(), "{candidate}");
+        let (agree, differ) = (
+            host.metric(&shadow("agree")).unwrap(),
+            host.metric(&shadow("differ")).unwrap(),
+        );
+        if agrees {
+            assert!(
+                agree >= 1.0 && differ == 0.0,
+                "{candidate}: {agree} agree, {differ} differ: {}",
+                tail(&host.log())
+            );
+        } else {
+            assert!(
+                agree == 0.0 && differ >= 1.0,
+                "{candidate}: {agree} agree, {differ} differ"
+            );
+            let log = host.log();
+            assert!(
+                log.contains("shadow candidate differs from the live version")
+                    && log.contains("live=ack; publish orders.processed"),
+                "{candidate}: the first differences are logged in full: {}",
+                tail(&log)
+            );
+        }
+    }
+}

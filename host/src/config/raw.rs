@@ -97,6 +97,7 @@ pub struct RawHandler {
     #[serde(default)]
     pub confirm_acks: bool,
     pub ordering: Option<RawOrdering>,
+    pub shadow: Option<RawShadow>,
     #[serde(default)]
     pub instances: RawInstances,
     pub messages_per_instance: Option<u32>,
@@ -111,6 +112,21 @@ pub struct RawHandler {
 #[serde(deny_unknown_fields)]
 pub struct RawOrdering {
     pub key: String,
+}
+
+/// A handler's `shadow = { component = "...", sample = 0.1 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub component: PathBuf,
+    #[serde(default = "RawShadow::every_message")]
+    pub sample: f64,
+}
+
+impl RawShadow {
+    fn every_message() -> f64 {
+        1.0
+    }
 }
 
 /// One `[[publisher]]`.

@@ -141,6 +141,19 @@ pub(super) fn handler<'a>(
                 None
             }
         }),
+        shadow: (raw.shadow.as_ref()).and_then(|shadow| {
+            if !(shadow.sample > 0.0 && shadow.sample <= 1.0) {
+                own.add(format!(
+                    "`shadow.sample` is {}: a share of messages, above 0 and at most 1 (0.1: one in ten)",
+                    shadow.sample
+                ));
+                return None;
+            }
+            Some(Shadow {
+                wasm: path(shadow.component.clone()),
+                sample: shadow.sample,
+            })
+        }),
         instances: instances(raw, &mut own),
         own_consumer: None,
     };

@@ -61,6 +61,28 @@ fn an_ordering_key_is_parsed_or_refused_naming_the_handler() {
 }
 
 #[test]
+fn a_shadow_names_its_candidate_and_a_sample_between_0_and_1() {
+    let shadowed =
+        format!("{EXAMPLE}shadow = {{ component = \"orders-v2.wasm\", sample = 0.1 }}\n");
+    let config = Config::parse(&shadowed, Path::new("/etc/jw")).unwrap();
+    let expected = Shadow {
+        wasm: "/etc/jw/orders-v2.wasm".into(),
+        sample: 0.1,
+    };
+    assert_eq!(config.handlers[0].shadow, Some(expected));
+    for sample in ["0", "1.5", "-0.1"] {
+        let wrong = format!("{EXAMPLE}shadow = {{ component = \"v2.wasm\", sample = {sample} }}\n");
+        let error = Config::parse(&wrong, Path::new("."))
+            .unwrap_err()
+            .join("\n");
+        assert!(
+            error.contains("handler orders: `shadow.sample` is") && error.contains("at most 1"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
 fn publish_allow_list_and_reserved_subjects() {
     let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
     let publish = &config.handlers[0].component.publish;
