@@ -1762,7 +1762,7 @@ async fn each_keys_events_are_handled_in_stream_order_despite_delays_and_naks() 
 
 /// A handler's shadow candidate sees every message (`sample = 1.0`) after the live version
 /// decided, and its verdict is only counted and logged: whether it agrees (the same component),
-/// traps, loops until its timeout, or terms everything, JetStream sees the live version's
+/// traps, loops until its timeout, naks or terms everything, JetStream sees the live version's
 /// work alone (every order acked and processed once, nothing nak'd or dead-lettered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_candidate_is_compared_but_never_changes_what_jetstream_sees() {
@@ -1773,6 +1773,7 @@ async fn a_shadow_candidate_is_compared_but_never_changes_what_jetstream_sees() 
         ("orders", true),
         ("fixture_trap", false),
         ("fixture_loop", false),
+        ("fixture_nak", false),
         ("fixture_ordered", false), // terms every order: not its payload format
     ] {
         let setup = Setup::new("").await;
