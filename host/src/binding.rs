@@ -60,6 +60,8 @@ pub struct Version {
     pub digest: String,
     /// The candidate version a sample of messages also runs through, if any.
     pub shadow: Option<Arc<Shadow>>,
+    /// How long its warm instances may go unused before they are dropped.
+    pub warm_idle: Duration,
 }
 
 /// What shapes a handler's lanes and pulls: a new version with the same shape replaces the

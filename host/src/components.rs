@@ -229,6 +229,7 @@ impl Loader {
             sweep_delay: limits.timeout + SWEEP_MARGIN,
             digest: status::version_of(&component.wasm).unwrap_or_default(),
             shadow,
+            warm_idle: self.runtime.warm_idle,
         };
         let shape = Shape {
             stream: handler.stream.clone(),

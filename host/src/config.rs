@@ -95,6 +95,10 @@ pub struct Runtime {
     /// Run what the fleet's registry (JetStream KV and Object Store, written by `jetwasm
     /// deploy`) holds, watched like the handlers folder.
     pub registry: bool,
+    /// A warm instance (`instances = "reuse"`) unused this long is dropped, giving its
+    /// memory back; the next message gets a new one.
+    #[serde(with = "humantime_serde")]
+    pub warm_idle: Duration,
 }
 
 /// Instances kept for drop-ins added while the host runs, unless `[runtime] max_instances`
@@ -114,6 +118,7 @@ impl Default for Runtime {
             handlers_dir: None,
             max_instances: None,
             registry: false,
+            warm_idle: Duration::from_secs(30),
         }
     }
 }

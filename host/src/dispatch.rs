@@ -8,7 +8,7 @@
 //! and after its quota of messages.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use wasmtime::Store;
@@ -48,6 +48,8 @@ struct Warm {
     store: Store<HostState>,
     handler: Handler,
     served: u32,
+    /// When it last finished a call.
+    idle_since: Instant,
 }
 
 /// Runs one handler's calls.
@@ -113,6 +115,7 @@ impl Dispatcher {
                 mut store,
                 handler,
                 served,
+                ..
             }) => {
                 sandbox::begin_call(&mut store, origin, &self.limits);
                 (store, Some(handler), served)
@@ -148,6 +151,7 @@ impl Dispatcher {
                         store,
                         handler,
                         served,
+                        idle_since: Instant::now(),
                     });
                 }
                 disposition.into()
@@ -155,6 +159,25 @@ impl Dispatcher {
             Err(failure) => Outcome::Failed(failure.with_stderr(store.data().stderr_lines())),
         };
         (outcome, recorded)
+    }
+
+    /// Drops the warm instances unused for `idle` or longer, giving their memory back (to
+    /// the instance pool and, past its keep-resident sizes, the system); returns how many.
+    pub fn trim_idle(&self, idle: Duration) -> usize {
+        let now = Instant::now();
+        let expired: Vec<Warm> = {
+            let mut warm = self.lock_warm();
+            let (expired, kept) = (warm.drain(..)).partition(|w| now - w.idle_since >= idle);
+            *warm = kept;
+            expired
+        };
+        // Dropped outside the lock: freeing a store returns its pool slot.
+        expired.len()
+    }
+
+    /// Warm instances kept now.
+    pub fn warm(&self) -> usize {
+        self.lock_warm().len()
     }
 
     fn lock_warm(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {

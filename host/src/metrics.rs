@@ -24,6 +24,8 @@ pub struct Metrics {
     instances: IntCounterVec,
     /// `jetwasm_shadow_total{handler, result}`: shadow runs of a candidate version.
     shadow: IntCounterVec,
+    /// `jetwasm_warm_instances{handler}`: instances kept warm for later messages.
+    warm: IntGaugeVec,
     /// `jetwasm_consumer_pending{handler}`: messages not yet delivered (NaN while unknown).
     pending: GaugeVec,
     /// `jetwasm_consumer_ack_pending{handler}`: delivered, not yet acked (NaN while unknown).
@@ -90,6 +92,8 @@ pub struct HandlerMetrics {
     pub dead_letters: IntCounter,
     /// Instances created: one per message when fresh, far fewer when reused.
     pub instances: IntCounter,
+    /// Instances kept warm now.
+    pub warm: IntGauge,
     /// Shadow runs by result: agree, differ, skipped.
     pub shadow: [(&'static str, IntCounter); 3],
     /// Messages the consumer has not delivered yet; NaN while unknown (no answer from the
@@ -191,6 +195,11 @@ impl Metrics {
             "Messages dead-lettered and terminated",
             &["tenant", "handler"],
         );
+        let warm = gauges(
+            "jetwasm_warm_instances",
+            "Instances a handler with reused instances keeps warm for later messages (dropped after [runtime] warm_idle unused)",
+            &["tenant", "handler"],
+        );
         let shadow = counters(
             "jetwasm_shadow_total",
             "Messages also run through a handler's shadow candidate, by result: agree, differ, or skipped (one already running)",
@@ -269,6 +278,7 @@ impl Metrics {
             dead_letters,
             instances,
             shadow,
+            warm,
             pending,
             ack_pending,
             redelivered,
@@ -348,6 +358,7 @@ impl Metrics {
             in_flight: self.in_flight.with_label_values(&labels),
             dead_letters: self.dead_letters.with_label_values(&labels),
             instances: self.instances.with_label_values(&labels),
+            warm: self.warm.with_label_values(&labels),
             shadow: ["agree", "differ", "skipped"].map(|result| {
                 (
                     result,

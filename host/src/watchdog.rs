@@ -77,7 +77,13 @@ pub async fn watch(
             _ = pull.cancelled() => return,
             _ = every.tick() => {}
         }
-        (binding.version().dispatcher.env().host_log).report_dropped(&binding.name);
+        let version = binding.version();
+        (version.dispatcher.env().host_log).report_dropped(&binding.name);
+        let dropped = version.dispatcher.trim_idle(version.warm_idle);
+        if dropped > 0 {
+            tracing::debug!(handler = %binding.name, dropped, "warm instances unused for warm_idle dropped");
+        }
+        binding.metrics.warm.set(version.dispatcher.warm() as i64);
         let idle = silence.observe(activity.received.load(Ordering::Relaxed), Instant::now());
         let Ok(info) = consumer.info().await else {
             binding.metrics.pending.set(f64::NAN);

@@ -23,8 +23,9 @@
 //! 64 and 1024 as in the config), `BENCH_LANGS`
 //! (default `rust,python,js,go,c`), `BENCH_HTTP_CONNECTIONS` (default 32) and
 //! `BENCH_HTTP_SECS` (default 5), `BENCH_TENANT_SECS` (default 10) and `BENCH_TENANT_MESSAGES`
-//! (default 50000), `BENCH_FLEET_MESSAGES` (default 50000); `BENCH_ONLY=deploy`, `tenants` or
-//! `fleet` runs that part alone.
+//! (default 50000), `BENCH_FLEET_MESSAGES` (default 50000); `BENCH_ONLY=deploy`, `tenants`,
+//! `fleet` or `memory` runs that part alone (`memory` runs only then: it takes minutes, see
+//! the `memory` module).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -44,6 +45,7 @@ use tokio_util::task::TaskTracker;
 mod deploy;
 mod fleet;
 mod http;
+mod memory;
 mod tenants;
 
 const STREAM: &str = "BENCH";
@@ -141,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         Ok("deploy") => return deploy::bench().await,
         Ok("tenants") => return tenants::bench().await,
         Ok("fleet") => return fleet::bench().await,
+        Ok("memory") => return memory::bench().await,
         _ => {}
     }
     let messages = env_or("BENCH_MESSAGES", 100_000);

@@ -1840,3 +1840,39 @@ async fn a_shadow_candidate_is_compared_but_never_changes_what_jetstream_sees() 
         }
     }
 }
+
+/// Memory comes back: a handler with reused instances keeps them warm after a burst, and
+/// drops them once they go unused for `[runtime] warm_idle`; the next message gets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_instances_unused_for_warm_idle_are_dropped() {
+    let setup = Setup::new("").await;
+    let config = setup.config(
+        &handler_wasm("orders"),
+        "instances = \"reuse\"",
+        "warm_idle = \"3s\"",
+    );
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    setup.publish_all((0..200).map(order)).await;
+    setup.drained(Duration::from_secs(30), &host).await;
+    let warm = "jetwasm_warm_instances{handler=\"h\"}";
+    host.wait_metric(warm, 1.0, Duration::from_secs(5))
+        .await
+        .expect("instances kept warm after the burst");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while host.metric(warm).unwrap() > 0.0 {
+        assert!(Instant::now() < deadline, "warm instances never dropped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let created = host
+        .metric("jetwasm_instances_total{handler=\"h\"}")
+        .unwrap();
+    setup.publish_all([order(200)]).await;
+    setup.drained(Duration::from_secs(30), &host).await;
+    assert_eq!(host.metric(&sample("ack")).unwrap(), 201.0);
+    assert_eq!(
+        host.metric("jetwasm_instances_total{handler=\"h\"}")
+            .unwrap(),
+        created + 1.0,
+        "the next message gets a new instance"
+    );
+}
