@@ -52,9 +52,19 @@ pub async fn bench() -> anyhow::Result<()> {
         let loaded = mib(host.rss_bytes()?);
         tokio::time::sleep(settle).await;
         let settled = mib(host.rss_bytes()?);
+        let parts: Vec<String> = [
+            ("status", "RssAnon"),
+            ("status", "RssFile"),
+            ("status", "RssShmem"),
+            ("smaps_rollup", "Pss"),
+        ]
+        .iter()
+        .map(|(file, field)| Ok(format!("{field} {:.0}", mib(host.proc_bytes(file, field)?))))
+        .collect::<anyhow::Result<_>>()?;
         println!(
-            "memory ({mode}): five orders handlers, {n} orders each: RSS {idle:.0} MiB ready, {loaded:.0} MiB after the load, {settled:.0} MiB {}s later",
-            settle.as_secs()
+            "memory ({mode}): five orders handlers, {n} orders each: RSS {idle:.0} MiB ready, {loaded:.0} MiB after the load, {settled:.0} MiB {}s later ({} MiB)",
+            settle.as_secs(),
+            parts.join(", ")
         );
     }
     Ok(())

@@ -244,12 +244,20 @@ impl Host {
 
     /// The host's resident memory, from /proc.
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        self.proc_bytes("status", "VmRSS")
+    }
+
+    /// A size in bytes from the host's `/proc/PID/FILE`: from `status`, `VmRSS` or its parts
+    /// `RssAnon` (heap and anonymous mappings, the instance pool's among them), `RssFile` and
+    /// `RssShmem` (memfd-backed memory images, counted once per mapping); from
+    /// `smaps_rollup`, `Pss` (each shared page divided among its mappings).
+    pub fn proc_bytes(&self, file: &str, field: &str) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))?;
         let kib: u64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmRSS in /proc/PID/status")?;
+            .with_context(|| format!("{field} in /proc/PID/{file}"))?;
         Ok(kib * 1024)
     }
 }
