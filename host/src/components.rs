@@ -17,7 +17,7 @@ use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
 use crate::config::{
-    self, Component, Config, DropIn, Handler, Instances, Limits, Publisher, Runtime, Trigger,
+    self, Component, Config, DropIn, Handler, Instances, Publisher, Runtime, Trigger,
 };
 use crate::dispatch::Dispatcher;
 use crate::http_publisher::HttpPublisher;
@@ -208,7 +208,7 @@ impl Loader {
         )
         .await
         .with_context(label)?;
-        let env = environment(component, tenant);
+        let env = environment(component, tenant, jetstream_sink(tenant));
         let metrics = self.metrics.handler(&tenant.name, &component.name);
         let limits = component.limits;
         let reuse = match handler.instances {
@@ -217,7 +217,7 @@ impl Loader {
         };
         let shadow = match &handler.shadow {
             Some(spec) => Some(Arc::new(
-                self.shadow(spec, &env, limits, &metrics)
+                self.shadow(spec, component, tenant, &metrics)
                     .await
                     .with_context(label)?,
             )),
@@ -267,7 +267,7 @@ impl Loader {
     /// A publisher, loaded and checked against its world.
     async fn publisher(&self, publisher: &Publisher, tenant: &Tenant) -> anyhow::Result<Loaded> {
         let component = &publisher.component;
-        let env = environment(component, tenant);
+        let env = environment(component, tenant, jetstream_sink(tenant));
         let (path, limits) = (&component.wasm, component.limits);
         let label = || format!("publisher {}", component.name);
         let (engine, linker, cache) = (&self.engine, &self.linker, self.cache.as_ref());
@@ -327,8 +327,8 @@ impl Loader {
     async fn shadow(
         &self,
         spec: &config::Shadow,
-        live: &ComponentEnv,
-        limits: Limits,
+        live: &Component,
+        tenant: &Tenant,
         metrics: &HandlerMetrics,
     ) -> anyhow::Result<Shadow> {
         let what = || format!("shadow candidate {}", spec.wasm.display());
@@ -341,19 +341,10 @@ impl Loader {
         .await
         .with_context(what)?;
         let captured = Arc::new(Mutex::new(Vec::new()));
-        let env = Arc::new(ComponentEnv {
-            name: live.name.clone(),
-            config: live.config.clone(),
-            publish: live.publish.clone(),
-            max_publishes: live.max_publishes,
-            sink: Sink::Capture(captured.clone()),
-            log_budget: LogBudget::default(),
-            host_log: LogBudget::default(),
-            account: live.account.clone(),
-        });
+        let env = environment(live, tenant, Sink::Capture(captured.clone()));
         // Its instances are not the handler's: counted nowhere.
         let instances = IntCounter::new("shadow_instances", "unregistered").expect("a valid name");
-        let dispatcher = Dispatcher::new(pre, env, limits, None, instances);
+        let dispatcher = Dispatcher::new(pre, env, live.limits, None, instances);
         Ok(Shadow::new(
             dispatcher,
             captured,
@@ -364,18 +355,23 @@ impl Loader {
 }
 
 /// What a component's imports see: its name, config, publish policy and quota, its tenant's
-/// connection and account.
-fn environment(component: &Component, tenant: &Tenant) -> Arc<ComponentEnv> {
+/// account, and where its publishes go (`sink`).
+fn environment(component: &Component, tenant: &Tenant, sink: Sink) -> Arc<ComponentEnv> {
     Arc::new(ComponentEnv {
         name: component.name.as_str().into(),
         config: component.config.clone(),
         publish: component.publish.clone(),
         max_publishes: component.limits.max_publishes,
-        sink: Sink::JetStream(Box::new(tenant.connection.clone())),
+        sink,
         log_budget: LogBudget::default(),
         host_log: LogBudget::default(),
         account: tenant.account.clone(),
     })
+}
+
+/// Publishes over the tenant's own connection, each waiting for its PubAck.
+fn jetstream_sink(tenant: &Tenant) -> Sink {
+    Sink::JetStream(Box::new(tenant.connection.clone()))
 }
 
 #[cfg(test)]

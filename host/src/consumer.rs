@@ -281,13 +281,8 @@ async fn run_lane(
                 }
                 Some(end) = ends.recv() => {
                     if let Some(next) = gate.finish(&end.key, end.seq, end.settled) {
-                        match Slot::try_take(&slots, &binding) {
-                            Some(slot) if waiting.is_empty() => {
-                                if start(next, slot) {
-                                    tokio::task::yield_now().await;
-                                }
-                            }
-                            _ => waiting.push(next),
+                        if start_or_wait(next, &slots, &binding, &mut waiting, start) {
+                            tokio::task::yield_now().await;
                         }
                     }
                 }
@@ -313,13 +308,8 @@ async fn run_lane(
                         let Some(message) = admit(&mut gate, ordered, message) else {
                             continue;
                         };
-                        match Slot::try_take(&slots, &binding) {
-                            Some(slot) if waiting.is_empty() => {
-                                if start(message, slot) {
-                                    tokio::task::yield_now().await;
-                                }
-                            }
-                            _ => waiting.push(message),
+                        if start_or_wait(message, &slots, &binding, &mut waiting, start) {
+                            tokio::task::yield_now().await;
                         }
                     }
                     Err(e) => {
@@ -344,6 +334,24 @@ async fn run_lane(
     }
     waiting.hand_back(&binding.name).await;
     gate.hand_back(&binding.name).await;
+}
+
+/// Starts `message` with `start` when a slot is free and no message waits before it, else
+/// queues it with the waiting ones; returns what `start` says (yield before the next).
+fn start_or_wait(
+    message: jetstream::Message,
+    slots: &Arc<Semaphore>,
+    binding: &Binding,
+    waiting: &mut Waiting,
+    start: impl FnOnce(jetstream::Message, Slot) -> bool,
+) -> bool {
+    match Slot::try_take(slots, binding) {
+        Some(slot) if waiting.is_empty() => start(message, slot),
+        _ => {
+            waiting.push(message);
+            false
+        }
+    }
 }
 
 /// How a call on an ordered handler's message ended, for its key's gate.

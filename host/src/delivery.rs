@@ -21,8 +21,8 @@ use crate::dead_letter;
 use crate::dispatch::{Failure, Outcome};
 use crate::origin::Origin;
 use crate::shadow::Shadow;
+use crate::telemetry;
 use crate::waiting::mark_in_progress;
-use crate::{telemetry, trace};
 
 /// What a delivery needs of its consumer's settings, read at each bind.
 pub struct Terms {
@@ -76,18 +76,7 @@ pub async fn process(
         return true;
     };
     let wit = guest_copy(&message.message, &info);
-    let otel = telemetry::message_span(&telemetry::MessageFacts {
-        handler: &binding.name,
-        tenant: &binding.tenant.name,
-        subject: &wit.subject,
-        stream: &wit.stream,
-        seq: wit.stream_seq,
-        delivered: wit.delivered,
-        consumer: &wit.consumer,
-        size: wit.payload.len(),
-        message_id: header(&wit, "Nats-Msg-Id"),
-        traceparent: header(&wit, trace::TRACEPARENT),
-    });
+    let otel = telemetry::message_span(&binding.name, &binding.tenant.name, &wit);
     let delivery = Delivery {
         wit,
         otel,
@@ -101,13 +90,6 @@ pub async fn process(
         Some(span) => delivery.handle().instrument(span).await,
         None => delivery.handle().await,
     }
-}
-
-/// The first value of header `name` (any case) in the guest's copy.
-fn header<'a>(wit: &'a Message, name: &str) -> Option<&'a str> {
-    (wit.headers.iter())
-        .find(|(key, _)| key.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_str())
 }
 
 /// A message being handled, with what its life needs.

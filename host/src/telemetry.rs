@@ -20,6 +20,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
+use crate::bindings::Message;
+
 /// The target of the spans exported: the log shows none of them, the exporter only them.
 pub const TARGET: &str = "jetwasm::otel";
 
@@ -99,58 +101,39 @@ where
     Ok(Some((layer, Exporter { provider, endpoint })))
 }
 
-/// What a message span records of its message.
-pub struct MessageFacts<'a> {
-    /// The handler.
-    pub handler: &'a str,
-    /// Its tenant.
-    pub tenant: &'a str,
-    /// The message's subject.
-    pub subject: &'a str,
-    /// Its stream, sequence and delivery count.
-    pub stream: &'a str,
-    /// The stream sequence.
-    pub seq: u64,
-    /// The delivery count.
-    pub delivered: u32,
-    /// The durable consumer.
-    pub consumer: &'a str,
-    /// Its payload's size in bytes.
-    pub size: usize,
-    /// Its `Nats-Msg-Id`, if any.
-    pub message_id: Option<&'a str>,
-    /// The `traceparent` it carries, if any.
-    pub traceparent: Option<&'a str>,
-}
-
-/// The span of one message's processing, named `process <handler>` (kind consumer), when
-/// export is on. [`finish`] records its outcome.
-pub fn message_span(facts: &MessageFacts<'_>) -> Option<tracing::Span> {
+/// The span of `msg`'s processing by `handler` of `tenant`, named `process <handler>` (kind
+/// consumer), when export is on (and nothing, not even a look at the headers, when it is
+/// off). [`finish`] records its outcome.
+pub fn message_span(handler: &str, tenant: &str, msg: &Message) -> Option<tracing::Span> {
     if !enabled() {
         return None;
     }
+    let headers = || msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let message_id = (headers())
+        .find(|(name, _)| name.eq_ignore_ascii_case("Nats-Msg-Id"))
+        .map(|(_, id)| id);
     let span = tracing::info_span!(
         target: TARGET,
         "process",
-        otel.name = %format_args!("process {}", facts.handler),
+        otel.name = %format_args!("process {handler}"),
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
         messaging.system = "nats",
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = facts.subject,
-        messaging.consumer.group.name = facts.consumer,
-        messaging.message.body.size = facts.size as i64,
-        messaging.message.id = facts.message_id,
-        jetwasm.handler = facts.handler,
-        jetwasm.tenant = facts.tenant,
-        jetwasm.stream = facts.stream,
-        jetwasm.stream.sequence = facts.seq as i64,
-        jetwasm.delivered = i64::from(facts.delivered),
+        messaging.destination.name = msg.subject,
+        messaging.consumer.group.name = msg.consumer,
+        messaging.message.body.size = msg.payload.len() as i64,
+        messaging.message.id = message_id,
+        jetwasm.handler = handler,
+        jetwasm.tenant = tenant,
+        jetwasm.stream = msg.stream,
+        jetwasm.stream.sequence = msg.stream_seq as i64,
+        jetwasm.delivered = i64::from(msg.delivered),
         jetwasm.outcome = tracing::field::Empty,
     );
-    continue_trace(&span, facts.traceparent);
+    continue_trace(&span, crate::trace::find(headers()).as_deref());
     Some(span)
 }
 
