@@ -85,7 +85,7 @@ POLYGLOT := python js go c
 
 ## handlers: build every guest component in handlers/ (Rust, and the orders handler in each
 ## other language) into $(JETWASM_HANDLERS_DIR)
-handlers: wasm-target $(POLYGLOT:%=$(JETWASM_HANDLERS_DIR)/orders_%.wasm)
+handlers: wasm-target $(POLYGLOT:%=$(JETWASM_HANDLERS_DIR)/orders_%.wasm) $(JETWASM_HANDLERS_DIR)/customer_totals_python.wasm
 	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) build --release
 
 # handlers/<lang>/orders/build.sh → orders_<lang>.wasm, rebuilt when its sources change.
@@ -93,6 +93,11 @@ handlers: wasm-target $(POLYGLOT:%=$(JETWASM_HANDLERS_DIR)/orders_%.wasm)
 $(JETWASM_HANDLERS_DIR)/orders_%.wasm: $$(wildcard handlers/%/orders/*) wit/jetwasm.wit handlers/toolchain.sh
 	@mkdir -p $(@D)
 	handlers/$*/orders/build.sh $@
+
+# The stateful example in Python (its Rust twin is in the Cargo workspace).
+$(JETWASM_HANDLERS_DIR)/customer_totals_python.wasm: $(wildcard handlers/python/customer-totals/*) wit/jetwasm.wit handlers/toolchain.sh
+	@mkdir -p $(@D)
+	handlers/python/customer-totals/build.sh $@
 
 ## fmt: format host and handlers
 fmt:

@@ -8,6 +8,7 @@ use anyhow::bail;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::bindings::batch_handler::BatchHandlerPre;
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
@@ -55,8 +56,17 @@ pub async fn config(path: &Path, nats: &stream_init::connect::NatsArgs) -> anyho
 /// note on each import the host links but refuses at run time.
 pub async fn component(component: &Path) -> anyhow::Result<String> {
     let (fits, compiled) = compile_and_fit(component).await?;
+    let versions = loader::contract_versions(&compiled);
+    let contract = match versions.len() {
+        0 => "jetwasm:runtime 0.1.0 or 0.2.0: it imports none of the contract's interfaces"
+            .to_owned(),
+        _ => (versions.iter())
+            .map(|v| format!("jetwasm:runtime@{v}"))
+            .collect::<Vec<_>>()
+            .join(" and "),
+    };
     let mut out = format!(
-        "{}: fits the {} world (jetwasm:runtime@0.1.0)",
+        "{}: fits the {} world ({contract})",
         component.display(),
         fits.join(" and ")
     );
@@ -109,6 +119,7 @@ async fn compile_and_fit(component: &Path) -> anyhow::Result<(Vec<&'static str>,
     let compiled = loader::compile(&engine, component, cache.as_ref()).await?;
     let verdicts = [
         verdict::<HandlerPre<HostState>>(&linker, &compiled),
+        verdict::<BatchHandlerPre<HostState>>(&linker, &compiled),
         verdict::<PublisherPre<HostState>>(&linker, &compiled),
         verdict::<ProxyPre<HostState>>(&linker, &compiled),
     ];
@@ -121,7 +132,7 @@ async fn compile_and_fit(component: &Path) -> anyhow::Result<(Vec<&'static str>,
             .map(|(world, v)| format!("  {world}: {}", v.as_ref().err().map_or("", |e| e.as_str())))
             .collect();
         bail!(
-            "{} fits no jetwasm world (jetwasm:runtime@0.1.0):\n{}",
+            "{} fits no jetwasm world (jetwasm:runtime@0.1.0 or @0.2.0):\n{}",
             component.display(),
             why.join("\n")
         );

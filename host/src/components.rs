@@ -12,14 +12,16 @@ use prometheus::IntCounter;
 
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::batch::Gatherer;
 use crate::binding::{Binding, Shape, Version};
+use crate::bindings::batch_handler::BatchHandlerPre;
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
 use crate::config::{
     self, Component, Config, DropIn, Handler, Instances, Publisher, Runtime, Trigger,
 };
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Entry};
 use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
 use crate::metrics::{HandlerMetrics, Metrics};
@@ -200,14 +202,21 @@ impl Loader {
     ) -> anyhow::Result<Arc<Binding>> {
         let component = &handler.component;
         let label = || format!("handler {}", component.name);
-        let pre = loader::load::<HandlerPre<_>>(
-            &self.engine,
-            &self.linker,
-            &component.wasm,
-            self.cache.as_ref(),
-        )
-        .await
-        .with_context(label)?;
+        let (engine, linker, cache) = (&self.engine, &self.linker, self.cache.as_ref());
+        let wasm = &component.wasm;
+        let entry = match handler.batch {
+            None => Entry::Handler(
+                loader::load::<HandlerPre<_>>(engine, linker, wasm, cache)
+                    .await
+                    .with_context(label)?,
+            ),
+            Some(batch) => Entry::Batch {
+                pre: loader::load::<BatchHandlerPre<_>>(engine, linker, wasm, cache)
+                    .await
+                    .with_context(label)?,
+                gatherer: Gatherer::new(batch.max, batch.max_wait),
+            },
+        };
         let env = environment(component, tenant, jetstream_sink(tenant));
         let metrics = self.metrics.handler(&tenant.name, &component.name);
         let limits = component.limits;
@@ -224,7 +233,7 @@ impl Loader {
             None => None,
         };
         let version = Version {
-            dispatcher: Dispatcher::new(pre, env, limits, reuse, metrics.instances.clone()),
+            dispatcher: Dispatcher::new(entry, env, limits, reuse, metrics.instances.clone()),
             max_message_size: limits.max_message_size.as_u64() as usize,
             sweep_delay: limits.timeout + SWEEP_MARGIN,
             digest: status::version_of(&component.wasm).unwrap_or_default(),
@@ -244,7 +253,7 @@ impl Loader {
                 .await
                 .with_context(label)?;
         }
-        let declared = (handler.own_consumer.clone()).or_else(|| {
+        let declared = (handler.own_consumer.as_deref().cloned()).or_else(|| {
             (tenant.spec.as_deref())
                 .and_then(|spec| spec.consumer(&handler.stream, &handler.consumer))
                 .cloned()
@@ -356,13 +365,14 @@ impl Loader {
 
 /// What a component's imports see: its name, config, publish policy and quota, its tenant's
 /// account, and where its publishes go (`sink`).
-fn environment(component: &Component, tenant: &Tenant, sink: Sink) -> Arc<ComponentEnv> {
+pub(crate) fn environment(component: &Component, tenant: &Tenant, sink: Sink) -> Arc<ComponentEnv> {
     Arc::new(ComponentEnv {
         name: component.name.as_str().into(),
         config: component.config.clone(),
         publish: component.publish.clone(),
         max_publishes: component.limits.max_publishes,
         sink,
+        kv: crate::kv::Buckets::new(component.kv.clone()),
         log_budget: LogBudget::default(),
         host_log: LogBudget::default(),
         account: tenant.account.clone(),

@@ -181,8 +181,20 @@ pub struct Component {
     pub limits: Limits,
     /// Where it may publish.
     pub publish: PublishPolicy,
+    /// The key-value buckets it may use (`kv = [...]`).
+    pub kv: Vec<KvGrant>,
     /// The `config` table as the strings the component reads, sorted by key.
     pub config: Vec<(String, String)>,
+}
+
+/// A key-value bucket a component may use: `kv = ["carts"]`, or
+/// `kv = [{ bucket = "prices", read_only = true }]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvGrant {
+    /// The bucket's name.
+    pub bucket: String,
+    /// Reads only: every write is `denied`.
+    pub read_only: bool,
 }
 
 /// The subjects a component may publish to: inside its allow-list (wildcards allowed) and
@@ -229,12 +241,14 @@ pub struct Handler {
     pub ordering: Option<crate::ordering::OrderingKey>,
     /// A candidate version run beside it on a sample of messages, never affecting them.
     pub shadow: Option<Shadow>,
+    /// Messages per call, for a `batch-handler` component.
+    pub batch: Option<Batch>,
     /// How its instances live.
     pub instances: Instances,
     /// The handler's own durable consumer, declared in its manifest (`[consumer]`, the
     /// stream-init consumer keys): created or updated on the operator's stream when the
     /// handler is loaded, never deleted. Configured handlers use the streams spec instead.
-    pub own_consumer: Option<stream_init::spec::ConsumerSpec>,
+    pub own_consumer: Option<Box<stream_init::spec::ConsumerSpec>>,
 }
 
 /// A handler's shadow: a candidate component a share of its messages also runs through, in
@@ -246,6 +260,19 @@ pub struct Shadow {
     /// The share of messages it sees, in (0, 1].
     pub sample: f64,
 }
+
+/// A batch handler's `batch = { max = 100, max_wait = "50ms" }`: each call gets up to `max`
+/// messages, made at most `max_wait` after the first arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// Most messages per call.
+    pub max: usize,
+    /// Longest a message waits for others to join its batch.
+    pub max_wait: Duration,
+}
+
+/// Most messages one batch call may get.
+pub const MAX_BATCH: usize = 1000;
 
 /// How a handler's instances live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -467,7 +494,7 @@ impl Config {
                         |e: toml::de::Error| vec![format!("[consumer]: {}", one_line(&e, ""))],
                     )?;
                 table.insert("consumer".into(), declared.durable.clone().into());
-                Some(declared)
+                Some(Box::new(declared))
             }
             _ => None,
         };

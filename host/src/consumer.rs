@@ -232,10 +232,22 @@ async fn run_lane(
             }
         };
         tracing::info!(handler = %binding.name, stream = %binding.stream, consumer = %binding.consumer, lane = number, in_flight = capacity, prefetch = batch, request = messages.largest_request(batch), "consumer bound");
+        if ordered.is_some() {
+            let info = bound.consumer.cached_info();
+            let (delivered, floor) = (
+                info.delivered.stream_sequence,
+                info.ack_floor.stream_sequence,
+            );
+            gate.recover(delivered, floor);
+            if gate.recovering() {
+                tracing::info!(handler = %binding.name, delivered, ack_floor = floor, "messages up to {delivered} are unacknowledged (a host stopped with them): later ones wait for their redelivery, so that no key's messages overtake each other");
+            }
+        }
         let mut pull_ended = pin!(pull.cancelled());
-        // A waiting message is kept in progress once it has waited a quarter of its ack wait.
+        // A waiting message is kept in progress once it has waited a quarter of its ack wait;
+        // a recovering gate asks how far the consumer's acks have come at least every second.
         let every = bound.terms.progress_every / 2;
-        let mut ticks = tokio::time::interval(every);
+        let mut ticks = tokio::time::interval(every.min(Duration::from_secs(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let start = |message, slot| start_call(&binding, &bound, &tracker, message, slot, ordered);
         // Set on shutdown: the lane asks for nothing more and takes what its open requests
@@ -278,6 +290,13 @@ async fn run_lane(
                 _ = ticks.tick(), if !waiting.is_empty() || gate.held() > 0 => {
                     waiting.keep_in_progress(every).await;
                     gate.keep_in_progress(every).await;
+                    if gate.recovering() {
+                        if let Ok(info) = bound.consumer.clone().info().await {
+                            for next in gate.recovered(info.ack_floor.stream_sequence) {
+                                start_or_wait(next, &slots, &binding, &mut waiting, start);
+                            }
+                        }
+                    }
                 }
                 Some(end) = ends.recv() => {
                     if let Some(next) = gate.finish(&end.key, end.seq, end.settled) {

@@ -1,6 +1,9 @@
 //! One message through a handler: a sandbox ([`sandbox::store`]) with an instance from the
 //! shared `InstancePre`, the call made, and its result as an [`Outcome`].
 //!
+//! A batch handler's messages join a batch ([`crate::batch`]) and share one
+//! `handle-batch` call.
+//!
 //! With [`Instances::Fresh`](crate::config::Instances::Fresh) every message gets a new
 //! instance. With [`Instances::Reuse`](crate::config::Instances::Reuse) an
 //! instance that answered goes back to a small pool of warm ones (never more than the calls
@@ -13,6 +16,8 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 use wasmtime::Store;
 
+use crate::batch::{self, Gatherer};
+use crate::bindings::batch_handler::{BatchHandler, BatchHandlerPre};
 use crate::bindings::{Disposition, Handler, HandlerPre, Message};
 use crate::config::Limits;
 use crate::origin::Origin;
@@ -43,10 +48,38 @@ impl From<Disposition> for Outcome {
     }
 }
 
+/// The component a handler's calls go to, by the world it fits.
+pub enum Entry {
+    /// The `handler` world: one message per call.
+    Handler(HandlerPre<HostState>),
+    /// The `batch-handler` world: the messages `gatherer` gathers, per call.
+    Batch {
+        /// The component.
+        pre: BatchHandlerPre<HostState>,
+        /// Gathers the messages of each call.
+        gatherer: Gatherer,
+    },
+}
+
+impl Entry {
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Entry::Handler(pre) => pre.engine(),
+            Entry::Batch { pre, .. } => pre.engine(),
+        }
+    }
+}
+
+/// An instance of either world.
+enum Instance {
+    Handler(Handler),
+    Batch(BatchHandler),
+}
+
 /// An instance kept for later messages, with its store.
 struct Warm {
     store: Store<HostState>,
-    handler: Handler,
+    instance: Instance,
     served: u32,
     /// When it last finished a call.
     idle_since: Instant,
@@ -54,7 +87,7 @@ struct Warm {
 
 /// Runs one handler's calls.
 pub struct Dispatcher {
-    pre: HandlerPre<HostState>,
+    entry: Entry,
     env: Arc<ComponentEnv>,
     limits: Limits,
     /// `Some(n)`: reuse instances for up to `n` messages each.
@@ -73,14 +106,14 @@ impl Dispatcher {
     /// messages one instance may serve (`None`: a fresh instance per message).
     /// `instances_created` counts the instances it makes.
     pub fn new(
-        pre: HandlerPre<HostState>,
+        entry: impl Into<Entry>,
         env: Arc<ComponentEnv>,
         limits: Limits,
         reuse: Option<u32>,
         instances_created: IntCounter,
     ) -> Self {
         Dispatcher {
-            pre,
+            entry: entry.into(),
             env,
             limits,
             reuse,
@@ -90,9 +123,15 @@ impl Dispatcher {
     }
 
     /// Calls `handle` on `msg`, on a warm instance when one is free and reuse is on, else on
-    /// a new one.
+    /// a new one; for a batch handler, `handle-batch` on the batch `msg` joins.
     pub async fn call(&self, msg: &Message) -> Outcome {
-        self.call_with(msg, false).await.0
+        match &self.entry {
+            Entry::Handler(_) => self.call_with(msg, false).await.0,
+            Entry::Batch { gatherer, .. } => {
+                // Boxed: the batch's future holds the whole call.
+                Box::pin(gatherer.join(msg, |batch| self.call_batch(batch))).await
+            }
+        }
     }
 
     /// [`Dispatcher::call`], also returning a copy of each publish the call made (for a
@@ -102,63 +141,101 @@ impl Dispatcher {
     }
 
     async fn call_with(&self, msg: &Message, record: bool) -> (Outcome, Vec<Captured>) {
-        let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let origin = Origin::Message {
-            stream: msg.stream.clone(),
-            seq: msg.stream_seq,
-            delivered: msg.delivered,
-            traceparent: telemetry::current_traceparent().or_else(|| trace::find(headers)),
-        };
-        let warm = self.reuse.and_then(|_| self.lock_warm().pop());
-        let (mut store, handler, served) = match warm {
-            Some(Warm {
-                mut store,
-                handler,
-                served,
-                ..
-            }) => {
-                sandbox::begin_call(&mut store, origin, &self.limits);
-                (store, Some(handler), served)
-            }
-            None => {
-                let store =
-                    sandbox::store(self.pre.engine(), self.env.clone(), origin, &self.limits);
-                (store, None, 0)
-            }
-        };
+        let (mut store, instance, served) = self.checkout(origin_of(msg));
         store.data_mut().recorded = record.then(Vec::new);
         let turn = store.data().turn.clone();
         // Boxed once here: the call's future is large (~2.5 KB), and moving it by value into
         // the ceiling and up through the message's future would copy it at each step.
         let call = Box::pin(async {
-            let handler = match handler {
-                Some(handler) => handler,
-                None => {
-                    self.instances_created.inc();
-                    self.pre.instantiate_async(&mut store).await?
-                }
+            let instance = match instance {
+                Some(instance) => instance,
+                None => self.instantiate(&mut store).await?,
+            };
+            let Instance::Handler(handler) = &instance else {
+                unreachable!("a handler's instances are handler instances");
             };
             let disposition = handler.call_handle(&mut store, msg).await?;
-            Ok((handler, disposition))
+            Ok((instance, disposition))
         });
         let result = sandbox::run(&self.limits, turn, call).await;
         let recorded = store.data_mut().recorded.take().unwrap_or_default();
         let outcome = match result {
-            Ok((handler, disposition)) => {
-                let served = served + 1;
-                if self.reuse.is_some_and(|quota| served < quota) {
-                    self.lock_warm().push(Warm {
-                        store,
-                        handler,
-                        served,
-                        idle_since: Instant::now(),
-                    });
-                }
+            Ok((instance, disposition)) => {
+                self.checkin(store, instance, served);
                 disposition.into()
             }
             Err(failure) => Outcome::Failed(failure.with_stderr(store.data().stderr_lines())),
         };
         (outcome, recorded)
+    }
+
+    /// One `handle-batch` call for `batch`: an outcome per message, in order.
+    async fn call_batch(&self, batch: Vec<Message>) -> Vec<Outcome> {
+        let n = batch.len();
+        let (mut store, instance, served) = self.checkout(origin_of(&batch[0]));
+        let turn = store.data().turn.clone();
+        let call = Box::pin(async {
+            let instance = match instance {
+                Some(instance) => instance,
+                None => self.instantiate(&mut store).await?,
+            };
+            let Instance::Batch(handler) = &instance else {
+                unreachable!("a batch handler's instances are batch-handler instances");
+            };
+            let dispositions = handler.call_handle_batch(&mut store, &batch).await?;
+            Ok((instance, dispositions))
+        });
+        let result = match sandbox::run(&self.limits, turn, call).await {
+            Ok((instance, dispositions)) => {
+                self.checkin(store, instance, served);
+                Ok(dispositions.into_iter().map(Outcome::from).collect())
+            }
+            Err(failure) => Err(failure.with_stderr(store.data().stderr_lines())),
+        };
+        batch::outcomes(n, result)
+    }
+
+    /// A store for a call on behalf of `origin`: a warm one with its instance when reuse is
+    /// on and one is free, else a new one (its instance made in the call).
+    fn checkout(&self, origin: Origin) -> (Store<HostState>, Option<Instance>, u32) {
+        match self.reuse.and_then(|_| self.lock_warm().pop()) {
+            Some(Warm {
+                mut store,
+                instance,
+                served,
+                ..
+            }) => {
+                sandbox::begin_call(&mut store, origin, &self.limits);
+                (store, Some(instance), served)
+            }
+            None => {
+                let store =
+                    sandbox::store(self.entry.engine(), self.env.clone(), origin, &self.limits);
+                (store, None, 0)
+            }
+        }
+    }
+
+    /// Keeps an instance that answered for later calls, while its quota lasts.
+    fn checkin(&self, store: Store<HostState>, instance: Instance, served: u32) {
+        let served = served + 1;
+        if self.reuse.is_some_and(|quota| served < quota) {
+            self.lock_warm().push(Warm {
+                store,
+                instance,
+                served,
+                idle_since: Instant::now(),
+            });
+        }
+    }
+
+    /// A new instance of the component in `store`.
+    async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Instance> {
+        self.instances_created.inc();
+        Ok(match &self.entry {
+            Entry::Handler(pre) => Instance::Handler(pre.instantiate_async(store).await?),
+            Entry::Batch { pre, .. } => Instance::Batch(pre.instantiate_async(store).await?),
+        })
     }
 
     /// Drops the warm instances unused for `idle` or longer, giving their memory back (to
@@ -185,5 +262,23 @@ impl Dispatcher {
         self.warm
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl From<HandlerPre<HostState>> for Entry {
+    fn from(pre: HandlerPre<HostState>) -> Self {
+        Entry::Handler(pre)
+    }
+}
+
+/// What a call for `msg` works on: its stream position, and its trace (the exported span's
+/// when there is one, else the message's `traceparent`).
+fn origin_of(msg: &Message) -> Origin {
+    let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    Origin::Message {
+        stream: msg.stream.clone(),
+        seq: msg.stream_seq,
+        delivered: msg.delivered,
+        traceparent: telemetry::current_traceparent().or_else(|| trace::find(headers)),
     }
 }

@@ -1,5 +1,6 @@
-//! The linker and the host side of the WIT imports (`log`, `config`, `publish`), working on
-//! the store data the [`sandbox`](crate::sandbox) owns. WASI is linked with an empty context:
+//! The linker and the host side of the WIT imports (`log`, `config`, `publish`; `kv` is in
+//! the [`kv`](crate::kv) module, contract 0.1's are served by these), working on the store
+//! data the [`sandbox`](crate::sandbox) owns. WASI is linked with an empty context:
 //! no files, no environment, no network; guest stdout and stderr go to the log.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -7,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::jetwasm::runtime::{config, log, publish, types};
-use crate::bindings::{Handler, PublishAck, PublishError};
+use crate::bindings::{v0_1, Handler, Outgoing, PublishAck, PublishError};
 use crate::log_budget::{Verdict, LINES_PER_SECOND};
 use crate::origin::Origin;
-use crate::publish::{check, publish_acked, Allowance};
+use crate::publish::{check, publish_acked, publish_atomic, Allowance};
 use crate::sandbox::{Captured, HostState, Sink};
 use crate::{telemetry, trace};
 
@@ -21,6 +22,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> 
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     Handler::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+    v0_1::Handler::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
     Ok(linker)
 }
 
@@ -81,9 +83,62 @@ impl publish::Host for HostState {
         &mut self,
         subject: String,
         payload: Vec<u8>,
-        mut headers: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
         msg_id: Option<String>,
     ) -> wasmtime::Result<Result<PublishAck, PublishError>> {
+        let ready = self.prepare(Outgoing {
+            subject,
+            payload,
+            headers,
+            msg_id,
+        });
+        let mut results = self.deliver(vec![ready]).await;
+        Ok(results.pop().expect("one result per publish"))
+    }
+
+    async fn publish_batch(
+        &mut self,
+        messages: Vec<Outgoing>,
+    ) -> wasmtime::Result<Vec<Result<PublishAck, PublishError>>> {
+        let batch = messages.into_iter().map(|m| self.prepare(m)).collect();
+        Ok(self.deliver(batch).await)
+    }
+
+    async fn publish_atomic(
+        &mut self,
+        messages: Vec<Outgoing>,
+    ) -> wasmtime::Result<Result<PublishAck, PublishError>> {
+        Ok(self.publish_all_or_nothing(messages).await)
+    }
+}
+
+/// A publish that passed its checks, with its headers stamped, ready to send.
+struct Ready {
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Vec<u8>,
+}
+
+impl Ready {
+    fn captured(&self) -> Captured {
+        Captured {
+            subject: self.subject.clone(),
+            headers: flatten(&self.headers),
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+impl HostState {
+    /// Counts one publish against the call's limit, checks it and stamps its headers (the
+    /// call's traceparent, the message id given or derived).
+    fn prepare(&mut self, message: Outgoing) -> Result<Ready, PublishError> {
+        let Outgoing {
+            subject,
+            payload,
+            mut headers,
+            msg_id,
+        } = message;
         self.published += 1;
         if !headers
             .iter()
@@ -107,43 +162,143 @@ impl publish::Host for HostState {
             },
         };
         let id = msg_id.unwrap_or_else(|| derived_msg_id(&env.name, &self.origin, self.published));
-        let headers = match check(&subject, payload.len(), headers, &id, &allowance) {
-            Ok(headers) => headers,
+        match check(&subject, payload.len(), headers, &id, &allowance) {
+            Ok(headers) => Ok(Ready {
+                subject,
+                headers,
+                payload,
+            }),
             Err(PublishError::Denied(subject)) => {
                 if env.host_log.admit(&env.name) {
                     tracing::warn!(subject, "publish denied");
                 }
-                return Ok(Err(PublishError::Denied(subject)));
+                Err(PublishError::Denied(subject))
             }
-            Err(refused) => return Ok(Err(refused)),
-        };
+            Err(refused) => Err(refused),
+        }
+    }
+
+    /// Sends the ready publishes of `batch` with their acknowledgements awaited together, in
+    /// order; a publish that failed its checks keeps its error. Recorded when the call is.
+    async fn deliver(
+        &mut self,
+        batch: Vec<Result<Ready, PublishError>>,
+    ) -> Vec<Result<PublishAck, PublishError>> {
+        let env = self.env.clone();
         match &env.sink {
             Sink::JetStream(connection) => {
-                let copy = (self.recorded.is_some()).then(|| Captured {
-                    subject: subject.clone(),
-                    headers: flatten(&headers),
-                    payload: payload.clone(),
+                let copies: Vec<Option<Captured>> = match self.recorded {
+                    Some(_) => (batch.iter())
+                        .map(|r| r.as_ref().ok().map(Ready::captured))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let sends = batch.into_iter().map(|ready| async move {
+                    let ready = ready?;
+                    let payload = ready.payload.into();
+                    publish_acked(connection, ready.subject, ready.headers, payload).await
                 });
-                let acked = publish_acked(connection, subject, headers, payload.into()).await;
-                if let (Some(recorded), Some(copy), Ok(_)) = (&mut self.recorded, copy, &acked) {
-                    recorded.push(copy);
+                let results = futures::future::join_all(sends).await;
+                if let Some(recorded) = &mut self.recorded {
+                    for (copy, result) in copies.into_iter().zip(&results) {
+                        if let (Some(copy), Ok(_)) = (copy, result) {
+                            recorded.push(copy);
+                        }
+                    }
                 }
-                Ok(acked)
+                results
             }
             Sink::Capture(captured) => {
                 let mut captured = captured.lock().unwrap_or_else(|e| e.into_inner());
-                captured.push(Captured {
-                    subject,
-                    headers: flatten(&headers),
-                    payload,
-                });
-                Ok(Ok(PublishAck {
-                    stream: "(captured)".to_owned(),
-                    seq: captured.len() as u64,
-                    duplicate: false,
-                }))
+                (batch.into_iter())
+                    .map(|ready| {
+                        captured.push(ready?.captured());
+                        Ok(captured_ack(captured.len()))
+                    })
+                    .collect()
             }
         }
+    }
+
+    /// `publish-atomic`: every message checked first, then one JetStream atomic batch.
+    async fn publish_all_or_nothing(
+        &mut self,
+        messages: Vec<Outgoing>,
+    ) -> Result<PublishAck, PublishError> {
+        if messages.is_empty() || messages.len() > MAX_ATOMIC_BATCH {
+            return Err(PublishError::Invalid(format!(
+                "an atomic batch has 1 to {MAX_ATOMIC_BATCH} messages, not {}",
+                messages.len()
+            )));
+        }
+        if let Some(n) = messages.iter().position(|m| m.msg_id.is_some()) {
+            return Err(PublishError::Invalid(format!(
+                "message {n} of the atomic batch has a message id: JetStream refuses \
+                 Nats-Msg-Id inside an atomic batch"
+            )));
+        }
+        let mut batch = Vec::with_capacity(messages.len());
+        for (n, message) in messages.into_iter().enumerate() {
+            let mut ready = self.prepare(message).map_err(|e| in_batch(n, e))?;
+            ready.headers = without_msg_id(&ready.headers);
+            batch.push(ready);
+        }
+        let env = self.env.clone();
+        match &env.sink {
+            Sink::JetStream(connection) => {
+                let copies: Vec<Captured> = match self.recorded {
+                    Some(_) => batch.iter().map(Ready::captured).collect(),
+                    None => Vec::new(),
+                };
+                let batch = (batch.into_iter())
+                    .map(|r| (r.subject, r.headers, r.payload.into()))
+                    .collect();
+                let acked = publish_atomic(connection, batch).await;
+                if let (Some(recorded), Ok(_)) = (&mut self.recorded, &acked) {
+                    recorded.extend(copies);
+                }
+                acked
+            }
+            Sink::Capture(captured) => {
+                let mut captured = captured.lock().unwrap_or_else(|e| e.into_inner());
+                captured.extend(batch.iter().map(Ready::captured));
+                Ok(captured_ack(captured.len()))
+            }
+        }
+    }
+}
+
+/// `headers` without the message id (JetStream refuses one inside an atomic batch).
+fn without_msg_id(headers: &async_nats::HeaderMap) -> async_nats::HeaderMap {
+    let mut kept = async_nats::HeaderMap::new();
+    for (name, values) in headers.iter() {
+        if *name != async_nats::header::NATS_MESSAGE_ID {
+            for value in values {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+    }
+    kept
+}
+
+/// Most messages in one atomic batch (the server's limit).
+const MAX_ATOMIC_BATCH: usize = 1000;
+
+/// `error`, saying which message of an atomic batch it is about.
+fn in_batch(n: usize, error: PublishError) -> PublishError {
+    match error {
+        PublishError::Invalid(why) => PublishError::Invalid(format!("message {n}: {why}")),
+        PublishError::Denied(subject) => PublishError::Denied(format!("{subject} (message {n})")),
+        other => other,
+    }
+}
+
+/// The answer to a captured publish, the `n`th captured.
+fn captured_ack(n: usize) -> PublishAck {
+    PublishAck {
+        stream: "(captured)".to_owned(),
+        seq: n as u64,
+        duplicate: false,
     }
 }
 

@@ -12,7 +12,8 @@
 //!   lanes, each asking for messages with [`pull`], holding the ones waiting for a slot in
 //!   [`waiting`]; [`watchdog`], [`liveness`] and [`sweeper`] watch over them;
 //! - **one message**: [`delivery`] makes the guest's copy, calls the handler through
-//!   [`dispatch`] in a [`sandbox`] (with the [`imports`]: log, config, [`publish`]), and
+//!   [`dispatch`] (a batch handler's messages gathered by [`batch`]) in a [`sandbox`] (with
+//!   the [`imports`]: log, config, [`publish`], [`kv`]; contract 0.1's served by 0.2's), and
 //!   carries out what [`ack`] decides: ack, nak, or a [`dead_letter`] then term;
 //! - **publishers**: [`timer_publisher`] (on a [`schedule`]) and [`http_publisher`] (routes on
 //!   the [`listener`], which also serves metrics and health);
@@ -21,6 +22,7 @@
 //!   `undeploy`); [`origin`] names what a call works on, in ids and logs.
 
 pub mod ack;
+pub mod batch;
 pub mod binding;
 pub mod bindings;
 pub mod check;
@@ -28,6 +30,7 @@ pub mod compile_cache;
 pub mod components;
 pub mod config;
 pub mod consumer;
+mod contract_0_1;
 pub mod dead_letter;
 pub mod dead_letters;
 pub mod delivery;
@@ -42,6 +45,7 @@ pub mod folder;
 mod guest_output;
 pub mod http_publisher;
 pub mod imports;
+pub mod kv;
 pub mod launch;
 pub mod limiter;
 pub mod listener;

@@ -1,5 +1,5 @@
 //! Loading a component: size cap, compile off the async runtime, then a check against its
-//! world (`handler`, `publisher` or `http-publisher`: imports satisfiable, exports there with
+//! world (`handler`, `batch-handler`, `publisher` or `http-publisher`: imports satisfiable, exports there with
 //! the right types) before anything is bound. The result is an `InstancePre` shared by every
 //! call.
 
@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::Engine;
 
+use crate::bindings::batch_handler::BatchHandlerPre;
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::{CompileCache, Source};
@@ -33,6 +34,13 @@ impl World for HandlerPre<HostState> {
     const NAME: &'static str = "handler";
     fn from_pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self> {
         HandlerPre::new(pre)
+    }
+}
+
+impl World for BatchHandlerPre<HostState> {
+    const NAME: &'static str = "batch-handler";
+    fn from_pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self> {
+        BatchHandlerPre::new(pre)
     }
 }
 
@@ -61,6 +69,17 @@ pub async fn load<W: World>(
     check_shape(&component).with_context(|| format!("component {}", path.display()))?;
     check::<W>(linker, &component)
         .with_context(|| format!("{} does not fit the {} world", path.display(), W::NAME))
+}
+
+/// The contract versions (`0.1.0`, `0.2.0`) whose interfaces `component` imports; none
+/// when it imports none (it then runs as either).
+pub fn contract_versions(component: &Component) -> std::collections::BTreeSet<String> {
+    let ty = component.component_type();
+    (ty.imports(component.engine()))
+        .filter_map(|(name, _)| name.strip_prefix("jetwasm:runtime/"))
+        .filter_map(|interface| interface.split_once('@'))
+        .map(|(_, version)| version.to_owned())
+        .collect()
 }
 
 /// Checks that one instance of `component` fits a slot of the instance pool (its linear

@@ -93,20 +93,59 @@ struct KeyState<M> {
 /// ordering key. Generic over the message so that its rules are tested without a server.
 pub struct KeyGate<M> {
     keys: HashMap<String, KeyState<M>>,
+    /// While recovering: the last stream sequence the consumer had delivered (to a host
+    /// killed since, say) when the lane bound it; messages above it wait in `parked`.
+    recovering: Option<u64>,
+    /// Messages above `recovering`, by stream sequence, with their keys.
+    parked: BTreeMap<u64, (Instant, String, M)>,
 }
 
 impl<M> Default for KeyGate<M> {
     fn default() -> Self {
         KeyGate {
             keys: HashMap::new(),
+            recovering: None,
+            parked: BTreeMap::new(),
         }
     }
 }
 
 impl<M> KeyGate<M> {
+    /// The consumer, as the lane binds it, had delivered up to stream sequence `delivered`
+    /// and been acknowledged up to `ack_floor`. When messages in between are unacknowledged
+    /// (in flight on a host that died, or handed back), their redeliveries come only after
+    /// their ack wait, and later messages of their keys would otherwise overtake them: until
+    /// the ack floor reaches `delivered`, every later message waits (see [`Self::recovered`]).
+    pub fn recover(&mut self, delivered: u64, ack_floor: u64) {
+        self.recovering = (ack_floor < delivered).then_some(delivered);
+    }
+
+    /// Whether later messages wait for earlier ones' redeliveries.
+    pub fn recovering(&self) -> bool {
+        self.recovering.is_some()
+    }
+
+    /// The consumer's ack floor is now `ack_floor`: once it reaches the recovery's end, the
+    /// waiting messages go through the gate in stream order; returns those that may run now.
+    pub fn recovered(&mut self, ack_floor: u64) -> Vec<M> {
+        match self.recovering {
+            Some(until) if ack_floor >= until => self.recovering = None,
+            _ => return Vec::new(),
+        }
+        let parked = std::mem::take(&mut self.parked);
+        (parked.into_iter())
+            .filter_map(|(seq, (_, key, message))| self.admit(key, seq, message))
+            .collect()
+    }
+
     /// Takes a message of `key` at stream sequence `seq`: returns it when it may run now,
-    /// else holds it until the key's earlier message is settled.
+    /// else holds it until the key's earlier message is settled (or, while recovering, until
+    /// every earlier message is).
     pub fn admit(&mut self, key: String, seq: u64, message: M) -> Option<M> {
+        if self.recovering.is_some_and(|until| seq > until) {
+            self.parked.insert(seq, (Instant::now(), key, message));
+            return None;
+        }
         let state = self.keys.entry(key).or_insert_with(|| KeyState {
             active: None,
             blocked_by: None,
@@ -165,21 +204,26 @@ impl<M> KeyGate<M> {
 
     /// How many messages are held.
     pub fn held(&self) -> usize {
-        self.keys.values().map(|state| state.held.len()).sum()
+        self.keys
+            .values()
+            .map(|state| state.held.len())
+            .sum::<usize>()
+            + self.parked.len()
     }
 
     /// The messages held for at least `every` since they arrived or were last kept in
     /// progress; their time starts again.
     fn due(&mut self, every: Duration) -> Vec<&M> {
         let now = Instant::now();
-        let held = self
-            .keys
-            .values_mut()
-            .flat_map(|state| state.held.values_mut());
-        held.filter(|(since, _)| now.duration_since(*since) >= every)
+        let held = (self.keys.values_mut())
+            .flat_map(|state| state.held.values_mut())
+            .map(|(since, message)| (since, &*message));
+        let parked = (self.parked.values_mut()).map(|(since, _, message)| (since, &*message));
+        held.chain(parked)
+            .filter(|(since, _)| now.duration_since(**since) >= every)
             .map(|(since, message)| {
                 *since = now;
-                &*message
+                message
             })
             .collect()
     }
@@ -187,8 +231,10 @@ impl<M> KeyGate<M> {
     /// Empties the gate, returning every held message.
     fn drain(&mut self) -> Vec<M> {
         let keys = std::mem::take(&mut self.keys);
+        let parked = std::mem::take(&mut self.parked);
         (keys.into_values())
             .flat_map(|state| state.held.into_values().map(|(_, message)| message))
+            .chain(parked.into_values().map(|(_, _, message)| message))
             .collect()
     }
 }
@@ -298,6 +344,46 @@ mod tests {
         assert_eq!(gate.admit("a".into(), 1, "a1 again"), None);
         assert_eq!(gate.finish("a", 1, false), Some("a1 again"));
         assert_eq!(gate.finish("a", 1, true), Some("a2"));
+    }
+
+    #[test]
+    fn after_a_crash_later_messages_wait_until_every_earlier_one_is_settled() {
+        let mut gate = KeyGate::default();
+        // The last host was delivered up to 10 and acked up to 7: 8..=10 come back later.
+        gate.recover(10, 7);
+        assert!(gate.recovering());
+        assert_eq!(gate.admit("a".into(), 11, "a11"), None, "a new one waits");
+        assert_eq!(gate.admit("b".into(), 12, "b12"), None);
+        assert_eq!(gate.admit("a".into(), 13, "a13"), None);
+        assert_eq!(gate.held(), 3);
+        assert_eq!(
+            gate.admit("a".into(), 9, "a9"),
+            Some("a9"),
+            "a redelivery runs"
+        );
+        assert_eq!(
+            gate.recovered(8),
+            Vec::<&str>::new(),
+            "not yet: 9 and 10 open"
+        );
+        assert_eq!(gate.finish("a", 9, true), None);
+        // a9 settled and 10 too (it went to another key, or was acked elsewhere).
+        assert_eq!(
+            gate.recovered(10),
+            ["a11", "b12"],
+            "through the gate, in order"
+        );
+        assert!(!gate.recovering());
+        assert_eq!(gate.held(), 1, "a13 waits behind a11");
+        assert_eq!(gate.finish("a", 11, true), Some("a13"));
+    }
+
+    #[test]
+    fn a_consumer_with_nothing_unacknowledged_needs_no_recovery() {
+        let mut gate = KeyGate::<&str>::default();
+        gate.recover(10, 10);
+        assert!(!gate.recovering());
+        assert_eq!(gate.admit("a".into(), 11, "a11"), Some("a11"));
     }
 
     #[test]

@@ -9,9 +9,13 @@ use std::time::Duration;
 use async_nats::connection::State;
 use tokio::sync::broadcast;
 
-use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
+use async_nats::header::{
+    HeaderMap, HeaderName, HeaderValue, NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
+    NATS_MESSAGE_ID,
+};
 use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
 use async_nats::jetstream::{self};
+use async_nats::RequestErrorKind;
 
 use crate::bindings::{PublishAck, PublishError};
 use crate::config::PublishPolicy;
@@ -224,6 +228,110 @@ async fn acked(
                 _ => return Err(PublishError::Unavailable(e.to_string())),
             },
         }
+    }
+}
+
+/// Publishes `batch` as one JetStream atomic batch (nats-server 2.12+, a stream with
+/// `allow_atomic`): the first message as a request (so a stream that refuses batches says so
+/// before the rest is sent), the middle ones without waiting, the last with the commit marker,
+/// whose acknowledgement is the batch's. The stream stores all or none.
+pub async fn publish_atomic(
+    connection: &Connection,
+    batch: Vec<(String, HeaderMap, bytes::Bytes)>,
+) -> Result<PublishAck, PublishError> {
+    let client = connection.js.client();
+    if client.connection_state() != State::Connected {
+        return Err(PublishError::Unavailable(
+            "not connected to NATS (reconnecting); nothing was published".to_owned(),
+        ));
+    }
+    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let last = batch.len();
+    for (n, (subject, mut headers, payload)) in batch.into_iter().enumerate() {
+        let n = n + 1;
+        headers.insert(NATS_BATCH_ID, id.as_str());
+        headers.insert(NATS_BATCH_SEQUENCE, n.to_string().as_str());
+        if n == last {
+            headers.insert(NATS_BATCH_COMMIT, "1");
+        }
+        if n == 1 || n == last {
+            let reply = client
+                .request_with_headers(subject.clone(), headers, payload)
+                .await
+                .map_err(|e| match e.kind() {
+                    RequestErrorKind::NoResponders => PublishError::NoStream(subject.clone()),
+                    RequestErrorKind::TimedOut => PublishError::Timeout,
+                    RequestErrorKind::MaxPayloadExceeded => {
+                        PublishError::TooLarge(client.server_info().max_payload as u64)
+                    }
+                    RequestErrorKind::InvalidSubject | RequestErrorKind::Other => {
+                        PublishError::Unavailable(e.to_string())
+                    }
+                })?;
+            let answer = batch_answer(&reply.payload)?;
+            if n == last {
+                return answer.ok_or_else(|| {
+                    PublishError::Unavailable("the batch's commit was not acknowledged".into())
+                });
+            }
+        } else {
+            client
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        }
+    }
+    unreachable!("the last message of a non-empty batch returns")
+}
+
+/// What the stream answered to a message of an atomic batch: an error, nothing (a message
+/// before the commit), or the batch's acknowledgement.
+fn batch_answer(payload: &[u8]) -> Result<Option<PublishAck>, PublishError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        error: Option<ApiError>,
+        stream: Option<String>,
+        seq: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ApiError {
+        #[serde(default)]
+        description: String,
+    }
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    let answer: Answer = serde_json::from_slice(payload).map_err(|e| {
+        PublishError::Unavailable(format!(
+            "the stream's answer to the batch is unreadable: {e}"
+        ))
+    })?;
+    match answer {
+        Answer {
+            error: Some(error), ..
+        } if error.description.contains("atomic publish is disabled") => {
+            Err(PublishError::Invalid(format!(
+                "the stream refuses atomic batches ({}): set allow_atomic = true on it in the \
+                 streams spec",
+                error.description
+            )))
+        }
+        Answer {
+            error: Some(error), ..
+        } => Err(PublishError::Unavailable(format!(
+            "the stream refused the batch: {}",
+            error.description
+        ))),
+        Answer {
+            stream: Some(stream),
+            seq: Some(seq),
+            ..
+        } => Ok(Some(PublishAck {
+            stream,
+            seq,
+            duplicate: false,
+        })),
+        _ => Ok(None),
     }
 }
 

@@ -21,9 +21,8 @@ use crate::bindings::HandlerPre;
 use crate::compile_cache::CompileCache;
 use crate::config::{Config, Instances, Overrides};
 use crate::dispatch::{Dispatcher, Outcome};
-use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
-use crate::sandbox::{ComponentEnv, Sink};
+use crate::sandbox::Sink;
 use crate::tenant::Tenants;
 use crate::{components, delivery, engine, imports, loader};
 
@@ -203,16 +202,7 @@ async fn dispatcher(
         true => Sink::JetStream(Box::new(tenant.connection.clone())),
         false => Sink::Capture(captured.clone()),
     };
-    let env = Arc::new(ComponentEnv {
-        name: component.name.as_str().into(),
-        config: component.config.clone(),
-        publish: component.publish.clone(),
-        max_publishes: component.limits.max_publishes,
-        sink,
-        log_budget: LogBudget::default(),
-        host_log: LogBudget::default(),
-        account: tenant.account.clone(),
-    });
+    let env = components::environment(component, tenant, sink);
     let reuse = match handler.instances {
         Instances::Fresh => None,
         Instances::Reuse { per_instance } => Some(per_instance),

@@ -99,8 +99,10 @@ pub struct ComponentEnv {
     pub publish: PublishPolicy,
     /// Most publishes per call.
     pub max_publishes: u32,
-    /// Where publishes go.
+    /// Where publishes go (and key-value operations, when that is a server).
     pub sink: Sink,
+    /// The key-value buckets it may use.
+    pub kv: crate::kv::Buckets,
     /// The rate limit on the component's log lines.
     pub log_budget: LogBudget,
     /// The rate limit on the host's lines about the component's calls.

@@ -97,7 +97,8 @@ pub fn create(kind: Kind, name: &str, lang: Lang, dir: &Path) -> anyhow::Result<
         let relative = file.path().strip_prefix(kind_dir.path())?;
         files.push((relative.to_owned(), fill(text(file)?)));
     }
-    for file in all_files(&WIT) {
+    // The current contract only: `wit/0.1/` stays behind.
+    for file in (all_files(&WIT).into_iter()).filter(|f| !f.path().starts_with("0.1")) {
         files.push((Path::new("wit").join(file.path()), text(file)?.to_owned()));
     }
     files.push(("toolchain.sh".into(), TOOLCHAIN.to_owned()));

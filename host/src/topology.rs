@@ -1,6 +1,6 @@
 //! The topology check, made before a component runs (and by `jetwasm check --config`): a
 //! stream captures every subject it writes to (a handler's dead letters, every subject in its
-//! `publish` list), a handler's consumer exists, and that consumer does not receive the
+//! `publish` list), every KV bucket it is granted exists, a handler's consumer exists, and that consumer does not receive the
 //! handler's own outputs. Every problem is found, each naming the component and the fix, so a
 //! misconfigured topology fails at start rather than at the first message it hurts.
 
@@ -74,6 +74,14 @@ pub async fn problems(
             ));
         }
     }
+    for grant in &component.kv {
+        let bucket = &grant.bucket;
+        if let Err(why) = bucket_exists(js, bucket).await {
+            problems.push(format!(
+                "{at}: uses the kv bucket {bucket:?}, but {why}: declare it in {spec} ([[kv]] name = {bucket:?}), or drop it from `kv`"
+            ));
+        }
+    }
     let DropIn::Handler(handler) = what else {
         return problems;
     };
@@ -143,6 +151,20 @@ pub async fn problems(
         }
     }
     problems
+}
+
+/// Ok when the KV bucket `bucket` exists, else why not.
+async fn bucket_exists(js: &jetstream::Context, bucket: &str) -> Result<(), String> {
+    match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(api)
+            if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Err("there is no such bucket".to_owned())
+        }
+        Err(e) => Err(format!("asking for it failed ({e})")),
+    }
 }
 
 /// Ok when a stream captures `subject` (some of it, for a wildcard), else why not.

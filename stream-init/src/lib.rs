@@ -1,5 +1,5 @@
-//! Declarative JetStream setup: read streams and durable consumers from a TOML spec, compare
-//! them with a server ([`plan()`]) and make the server match ([`apply()`]).
+//! Declarative JetStream setup: read streams, durable consumers and key-value buckets from a
+//! TOML spec, compare them with a server ([`plan()`]) and make the server match ([`apply()`]).
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -26,5 +26,5 @@ pub mod subject;
 
 pub use apply::apply;
 pub use destructive::Destructive;
-pub use plan::{plan, plan_consumers, Action, Plan, Refused};
-pub use spec::{Spec, SpecError};
+pub use plan::{plan, plan_consumers, Action, KvPlan, Plan, Refused};
+pub use spec::{KvSpec, Spec, SpecError};

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use stream_init::connect::{self, NatsArgs};
 use stream_init::Spec;
 
-/// Declare JetStream streams and durable consumers in a file and make a server match it.
+/// Declare JetStream streams, durable consumers and key-value buckets in a file and make a
+/// server match it.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -32,7 +33,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
         /// Also make changes that lower what protects stored messages: fewer replicas, or a
-        /// lower max_age / max_msgs / max_bytes (the server then deletes messages)
+        /// lower max_age / max_msgs / max_bytes, or a bucket's history / ttl / max_bytes (the
+        /// server then deletes messages or values)
         #[arg(long)]
         allow_destructive: bool,
     },

@@ -1,5 +1,7 @@
 //! Diffing the spec against the server: what to create, what to update field by field, and
-//! which changes JetStream cannot make in place (refused before anything is touched).
+//! which changes JetStream cannot make in place (refused before anything is touched). A
+//! key-value bucket is planned as the stream JetStream keeps it in (`KV_<name>`), but named
+//! and described as the spec names it (`kv carts`, `history`, `ttl`).
 
 use std::fmt;
 use std::time::Duration;
@@ -12,13 +14,15 @@ use async_nats::jetstream::{self, ErrorCode};
 use bytesize::ByteSize;
 
 use crate::destructive::{self, Destructive};
-use crate::spec::{self, human_duration, ConsumerSpec, Spec, StreamSpec};
+use crate::spec::{self, human_duration, ConsumerSpec, KvSpec, Spec, StreamSpec};
 
-/// Everything `apply` would do, stream by stream.
+/// Everything `apply` would do, stream by stream, then bucket by bucket.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// One entry per declared stream, in file order.
     pub streams: Vec<StreamPlan>,
+    /// One entry per declared key-value bucket, in file order.
+    pub kv: Vec<KvPlan>,
 }
 
 /// What happens to one stream and its consumers.
@@ -33,6 +37,21 @@ pub struct StreamPlan {
     /// The stream's declared consumers.
     pub consumers: Vec<ConsumerPlan>,
     /// The part of an update that lowers what protects stored messages (see
+    /// [`crate::destructive`]), one line per field.
+    pub destructive: Vec<String>,
+}
+
+/// What happens to one key-value bucket.
+#[derive(Debug, Clone)]
+pub struct KvPlan {
+    /// Bucket name (its stream is `KV_<name>`).
+    pub name: String,
+    /// Create, update or leave alone.
+    pub action: Action,
+    /// The full configuration of the bucket's stream that `apply` sends: the one async-nats's
+    /// `create_key_value` makes, with unmanaged fields kept from the server on update.
+    pub config: stream::Config,
+    /// The part of an update that lowers what protects stored values (see
     /// [`crate::destructive`]), one line per field.
     pub destructive: Vec<String>,
 }
@@ -84,8 +103,12 @@ pub async fn plan(js: &jetstream::Context, spec: &Spec) -> anyhow::Result<Plan> 
         let stream_plan = plan_stream(js, declared, &mut refused).await?;
         streams.push(stream_plan);
     }
+    let mut kv = Vec::new();
+    for declared in &spec.kv {
+        kv.push(plan_bucket(js, declared, &mut refused).await?);
+    }
     if refused.is_empty() {
-        Ok(Plan { streams })
+        Ok(Plan { streams, kv })
     } else {
         Err(Refused(refused).into())
     }
@@ -129,6 +152,7 @@ pub async fn plan_consumers(
             consumers: planned,
             destructive: Vec::new(),
         }],
+        kv: Vec::new(),
     })
 }
 
@@ -138,17 +162,7 @@ async fn plan_stream(
     refused: &mut Vec<String>,
 ) -> anyhow::Result<StreamPlan> {
     let name = &declared.name;
-    let current = match js.get_stream(name).await {
-        Ok(mut stream) => Some(
-            stream
-                .info()
-                .await
-                .with_context(|| format!("reading stream {name}"))?
-                .clone(),
-        ),
-        Err(e) if is_stream_not_found(e.kind()) => None,
-        Err(e) => return Err(e).with_context(|| format!("looking up stream {name}")),
-    };
+    let current = server_config(js, name, &format!("stream {name}")).await?;
     let Some(current) = current else {
         let consumers = declared
             .consumers
@@ -168,9 +182,9 @@ async fn plan_stream(
         });
     };
 
-    let config = stream_config(declared, current.config.clone());
-    let changes = diff(stream_fields(&current.config), stream_fields(&config));
-    let destructive = destructive::changes(name, &current.config, &config);
+    let config = stream_config(declared, current.clone());
+    let changes = diff(stream_fields(&current), stream_fields(&config));
+    let destructive = destructive::changes(name, &current, &config);
     for change in &changes {
         if let Some(why) = stream_change_refusal(change) {
             refused.push(format!(
@@ -193,6 +207,61 @@ async fn plan_stream(
         config,
         consumers,
         destructive,
+    })
+}
+
+/// The configuration the server has for stream `stream`, or `None` when there is no such
+/// stream; `label` names it in errors (`stream ORDERS`, `kv carts`).
+async fn server_config(
+    js: &jetstream::Context,
+    stream: &str,
+    label: &str,
+) -> anyhow::Result<Option<stream::Config>> {
+    match js.get_stream(stream).await {
+        Ok(mut handle) => Ok(Some(
+            handle
+                .info()
+                .await
+                .with_context(|| format!("reading {label}"))?
+                .config
+                .clone(),
+        )),
+        Err(e) if is_stream_not_found(e.kind()) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up {label}")),
+    }
+}
+
+async fn plan_bucket(
+    js: &jetstream::Context,
+    declared: &KvSpec,
+    refused: &mut Vec<String>,
+) -> anyhow::Result<KvPlan> {
+    let name = &declared.name;
+    let label = format!("kv {name}");
+    let Some(current) = server_config(js, &declared.stream_name(), &label).await? else {
+        return Ok(KvPlan {
+            name: name.clone(),
+            action: Action::Create,
+            config: kv_config(declared, stream::Config::default()),
+            destructive: Vec::new(),
+        });
+    };
+    let config = kv_config(declared, current.clone());
+    let mut changes = diff(kv_fields(&current), kv_fields(&config));
+    changes.extend(diff(kv_layout_fields(&current), kv_layout_fields(&config)));
+    for change in &changes {
+        if let Some(why) = kv_change_refusal(declared, change) {
+            refused.push(format!(
+                "{label}: {} {} → {}: {why}",
+                change.field, change.old, change.new
+            ));
+        }
+    }
+    Ok(KvPlan {
+        name: name.clone(),
+        action: action_for(changes),
+        destructive: destructive::kv_changes(name, &current, &config),
+        config,
     })
 }
 
@@ -254,11 +323,28 @@ fn is_consumer_not_found(kind: ConsumerInfoErrorKind) -> bool {
     }
 }
 
+/// Why JetStream cannot make `change` on an existing stream, if it cannot. (`allow_atomic`
+/// can be turned on and off in place: tests/stream_init/atomic.rs.)
 fn stream_change_refusal(change: &FieldChange) -> Option<&'static str> {
     match change.field {
         "storage" => Some("JetStream cannot change the storage type of an existing stream; create a new stream and move the data"),
         "retention" if change.old == "workqueue" || change.new == "workqueue" => {
             Some("JetStream cannot change retention to or from workqueue on an existing stream")
+        }
+        _ => None,
+    }
+}
+
+fn kv_change_refusal(bucket: &KvSpec, change: &FieldChange) -> Option<String> {
+    match change.field {
+        "storage" => Some("JetStream cannot change the storage type of an existing bucket; declare a new bucket and copy the keys".to_owned()),
+        "subjects" => Some(format!(
+            "the stream {} is not this key-value bucket (a mirror, or a stream made for something \
+             else?); remove it or declare another bucket name",
+            bucket.stream_name()
+        )),
+        "retention" if change.old == "workqueue" => {
+            Some("JetStream cannot change retention from workqueue on an existing stream".to_owned())
         }
         _ => None,
     }
@@ -272,15 +358,19 @@ fn action_for(changes: Vec<FieldChange>) -> Action {
     }
 }
 
+fn storage_type(storage: spec::Storage) -> StorageType {
+    match storage {
+        spec::Storage::File => StorageType::File,
+        spec::Storage::Memory => StorageType::Memory,
+    }
+}
+
 /// The declared stream laid over `base` (the server's config on update, defaults on create).
 fn stream_config(s: &StreamSpec, base: stream::Config) -> stream::Config {
     stream::Config {
         name: s.name.clone(),
         subjects: s.subjects.clone(),
-        storage: match s.storage {
-            spec::Storage::File => StorageType::File,
-            spec::Storage::Memory => StorageType::Memory,
-        },
+        storage: storage_type(s.storage),
         retention: match s.retention {
             spec::Retention::Limits => RetentionPolicy::Limits,
             spec::Retention::Interest => RetentionPolicy::Interest,
@@ -296,6 +386,35 @@ fn stream_config(s: &StreamSpec, base: stream::Config) -> stream::Config {
         max_bytes: s.max_bytes.map_or(-1, |b| b.as_u64() as i64),
         max_message_size: s.max_msg_size.map_or(-1, |b| b.as_u64() as i32),
         duplicate_window: s.duplicate_window,
+        allow_atomic_publish: s.allow_atomic,
+        ..base
+    }
+}
+
+/// The declared bucket's stream laid over `base` (the server's config on update, defaults on
+/// create): what async-nats's `create_key_value` and `update_key_value` send for the same
+/// bucket (`kv_to_stream_config`), so a bucket made here opens with `get_key_value` and one
+/// made there plans as unchanged. Fields a bucket declaration does not name (compression,
+/// placement, republish, per-key TTL markers) are kept from the server, as for streams.
+fn kv_config(b: &KvSpec, base: stream::Config) -> stream::Config {
+    stream::Config {
+        name: b.stream_name(),
+        description: b.description.clone(),
+        subjects: vec![b.subject()],
+        max_messages_per_subject: b.history,
+        max_age: b.ttl.unwrap_or_default(),
+        max_bytes: b.max_bytes.map_or(-1, |b| b.as_u64() as i64),
+        max_message_size: b.max_value_size.map_or(-1, |b| b.as_u64() as i32),
+        storage: storage_type(b.storage),
+        num_replicas: b.replicas,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        // Left to the server, as async-nats does: two minutes, or the TTL if shorter.
+        duplicate_window: Duration::ZERO,
         ..base
     }
 }
@@ -350,6 +469,52 @@ fn stream_fields(c: &stream::Config) -> Fields {
             bytes_or_unlimited(c.max_message_size.into()),
         ),
         ("duplicate_window", human_duration(c.duplicate_window)),
+        ("allow_atomic", c.allow_atomic_publish.to_string()),
+    ]
+}
+
+/// The stream fields a create lists: every managed field, except a feature left off
+/// (`allow_atomic false`), which is the server's default.
+fn stream_create_fields(c: &stream::Config) -> Fields {
+    let mut fields = stream_fields(c);
+    fields.retain(|(field, value)| !(*field == "allow_atomic" && value == "false"));
+    fields
+}
+
+/// The fields a bucket declares, named as in the spec and rendered the same way for the
+/// server's config and the spec's.
+fn kv_fields(c: &stream::Config) -> Fields {
+    let description = match c.description.as_deref() {
+        None | Some("") => "none".to_owned(),
+        Some(text) => format!("{text:?}"),
+    };
+    vec![
+        ("storage", format!("{:?}", c.storage).to_lowercase()),
+        ("history", c.max_messages_per_subject.to_string()),
+        ("ttl", duration_or_unlimited(c.max_age)),
+        ("replicas", c.num_replicas.max(1).to_string()),
+        (
+            "max_value_size",
+            bytes_or_unlimited(c.max_message_size.into()),
+        ),
+        ("max_bytes", bytes_or_unlimited(c.max_bytes)),
+        ("description", description),
+    ]
+}
+
+/// The stream fields every bucket has the same (what makes a stream a key-value bucket):
+/// planned when they differ, never listed on create.
+fn kv_layout_fields(c: &stream::Config) -> Fields {
+    let mut subjects = c.subjects.clone();
+    subjects.sort();
+    vec![
+        ("subjects", format!("{subjects:?}")),
+        ("retention", format!("{:?}", c.retention).to_lowercase()),
+        ("discard", format!("{:?}", c.discard).to_lowercase()),
+        ("allow_rollup", c.allow_rollup.to_string()),
+        ("deny_delete", c.deny_delete.to_string()),
+        ("deny_purge", c.deny_purge.to_string()),
+        ("allow_direct", c.allow_direct.to_string()),
     ]
 }
 
@@ -442,24 +607,30 @@ impl Plan {
             .all(|(_, action)| *action == Action::Unchanged)
     }
 
-    /// Every planned object with its action: `stream NAME` or `consumer STREAM/DURABLE`.
+    /// Every planned object with its action: `stream NAME`, `consumer STREAM/DURABLE` or
+    /// `kv BUCKET`.
     pub fn actions(&self) -> impl Iterator<Item = (String, &Action)> {
-        self.streams.iter().flat_map(|s| {
+        let streams = self.streams.iter().flat_map(|s| {
             std::iter::once((format!("stream {}", s.name), &s.action)).chain(
                 s.consumers
                     .iter()
                     .map(move |c| (format!("consumer {}/{}", s.name, c.durable), &c.action)),
             )
-        })
+        });
+        let buckets = self
+            .kv
+            .iter()
+            .map(|b| (format!("kv {}", b.name), &b.action));
+        streams.chain(buckets)
     }
 
     /// Fails with [`Destructive`], naming every field, when the plan lowers what protects
     /// stored messages and `allow` is false.
     pub fn check_destructive(&self, allow: bool) -> Result<(), Destructive> {
-        let found: Vec<String> = self
-            .streams
-            .iter()
-            .flat_map(|s| s.destructive.iter().cloned())
+        let streams = self.streams.iter().flat_map(|s| &s.destructive);
+        let found: Vec<String> = streams
+            .chain(self.kv.iter().flat_map(|b| &b.destructive))
+            .cloned()
             .collect();
         if allow || found.is_empty() {
             Ok(())
@@ -486,7 +657,7 @@ impl fmt::Display for Plan {
                 f,
                 &format!("stream {}", stream.name),
                 &stream.action,
-                || stream_fields(&stream.config),
+                || stream_create_fields(&stream.config),
             )?;
             for why in &stream.destructive {
                 writeln!(f, "    ! destructive: {why} (needs --allow-destructive)")?;
@@ -494,6 +665,14 @@ impl fmt::Display for Plan {
             for c in &stream.consumers {
                 let label = format!("consumer {}/{}", stream.name, c.durable);
                 write_action(f, &label, &c.action, || consumer_fields(&c.config))?;
+            }
+        }
+        for bucket in &self.kv {
+            write_action(f, &format!("kv {}", bucket.name), &bucket.action, || {
+                kv_fields(&bucket.config)
+            })?;
+            for why in &bucket.destructive {
+                writeln!(f, "    ! destructive: {why} (needs --allow-destructive)")?;
             }
         }
         let (create, update, unchanged) = self.counts();
@@ -599,6 +778,41 @@ max_deliver = 5
     }
 
     #[test]
+    fn allow_atomic_is_planned_like_other_fields_and_listed_on_create_only_when_on() {
+        let mut s = orders();
+        let server = stream_config(&s, stream::Config::default());
+        assert!(!server.allow_atomic_publish);
+        let fields = |c: &stream::Config| -> Vec<&'static str> {
+            stream_create_fields(c)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect()
+        };
+        assert!(!fields(&server).contains(&"allow_atomic"));
+        s.allow_atomic = true;
+        let desired = stream_config(&s, server.clone());
+        assert!(desired.allow_atomic_publish);
+        assert_eq!(
+            stream_create_fields(&desired).last(),
+            Some(&("allow_atomic", "true".to_owned()))
+        );
+        assert_eq!(
+            diff(stream_fields(&server), stream_fields(&desired)),
+            vec![FieldChange {
+                field: "allow_atomic",
+                old: "false".into(),
+                new: "true".into()
+            }]
+        );
+        let change = &diff(stream_fields(&desired), stream_fields(&server))[0];
+        assert_eq!(
+            (change.old.as_str(), change.new.as_str()),
+            ("true", "false")
+        );
+        assert!(stream_change_refusal(change).is_none());
+    }
+
+    #[test]
     fn storage_and_workqueue_changes_are_refused() {
         let change = |field, old: &str, new: &str| FieldChange {
             field,
@@ -621,5 +835,98 @@ max_deliver = 5
             c.backoff,
             vec![Duration::from_secs(1), Duration::from_secs(5)]
         );
+    }
+
+    fn carts() -> KvSpec {
+        Spec::parse(
+            r#"
+[[kv]]
+name = "carts"
+history = 5
+ttl = "1h"
+max_value_size = "1KiB"
+"#,
+            None,
+        )
+        .unwrap()
+        .kv
+        .remove(0)
+    }
+
+    #[test]
+    fn a_bucket_is_the_stream_async_nats_makes_for_it() {
+        let c = kv_config(&carts(), stream::Config::default());
+        assert_eq!(c.name, "KV_carts");
+        assert_eq!(c.subjects, vec!["$KV.carts.>".to_owned()]);
+        assert_eq!(c.max_messages_per_subject, 5);
+        assert_eq!(c.max_age, Duration::from_secs(3600));
+        assert_eq!(c.max_message_size, 1024);
+        assert_eq!((c.max_bytes, c.max_messages), (-1, 0));
+        assert_eq!(c.discard, DiscardPolicy::New);
+        assert_eq!(c.retention, RetentionPolicy::Limits);
+        assert!(c.allow_rollup && c.deny_delete && c.allow_direct && !c.deny_purge);
+        assert_eq!(c.duplicate_window, Duration::ZERO, "the server's default");
+        assert_eq!(c.num_replicas, 1);
+    }
+
+    #[test]
+    fn same_bucket_over_its_own_config_has_no_changes_and_keeps_unmanaged_fields() {
+        let b = carts();
+        let mut server = kv_config(&b, stream::Config::default());
+        server.duplicate_window = Duration::from_secs(120);
+        server.compression = Some(stream::Compression::S2);
+        let desired = kv_config(&b, server.clone());
+        assert!(diff(kv_fields(&server), kv_fields(&desired)).is_empty());
+        assert!(diff(kv_layout_fields(&server), kv_layout_fields(&desired)).is_empty());
+        assert_eq!(desired.compression, Some(stream::Compression::S2));
+    }
+
+    #[test]
+    fn bucket_updates_use_the_spec_names() {
+        let mut b = carts();
+        let server = kv_config(&b, stream::Config::default());
+        b.history = 10;
+        b.ttl = None;
+        let changes = diff(
+            kv_fields(&server),
+            kv_fields(&kv_config(&b, server.clone())),
+        );
+        assert_eq!(
+            changes,
+            vec![
+                FieldChange {
+                    field: "history",
+                    old: "5".into(),
+                    new: "10".into()
+                },
+                FieldChange {
+                    field: "ttl",
+                    old: "1h".into(),
+                    new: "unlimited".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bucket_storage_changes_and_foreign_streams_are_refused() {
+        let b = carts();
+        let change = |field, old: &str, new: &str| FieldChange {
+            field,
+            old: old.into(),
+            new: new.into(),
+        };
+        let storage = kv_change_refusal(&b, &change("storage", "file", "memory")).unwrap();
+        assert!(
+            storage.contains("storage type of an existing bucket"),
+            "{storage}"
+        );
+        let subjects = kv_change_refusal(&b, &change("subjects", "[\"carts.*\"]", "[]")).unwrap();
+        assert!(
+            subjects.contains("KV_carts is not this key-value bucket"),
+            "{subjects}"
+        );
+        assert!(kv_change_refusal(&b, &change("history", "1", "5")).is_none());
+        assert!(kv_change_refusal(&b, &change("allow_direct", "false", "true")).is_none());
     }
 }

@@ -1,6 +1,7 @@
-//! The declarative spec: `[[stream]]` tables with their `[[stream.consumer]]`s, plus
-//! `[env.<name>.stream.<STREAM>]` overlays. Parsing is strict (unknown keys are errors that
-//! name the key and line) and [`Spec::load`] reports every validation problem at once.
+//! The declarative spec: `[[stream]]` tables with their `[[stream.consumer]]`s, `[[kv]]`
+//! key-value buckets, plus `[env.<name>.stream.<STREAM>]` and `[env.<name>.kv.<BUCKET>]`
+//! overlays. Parsing is strict (unknown keys are errors that name the key and line) and
+//! [`Spec::load`] reports every validation problem at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -9,15 +10,19 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use humantime_serde::Serde as Human;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::subject;
 
-/// Every stream and consumer the file declares, with the chosen overlay applied.
+/// Every stream, consumer and key-value bucket the file declares, with the chosen overlay
+/// applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
     /// Streams in file order.
     pub streams: Vec<StreamSpec>,
+    /// Key-value buckets (`[[kv]]`) in file order.
+    pub kv: Vec<KvSpec>,
 }
 
 /// One stream as declared.
@@ -59,6 +64,10 @@ pub struct StreamSpec {
     /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
     #[serde(default = "default_duplicate_window", with = "humantime_serde")]
     pub duplicate_window: Duration,
+    /// Whether the stream accepts JetStream atomic batch publishes (all messages stored or
+    /// none; nats-server 2.12+), as the contract's `publish-atomic` needs.
+    #[serde(default)]
+    pub allow_atomic: bool,
     /// Durable consumers on this stream.
     #[serde(default, rename = "consumer", skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<ConsumerSpec>,
@@ -109,7 +118,56 @@ impl ConsumerSpec {
     }
 }
 
-/// Stream storage type.
+/// The most values a key-value bucket keeps per key (JetStream's limit).
+pub const MAX_HISTORY: i64 = 64;
+
+/// One key-value bucket as declared. JetStream keeps it in the stream `KV_<name>` (see
+/// [`KvSpec::stream_name`]), configured the way async-nats's `create_key_value` makes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvSpec {
+    /// Bucket name, e.g. `customer-totals`: letters, digits, `-` and `_`.
+    pub name: String,
+    /// Values kept per key, the latest included (1 to [`MAX_HISTORY`]).
+    #[serde(default = "default_history")]
+    pub history: i64,
+    /// How long a value is kept after it was written; forever when absent.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
+    /// Number of replicas (1 on a single server, up to 5 in a cluster).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Largest single value accepted; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_value_size: Option<ByteSize>,
+    /// Most bytes the bucket keeps; unlimited when absent. A full bucket refuses new values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
+    /// Where values are kept.
+    #[serde(default)]
+    pub storage: Storage,
+    /// What the bucket is for, shown by `nats kv info`; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl KvSpec {
+    /// The stream JetStream keeps the bucket in: `KV_<name>`.
+    pub fn stream_name(&self) -> String {
+        format!("KV_{}", self.name)
+    }
+
+    /// The subjects the bucket's stream captures: `$KV.<name>.>`.
+    pub fn subject(&self) -> String {
+        format!("$KV.{}.>", self.name)
+    }
+}
+
+/// Stream or bucket storage type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Storage {
@@ -175,6 +233,9 @@ pub enum DeliverPolicy {
 fn default_replicas() -> usize {
     1
 }
+fn default_history() -> i64 {
+    1
+}
 fn default_duplicate_window() -> Duration {
     Duration::from_secs(120)
 }
@@ -182,22 +243,37 @@ fn default_max_ack_pending() -> i64 {
     1000
 }
 
-/// The file as written: base streams plus named overlays kept as raw tables.
+/// The file as written: base streams and buckets plus named overlays kept as raw tables.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SpecFile {
     #[serde(default, rename = "stream")]
     streams: Vec<StreamSpec>,
     #[serde(default)]
+    kv: Vec<KvSpec>,
+    #[serde(default)]
     env: BTreeMap<String, EnvOverlay>,
 }
 
-/// `[env.<name>]`: per-stream tables merged over the base declaration.
+/// The same file as plain tables, in the same order: what overlays are merged into, so every
+/// value the overlay does not name stays exactly as written (`"1500000B"` is not rounded
+/// through a displayed `1.4 MiB`).
+#[derive(Debug, Deserialize)]
+struct RawFile {
+    #[serde(default)]
+    stream: Vec<toml::Table>,
+    #[serde(default)]
+    kv: Vec<toml::Table>,
+}
+
+/// `[env.<name>]`: per-stream and per-bucket tables merged over the base declaration.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnvOverlay {
     #[serde(default)]
     stream: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    kv: BTreeMap<String, toml::Table>,
 }
 
 /// A spec that could not be loaded: every problem found, each naming where it is.
@@ -241,7 +317,7 @@ impl Spec {
     pub fn parse(text: &str, env: Option<&str>) -> Result<Spec, Vec<String>> {
         let file: SpecFile =
             toml::from_str(text).map_err(|e| vec![e.to_string().trim_end().to_owned()])?;
-        let mut streams = file.streams;
+        let (mut streams, mut kv) = (file.streams, file.kv);
         if let Some(env) = env {
             let Some(overlay) = file.env.get(env) else {
                 let known: Vec<&str> = file.env.keys().map(String::as_str).collect();
@@ -254,9 +330,12 @@ impl Spec {
                     }
                 )]);
             };
-            apply_overlay(env, overlay, &mut streams)?;
+            // The text parsed as a SpecFile just above, so it parses as plain tables too.
+            let raw: RawFile =
+                toml::from_str(text).map_err(|e| vec![e.to_string().trim_end().to_owned()])?;
+            apply_overlay(env, overlay, &raw, &mut streams, &mut kv)?;
         }
-        let spec = Spec { streams };
+        let spec = Spec { streams, kv };
         let problems = spec.problems();
         if problems.is_empty() {
             Ok(spec)
@@ -305,6 +384,66 @@ impl Spec {
             problems.extend(consumer_problems(stream, &at));
         }
         problems.extend(overlapping_subjects(&self.streams));
+        problems.extend(self.bucket_problems());
+        problems
+    }
+
+    /// Every rule the `[[kv]]` declarations break, in file order.
+    fn bucket_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, bucket) in self.kv.iter().enumerate() {
+            let at = format!("kv {}", display_name(&bucket.name, i));
+            if let Err(why) = check_bucket_name(&bucket.name) {
+                problems.push(format!("{at}: name {why}"));
+            }
+            if !names.insert(bucket.name.as_str()) {
+                problems.push(format!("{at}: declared more than once"));
+            }
+            let stream = bucket.stream_name();
+            if self.streams.iter().any(|s| s.name == stream) {
+                problems.push(format!(
+                    "{at}: JetStream keeps the bucket in the stream {stream}, which is also \
+                     declared as a [[stream]]"
+                ));
+            }
+            if !(1..=MAX_HISTORY).contains(&bucket.history) {
+                problems.push(format!(
+                    "{at}: history must be between 1 and {MAX_HISTORY}, not {}",
+                    bucket.history
+                ));
+            }
+            if !(1..=5).contains(&bucket.replicas) {
+                problems.push(format!(
+                    "{at}: replicas must be between 1 and 5, not {}",
+                    bucket.replicas
+                ));
+            }
+            if bucket
+                .max_value_size
+                .is_some_and(|s| s.as_u64() > i32::MAX as u64)
+            {
+                problems.push(format!("{at}: max_value_size must be under 2GiB"));
+            }
+            if bucket
+                .max_bytes
+                .is_some_and(|s| s.as_u64() > i64::MAX as u64)
+            {
+                problems.push(format!("{at}: max_bytes is too large"));
+            }
+            for stream in &self.streams {
+                for s in &stream.subjects {
+                    if subject::overlaps(s, &bucket.subject()) {
+                        problems.push(format!(
+                            "{at}: stream {} captures subjects matching {s:?}, which include \
+                             the bucket's {:?}",
+                            stream.name,
+                            bucket.subject()
+                        ));
+                    }
+                }
+            }
+        }
         problems
     }
 }
@@ -402,6 +541,21 @@ fn display_name(name: &str, index: usize) -> String {
     }
 }
 
+/// Bucket names become a subject token and part of a stream name: async-nats (like every NATS
+/// client) accepts only `[A-Za-z0-9_-]+`.
+fn check_bucket_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    {
+        return Err("may contain only letters, digits, '-' and '_'");
+    }
+    Ok(())
+}
+
 /// Stream and durable names become subject tokens, so JetStream limits their characters.
 fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
@@ -416,22 +570,37 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Merges `[env.<env>.stream.<NAME>]` tables over the streams they name. A `consumer` key
-/// in an overlay is a table keyed by durable name, merged over that consumer.
+/// Merges `[env.<env>.stream.<NAME>]` tables over the streams they name and
+/// `[env.<env>.kv.<BUCKET>]` tables over the buckets they name, each over its declaration as
+/// written (`raw`, in the same order as `streams` and `buckets`). A `consumer` key in a stream
+/// overlay is a table keyed by durable name, merged over that consumer.
 fn apply_overlay(
     env: &str,
     overlay: &EnvOverlay,
+    raw: &RawFile,
     streams: &mut [StreamSpec],
+    buckets: &mut [KvSpec],
 ) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     for (name, patch) in &overlay.stream {
         let at = format!("env.{env}.stream.{name}");
-        let Some(stream) = streams.iter_mut().find(|s| &s.name == name) else {
+        let Some(i) = streams.iter().position(|s| &s.name == name) else {
             problems.push(format!("{at}: no stream `{name}` is declared"));
             continue;
         };
-        match merged_stream(stream, patch) {
-            Ok(merged) => *stream = merged,
+        match merged_stream(&raw.stream[i], patch) {
+            Ok(merged) => streams[i] = merged,
+            Err(why) => problems.push(format!("{at}: {why}")),
+        }
+    }
+    for (name, patch) in &overlay.kv {
+        let at = format!("env.{env}.kv.{name}");
+        let Some(i) = buckets.iter().position(|b| &b.name == name) else {
+            problems.push(format!("{at}: no bucket `{name}` is declared"));
+            continue;
+        };
+        match merged_bucket(&raw.kv[i], patch) {
+            Ok(merged) => buckets[i] = merged,
             Err(why) => problems.push(format!("{at}: {why}")),
         }
     }
@@ -442,8 +611,8 @@ fn apply_overlay(
     }
 }
 
-fn merged_stream(stream: &StreamSpec, patch: &toml::Table) -> Result<StreamSpec, String> {
-    let mut base = toml::Table::try_from(stream).map_err(|e| e.to_string())?;
+fn merged_stream(stream: &toml::Table, patch: &toml::Table) -> Result<StreamSpec, String> {
+    let mut base = stream.clone();
     for (key, value) in patch {
         if key == "name" {
             return Err("an overlay cannot rename a stream".to_owned());
@@ -454,7 +623,23 @@ fn merged_stream(stream: &StreamSpec, patch: &toml::Table) -> Result<StreamSpec,
             base.insert(key.clone(), value.clone());
         }
     }
-    toml::Value::Table(base)
+    from_table(base)
+}
+
+fn merged_bucket(bucket: &toml::Table, patch: &toml::Table) -> Result<KvSpec, String> {
+    let mut base = bucket.clone();
+    for (key, value) in patch {
+        if key == "name" {
+            return Err("an overlay cannot rename a bucket".to_owned());
+        }
+        base.insert(key.clone(), value.clone());
+    }
+    from_table(base)
+}
+
+/// A declaration from its merged table, strictly (unknown keys are errors).
+fn from_table<T: DeserializeOwned>(table: toml::Table) -> Result<T, String> {
+    toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())
 }
@@ -541,9 +726,32 @@ max_deliver = 3
         assert_eq!(s.max_bytes, Some(ByteSize::mib(64)));
         assert_eq!(s.storage, Storage::File);
         assert_eq!(s.duplicate_window, Duration::from_secs(120));
+        assert!(!s.allow_atomic, "atomic publishing is off unless declared");
         let c = &s.consumers[0];
         assert_eq!(c.ack_wait, None);
         assert_eq!(*c.backoff[1], Duration::from_secs(5));
+    }
+
+    #[test]
+    fn parses_allow_atomic_and_overlays_it() {
+        let text = BASE.replace(
+            "max_bytes = \"64MiB\"",
+            "max_bytes = \"64MiB\"\nallow_atomic = true",
+        );
+        let spec = Spec::parse(&text, None).unwrap();
+        assert!(spec.streams[0].allow_atomic);
+        let text = format!("{text}\n[env.off.stream.ORDERS]\nallow_atomic = false\n");
+        let off = Spec::parse(&text, Some("off")).unwrap();
+        assert!(!off.streams[0].allow_atomic);
+        let err = Spec::parse(
+            &BASE.replace("max_age", "allow_atomic = \"yes\"\nmax_age"),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err[0].contains("allow_atomic") || err[0].contains("line 6"),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -643,5 +851,133 @@ subjects = ["a.>"]
         assert!(err[1].contains("consumer c: filter subject \"b.x\" is outside"));
         assert!(err[2].contains("backoff has 2 steps but max_deliver is 2"));
         assert!(err[3].contains("streams A and B"));
+    }
+
+    const BUCKETS: &str = r#"
+[[kv]]
+name = "customer-totals"
+history = 5
+ttl = "24h"
+replicas = 3
+max_value_size = 1_500_000
+max_bytes = "64MiB"
+description = "order totals per customer"
+
+[[kv]]
+name = "sessions"
+storage = "memory"
+
+[env.dev.kv.customer-totals]
+replicas = 1
+"#;
+
+    #[test]
+    fn parses_buckets_with_defaults() {
+        let spec = Spec::parse(BUCKETS, None).unwrap();
+        let totals = &spec.kv[0];
+        assert_eq!(totals.history, 5);
+        assert_eq!(totals.ttl, Some(Duration::from_secs(86_400)));
+        assert_eq!(totals.max_value_size, Some(ByteSize(1_500_000)));
+        assert_eq!(totals.max_bytes, Some(ByteSize::mib(64)));
+        assert_eq!(totals.storage, Storage::File);
+        assert_eq!(totals.stream_name(), "KV_customer-totals");
+        assert_eq!(totals.subject(), "$KV.customer-totals.>");
+        let sessions = &spec.kv[1];
+        assert_eq!(
+            (sessions.history, sessions.replicas, sessions.ttl),
+            (1, 1, None)
+        );
+        assert_eq!(sessions.storage, Storage::Memory);
+        assert_eq!(
+            (
+                sessions.max_value_size,
+                sessions.max_bytes,
+                &sessions.description
+            ),
+            (None, None, &None)
+        );
+    }
+
+    #[test]
+    fn bucket_overlay_changes_only_what_it_names_and_keeps_sizes_exact() {
+        let base = Spec::parse(BUCKETS, None).unwrap();
+        let dev = Spec::parse(BUCKETS, Some("dev")).unwrap();
+        let mut expected = base.kv[0].clone();
+        expected.replicas = 1;
+        assert_eq!(dev.kv[0], expected);
+        assert_eq!(dev.kv[0].max_value_size, Some(ByteSize(1_500_000)));
+        assert_eq!(dev.kv[1], base.kv[1]);
+    }
+
+    #[test]
+    fn stream_overlay_keeps_sizes_exact() {
+        let text = BASE.replace("max_bytes = \"64MiB\"", "max_bytes = 1_500_000");
+        let dev = Spec::parse(&text, Some("dev")).unwrap();
+        assert_eq!(dev.streams[0].max_bytes, Some(ByteSize(1_500_000)));
+    }
+
+    #[test]
+    fn bucket_overlay_errors_name_the_bucket() {
+        let text = format!("{BUCKETS}\n[env.bad.kv.customer-totals]\nhistroy = 2\n");
+        let err = Spec::parse(&text, Some("bad")).unwrap_err();
+        assert!(
+            err[0].contains("env.bad.kv.customer-totals") && err[0].contains("histroy"),
+            "{err:?}"
+        );
+        let text = format!("{BUCKETS}\n[env.bad.kv.carts]\nreplicas = 1\n");
+        let err = Spec::parse(&text, Some("bad")).unwrap_err();
+        assert!(err[0].contains("no bucket `carts`"), "{err:?}");
+        let text = format!("{BUCKETS}\n[env.bad.kv.sessions]\nname = \"other\"\n");
+        let err = Spec::parse(&text, Some("bad")).unwrap_err();
+        assert!(
+            err[0].contains("env.bad.kv.sessions: an overlay cannot rename a bucket"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_bucket_key_names_the_key_and_line() {
+        let err = Spec::parse("[[kv]]\nname = \"carts\"\nhistroy = 2\n", None).unwrap_err();
+        assert!(err[0].contains("histroy"), "{err:?}");
+        assert!(err[0].contains("line 3"), "{err:?}");
+    }
+
+    #[test]
+    fn reports_every_bucket_problem_at_once() {
+        let text = r#"
+[[stream]]
+name = "KV_carts"
+subjects = [">"]
+
+[[kv]]
+name = "carts"
+history = 65
+
+[[kv]]
+name = "carts"
+history = 0
+replicas = 7
+
+[[kv]]
+name = "bad.name"
+max_value_size = "3GiB"
+"#;
+        let err = Spec::parse(text, None).unwrap_err();
+        let expected = [
+            "kv carts: JetStream keeps the bucket in the stream KV_carts, which is also declared",
+            "kv carts: history must be between 1 and 64, not 65",
+            "kv carts: stream KV_carts captures subjects matching \">\"",
+            "kv carts: declared more than once",
+            "kv carts: history must be between 1 and 64, not 0",
+            "kv carts: replicas must be between 1 and 5, not 7",
+            "kv bad.name: name may contain only letters, digits, '-' and '_'",
+            "kv bad.name: max_value_size must be under 2GiB",
+        ];
+        for needle in expected {
+            assert!(
+                err.iter().any(|e| e.contains(needle)),
+                "{needle:?} in {err:#?}"
+            );
+        }
     }
 }

@@ -6,7 +6,10 @@
 //!   JavaScript, Go and C, with fresh and with reused instances, against the same native
 //!   baseline, and the p50 of one call in each mode;
 //! - publishing: native async-nats publishes, each awaiting its PubAck, versus a publisher
-//!   component doing the same through the `publish` import;
+//!   component doing the same through the `publish` import; and a burst with 1,000 PubAcks in
+//!   flight, natively and through `publish-batch`;
+//! - batches: the no-op batch handler (100 messages per call) against the per-message no-op
+//!   and native;
 //! - HTTP publishers: requests/s and p99 of the intake route, and of a plain `wasi:http`
 //!   component on jetwasm and on a plain wasmtime server (see the `http` module);
 //! - deploying through the registry: how soon two hosts run a new version, and the
@@ -19,6 +22,7 @@
 //! Numbers, not assertions: run it with `make bench`. Environment: `BENCH_MESSAGES` (default
 //! 100000), `BENCH_ROUNDS` (default 3), `BENCH_CALLS` (default 20000), `BENCH_LANG_MESSAGES`
 //! (default 20000, per language and mode), `BENCH_PUBLISHES` (default 10000),
+//! `BENCH_BURST` (default 100000) and `BENCH_BURST_WINDOW` (default 1000),
 //! `BENCH_IN_FLIGHT` and `BENCH_PREFETCH` (the host's `max_in_flight` and `prefetch`, default
 //! 64 and 1024 as in the config), `BENCH_LANGS`
 //! (default `rust,python,js,go,c`), `BENCH_HTTP_CONNECTIONS` (default 32) and
@@ -231,6 +235,22 @@ async fn main() -> anyhow::Result<()> {
     let (n, c) = (median(&mut native), median(&mut component));
     println!("publish median ({publishes} sequential publishes, each awaiting its PubAck): native {n:.0} msgs/s, component {c:.0} msgs/s, ratio {:.2}", c / n);
 
+    let burst = env_or("BENCH_BURST", 100_000);
+    let window = env_or("BENCH_BURST_WINDOW", 1000);
+    let mut native = Vec::new();
+    let mut component = Vec::new();
+    for round in 1..=rounds {
+        let n = publish_native_pipelined(&js, burst, window).await?;
+        let c = publish_component_batched(&js, burst, window).await?;
+        println!("pipelined publish round {round}: native {n:>7.0} msgs/s   component (publish-batch) {c:>7.0} msgs/s   ratio {:.2}", c / n);
+        native.push(n);
+        component.push(c);
+    }
+    let (n, c) = (median(&mut native), median(&mut component));
+    println!("pipelined publish median ({burst} publishes, {window} acks in flight): native {n:.0} msgs/s, component with publish-batch {c:.0} msgs/s, ratio {:.2}", c / n);
+
+    batches(&js, messages, rounds).await?;
+
     http::bench(&js, rounds).await?;
     deploy::bench().await?;
     tenants::bench().await?;
@@ -267,8 +287,46 @@ async fn publish_native(js: &jetstream::Context, n: usize) -> anyhow::Result<f64
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The baseline for bursts: publishes with up to `window` PubAcks awaited together.
+async fn publish_native_pipelined(
+    js: &jetstream::Context,
+    n: usize,
+    window: usize,
+) -> anyhow::Result<f64> {
+    let payload = bytes::Bytes::from(vec![b'x'; 64]);
+    let start = Instant::now();
+    let mut acks = Vec::with_capacity(window);
+    for _ in 0..n {
+        acks.push(js.publish("benchpub.out", payload.clone()).await?);
+        if acks.len() == window {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A publisher component making the same publishes through `publish-batch`, `window` at a
+/// time.
+async fn publish_component_batched(
+    js: &jetstream::Context,
+    n: usize,
+    window: usize,
+) -> anyhow::Result<f64> {
+    burst(js, n, &format!(", batch = {window}")).await
+}
+
 /// A publisher component making the same publishes in one tick, through the `publish` import.
 async fn publish_component(js: &jetstream::Context, n: usize) -> anyhow::Result<f64> {
+    burst(js, n, "").await
+}
+
+/// The burst publisher's tick rate: `n` publishes, with `extra` config keys.
+async fn burst(js: &jetstream::Context, n: usize, extra: &str) -> anyhow::Result<f64> {
     let text = format!(
         r#"
 [[publisher]]
@@ -277,7 +335,7 @@ component = "{}"
 every = "1h"
 publish = ["benchpub.out"]
 limits = {{ max_publishes = {n}, timeout = "10m", cpu_time = "10m" }}
-config = {{ count = {n}, subject = "benchpub.out" }}
+config = {{ count = {n}, subject = "benchpub.out"{extra} }}
 "#,
         handler_wasm("fixture_publish_burst").display()
     );
@@ -424,6 +482,63 @@ async fn drain_with(
     calls.close();
     calls.wait().await;
     Ok(rate)
+}
+
+/// The no-op batch handler (fresh sandbox per call, 100 messages per batch) against the
+/// per-message no-op and native, draining the same backlog.
+async fn batches(js: &jetstream::Context, messages: usize, rounds: usize) -> anyhow::Result<()> {
+    let (mut native, mut single, mut batched) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let n = drain_native(js, &format!("bnative{round}"), messages).await?;
+        let s = drain_host(
+            js,
+            &handler_wasm("noop"),
+            &format!("bsingle{round}"),
+            messages,
+        )
+        .await?;
+        let name = format!("batched{round}");
+        let config = batch_config(&handler_wasm("noop_batch"), &name)?;
+        let b = drain_with(js, &config, consumer_config(&name), messages).await?;
+        println!(
+            "batch round {round}: native {:>9.0} msgs/s   per message {:>9.0} ({:.2})   batches of 100 {:>9.0} ({:.2})",
+            n.rate, s.rate, s.rate / n.rate, b.rate, b.rate / n.rate
+        );
+        native.push(n.rate);
+        single.push(s.rate);
+        batched.push(b.rate);
+    }
+    let (n, s, b) = (
+        median(&mut native),
+        median(&mut single),
+        median(&mut batched),
+    );
+    println!(
+        "batch median: native {n:.0} msgs/s, no-op per message {s:.0} (ratio {:.2}), no-op batch handler {b:.0} (ratio {:.2}; fresh sandbox per call)",
+        s / n,
+        b / n
+    );
+    Ok(())
+}
+
+/// A host config running the batch handler `component` on `consumer`: batches of 100, fresh
+/// sandboxes.
+fn batch_config(component: &Path, consumer: &str) -> anyhow::Result<Config> {
+    let in_flight = env_or("BENCH_IN_FLIGHT", 64).max(200);
+    let prefetch = env_or("BENCH_PREFETCH", 1024);
+    let text = format!(
+        r#"
+[[handler]]
+name = "bench"
+component = "{}"
+stream = "{STREAM}"
+consumer = "{consumer}"
+batch = {{ max = 100, max_wait = "5ms" }}
+limits = {{ max_in_flight = {in_flight}, prefetch = {prefetch} }}
+"#,
+        component.display()
+    );
+    Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))
 }
 
 /// A host config running `component` on `consumer` with `instances` (`fresh` or `reuse`).

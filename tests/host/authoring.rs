@@ -238,7 +238,7 @@ fn built_handler(lang: &str, dir: &Path, app: &str) -> Result<PathBuf, String> {
     }
 }
 
-const CHECKED_JS: &str = r#"import { get } from 'jetwasm:runtime/config@0.1.0';
+const CHECKED_JS: &str = r#"import { get } from 'jetwasm:runtime/config@0.2.0';
 import { publish } from './jetwasm.js';
 
 export function handle(msg) {

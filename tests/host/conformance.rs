@@ -1,7 +1,8 @@
 //! One conformance suite for the orders handler in every language (`handlers/<lang>/orders`,
 //! `handlers/rust/orders`), run with fresh instances and with reused ones: the same orders in
 //! must give the same dispositions, dead letters, published events and log lines out, and a
-//! crash in the guest's own language must leave the host serving.
+//! crash in the guest's own language must leave the host serving. The Rust handler also runs
+//! built against contract 0.1 (`orders_0_1`): every other one is built against 0.2.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -139,6 +140,9 @@ macro_rules! conformance {
 conformance! {
     rust_fresh: "orders", "fresh";
     rust_reuse: "orders", "reuse";
+    // The same Rust source built against contract 0.1: a 0.1 component keeps working.
+    rust_0_1_fresh: "orders_0_1", "fresh";
+    rust_0_1_reuse: "orders_0_1", "reuse";
     python_fresh: "orders_python", "fresh";
     python_reuse: "orders_python", "reuse";
     js_fresh: "orders_js", "fresh";
@@ -147,4 +151,24 @@ conformance! {
     go_reuse: "orders_go", "reuse";
     c_fresh: "orders_c", "fresh";
     c_reuse: "orders_c", "reuse";
+}
+
+/// `jetwasm check` names the contract version a component was built against.
+#[test]
+fn check_names_the_contract_version() {
+    for (component, version) in [("orders", "0.2.0"), ("orders_0_1", "0.1.0")] {
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_jetwasm"))
+            .arg("check")
+            .arg(harness::handler_wasm(component))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&check.stdout);
+        assert!(check.status.success(), "{check:?}");
+        assert!(
+            said.contains(&format!(
+                "fits the handler world (jetwasm:runtime@{version})"
+            )),
+            "{component}: {said}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! binary Cargo built for this package (`CARGO_BIN_EXE_jetwasm`).
 
 mod authoring;
+mod batches;
 mod behaviour;
 mod chaos;
 mod conformance;
@@ -11,6 +12,7 @@ mod deploy;
 mod drop_in;
 mod operations;
 mod registry;
+mod state;
 mod tenants;
 
 /// The harness starts the host from the binary beside the test executable: exactly the one

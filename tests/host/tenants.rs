@@ -682,3 +682,72 @@ async fn a_tenants_deploy_credentials_reach_only_its_own_registry_keys() {
         "GLOBEX's handler untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_kv_bucket_is_its_own_and_the_server_refuses_any_other() {
+    let accounts = Accounts::start().await;
+    let state = |tenant: &str| {
+        handler(
+            &format!("{tenant}-state"),
+            tenant,
+            "fixture_state",
+            "orders-processor",
+            "publish = [\"orders.processed\"]\nkv = [\"carts\"]\nconfig = { output = \"orders.processed\" }",
+        )
+    };
+    let text = config("", "", &format!("{}{}", state("acme"), state("globex")));
+    let host = Host::start(&accounts.server.url, &text).await.unwrap();
+    let ops = |value: &str| {
+        serde_json::json!([
+            {"op": "get", "bucket": "carts", "key": "cart-1"},
+            {"op": "put", "bucket": "carts", "key": "cart-1", "value": value},
+        ])
+        .to_string()
+    };
+    publish(&accounts.acme, [ops("acme's")]).await;
+    wait_processed(&accounts.acme, 1, Duration::from_secs(20), &host).await;
+    publish(&accounts.globex, [ops("globex's")]).await;
+    wait_processed(&accounts.globex, 1, Duration::from_secs(20), &host).await;
+    let answers = |js| async move {
+        let found = messages(js, "ORDERS").await;
+        let last = (found.iter().rev())
+            .find(|m| m.subject.as_str() == "orders.processed")
+            .unwrap();
+        serde_json::from_slice::<Value>(&last.payload).unwrap()
+    };
+    // Each read its own empty bucket: globex never saw acme's cart.
+    let (acme, globex) = (
+        answers(&accounts.acme).await,
+        answers(&accounts.globex).await,
+    );
+    assert_eq!(acme[0], serde_json::json!({"ok": null}), "{acme}");
+    assert_eq!(globex[0], serde_json::json!({"ok": null}), "{globex}");
+    for (js, value) in [(&accounts.acme, "acme's"), (&accounts.globex, "globex's")] {
+        let carts = js.get_key_value("carts").await.unwrap();
+        assert_eq!(
+            &carts.get("cart-1").await.unwrap().unwrap()[..],
+            value.as_bytes()
+        );
+    }
+    drop(host);
+
+    // A bucket the tenant's account does not grant (the host config grants it): the server
+    // refuses it at the start, and the host names the refusal.
+    let prices = handler(
+        "acme-prices",
+        "acme",
+        "fixture_state",
+        "orders-processor",
+        "kv = [\"prices\"]",
+    );
+    let error = Host::start(&accounts.server.url, &config("", "", &prices))
+        .await
+        .err()
+        .expect("the start is refused");
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("the NATS server refused tenant acme")
+            && error.contains("$JS.API.STREAM.INFO.KV_prices"),
+        "{error}"
+    );
+}

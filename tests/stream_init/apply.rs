@@ -9,7 +9,7 @@ use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType}
 use harness::{workspace_root, Cluster, NatsServer};
 
 /// Runs `stream-init ARGS --server URL` and returns its output.
-async fn stream_init(url: &str, args: &[&str]) -> Output {
+pub(crate) async fn stream_init(url: &str, args: &[&str]) -> Output {
     let bin = env!("CARGO_BIN_EXE_stream-init");
     tokio::process::Command::new(bin)
         .args(args)
@@ -21,16 +21,18 @@ async fn stream_init(url: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn stdout(out: &Output) -> String {
+/// The command's stdout, lossily as text.
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn stderr(out: &Output) -> String {
+/// The command's stderr, lossily as text.
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Asserts the command succeeded and returns its stdout.
-fn ok(out: Output) -> String {
+pub(crate) fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -42,7 +44,7 @@ fn ok(out: Output) -> String {
 }
 
 /// Asserts the command failed with a non-zero exit and returns its stderr.
-fn fails(out: Output) -> String {
+pub(crate) fn fails(out: Output) -> String {
     assert!(
         !out.status.success(),
         "expected failure, got success:\n{}",
@@ -60,14 +62,16 @@ async fn events_config(
     stream.info().await.unwrap().config.clone()
 }
 
-fn reference_spec() -> String {
+/// `deploy/streams.toml`, the reference spec the demo and the deployments apply.
+pub(crate) fn reference_spec() -> String {
     workspace_root()
         .join("deploy/streams.toml")
         .display()
         .to_string()
 }
 
-fn write_spec(dir: &Path, text: &str) -> String {
+/// Writes `text` to `dir/streams.toml` and returns the path.
+pub(crate) fn write_spec(dir: &Path, text: &str) -> String {
     let path = dir.join("streams.toml");
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
@@ -97,8 +101,9 @@ async fn plan_shows_creates_and_touches_nothing() {
         "{out}"
     );
     assert!(out.contains("+ stream DEADLETTER: create"), "{out}");
+    assert!(out.contains("+ kv customer-totals: create"), "{out}");
     assert!(
-        out.contains("Plan: 3 to create, 0 to update, 0 unchanged."),
+        out.contains("Plan: 4 to create, 0 to update, 0 unchanged."),
         "{out}"
     );
 
@@ -136,8 +141,9 @@ async fn apply_creates_the_reference_setup_and_a_second_apply_changes_nothing() 
         out.contains("created consumer ORDERS/orders-processor"),
         "{out}"
     );
+    assert!(out.contains("created kv customer-totals"), "{out}");
     assert!(
-        out.contains("Apply complete: 3 created, 0 updated, 0 unchanged."),
+        out.contains("Apply complete: 4 created, 0 updated, 0 unchanged."),
         "{out}"
     );
 
@@ -170,6 +176,20 @@ async fn apply_creates_the_reference_setup_and_a_second_apply_changes_nothing() 
         Duration::from_secs(8),
         "the dev overlay's backoff"
     );
+    let totals = js
+        .get_stream("KV_customer-totals")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(
+        totals.num_replicas, 1,
+        "the dev overlay sets the bucket's replicas 1"
+    );
+    assert_eq!(totals.max_messages_per_subject, 1);
 
     let again = ok(stream_init(&server.url, &["apply", "--file", &spec, "--env", "dev"]).await);
     assert!(again.starts_with("No changes:"), "{again}");
@@ -187,7 +207,7 @@ async fn apply_creates_the_reference_setup_and_a_second_apply_changes_nothing() 
     .await;
     assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
     assert!(
-        stdout(&plan).contains("Plan: 0 to create, 0 to update, 3 unchanged."),
+        stdout(&plan).contains("Plan: 0 to create, 0 to update, 4 unchanged."),
         "{}",
         stdout(&plan)
     );
@@ -415,6 +435,8 @@ async fn a_cluster_takes_the_reference_setup_with_three_replicas() {
         "two followers beside the leader: {:?}",
         placement.replicas
     );
+    let totals = js.get_key_value("customer-totals").await.unwrap();
+    assert_eq!(totals.status().await.unwrap().info.config.num_replicas, 3);
     assert!(ok(stream_init(&url, &["apply", "--file", &spec]).await).starts_with("No changes:"));
 
     // Messages are stored on a replicated stream.
@@ -441,6 +463,10 @@ async fn a_cluster_scales_a_stream_from_one_replica_to_three() {
     let out = ok(stream_init(&url, &["apply", "--file", &spec]).await);
     assert!(
         out.contains("updated stream ORDERS: replicas 1 → 3"),
+        "{out}"
+    );
+    assert!(
+        out.contains("updated kv customer-totals: replicas 1 → 3"),
         "{out}"
     );
 

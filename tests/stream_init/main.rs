@@ -3,3 +3,5 @@
 //! the harness (`tests/src`).
 
 mod apply;
+mod atomic;
+mod kv;

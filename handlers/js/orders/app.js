@@ -6,9 +6,9 @@
 // (default 2000).
 
 // Each imported WIT interface is a module named after it, version included.
-import { get } from 'jetwasm:runtime/config@0.1.0';
-import { log } from 'jetwasm:runtime/log@0.1.0';
-import { publish } from 'jetwasm:runtime/publish@0.1.0';
+import { get } from 'jetwasm:runtime/config@0.2.0';
+import { log } from 'jetwasm:runtime/log@0.2.0';
+import { publish } from 'jetwasm:runtime/publish@0.2.0';
 
 const DEFAULT_OUTPUT_SUBJECT = 'orders.processed';
 const DEFAULT_RETRY_DELAY_MS = 2000n; // a WIT u64 is a BigInt

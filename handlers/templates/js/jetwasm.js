@@ -1,8 +1,8 @@
-// jetwasm.js: the contract's publish, checked. The raw import ('jetwasm:runtime/publish@0.1.0')
+// jetwasm.js: the contract's publish, checked. The raw import ('jetwasm:runtime/publish@0.2.0')
 // takes a Uint8Array payload and quietly sends an empty message for anything else (a string,
 // an object); this one says what is wrong instead, naming the argument.
 
-import { publish as publishRaw } from 'jetwasm:runtime/publish@0.1.0';
+import { publish as publishRaw } from 'jetwasm:runtime/publish@0.2.0';
 
 const utf8 = new TextEncoder();
 

@@ -69,6 +69,7 @@ pub struct Common<'a> {
     pub tenant: Option<&'a str>,
     pub component: &'a PathBuf,
     pub publish: &'a [String],
+    pub kv: &'a [RawKvGrant],
     pub limits: &'a LimitOverrides,
     pub config: &'a BTreeMap<String, toml::Value>,
 }
@@ -95,9 +96,12 @@ pub struct RawHandler {
     #[serde(default)]
     pub publish: Vec<String>,
     #[serde(default)]
+    pub kv: Vec<RawKvGrant>,
+    #[serde(default)]
     pub confirm_acks: bool,
     pub ordering: Option<RawOrdering>,
     pub shadow: Option<RawShadow>,
+    pub batch: Option<RawBatch>,
     #[serde(default)]
     pub instances: RawInstances,
     pub messages_per_instance: Option<u32>,
@@ -107,11 +111,51 @@ pub struct RawHandler {
     pub config: BTreeMap<String, toml::Value>,
 }
 
+/// One entry of `kv = [...]`: a bucket name, or a table saying how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a bucket name, or a table like { bucket = \"prices\", read_only = true }"
+)]
+pub enum RawKvGrant {
+    Bucket(String),
+    Table(RawKvTable),
+}
+
+/// `{ bucket = "...", read_only = true }` in `kv = [...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKvTable {
+    pub bucket: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// A handler's `ordering = { key = "..." }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOrdering {
     pub key: String,
+}
+
+/// A batch handler's `batch = { max = 100, max_wait = "50ms" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    #[serde(default = "RawBatch::default_max")]
+    pub max: usize,
+    #[serde(default = "RawBatch::default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl RawBatch {
+    fn default_max() -> usize {
+        100
+    }
+
+    fn default_max_wait() -> Duration {
+        Duration::from_millis(50)
+    }
 }
 
 /// A handler's `shadow = { component = "...", sample = 0.1 }`.
@@ -143,6 +187,8 @@ pub struct RawPublisher {
     #[serde(default)]
     pub publish: Vec<String>,
     #[serde(default)]
+    pub kv: Vec<RawKvGrant>,
+    #[serde(default)]
     pub limits: LimitOverrides,
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
@@ -159,6 +205,7 @@ macro_rules! common {
                     tenant: self.tenant.as_deref(),
                     component: &self.component,
                     publish: &self.publish,
+                    kv: &self.kv,
                     limits: &self.limits,
                     config: &self.config,
                 }

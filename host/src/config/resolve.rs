@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use bytesize::ByteSize;
 
-use super::raw::{Common, RawConfig, RawHandler, RawInstances, RawPublisher};
+use super::raw::{Common, RawBatch, RawConfig, RawHandler, RawInstances, RawKvGrant, RawPublisher};
 use super::tenant::{check_counts, check_member, defaults_for, tenants};
 use super::*;
 use crate::schedule::Schedule;
@@ -154,12 +154,58 @@ pub(super) fn handler<'a>(
                 sample: shadow.sample,
             })
         }),
+        batch: None,
         instances: instances(raw, &mut own),
         own_consumer: None,
+    };
+    let handler = Handler {
+        batch: raw
+            .batch
+            .as_ref()
+            .and_then(|b| batch(b, &handler, &mut own)),
+        ..handler
     };
     problems.under(&format!("handler {}", raw.name), own);
     handler
 }
+
+/// A handler's `batch` table, checked against its other settings.
+fn batch(raw: &RawBatch, handler: &Handler, problems: &mut Problems) -> Option<Batch> {
+    let in_flight = handler.component.limits.max_in_flight;
+    let mut fine = true;
+    let mut problem = |p: String| {
+        problems.add(p);
+        fine = false;
+    };
+    if !(1..=MAX_BATCH).contains(&raw.max) {
+        problem(format!(
+            "`batch.max` is {}: it must be 1 to {MAX_BATCH}",
+            raw.max
+        ));
+    } else if raw.max > in_flight {
+        problem(format!(
+            "`batch.max` is {} but limits.max_in_flight is {in_flight}: a batch holds only \
+             messages in flight, so set limits.max_in_flight to at least {}",
+            raw.max, raw.max
+        ));
+    }
+    if raw.max_wait.is_zero() || raw.max_wait > MAX_BATCH_WAIT {
+        problem(format!(
+            "`batch.max_wait` is {:?}: it must be above 0 and at most {MAX_BATCH_WAIT:?}",
+            raw.max_wait
+        ));
+    }
+    if handler.shadow.is_some() {
+        problem("`shadow` runs a handler-world candidate; a batch handler cannot have one".into());
+    }
+    fine.then_some(Batch {
+        max: raw.max,
+        max_wait: raw.max_wait,
+    })
+}
+
+/// Longest `batch.max_wait`: well inside any ack wait.
+const MAX_BATCH_WAIT: Duration = Duration::from_secs(5);
 
 /// A `[[publisher]]` table (or a publisher's manifest) resolved, its problems noted under its
 /// name; `None` when it has no usable trigger. `taken` holds the names and routes already
@@ -211,6 +257,7 @@ pub(super) fn component(
             ));
         }
     }
+    let kv = kv_grants(common.kv, problems);
     let base = defaults_for(common.tenant, defaults.tenants, defaults.limits);
     let limits = common.limits.over(base);
     check_limits(&limits, problems);
@@ -230,10 +277,40 @@ pub(super) fn component(
         wasm: path(common.component.clone()),
         limits,
         publish: PublishPolicy::new(common.publish.to_vec()),
+        kv,
         config,
     };
     check_member(&component, defaults.tenants, problems);
     component
+}
+
+/// The `kv = [...]` grants, each bucket named once with a name JetStream accepts.
+fn kv_grants(raw: &[RawKvGrant], problems: &mut Problems) -> Vec<KvGrant> {
+    let mut grants: Vec<KvGrant> = Vec::new();
+    for grant in raw {
+        let grant = match grant {
+            RawKvGrant::Bucket(bucket) => KvGrant {
+                bucket: bucket.clone(),
+                read_only: false,
+            },
+            RawKvGrant::Table(table) => KvGrant {
+                bucket: table.bucket.clone(),
+                read_only: table.read_only,
+            },
+        };
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if grant.bucket.is_empty() || !grant.bucket.chars().all(valid) {
+            problems.add(format!(
+                "kv bucket {:?} is not a bucket name: use letters, digits, `-` and `_`",
+                grant.bucket
+            ));
+        } else if grants.iter().any(|g| g.bucket == grant.bucket) {
+            problems.add(format!("kv bucket {:?} is granted twice", grant.bucket));
+        } else {
+            grants.push(grant);
+        }
+    }
+    grants
 }
 
 pub(super) fn check_limits(limits: &Limits, problems: &mut Problems) {

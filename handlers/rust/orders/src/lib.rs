@@ -9,7 +9,11 @@ use jetwasm::runtime::{config, publish};
 use order_model::parse_order;
 use serde::Serialize;
 
+// Contract 0.2 (`wit/`); the `orders-0-1` crate builds this same source against 0.1.
+#[cfg(not(feature = "contract-0-1"))]
 wit_bindgen::generate!({ world: "handler", path: "../../../wit" });
+#[cfg(feature = "contract-0-1")]
+wit_bindgen::generate!({ world: "handler", path: "../../../wit/0.1" });
 
 const DEFAULT_OUTPUT_SUBJECT: &str = "orders.processed";
 const DEFAULT_RETRY_DELAY_MS: u64 = 2000;

@@ -1,15 +1,15 @@
 // {{name}}: a jetwasm handler. The host calls `handle` once for each JetStream message.
 
 // Each imported WIT interface is a module named after it, version included.
-import { get } from 'jetwasm:runtime/config@0.1.0';
-import { log } from 'jetwasm:runtime/log@0.1.0';
+import { get } from 'jetwasm:runtime/config@0.2.0';
+import { log } from 'jetwasm:runtime/log@0.2.0';
 import { publish } from './jetwasm.js'; // the contract's publish, its arguments checked
 
 // msg.payload is a Uint8Array; msg.subject, msg.headers ([name, value] pairs), msg.streamSeq
 // (a BigInt), msg.delivered, ... Return a disposition: { tag: 'ack' | 'nak' | 'term', val }.
 /**
- * @param {import('jetwasm:runtime/types@0.1.0').Message} msg
- * @returns {import('jetwasm:runtime/types@0.1.0').Disposition}
+ * @param {import('jetwasm:runtime/types@0.2.0').Message} msg
+ * @returns {import('jetwasm:runtime/types@0.2.0').Disposition}
  */
 export function handle(msg) {
   log('info', `${msg.subject}: ${msg.payload.length} bytes`);

@@ -11,8 +11,8 @@
 // Config key: `subject`, where the bodies go (default `orders.created`).
 
 // Each imported WIT interface is a module named after it, version included.
-import { get } from 'jetwasm:runtime/config@0.1.0';
-import { log } from 'jetwasm:runtime/log@0.1.0';
+import { get } from 'jetwasm:runtime/config@0.2.0';
+import { log } from 'jetwasm:runtime/log@0.2.0';
 import { publish } from './jetwasm.js'; // the contract's publish, its arguments checked
 import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam } from 'wasi:http/types@0.2.12';
 

@@ -2,13 +2,13 @@
 //
 // Config key: `subject`, where the ticks go (default `ticks`).
 
-import { get } from 'jetwasm:runtime/config@0.1.0';
+import { get } from 'jetwasm:runtime/config@0.2.0';
 import { publish } from './jetwasm.js'; // the contract's publish, its arguments checked
 
 // The export `on-tick: func(tick: tick) -> result<_, string>`. Returning nothing returns ok;
 // returning { tag: 'err', val: 'why' } returns err (the host logs and counts it; the timer
 // goes on). Throwing an Error traps instead.
-/** @param {import('jetwasm:runtime/types@0.1.0').Tick} tick */
+/** @param {import('jetwasm:runtime/types@0.2.0').Tick} tick */
 export function onTick(tick) {
   const subject = get('subject') ?? 'ticks';
   // tick.seq and tick.nowMs are BigInts, which JSON.stringify cannot write.

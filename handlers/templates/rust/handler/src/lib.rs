@@ -26,6 +26,18 @@ impl Guest for Component {
         //         Err(PublishError::Denied(subject)) => return Disposition::Term(subject),
         //         Err(_) => return Disposition::Nak(None),
         //     }
+        // Publish many with their acks awaited together (one result per message):
+        //     let results = publish::publish_batch(&[types::Outgoing { subject: "out.a".into(),
+        //         payload: b"1".to_vec(), headers: vec![], msg_id: None }]);
+        // Keep state in a KV bucket the config grants (`kv = ["counts"]`, declared with
+        // [[kv]] in the streams spec); `update` writes only at the revision read:
+        //     use jetwasm::runtime::kv::{self, KvError};
+        //     let entry = kv::get("counts", "c-1");            // Ok(None) when absent
+        //     match kv::update("counts", "c-1", b"2", revision) {
+        //         Ok(new_revision) => {}
+        //         Err(KvError::WrongRevision) => { /* someone wrote since: read again */ }
+        //         Err(_) => return Disposition::Nak(None),
+        //     }
         // Retry later: redeliver in 5 s (Nak(None): the consumer's backoff):
         //     return Disposition::Nak(Some(5000));
         // Give up: dead-letter the message with a reason:
