@@ -1,6 +1,7 @@
 //! `jetwasm try`: calls a component in the host's own sandbox and default limits, without
-//! NATS: a handler with one message (or each file of a folder), a timer publisher with one
-//! tick, an HTTP publisher with one request. It prints what the call decided and the publishes it attempted (recorded, answered as
+//! NATS: a handler with one message (or each file of a folder; a batch handler gets each as a
+//! batch of one), a timer publisher with one tick, an HTTP publisher with one request. It
+//! prints what the call decided and the publishes it attempted (recorded, answered as
 //! stored, never sent); the guest's log lines go to stderr. A term or a failed call is a
 //! failure, so a component can be unit-tested from a shell or a CI job in any language.
 
@@ -15,10 +16,12 @@ use crate::bindings::publisher::PublisherPre;
 use http_body_util::BodyExt as _;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::batch::Gatherer;
+use crate::bindings::batch_handler::BatchHandlerPre;
 use crate::bindings::{HandlerPre, Message};
 use crate::compile_cache::CompileCache;
 use crate::config::{HttpRoute, Limits, PublishPolicy, DEFAULT_TENANT};
-use crate::dispatch::{Dispatcher, Outcome};
+use crate::dispatch::{Dispatcher, Entry, Outcome};
 use crate::fair_share::Gate;
 use crate::http_publisher::{HttpPublisher, RequestFailure};
 use crate::log_budget::LogBudget;
@@ -130,6 +133,12 @@ impl Trier {
         let kind = if let Ok(pre) = loader::check::<HandlerPre<_>>(&linker, &compiled) {
             let instances = prometheus::IntCounter::new("try_instances", "instances")?;
             Kind::Handler(Dispatcher::new(pre, env, limits, None, instances))
+        } else if let Ok(pre) = loader::check::<BatchHandlerPre<_>>(&linker, &compiled) {
+            // Each message a batch of one.
+            let instances = prometheus::IntCounter::new("try_instances", "instances")?;
+            let gatherer = Gatherer::new(1, Duration::from_millis(1));
+            let entry = Entry::Batch { pre, gatherer };
+            Kind::Handler(Dispatcher::new(entry, env, limits, None, instances))
         } else if let Ok(pre) = loader::check::<PublisherPre<_>>(&linker, &compiled) {
             let schedule = Schedule::Every(Duration::from_secs(1));
             let metrics = Metrics::new().publisher(DEFAULT_TENANT, &name);

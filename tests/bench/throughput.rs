@@ -28,7 +28,7 @@
 //! (default `rust,python,js,go,c`), `BENCH_HTTP_CONNECTIONS` (default 32) and
 //! `BENCH_HTTP_SECS` (default 5), `BENCH_TENANT_SECS` (default 10) and `BENCH_TENANT_MESSAGES`
 //! (default 50000), `BENCH_FLEET_MESSAGES` (default 50000); `BENCH_ONLY=deploy`, `tenants`,
-//! `fleet` or `memory` runs that part alone (`memory` runs only then: it takes minutes, see
+//! `fleet`, `publish`, `batches` or `memory` runs that part alone (`memory` runs only then: it takes minutes, see
 //! the `memory` module).
 
 use std::path::{Path, PathBuf};
@@ -148,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
         Ok("tenants") => return tenants::bench().await,
         Ok("fleet") => return fleet::bench().await,
         Ok("memory") => return memory::bench().await,
+        Ok(part @ ("publish" | "batches")) => return alone(part).await,
         _ => {}
     }
     let messages = env_or("BENCH_MESSAGES", 100_000);
@@ -215,6 +216,38 @@ async fn main() -> anyhow::Result<()> {
 
     per_language(&js, messages, n).await?;
 
+    publishing(&js, rounds).await?;
+    batches(&js, messages, rounds).await?;
+
+    http::bench(&js, rounds).await?;
+    deploy::bench().await?;
+    tenants::bench().await?;
+    fleet::bench().await
+}
+
+/// `BENCH_ONLY=publish` or `batches`: that part alone, on a server and stream of its own.
+async fn alone(part: &str) -> anyhow::Result<()> {
+    let (messages, rounds) = (env_or("BENCH_MESSAGES", 100_000), env_or("BENCH_ROUNDS", 3));
+    let server = NatsServer::start().await?;
+    SERVER_PID.get_or_init(|| server.pid());
+    let js = server.jetstream().await?;
+    js.create_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["bench.>".into()],
+        storage: stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await?;
+    if part == "publish" {
+        return publishing(&js, rounds).await;
+    }
+    fill(&js, messages).await?;
+    batches(&js, messages, rounds).await
+}
+
+/// Publishing from a component against native publishing: one at a time, each awaiting its
+/// PubAck, and a burst with a window of PubAcks in flight (`publish-batch`).
+async fn publishing(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()> {
     let publishes = env_or("BENCH_PUBLISHES", 10_000);
     js.create_stream(stream::Config {
         name: "BENCHPUB".into(),
@@ -249,12 +282,7 @@ async fn main() -> anyhow::Result<()> {
     let (n, c) = (median(&mut native), median(&mut component));
     println!("pipelined publish median ({burst} publishes, {window} acks in flight): native {n:.0} msgs/s, component with publish-batch {c:.0} msgs/s, ratio {:.2}", c / n);
 
-    batches(&js, messages, rounds).await?;
-
-    http::bench(&js, rounds).await?;
-    deploy::bench().await?;
-    tenants::bench().await?;
-    fleet::bench().await
+    Ok(())
 }
 
 /// Messages/s acked by `hosts` together (`acked` names the sample), from the first ack to the

@@ -159,26 +159,59 @@ fn new_builds_and_checks(lang: &str) {
 }
 
 /// A new project carries its language's API notes and, once built, the generated bindings
-/// where its language's editors look for them.
+/// where its language's editors look for them, the contract's `kv` (0.2) included.
 fn new_project_helps_editors(lang: &str, project: &Path, world: &str) {
     let exists = |path: &str| {
         let file = project.join(path);
         assert!(file.exists(), "{lang} {world}: no {}", file.display());
+    };
+    // The generated file `path` declares each of `names`.
+    let declares = |path: &str, names: &[&str]| {
+        let text = std::fs::read_to_string(project.join(path))
+            .unwrap_or_else(|e| panic!("{lang} {world}: {path}: {e}"));
+        for name in names {
+            assert!(text.contains(name), "{lang} {world}: {path} lacks {name:?}");
+        }
     };
     if lang == "rust" {
         return; // rust-analyzer expands wit-bindgen's macro itself
     }
     let notes = std::fs::read_to_string(project.join("API.md")).unwrap();
     assert!(notes.starts_with("# The jetwasm contract in "), "{notes}");
+    for section in ["## Key-value state", "## Batched and atomic publishes"] {
+        assert!(notes.contains(section), "{lang}: API.md lacks {section}");
+    }
     match lang {
         "python" => {
             exists("bindings/wit_world/imports/publish.py");
             exists("pyrightconfig.json");
-            exists("jetwasm.py");
+            declares("jetwasm.py", &["\nkv = _Kv()"]);
+            declares(
+                "bindings/wit_world/imports/kv.py",
+                &[
+                    "def update(bucket: str, key: str, value: bytes, revision: int) -> int",
+                    "def delete(bucket: str, key: str)",
+                    "class KvError_WrongRevision",
+                    "class Entry",
+                ],
+            );
+            declares(
+                "bindings/wit_world/imports/publish.py",
+                &["def publish_batch(", "def publish_atomic("],
+            );
         }
         "js" => {
-            exists("jetwasm.js");
+            // jetwasm.js's kv imports the module these declare: tsc below checks it against them.
+            declares("jetwasm.js", &["export const kv = {"]);
             exists("bindings/interfaces/jetwasm-runtime-publish.d.ts");
+            declares(
+                "bindings/interfaces/jetwasm-runtime-kv.d.ts",
+                &[
+                    "declare module 'jetwasm:runtime/kv@0.2.0'",
+                    "export function update(bucket: string, key: string, value: Uint8Array, revision: bigint): bigint",
+                    "tag: 'wrong-revision'",
+                ],
+            );
             // The declarations resolve every import, as an editor would: the template
             // type-checks clean with TypeScript.
             let tsc = Command::new("bash")
@@ -192,11 +225,27 @@ fn new_project_helps_editors(lang: &str, project: &Path, world: &str) {
             assert!(tsc.status.success(), "{world}: tsc: {tsc:?}");
         }
         "c" => {
-            exists(&format!("bindings/{}.h", world.replace('-', "_")));
+            declares(
+                &format!("bindings/{}.h", world.replace('-', "_")),
+                &[
+                    "bool jetwasm_runtime_kv_update(",
+                    "bool jetwasm_runtime_kv_delete(",
+                    "JETWASM_RUNTIME_KV_KV_ERROR_WRONG_REVISION",
+                    "jetwasm_runtime_publish_publish_batch(",
+                ],
+            );
             exists("compile_flags.txt");
         }
         "go" => {
             exists("bindings/go.mod");
+            declares(
+                "bindings/jetwasm_runtime_kv/wit_bindings.go",
+                &[
+                    "func Update(bucket string, key string, value []uint8, revision uint64) witTypes.Result[uint64, KvError]",
+                    "func Delete(",
+                    "KvError_WrongRevision",
+                ],
+            );
             // The workspace resolves every import, as gopls would: go vet type-checks the code.
             let vet = Command::new("bash")
                 .args([
@@ -239,21 +288,31 @@ fn built_handler(lang: &str, dir: &Path, app: &str) -> Result<PathBuf, String> {
 }
 
 const CHECKED_JS: &str = r#"import { get } from 'jetwasm:runtime/config@0.2.0';
-import { publish } from './jetwasm.js';
+import { kv, publish } from './jetwasm.js';
 
 export function handle(msg) {
   const mode = get('mode');
   if (mode === 'number') publish('out.x', 42);
   else if (mode === 'header') publish('out.x', 'x', [['k', 7]]);
+  else if (mode === 'kv-number') kv.put('c', 'k', 42);
+  else if (mode === 'kv') {
+    const calls = [() => kv.get('c', 'k'), () => kv.put('c', 'k', 'v'), () => kv.create('c', 'k', 'v'),
+      () => kv.update('c', 'k', 'v', 1n), () => kv.remove('c', 'k'), () => kv.delete('c', 'k')];
+    const answers = calls.map((call) => {
+      try { call(); return 'ok'; } catch (e) { return e.payload?.tag ?? String(e); }
+    });
+    return { tag: 'term', val: answers.join(' ') };
+  }
   else publish('out.x', 'héllo');
   return { tag: 'ack' };
 }
 "#;
 
 const CHECKED_PYTHON: &str = r#"import wit_world
-from jetwasm import publish
+from componentize_py_types import Err
+from jetwasm import kv, publish
 from wit_world.imports import config
-from wit_world.imports.types import Disposition_Ack
+from wit_world.imports.types import Disposition_Ack, Disposition_Term
 
 
 class WitWorld(wit_world.WitWorld):
@@ -263,6 +322,20 @@ class WitWorld(wit_world.WitWorld):
             publish("out.x", 42)
         elif mode == "header":
             publish("out.x", "x", [("k", 7)])
+        elif mode == "kv-number":
+            kv.put("c", "k", 42)
+        elif mode == "kv":
+            calls = [lambda: kv.get("c", "k"), lambda: kv.put("c", "k", "v"),
+                     lambda: kv.create("c", "k", "v"), lambda: kv.update("c", "k", "v", 1),
+                     lambda: kv.delete("c", "k")]
+            answers = []
+            for call in calls:
+                try:
+                    call()
+                    answers.append("ok")
+                except Err as e:
+                    answers.append(type(e.value).__name__)
+            return Disposition_Term(" ".join(answers))
         else:
             publish("out.x", "héllo")
         return Disposition_Ack()
@@ -270,7 +343,9 @@ class WitWorld(wit_world.WitWorld):
 
 /// What a new JavaScript or Python author meets: a string payload is sent as UTF-8 (it used
 /// to be an empty message in JavaScript), and a payload or header of the wrong type fails the
-/// call with an error naming the argument (Python's CastError named none).
+/// call with an error naming the argument (Python's CastError named none). The same for the
+/// checked `kv`, whose every call reaches the host (`delete` too, whatever the bindings call
+/// it) and answers the kv-error `unavailable` under `jetwasm try`, which has no NATS.
 fn publish_checks_its_arguments(lang: &str, app: &str) {
     let dir = tempfile::tempdir().unwrap();
     let component = built_handler(lang, dir.path(), app).unwrap();
@@ -292,18 +367,32 @@ fn publish_checks_its_arguments(lang: &str, app: &str) {
         sent.starts_with("ack\npublish out.x [") && sent.trim_end().ends_with("] héllo"),
         "{lang}: a string is sent as UTF-8: {sent}"
     );
-    let (payload, header) = match lang {
+    let (payload, header, value, unavailable) = match lang {
         // componentize-js prints an uncaught error's message and stack, not its class.
         "js" => (
             "publish: payload must be a Uint8Array or a string (sent as UTF-8), got number 42",
             "publish: headers[0] must be a [name, value] pair of strings",
+            "kv.put: value must be a Uint8Array or a string (sent as UTF-8), got number 42",
+            ["unavailable"; 6].join(" "),
         ),
         _ => (
             "TypeError: publish: payload must be bytes or a str (sent as UTF-8), got int 42",
             "TypeError: publish: headers[0] must be a (name, value) pair of str",
+            "TypeError: kv.put: value must be bytes or a str (sent as UTF-8), got int 42",
+            ["KvError_Unavailable"; 5].join(" "),
         ),
     };
-    for (mode, error) in [("number", payload), ("header", header)] {
+    let answered = run("kv");
+    assert_eq!(
+        answered.lines().next(),
+        Some(format!("term: {unavailable}").as_str()),
+        "{lang}: get, put, create, update, delete: {answered}"
+    );
+    for (mode, error) in [
+        ("number", payload),
+        ("header", header),
+        ("kv-number", value),
+    ] {
         let out = run(mode);
         assert!(
             out.starts_with("failed: trap") && out.contains(error),

@@ -206,7 +206,11 @@ fn make_and_new_projects_share_one_toolchain_folder() {
             .env("HOME", home.path())
             .env_remove("TOOLS")
             .env_remove("NATS_SERVER_BIN")
-            .env_remove("JETWASM_TOOLS");
+            .env_remove("JETWASM_TOOLS")
+            // Run from `make test TOOLS=...`, the outer make passes its command line down.
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL");
         if let Some(dir) = jetwasm_tools {
             make.env("JETWASM_TOOLS", dir);
         }

@@ -45,6 +45,26 @@ void exports_handler_handle(handler_message_t *msg, handler_disposition_t *ret) 
     //       jetwasm_runtime_publish_publish_ack_free(&ack);
     //   else // err.tag: JETWASM_RUNTIME_TYPES_PUBLISH_ERROR_DENIED, ...
     //       jetwasm_runtime_publish_publish_error_free(&err);
+    // Many, with their acks awaited together: jetwasm_runtime_publish_publish_batch (API.md).
+    //
+    // Key-value state, in a bucket the config grants (`kv = ["counts"]`, declared with [[kv]]
+    // in the streams spec); update writes only at the revision read (API.md has the whole
+    // read-modify-write):
+    //   handler_string_t bucket, key;
+    //   handler_string_set(&bucket, "counts");
+    //   handler_string_set(&key, "c-1");
+    //   jetwasm_runtime_kv_option_entry_t entry; // is_some false when absent
+    //   jetwasm_runtime_kv_kv_error_t kv_err;
+    //   if (!jetwasm_runtime_kv_get(&bucket, &key, &entry, &kv_err)) {
+    //       jetwasm_runtime_kv_kv_error_free(&kv_err); // kv_err.tag: ..._KV_ERROR_UNAVAILABLE, ...
+    //   } else if (entry.is_some) {
+    //       handler_list_u8_t value = {(uint8_t *)"2", 1};
+    //       uint64_t revision; // the new one
+    //       if (!jetwasm_runtime_kv_update(&bucket, &key, &value, entry.val.revision, &revision,
+    //                                      &kv_err)) // ..._KV_ERROR_WRONG_REVISION: read again
+    //           jetwasm_runtime_kv_kv_error_free(&kv_err);
+    //       jetwasm_runtime_kv_option_entry_free(&entry);
+    //   }
     ret->tag = JETWASM_RUNTIME_TYPES_DISPOSITION_ACK;
     handler_message_free(msg);
 }

@@ -26,5 +26,16 @@ func Handle(msg types.Message) types.Disposition {
 	// no message id: the host derives one, so a redelivery does not publish twice:
 	//   result := publish.Publish(subject, []byte("done"), nil, witTypes.None[string]())
 	//   if result.IsErr() && result.Err().Tag() == types.PublishError_Denied { ... }
+	// Many, with their acks awaited together (one Result per message):
+	//   results := publish.PublishBatch([]types.Outgoing{{Subject: "out.a", Payload: []byte("1")}})
+	//
+	// Key-value state, in a bucket the config grants (`kv = ["counts"]`, declared with [[kv]]
+	// in the streams spec; kv is wit_component/jetwasm_runtime_kv); Update writes only at the
+	// revision read (API.md has the whole read-modify-write):
+	//   got := kv.Get("counts", "c-1") // Ok(None) when absent; else .Value, .Revision
+	//   written := kv.Update("counts", "c-1", []byte("2"), got.Ok().Some().Revision)
+	//   if written.IsErr() && written.Err().Tag() == kv.KvError_WrongRevision {
+	//       // someone wrote since: read again
+	//   }
 	return types.MakeDispositionAck()
 }

@@ -2,8 +2,9 @@
 
 import wit_world
 from componentize_py_types import Err
-from jetwasm import publish  # the contract's publish, its arguments checked
+from jetwasm import kv, publish  # the contract's kv and publish, their arguments checked
 from wit_world.imports import config, log
+from wit_world.imports.kv import KvError_WrongRevision
 from wit_world.imports.log import Level
 from wit_world.imports.types import (
     Disposition,
@@ -28,6 +29,19 @@ class WitWorld(wit_world.WitWorld):
         #         publish("out.subject", b"data", [("header", "value")])
         #     except Err as e:
         #         if isinstance(e.value, PublishError_Denied): ...
+        # Publish many with their acks awaited together (one Ok/Err per message; API.md):
+        #     from wit_world.imports.publish import publish_batch
+        #     from wit_world.imports.types import Outgoing
+        #     results = publish_batch([Outgoing("out.a", b"1", [], None)])
+        # Keep state in a KV bucket the config grants (`kv = ["counts"]`, declared with
+        # [[kv]] in the streams spec); `update` writes only at the revision read (API.md has
+        # the whole read-modify-write):
+        #     entry = kv.get("counts", "c-1")  # None when absent; else entry.value, .revision
+        #     try:
+        #         if entry:
+        #             kv.update("counts", "c-1", b"2", entry.revision)  # the new revision
+        #     except Err as e:
+        #         if isinstance(e.value, KvError_WrongRevision): ...  # raced: read again
         # Retry later: redeliver in 5 s (Disposition_Nak(None): the consumer's backoff):
         #     return Disposition_Nak(5000)
         # Give up: dead-letter the message with a reason:
