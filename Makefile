@@ -17,14 +17,15 @@ export JETWASM_HANDLERS_DIR := $(HANDLERS_TARGET)/wasm32-wasip2/release
 ## demo: a local JetStream, stream-init (dev overlay), the host and the orders handler at work.
 ## Builds only what it runs: the host, stream-init and the Rust components of the demo (the
 ## polyglot handlers and their toolchains are for `make handlers` / `make test`).
-DEMO_COMPONENTS := orders orders-generator orders-intake
+DEMO_COMPONENTS := orders orders-generator orders-intake customer-totals
 DEMO_BIN := $(or $(CARGO_TARGET_DIR),target)/debug/jetwasm
 demo: tools demo-components
 	@test -x $(DEMO_BIN) || echo "demo: first build of the host and stream-init (wasmtime, Cranelift): 7-14 minutes on 2 cores, seconds afterwards"
 	$(CARGO) build --bins --example demo_orders
 	deploy/demo.sh
 
-## demo-components: the Rust components the demo runs (orders handler, generator, intake)
+## demo-components: the Rust components the demo runs (orders handler, generator, intake,
+## customer totals)
 demo-components: wasm-target
 	@test -f $(JETWASM_HANDLERS_DIR)/orders.wasm || echo "demo: first build of the demo's components: ~30 seconds"
 	cd handlers && CARGO_TARGET_DIR=$(HANDLERS_TARGET) $(CARGO) build --release $(DEMO_COMPONENTS:%=-p %)

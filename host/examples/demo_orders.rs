@@ -27,6 +27,41 @@ fn order(i: usize) -> String {
     }
 }
 
+/// The order's customer, when it has one.
+fn customer_of(order: &str) -> Option<String> {
+    let order: serde_json::Value = serde_json::from_str(order).ok()?;
+    Some(order.get("customer")?.as_str()?.to_owned())
+}
+
+/// Prints the busiest customers' totals, as the customer-totals handler keeps them in KV.
+async fn totals(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let bucket = js.get_key_value("customer-totals").await?;
+    let mut keys = bucket.keys().await?;
+    let mut rows = Vec::new();
+    while let Some(customer) = keys.next().await {
+        let customer = customer?;
+        if let Some(value) = bucket.get(&customer).await? {
+            let totals: serde_json::Value = serde_json::from_slice(&value)?;
+            let orders = totals["orders"].as_u64().unwrap_or(0);
+            let cents = totals["total_cents"].as_i64().unwrap_or(0);
+            rows.push((orders, cents, customer));
+        }
+    }
+    rows.sort_by(|a, b| b.cmp(a));
+    println!(
+        "customer totals in the KV bucket customer-totals ({} customers; the busiest):",
+        rows.len()
+    );
+    for (orders, cents, customer) in rows.iter().take(5) {
+        println!(
+            "  {customer:<12} {orders:>4} orders  {:>10.2}",
+            *cents as f64 / 100.0
+        );
+    }
+    Ok(())
+}
+
 /// `(processed, retried, dead-lettered, generated)` from the host's metrics.
 fn scoreboard(metrics: &str) -> anyhow::Result<(u64, u64, u64, u64)> {
     let mut stream = TcpStream::connect(metrics)?;
@@ -67,7 +102,16 @@ async fn main() -> anyhow::Result<()> {
     let before = scoreboard(&metrics)?;
     let mut sequences = Vec::with_capacity(count);
     for i in 0..count {
-        let ack = js.publish("orders.created", order(i).into()).await?.await?;
+        let order = order(i);
+        // The customer as a header too: the customer-totals handler orders by it.
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(customer) = customer_of(&order) {
+            headers.insert("customer", customer.as_str());
+        }
+        let ack = js
+            .publish_with_headers("orders.created", headers, order.into())
+            .await?
+            .await?;
         sequences.push(ack.sequence);
     }
     println!(
@@ -102,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
                 "every order accounted for in {:.1?}: nothing pending on ORDERS/orders-processor",
                 started.elapsed()
             );
-            return Ok(());
+            return totals(&js).await;
         }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(120),

@@ -153,16 +153,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let messages = env_or("BENCH_MESSAGES", 100_000);
     let rounds = env_or("BENCH_ROUNDS", 3);
-    let server = NatsServer::start().await?;
-    SERVER_PID.get_or_init(|| server.pid());
-    let js = server.jetstream().await?;
-    js.create_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec!["bench.>".into()],
-        storage: stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await?;
+    let (_server, js) = bench_server().await?;
     fill(&js, messages).await?;
     println!("{messages} messages of 64 bytes in a memory stream; {rounds} rounds; 2-core machine");
 
@@ -225,9 +216,8 @@ async fn main() -> anyhow::Result<()> {
     fleet::bench().await
 }
 
-/// `BENCH_ONLY=publish` or `batches`: that part alone, on a server and stream of its own.
-async fn alone(part: &str) -> anyhow::Result<()> {
-    let (messages, rounds) = (env_or("BENCH_MESSAGES", 100_000), env_or("BENCH_ROUNDS", 3));
+/// A server for the benchmark, with the memory stream `BENCH` (subjects `bench.>`).
+async fn bench_server() -> anyhow::Result<(NatsServer, jetstream::Context)> {
     let server = NatsServer::start().await?;
     SERVER_PID.get_or_init(|| server.pid());
     let js = server.jetstream().await?;
@@ -238,6 +228,13 @@ async fn alone(part: &str) -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
+    Ok((server, js))
+}
+
+/// `BENCH_ONLY=publish` or `batches`: that part alone, on a server and stream of its own.
+async fn alone(part: &str) -> anyhow::Result<()> {
+    let (messages, rounds) = (env_or("BENCH_MESSAGES", 100_000), env_or("BENCH_ROUNDS", 3));
+    let (_server, js) = bench_server().await?;
     if part == "publish" {
         return publishing(&js, rounds).await;
     }
@@ -259,8 +256,8 @@ async fn publishing(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()
     let mut native = Vec::new();
     let mut component = Vec::new();
     for round in 1..=rounds {
-        let n = publish_native(&js, publishes).await?;
-        let c = publish_component(&js, publishes).await?;
+        let n = publish_native(js, publishes).await?;
+        let c = publish_component(js, publishes).await?;
         println!("publish round {round}: native {n:>7.0} msgs/s   component {c:>7.0} msgs/s   ratio {:.2}", c / n);
         native.push(n);
         component.push(c);
@@ -273,8 +270,8 @@ async fn publishing(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()
     let mut native = Vec::new();
     let mut component = Vec::new();
     for round in 1..=rounds {
-        let n = publish_native_pipelined(&js, burst, window).await?;
-        let c = publish_component_batched(&js, burst, window).await?;
+        let n = publish_native_pipelined(js, burst, window).await?;
+        let c = publish_component_batched(js, burst, window).await?;
         println!("pipelined publish round {round}: native {n:>7.0} msgs/s   component (publish-batch) {c:>7.0} msgs/s   ratio {:.2}", c / n);
         native.push(n);
         component.push(c);

@@ -114,7 +114,11 @@ impl Guest for OrdersGenerator {
         let order = generate_order(tick.seq, tick.now_ms, invalid_every);
         let payload = serde_json::to_vec(&order).expect("an order always serializes");
 
-        let ack = publish::publish(&subject, &payload, &[], None)
+        // The customer as a header too: the customer-totals handler orders by it.
+        let headers: Vec<(String, String)> = (order.customer.iter())
+            .map(|customer| ("customer".to_string(), customer.clone()))
+            .collect();
+        let ack = publish::publish(&subject, &payload, &headers, None)
             .map_err(|e| format!("publish failed: {e:?}"))?;
         log::log(
             Level::Info,

@@ -153,7 +153,10 @@ impl Guest for OrdersIntake {
         };
 
         let subject = config::get("subject").unwrap_or_else(|| DEFAULT_SUBJECT.to_string());
-        let headers = [("order-id".to_string(), order.id.clone())];
+        let headers = [
+            ("order-id".to_string(), order.id.clone()),
+            ("customer".to_string(), order.customer.clone()),
+        ];
         let result = publish::publish(&subject, &body, &headers, msg_id.as_deref());
         match &result {
             Ok(ack) => log::log(
