@@ -12,6 +12,7 @@ use prometheus::IntCounter;
 
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::admission::Admission;
 use crate::batch::Gatherer;
 use crate::binding::{Binding, Shape, Version};
 use crate::bindings::batch_handler::BatchHandlerPre;
@@ -43,10 +44,10 @@ pub enum Loaded {
     Http(Arc<HttpPublisher>),
 }
 
-/// Instances one component reserves in the engine's pool, so that none of its users can
-/// starve another: a handler its `max_in_flight` (its lanes never run more calls, and its
-/// warm instances are among them), a timer publisher one (ticks never overlap), an HTTP
-/// publisher its `max_in_flight` (requests beyond it wait briefly, then get a 503).
+/// Instances one component can use at once, which sizes the pool when `[runtime]
+/// max_instances` does not: a handler its `max_in_flight` (its lanes never run more calls,
+/// and its warm instances are among them), a timer publisher one (ticks never overlap), an
+/// HTTP publisher its `max_in_flight` (requests beyond it wait briefly, then get a 503).
 pub fn reservation(what: &DropIn) -> u32 {
     let instances = match what {
         // A shadow's candidate runs one call at a time, on an instance of its own.
@@ -59,29 +60,26 @@ pub fn reservation(what: &DropIn) -> u32 {
     u32::try_from(instances).unwrap_or(u32::MAX)
 }
 
-/// Instances kept free beyond the reservations: a reused instance being replaced while its
-/// successor starts, a version's last calls finishing beside its successor's, and room for a
-/// stray instance a host bug might hold.
+/// Instances beyond those admitted: room for a stray instance a host bug might hold, so that
+/// it costs a retry, not a failed call.
 const SPARE_INSTANCES: u32 = 16;
 
-/// The pool the engine is built with: `[runtime] max_instances` instances, or what the
-/// components at start reserve (plus room for drop-ins added later when there is a handlers
-/// folder); memories as large as the largest any of them, or the default limit, allows.
+/// The pool the engine is built with, shared by every component's calls in turn (see the
+/// `admission` module): `[runtime] max_instances` instances, or what the components at start
+/// can use at once (plus room for drop-ins added later when there is a handlers folder), at
+/// most [`config::DEFAULT_MAX_INSTANCES`]; memories as large as the largest any of them, or
+/// the default limit, allows.
 pub fn pool_size<'a>(
     runtime: &Runtime,
     at_start: impl Iterator<Item = &'a DropIn> + Clone,
 ) -> anyhow::Result<engine::PoolSize> {
     let needed: u32 = at_start.clone().map(reservation).sum();
     let capacity = match runtime.max_instances {
-        Some(max) if max < needed => bail!(
-            "[runtime] max_instances is {max}, but the configured components reserve {needed} \
-             instances (each handler and HTTP publisher its max_in_flight, each timer one)"
-        ),
         Some(max) => max,
         None if runtime.handlers_dir.is_some() || runtime.registry => {
-            needed + config::HOT_INSTANCES
+            (needed + config::HOT_INSTANCES).min(config::DEFAULT_MAX_INSTANCES)
         }
-        None => needed,
+        None => needed.clamp(1, config::DEFAULT_MAX_INSTANCES),
     };
     let max_memory = at_start
         .map(|d| d.component().limits.memory.as_u64())
@@ -102,6 +100,7 @@ pub struct Loader {
     linker: wasmtime::component::Linker<crate::sandbox::HostState>,
     cache: Option<CompileCache>,
     pool: engine::PoolSize,
+    admission: Admission,
     runtime: Runtime,
     tenants: Arc<Tenants>,
     metrics: Metrics,
@@ -118,12 +117,14 @@ impl Loader {
     ) -> anyhow::Result<Loader> {
         let engine = engine::new(pool)?;
         let runtime = &config.runtime;
+        let admission = Admission::with_gauges(pool.reservable as usize, metrics.pool());
         let cache_dir = (runtime.compile_cache.clone()).or_else(CompileCache::default_dir);
         Ok(Loader {
             linker: imports::linker(&engine)?,
             engine,
             cache: cache_dir.map(|dir| CompileCache::new(dir, runtime.compile_cache_max.as_u64())),
             pool,
+            admission,
             runtime: runtime.clone(),
             tenants: tenants.clone(),
             metrics: metrics.clone(),
@@ -217,7 +218,7 @@ impl Loader {
                 gatherer: Gatherer::new(batch.max, batch.max_wait),
             },
         };
-        let env = environment(component, tenant, jetstream_sink(tenant));
+        let env = environment(component, tenant, jetstream_sink(tenant), &self.admission);
         let metrics = self.metrics.handler(&tenant.name, &component.name);
         let limits = component.limits;
         let reuse = match handler.instances {
@@ -276,7 +277,7 @@ impl Loader {
     /// A publisher, loaded and checked against its world.
     async fn publisher(&self, publisher: &Publisher, tenant: &Tenant) -> anyhow::Result<Loaded> {
         let component = &publisher.component;
-        let env = environment(component, tenant, jetstream_sink(tenant));
+        let env = environment(component, tenant, jetstream_sink(tenant), &self.admission);
         let (path, limits) = (&component.wasm, component.limits);
         let label = || format!("publisher {}", component.name);
         let (engine, linker, cache) = (&self.engine, &self.linker, self.cache.as_ref());
@@ -350,7 +351,12 @@ impl Loader {
         .await
         .with_context(what)?;
         let captured = Arc::new(Mutex::new(Vec::new()));
-        let env = environment(live, tenant, Sink::Capture(captured.clone()));
+        let env = environment(
+            live,
+            tenant,
+            Sink::Capture(captured.clone()),
+            &self.admission,
+        );
         // Its instances are not the handler's: counted nowhere.
         let instances = IntCounter::new("shadow_instances", "unregistered").expect("a valid name");
         let dispatcher = Dispatcher::new(pre, env, live.limits, None, instances);
@@ -365,7 +371,12 @@ impl Loader {
 
 /// What a component's imports see: its name, config, publish policy and quota, its tenant's
 /// account, and where its publishes go (`sink`).
-pub(crate) fn environment(component: &Component, tenant: &Tenant, sink: Sink) -> Arc<ComponentEnv> {
+pub(crate) fn environment(
+    component: &Component,
+    tenant: &Tenant,
+    sink: Sink,
+    admission: &Admission,
+) -> Arc<ComponentEnv> {
     Arc::new(ComponentEnv {
         name: component.name.as_str().into(),
         config: component.config.clone(),
@@ -376,6 +387,7 @@ pub(crate) fn environment(component: &Component, tenant: &Tenant, sink: Sink) ->
         log_budget: LogBudget::default(),
         host_log: LogBudget::default(),
         account: tenant.account.clone(),
+        admission: admission.clone(),
     })
 }
 
@@ -410,7 +422,7 @@ every = "1s"
     }
 
     #[test]
-    fn the_pool_holds_what_the_components_reserve_and_room_for_drop_ins() {
+    fn the_pool_holds_what_the_components_use_and_room_for_drop_ins() {
         let exact = pool(TWO).unwrap();
         assert_eq!(
             (exact.reservable, exact.instances),
@@ -424,13 +436,17 @@ every = "1s"
     }
 
     #[test]
-    fn max_instances_below_what_the_config_reserves_is_refused() {
-        let error = pool(&format!("[runtime]\nmax_instances = 5\n{TWO}"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("max_instances is 5") && error.contains("reserve 9"),
-            "{error}"
+    fn the_pool_is_what_max_instances_says_or_at_most_the_default() {
+        let small = pool(&format!("[runtime]\nmax_instances = 5\n{TWO}")).unwrap();
+        assert_eq!(small.reservable, 5, "the calls take turns at 5");
+        let many: String = (0..100)
+            .map(|i| format!("[[handler]]\nname = \"h{i}\"\ncomponent = \"h.wasm\"\nstream = \"S\"\nconsumer = \"c{i}\"\n"))
+            .collect();
+        let capped = pool(&many).unwrap();
+        assert_eq!(
+            capped.reservable,
+            config::DEFAULT_MAX_INSTANCES,
+            "not 100 × 64"
         );
     }
 }

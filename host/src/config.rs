@@ -87,10 +87,12 @@ pub struct Runtime {
     /// The folder of drop-in handlers and publishers (`NAME.wasm` beside its manifest
     /// `NAME.toml`; see the `drop_in` module).
     pub handlers_dir: Option<PathBuf>,
-    /// Component instances alive at once, host-wide: each handler reserves its
-    /// `max_in_flight`, each HTTP publisher its `max_in_flight`, each timer publisher one; a
-    /// drop-in that does not fit is refused. Unset: what the components at start need, plus
-    /// [`HOT_INSTANCES`] for drop-ins added later when there is a handlers folder.
+    /// Component instances alive at once, host-wide, shared by every component's calls: when
+    /// all are in use, calls wait, and the freed instances go to the waiting components in
+    /// turn. Unset: what the components at start can use at once (each handler and HTTP
+    /// publisher its `max_in_flight`, each timer publisher one), plus [`HOT_INSTANCES`] for
+    /// drop-ins added later when there is a handlers folder, at most
+    /// [`DEFAULT_MAX_INSTANCES`].
     pub max_instances: Option<u32>,
     /// Run what the fleet's registry (JetStream KV and Object Store, written by `jetwasm
     /// deploy`) holds, watched like the handlers folder.
@@ -104,6 +106,10 @@ pub struct Runtime {
 /// Instances kept for drop-ins added while the host runs, unless `[runtime] max_instances`
 /// says.
 pub const HOT_INSTANCES: u32 = 256;
+
+/// The largest pool sized without `[runtime] max_instances`: a thousand handlers of 64 calls
+/// each do not get 64,000 instances' worth of address space, but take turns at these.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1024;
 
 impl Default for Runtime {
     fn default() -> Self {

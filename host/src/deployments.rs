@@ -13,8 +13,8 @@
 //!   is logged naming the file, counted in `jetwasm_deploy_failures_total{handler}` and shown
 //!   on `/status`.
 //!
-//! Each component reserves its share of the engine's instance pool ([`reservation`]); a
-//! drop-in that does not fit is refused.
+//! Every component's calls share the engine's instance pool, taking turns when it is full
+//! (see the `admission` module): no drop-in is refused for the pool's size.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::binding::Binding;
-use crate::components::{reservation, Loaded, Loader};
+use crate::components::{Loaded, Loader};
 use crate::config::DropIn;
 use crate::drop_in::{self, Found};
 use crate::http_publisher::HttpPublisher;
@@ -114,7 +114,7 @@ impl Deployments {
         for what in components {
             let loaded = self.loader.load(what).await?;
             let status = status_of(what, Source::Config);
-            let running = self.launcher.start(loaded, reservation(what)).await?;
+            let running = self.launcher.start(loaded).await?;
             self.versions(&status, None);
             let entry = Entry {
                 source: Source::Config,
@@ -232,10 +232,8 @@ impl Deployments {
         let loaded = self.loader.load(drop_in).await?;
         let mut status = status_of(drop_in, source);
         status.revision = revision;
-        let wanted = reservation(drop_in);
         let (old, old_version) = {
             let mut entries = self.entries();
-            let room = self.room(&entries);
             let running = entries.get(name).and_then(|e| e.running.as_ref());
             let old_version = running.and_then(|_| entries[name].status.version.clone());
             // A handler of the same shape takes the new version in place; a new consumer
@@ -252,14 +250,6 @@ impl Deployments {
                     return Ok(());
                 }
             }
-            let room = room + running.map_or(0, Running::reserved);
-            if wanted > room {
-                anyhow::bail!(
-                    "{name} reserves {wanted} instances (its max_in_flight) but {room} of the \
-                     host's {} are free: lower its max_in_flight or raise [runtime] max_instances",
-                    self.loader.capacity()
-                );
-            }
             if let Loaded::Http(publisher) = &loaded {
                 let key = route_key(publisher);
                 let own = matches!(running, Some(Running::Http { route, .. }) if *route == key);
@@ -273,7 +263,7 @@ impl Deployments {
         if let Some(old) = old {
             self.launcher.stop(name, old);
         }
-        let running = self.launcher.start(loaded, wanted).await?;
+        let running = self.launcher.start(loaded).await?;
         self.versions(&status, old_version.as_deref());
         match &old_version {
             Some(old) => log_swap(name, Some(old), &status, started),
@@ -394,14 +384,6 @@ impl Deployments {
             );
         }
         Ok(())
-    }
-
-    /// Instances not reserved by a running component.
-    fn room(&self, entries: &BTreeMap<String, Entry>) -> u32 {
-        let reserved: u32 = (entries.values())
-            .filter_map(|e| e.running.as_ref().map(Running::reserved))
-            .sum();
-        self.loader.capacity().saturating_sub(reserved)
     }
 
     /// The HTTP publisher serving `method` `path`, if any.

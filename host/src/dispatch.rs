@@ -141,7 +141,7 @@ impl Dispatcher {
     }
 
     async fn call_with(&self, msg: &Message, record: bool) -> (Outcome, Vec<Captured>) {
-        let (mut store, instance, served) = self.checkout(origin_of(msg));
+        let (mut store, instance, served) = self.checkout(origin_of(msg)).await;
         store.data_mut().recorded = record.then(Vec::new);
         let turn = store.data().turn.clone();
         // Boxed once here: the call's future is large (~2.5 KB), and moving it by value into
@@ -172,7 +172,7 @@ impl Dispatcher {
     /// One `handle-batch` call for `batch`: an outcome per message, in order.
     async fn call_batch(&self, batch: Vec<Message>) -> Vec<Outcome> {
         let n = batch.len();
-        let (mut store, instance, served) = self.checkout(origin_of(&batch[0]));
+        let (mut store, instance, served) = self.checkout(origin_of(&batch[0])).await;
         let turn = store.data().turn.clone();
         let call = Box::pin(async {
             let instance = match instance {
@@ -196,24 +196,24 @@ impl Dispatcher {
     }
 
     /// A store for a call on behalf of `origin`: a warm one with its instance when reuse is
-    /// on and one is free, else a new one (its instance made in the call).
-    fn checkout(&self, origin: Origin) -> (Store<HostState>, Option<Instance>, u32) {
-        match self.reuse.and_then(|_| self.lock_warm().pop()) {
-            Some(Warm {
-                mut store,
-                instance,
-                served,
-                ..
-            }) => {
-                sandbox::begin_call(&mut store, origin, &self.limits);
-                (store, Some(instance), served)
-            }
-            None => {
-                let store =
-                    sandbox::store(self.entry.engine(), self.env.clone(), origin, &self.limits);
-                (store, None, 0)
-            }
+    /// on and one is free, else a new one (its instance made in the call) once the host's
+    /// pool admits it (the wait is the message's, kept in progress, not the call's).
+    async fn checkout(&self, origin: Origin) -> (Store<HostState>, Option<Instance>, u32) {
+        let warm = self.reuse.and_then(|_| self.lock_warm().pop());
+        if let Some(Warm {
+            mut store,
+            instance,
+            served,
+            ..
+        }) = warm
+        {
+            sandbox::begin_call(&mut store, origin, &self.limits);
+            return (store, Some(instance), served);
         }
+        let permit = self.env.admission.admit(&self.env.name).await;
+        let mut store = sandbox::store(self.entry.engine(), self.env.clone(), origin, &self.limits);
+        store.data_mut().permit = Some(permit);
+        (store, None, 0)
     }
 
     /// Keeps an instance that answered for later calls, while its quota lasts.

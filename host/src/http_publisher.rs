@@ -116,7 +116,9 @@ impl HttpPublisher {
         // Everything logged while the guest runs, its own lines included, names the request.
         let span = origin.span(&self.name);
         let limits = self.limits;
+        let pool = self.env.admission.admit(&self.env.name).await;
         let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &limits);
+        store.data_mut().permit = Some(pool);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let no_response = |e: wasmtime::Error| RequestFailure::NoResponse(format!("{e:#}"));
         let mut http = store.data_mut().http();

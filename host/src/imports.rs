@@ -11,7 +11,7 @@ use crate::bindings::jetwasm::runtime::{config, log, publish, types};
 use crate::bindings::{v0_1, Handler, Outgoing, PublishAck, PublishError};
 use crate::log_budget::{Verdict, LINES_PER_SECOND};
 use crate::origin::Origin;
-use crate::publish::{check, publish_acked, publish_atomic, Allowance};
+use crate::publish::{check, publish_acked, publish_atomic, publish_pipelined, Allowance};
 use crate::sandbox::{Captured, HostState, Sink};
 use crate::{telemetry, trace};
 
@@ -193,12 +193,20 @@ impl HostState {
                         .collect(),
                     None => Vec::new(),
                 };
-                let sends = batch.into_iter().map(|ready| async move {
-                    let ready = ready?;
-                    let payload = ready.payload.into();
-                    publish_acked(connection, ready.subject, ready.headers, payload).await
-                });
-                let results = futures::future::join_all(sends).await;
+                let results = match &batch[..] {
+                    [_] => {
+                        let ready = batch.into_iter().next().expect("one");
+                        let acked = match ready {
+                            Ok(r) => {
+                                publish_acked(connection, r.subject, r.headers, r.payload.into())
+                                    .await
+                            }
+                            Err(refused) => Err(refused),
+                        };
+                        vec![acked]
+                    }
+                    _ => pipelined(connection, batch).await,
+                };
                 if let Some(recorded) = &mut self.recorded {
                     for (copy, result) in copies.into_iter().zip(&results) {
                         if let (Some(copy), Ok(_)) = (copy, result) {
@@ -266,6 +274,29 @@ impl HostState {
             }
         }
     }
+}
+
+/// Sends the ready publishes of `batch` pipelined, keeping the errors of those that failed
+/// their checks, in order.
+async fn pipelined(
+    connection: &crate::publish::Connection,
+    batch: Vec<Result<Ready, PublishError>>,
+) -> Vec<Result<PublishAck, PublishError>> {
+    let mut sendable = Vec::with_capacity(batch.len());
+    let mut slots = Vec::with_capacity(batch.len());
+    for ready in batch {
+        slots.push(match ready {
+            Ok(r) => {
+                sendable.push((r.subject, r.headers, r.payload.into()));
+                Ok(())
+            }
+            Err(refused) => Err(refused),
+        });
+    }
+    let mut acked = publish_pipelined(connection, sendable).await.into_iter();
+    (slots.into_iter())
+        .map(|slot| slot.and_then(|()| acked.next().expect("one result per message sent")))
+        .collect()
 }
 
 /// `headers` without the message id (JetStream refuses one inside an atomic batch).

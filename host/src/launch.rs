@@ -25,8 +25,6 @@ pub enum Running {
         binding: Arc<Binding>,
         /// Stops its lanes and sweeper.
         stop: CancellationToken,
-        /// Instances it reserves.
-        reserved: u32,
     },
     /// A timer publisher ticking.
     Timer {
@@ -37,19 +35,7 @@ pub enum Running {
     Http {
         /// Its method and path.
         route: (String, String),
-        /// Instances it reserves.
-        reserved: u32,
     },
-}
-
-impl Running {
-    /// Instances it reserves in the engine's pool.
-    pub fn reserved(&self) -> u32 {
-        match self {
-            Running::Handler { reserved, .. } | Running::Http { reserved, .. } => *reserved,
-            Running::Timer { .. } => 1,
-        }
-    }
 }
 
 /// Starts and stops components, each on its tenant's connection, under the host's shutdown
@@ -71,7 +57,7 @@ impl Launcher {
     }
 
     /// Starts a loaded component: a handler bound, a timer ticking, a route served.
-    pub async fn start(&self, loaded: Loaded, reserved: u32) -> anyhow::Result<Running> {
+    pub async fn start(&self, loaded: Loaded) -> anyhow::Result<Running> {
         Ok(match loaded {
             Loaded::Handler(binding) => {
                 let stop = self.shutdown.child_token();
@@ -85,11 +71,7 @@ impl Launcher {
                         ))
                     })?;
                 consumer::start(binding.clone(), &js, &stop, &self.calls);
-                Running::Handler {
-                    binding,
-                    stop,
-                    reserved,
-                }
+                Running::Handler { binding, stop }
             }
             Loaded::Timer(publisher) => {
                 let stop = self.shutdown.child_token();
@@ -108,7 +90,7 @@ impl Launcher {
                         .insert(method, publisher.clone());
                     routes
                 });
-                Running::Http { route, reserved }
+                Running::Http { route }
             }
         })
     }

@@ -22,6 +22,7 @@
 //!   `undeploy`); [`origin`] names what a call works on, in ids and logs.
 
 pub mod ack;
+pub mod admission;
 pub mod batch;
 pub mod binding;
 pub mod bindings;

@@ -48,6 +48,18 @@ pub struct Metrics {
     versions: IntGaugeVec,
     /// `jetwasm_tenant_memory_bytes{tenant}`: linear memory its live instances hold.
     tenant_memory: IntGaugeVec,
+    /// `jetwasm_pool_instances_in_use` and `jetwasm_pool_calls_waiting`: the host's instance
+    /// pool (see the `admission` module).
+    pool: PoolMetrics,
+}
+
+/// The host's instance pool: instances in use, and calls waiting for one.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    /// `jetwasm_pool_instances_in_use`.
+    pub in_use: IntGauge,
+    /// `jetwasm_pool_calls_waiting`.
+    pub waiting: IntGauge,
 }
 
 /// One publisher's metrics, resolved once.
@@ -268,8 +280,25 @@ impl Metrics {
             "Linear memory a tenant's live instances hold (its max_memory caps it)",
             &["tenant"],
         );
+        let pool = PoolMetrics {
+            in_use: registered(
+                &registry,
+                IntGauge::new(
+                    "jetwasm_pool_instances_in_use",
+                    "Instances of the host's pool in use (running a call, or kept warm)",
+                ),
+            ),
+            waiting: registered(
+                &registry,
+                IntGauge::new(
+                    "jetwasm_pool_calls_waiting",
+                    "Calls waiting for an instance of the host's pool ([runtime] max_instances)",
+                ),
+            ),
+        };
         Metrics {
             registry,
+            pool,
             tenant_memory,
             versions,
             outcomes,
@@ -324,6 +353,11 @@ impl Metrics {
         self.http_requests
             .with_label_values(&[tenant, publisher, &status.to_string()])
             .inc();
+    }
+
+    /// The instance pool's gauges.
+    pub fn pool(&self) -> PoolMetrics {
+        self.pool.clone()
     }
 
     /// The gauge of the memory `tenant`'s live instances hold.

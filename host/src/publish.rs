@@ -231,6 +231,47 @@ async fn acked(
     }
 }
 
+/// Publishes every message of `batch` at once and then awaits their PubAcks together: what
+/// the client does for a burst, far faster than [`publish_acked`] one after another. A
+/// message whose ack does not come back fine (a timeout, no stream, a refusal) is published
+/// again through [`publish_acked`], with the same message id (so the stream stores it once),
+/// which says what went wrong.
+pub async fn publish_pipelined(
+    connection: &Connection,
+    batch: Vec<(String, HeaderMap, bytes::Bytes)>,
+) -> Vec<Result<PublishAck, PublishError>> {
+    let js = &connection.js;
+    if js.client().connection_state() != State::Connected {
+        let down = "not connected to NATS (reconnecting); nothing was published";
+        return (batch.iter())
+            .map(|_| Err(PublishError::Unavailable(down.to_owned())))
+            .collect();
+    }
+    let mut sent = Vec::with_capacity(batch.len());
+    for (subject, headers, payload) in batch {
+        let ack = js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await;
+        sent.push((ack.ok(), (subject, headers, payload)));
+    }
+    let mut results = Vec::with_capacity(sent.len());
+    for (ack, (subject, headers, payload)) in sent {
+        let acked = match ack {
+            Some(ack) => ack.await.ok(),
+            None => None,
+        };
+        results.push(match acked {
+            Some(ack) => Ok(PublishAck {
+                stream: ack.stream,
+                seq: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            None => publish_acked(connection, subject, headers, payload).await,
+        });
+    }
+    results
+}
+
 /// Publishes `batch` as one JetStream atomic batch (nats-server 2.12+, a stream with
 /// `allow_atomic`): the first message as a request (so a stream that refuses batches says so
 /// before the rest is sent), the middle ones without waiting, the last with the commit marker,

@@ -202,7 +202,8 @@ async fn dispatcher(
         true => Sink::JetStream(Box::new(tenant.connection.clone())),
         false => Sink::Capture(captured.clone()),
     };
-    let env = components::environment(component, tenant, sink);
+    let admission = crate::admission::Admission::new(pool.reservable as usize);
+    let env = components::environment(component, tenant, sink, &admission);
     let reuse = match handler.instances {
         Instances::Fresh => None,
         Instances::Reuse { per_instance } => Some(per_instance),

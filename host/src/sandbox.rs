@@ -15,6 +15,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use crate::admission::{Admission, Permit};
 use crate::config::{Limits, PublishPolicy};
 use crate::engine::EPOCH_TICK;
 use crate::fair_share::{let_go, TurnCell};
@@ -109,6 +110,8 @@ pub struct ComponentEnv {
     pub host_log: LogBudget,
     /// Its tenant's quota account.
     pub account: Arc<Account>,
+    /// The host's instance pool, which its calls take turns at.
+    pub admission: Admission,
 }
 
 /// Where a component's publishes go.
@@ -153,6 +156,8 @@ pub struct HostState {
     pub(crate) recorded: Option<Vec<Captured>>,
     /// The current call's turn at the CPU, while it has one (see the `fair_share` module).
     pub(crate) turn: TurnCell,
+    /// The pool instance this store's instance holds (see the `admission` module).
+    pub(crate) permit: Option<Permit>,
 }
 
 impl HostState {
@@ -172,6 +177,7 @@ impl HostState {
             published: 0,
             recorded: None,
             turn: TurnCell::default(),
+            permit: None,
         }
     }
 

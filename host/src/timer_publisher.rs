@@ -61,7 +61,9 @@ impl TimerPublisher {
         };
         // Everything logged during the tick, the guest's lines included, names it.
         let span = origin.span(&self.name);
+        let permit = self.env.admission.admit(&self.env.name).await;
         let mut store = sandbox::store(self.pre.engine(), self.env.clone(), origin, &self.limits);
+        store.data_mut().permit = Some(permit);
         let turn = store.data().turn.clone();
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;

@@ -129,6 +129,7 @@ impl Trier {
                 Gate::new(1).share(0, 1),
                 prometheus::IntGauge::new("try_memory", "memory")?,
             )),
+            admission: crate::admission::Admission::new(1),
         });
         let kind = if let Ok(pre) = loader::check::<HandlerPre<_>>(&linker, &compiled) {
             let instances = prometheus::IntCounter::new("try_instances", "instances")?;

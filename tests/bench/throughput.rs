@@ -28,7 +28,7 @@
 //! (default `rust,python,js,go,c`), `BENCH_HTTP_CONNECTIONS` (default 32) and
 //! `BENCH_HTTP_SECS` (default 5), `BENCH_TENANT_SECS` (default 10) and `BENCH_TENANT_MESSAGES`
 //! (default 50000), `BENCH_FLEET_MESSAGES` (default 50000); `BENCH_ONLY=deploy`, `tenants`,
-//! `fleet`, `publish`, `batches` or `memory` runs that part alone (`memory` runs only then: it takes minutes, see
+//! `fleet`, `publish`, `batches`, `density` or `memory` runs that part alone (`memory` runs only then: it takes minutes, see
 //! the `memory` module).
 
 use std::path::{Path, PathBuf};
@@ -46,6 +46,7 @@ use jetwasm::scaffold::{self, Kind, Lang};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod density;
 mod deploy;
 mod fleet;
 mod http;
@@ -148,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
         Ok("tenants") => return tenants::bench().await,
         Ok("fleet") => return fleet::bench().await,
         Ok("memory") => return memory::bench().await,
+        Ok("density") => return density::bench().await,
         Ok(part @ ("publish" | "batches")) => return alone(part).await,
         _ => {}
     }

@@ -363,38 +363,71 @@ async fn an_http_publisher_dropped_in_while_running_serves_its_route_until_remov
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drop_in_that_does_not_fit_the_instance_pool_is_refused_by_name() {
+async fn handlers_take_turns_at_a_full_instance_pool_and_a_quiet_one_is_not_starved() {
     let setup = Setup::new("").await;
     let folder = tempfile::tempdir().unwrap();
     let dir = folder.path();
+    // Two instances for the whole host, far fewer than the two handlers' max_in_flight.
     let config = format!(
-        "streams = \"{}\"\n\n[runtime]\nhttp = \"{{http}}\"\nmax_instances = 10\n",
+        "streams = \"{}\"\n\n[runtime]\nhttp = \"{{http}}\"\nmax_instances = 2\n",
         setup.dir.path().join("streams.toml").display()
     );
     let flags = ["--handlers-dir", dir.to_str().unwrap()];
     let host = Host::start_with(&setup.server.url, &config, &flags)
         .await
         .unwrap();
-    // The default max_in_flight (64) reserves more than the host's 10 instances.
+    // A slow handler on its own consumer (orders.slow), 8 calls at once, 400 ms each...
+    let slow = "stream = \"ORDERS\"\nlimits = { max_in_flight = 8 }\nconfig = { sleep_ms = 400 }\n\n[consumer]\ndurable = \"slowpoke\"\nfilter_subjects = [\"orders.slow\"]\n";
+    move_in(dir, "slow.toml", slow);
+    move_in(
+        dir,
+        "slow.wasm",
+        std::fs::read(handler_wasm("fixture_slow")).unwrap(),
+    );
+    // ... and the orders handler beside it, with the default 64.
     move_in(dir, "orders.toml", ORDERS_MANIFEST);
     move_in(
         dir,
         "orders.wasm",
         std::fs::read(handler_wasm("orders")).unwrap(),
     );
-    wait_status(&host, "orders", |s| s.is_some_and(|s| s.state == "refused")).await;
-    let error = status_of(&host, "orders").unwrap().error.unwrap();
+    for name in ["slow", "orders"] {
+        wait_status(&host, name, |s| s.is_some_and(|s| s.state == "running")).await;
+    }
+    for i in 0..20 {
+        let ack = setup.js.publish("orders.slow", format!("{i}").into()).await;
+        ack.unwrap().await.unwrap();
+    }
+    let slow_acked = "jetwasm_messages_total{handler=\"slow\",outcome=\"ack\"}";
+    host.wait_metric("jetwasm_pool_calls_waiting", 1.0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The pool is full and the slow handler's calls wait for it: the orders still get turns.
+    let started = Instant::now();
+    setup.publish_all((0..5).map(order)).await;
+    let mut most_in_use = 0.0_f64;
+    while setup.count("ORDERS", "orders.processed").await < 5 {
+        most_in_use = most_in_use.max(host.metric("jetwasm_pool_instances_in_use").unwrap());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            tail(&host.log())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let slow_done = host.metric(slow_acked).unwrap_or(0.0);
     assert!(
-        error.contains("orders reserves 64 instances") && error.contains("10 of the host's 10"),
-        "{error}"
+        slow_done < 20.0,
+        "the orders went through while the slow backlog still waited ({slow_done} of 20 done)"
     );
-    // Within its share it runs.
-    let manifest = format!("{ORDERS_MANIFEST}limits = {{ max_in_flight = 8 }}\n");
-    move_in(dir, "orders.toml", manifest);
-    wait_status(&host, "orders", |s| s.is_some_and(|s| s.state == "running")).await;
-    setup.publish_all((0..20).map(order)).await;
-    setup.drained(Duration::from_secs(20), &host).await;
-    assert_eq!(setup.count("ORDERS", "orders.processed").await, 20);
+    assert!(
+        most_in_use <= 2.0,
+        "never more than the pool: {most_in_use}"
+    );
+    host.wait_metric(slow_acked, 20.0, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(host.metric("jetwasm_pool_calls_waiting").unwrap(), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -415,7 +415,7 @@ mod example {
     #[test]
     fn deploy_examples_parse() {
         let config = deploy("jetwasm.toml");
-        assert_eq!(config.handlers.len(), 1);
+        assert_eq!(config.handlers.len(), 2);
         assert_eq!(config.publishers.len(), 2);
         assert!(matches!(
             config.publishers[0].trigger,
@@ -429,6 +429,9 @@ mod example {
             ("POST", "/orders")
         );
         assert_eq!(config.handlers[0].consumer, "orders-processor");
+        let totals = &config.handlers[1];
+        assert_eq!(totals.component.kv[0].bucket, "customer-totals");
+        assert!(totals.ordering.is_some(), "a customer's orders in order");
         assert!(config.streams.unwrap().spec.ends_with("streams.toml"));
         assert_eq!(
             config.runtime.limits,
