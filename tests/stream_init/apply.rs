@@ -100,10 +100,14 @@ async fn plan_shows_creates_and_touches_nothing() {
         out.contains("+ consumer ORDERS/orders-processor: create"),
         "{out}"
     );
+    assert!(
+        out.contains("+ consumer ORDERS/customer-totals: create"),
+        "{out}"
+    );
     assert!(out.contains("+ stream DEADLETTER: create"), "{out}");
     assert!(out.contains("+ kv customer-totals: create"), "{out}");
     assert!(
-        out.contains("Plan: 4 to create, 0 to update, 0 unchanged."),
+        out.contains("Plan: 5 to create, 0 to update, 0 unchanged."),
         "{out}"
     );
 
@@ -143,7 +147,7 @@ async fn apply_creates_the_reference_setup_and_a_second_apply_changes_nothing() 
     );
     assert!(out.contains("created kv customer-totals"), "{out}");
     assert!(
-        out.contains("Apply complete: 4 created, 0 updated, 0 unchanged."),
+        out.contains("Apply complete: 5 created, 0 updated, 0 unchanged."),
         "{out}"
     );
 
@@ -207,7 +211,7 @@ async fn apply_creates_the_reference_setup_and_a_second_apply_changes_nothing() 
     .await;
     assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
     assert!(
-        stdout(&plan).contains("Plan: 0 to create, 0 to update, 4 unchanged."),
+        stdout(&plan).contains("Plan: 0 to create, 0 to update, 5 unchanged."),
         "{}",
         stdout(&plan)
     );
