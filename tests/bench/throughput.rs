@@ -269,17 +269,22 @@ async fn publishing(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()
 
     let burst = env_or("BENCH_BURST", 100_000);
     let window = env_or("BENCH_BURST_WINDOW", 1000);
-    let mut native = Vec::new();
-    let mut component = Vec::new();
+    let (mut native, mut with_ids, mut component) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let n = publish_native_pipelined(js, burst, window).await?;
+        let n = publish_native_pipelined(js, burst, window, false).await?;
+        let i = publish_native_pipelined(js, burst, window, true).await?;
         let c = publish_component_batched(js, burst, window).await?;
-        println!("pipelined publish round {round}: native {n:>7.0} msgs/s   component (publish-batch) {c:>7.0} msgs/s   ratio {:.2}", c / n);
+        println!("pipelined publish round {round}: native {n:>7.0} msgs/s   native with ids {i:>7.0} msgs/s   component (publish-batch) {c:>7.0} msgs/s   ratios {:.2} / {:.2}", c / n, c / i);
         native.push(n);
+        with_ids.push(i);
         component.push(c);
     }
-    let (n, c) = (median(&mut native), median(&mut component));
-    println!("pipelined publish median ({burst} publishes, {window} acks in flight): native {n:.0} msgs/s, component with publish-batch {c:.0} msgs/s, ratio {:.2}", c / n);
+    let (n, i, c) = (
+        median(&mut native),
+        median(&mut with_ids),
+        median(&mut component),
+    );
+    println!("pipelined publish median ({burst} publishes, {window} acks in flight): native {n:.0} msgs/s, native with a message id and traceparent each (what the component sends) {i:.0} msgs/s, component with publish-batch {c:.0} msgs/s; ratio {:.2} to native, {:.2} to native with ids", c / n, c / i);
 
     Ok(())
 }
@@ -314,17 +319,28 @@ async fn publish_native(js: &jetstream::Context, n: usize) -> anyhow::Result<f64
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The baseline for bursts: publishes with up to `window` PubAcks awaited together.
+/// The baseline for bursts: publishes with up to `window` PubAcks awaited together; with
+/// `ids`, each carries a `Nats-Msg-Id` and a `traceparent` as a component's publishes do (the
+/// stream then tracks every id for deduplication).
 async fn publish_native_pipelined(
     js: &jetstream::Context,
     n: usize,
     window: usize,
+    ids: bool,
 ) -> anyhow::Result<f64> {
     let payload = bytes::Bytes::from(vec![b'x'; 64]);
     let start = Instant::now();
     let mut acks = Vec::with_capacity(window);
-    for _ in 0..n {
-        acks.push(js.publish("benchpub.out", payload.clone()).await?);
+    let run = fastrand::u64(..);
+    for i in 0..n {
+        let mut headers = async_nats::HeaderMap::new();
+        if ids {
+            let traceparent = format!("00-{run:016x}{i:016x}-{i:016x}-01");
+            headers.insert("traceparent", traceparent.as_str());
+            headers.insert("Nats-Msg-Id", format!("burst:{run}:{i}").as_str());
+        }
+        let publish = js.publish_with_headers("benchpub.out", headers, payload.clone());
+        acks.push(publish.await?);
         if acks.len() == window {
             for ack in acks.drain(..) {
                 ack.await?;
