@@ -2,7 +2,8 @@
 //! first one leads it, waiting until the batch is full or `max_wait` has passed, then makes
 //! the one call for all of them and hands every other message its own outcome. Each message
 //! keeps its own delivery (in-progress updates, ack, retries, dead letter), so a batch
-//! changes only how many calls are made.
+//! changes only how many calls are made. Generic over the outcome: the `dispatch` module
+//! makes the call and says what a failed one means.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -11,30 +12,37 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 
 use crate::bindings::Message;
-use crate::dispatch::{Failure, Outcome};
 
-/// The open batch of one handler, and its size and wait.
-pub struct Gatherer {
+/// The open batch of one handler, and its size and wait; `T` is a message's outcome.
+pub struct Gatherer<T> {
     max: usize,
     max_wait: Duration,
-    open: Mutex<Option<Arc<Batch>>>,
+    open: Mutex<Option<Arc<Batch<T>>>>,
 }
 
 /// One batch being gathered: its messages (the leader's first) and the outcome channels of
 /// all but the leader's.
-struct Batch {
-    members: Mutex<Members>,
+struct Batch<T> {
+    members: Mutex<Members<T>>,
     /// Told when the batch is full.
     full: Notify,
 }
 
-#[derive(Default)]
-struct Members {
+struct Members<T> {
     messages: Vec<Message>,
-    answers: Vec<oneshot::Sender<Outcome>>,
+    answers: Vec<oneshot::Sender<T>>,
 }
 
-impl Gatherer {
+impl<T> Default for Members<T> {
+    fn default() -> Self {
+        Members {
+            messages: Vec::new(),
+            answers: Vec::new(),
+        }
+    }
+}
+
+impl<T> Gatherer<T> {
     /// Batches of up to `max` messages, called at most `max_wait` after their first arrived.
     pub fn new(max: usize, max_wait: Duration) -> Self {
         Gatherer {
@@ -46,18 +54,15 @@ impl Gatherer {
 
     /// `msg`'s outcome, from the call `run` makes for the batch it joins (`run` gets the
     /// batch's messages in arrival order and returns one outcome per message, in order).
-    pub async fn join<F, Fut>(&self, msg: &Message, run: F) -> Outcome
+    /// `None` when the call was abandoned (the host stopping) or gave no outcome for it.
+    pub async fn join<F, Fut>(&self, msg: &Message, run: F) -> Option<T>
     where
         F: FnOnce(Vec<Message>) -> Fut,
-        Fut: Future<Output = Vec<Outcome>>,
+        Fut: Future<Output = Vec<T>>,
     {
         let (led, answer) = self.enter(msg);
         let Some(batch) = led else {
-            return answer.await.unwrap_or_else(|_| {
-                Outcome::Failed(Failure::HostCapacity(
-                    "the call for its batch was abandoned (the host is stopping); retried".into(),
-                ))
-            });
+            return answer.await.ok();
         };
         if self.max > 1 {
             tokio::select! {
@@ -80,13 +85,11 @@ impl Gatherer {
             answers.next().is_none(),
             "{expected} messages, fewer outcomes"
         );
-        own.unwrap_or(Outcome::Failed(Failure::Trap(
-            "no outcome for the message".into(),
-        )))
+        own
     }
 
     /// Adds `msg` to the open batch, or opens one it leads (then returned).
-    fn enter(&self, msg: &Message) -> (Option<Arc<Batch>>, oneshot::Receiver<Outcome>) {
+    fn enter(&self, msg: &Message) -> (Option<Arc<Batch<T>>>, oneshot::Receiver<T>) {
         let (tell, answer) = oneshot::channel();
         let mut open = lock(&self.open);
         if let Some(batch) = open.as_ref() {
@@ -114,27 +117,11 @@ impl Gatherer {
     }
 
     /// Closes `batch` to newcomers, if it is still the open one.
-    fn close(&self, batch: &Arc<Batch>) {
+    fn close(&self, batch: &Arc<Batch<T>>) {
         let mut open = lock(&self.open);
         if open.as_ref().is_some_and(|o| Arc::ptr_eq(o, batch)) {
             *open = None;
         }
-    }
-}
-
-/// The outcomes of a batch call for `n` messages: the handler's dispositions one for one, or
-/// the same failure for each when the call failed or answered for another number.
-pub fn outcomes(n: usize, result: Result<Vec<Outcome>, Failure>) -> Vec<Outcome> {
-    match result {
-        Ok(outcomes) if outcomes.len() == n => outcomes,
-        Ok(outcomes) => {
-            let failure = Failure::Trap(format!(
-                "handle-batch returned {} dispositions for {n} messages",
-                outcomes.len()
-            ));
-            vec![Outcome::Failed(failure); n]
-        }
-        Err(failure) => vec![Outcome::Failed(failure); n],
     }
 }
 
@@ -161,16 +148,13 @@ mod tests {
         }
     }
 
-    /// A call that naks each message with its sequence as the delay, recording batch sizes.
+    /// A call answering each message with its sequence, recording batch sizes.
     fn call(
         sizes: Arc<Mutex<Vec<usize>>>,
-    ) -> impl Fn(Vec<Message>) -> std::future::Ready<Vec<Outcome>> {
+    ) -> impl Fn(Vec<Message>) -> std::future::Ready<Vec<u64>> {
         move |batch: Vec<Message>| {
             lock(&sizes).push(batch.len());
-            let outcomes = (batch.iter())
-                .map(|m| Outcome::Nak(Some(Duration::from_millis(m.stream_seq))))
-                .collect();
-            std::future::ready(outcomes)
+            std::future::ready(batch.iter().map(|m| m.stream_seq).collect())
         }
     }
 
@@ -187,31 +171,10 @@ mod tests {
         let mut outcomes = Vec::new();
         for (seq, join) in (1..=6).zip(joins.iter_mut()) {
             outcomes.push(join.await.unwrap());
-            assert_eq!(
-                outcomes.last(),
-                Some(&Outcome::Nak(Some(Duration::from_millis(seq))))
-            );
+            assert_eq!(outcomes.last(), Some(&Some(seq)));
         }
         // The seventh waits out max_wait alone (the clock is paused: it advances at once).
-        assert_eq!(
-            joins.into_iter().last().unwrap().await.unwrap(),
-            Outcome::Nak(Some(Duration::from_millis(7)))
-        );
+        assert_eq!(joins.into_iter().last().unwrap().await.unwrap(), Some(7));
         assert_eq!(*lock(&sizes), [3, 3, 1]);
-    }
-
-    #[test]
-    fn a_wrong_number_of_dispositions_fails_every_message() {
-        let two = vec![Outcome::Ack, Outcome::Ack];
-        assert_eq!(outcomes(2, Ok(two.clone())), two);
-        let wrong = outcomes(3, Ok(two));
-        assert_eq!(wrong.len(), 3);
-        assert!(wrong.iter().all(|o| matches!(o,
-            Outcome::Failed(Failure::Trap(why)) if why == "handle-batch returned 2 dispositions for 3 messages")));
-        let failed = outcomes(2, Err(Failure::Timeout(Duration::from_secs(1))));
-        assert_eq!(
-            failed,
-            vec![Outcome::Failed(Failure::Timeout(Duration::from_secs(1))); 2]
-        );
     }
 }

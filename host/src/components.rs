@@ -383,7 +383,7 @@ pub(crate) fn environment(
         publish: component.publish.clone(),
         max_publishes: component.limits.max_publishes,
         sink,
-        kv: crate::kv::Buckets::new(component.kv.clone()),
+        kv: crate::buckets::Buckets::new(component.kv.clone()),
         log_budget: LogBudget::default(),
         host_log: LogBudget::default(),
         account: tenant.account.clone(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 use wasmtime::Store;
 
-use crate::batch::{self, Gatherer};
+use crate::batch::Gatherer;
 use crate::bindings::batch_handler::{BatchHandler, BatchHandlerPre};
 use crate::bindings::{Disposition, Handler, HandlerPre, Message};
 use crate::config::Limits;
@@ -57,7 +57,7 @@ pub enum Entry {
         /// The component.
         pre: BatchHandlerPre<HostState>,
         /// Gathers the messages of each call.
-        gatherer: Gatherer,
+        gatherer: Gatherer<Outcome>,
     },
 }
 
@@ -129,7 +129,13 @@ impl Dispatcher {
             Entry::Handler(_) => self.call_with(msg, false).await.0,
             Entry::Batch { gatherer, .. } => {
                 // Boxed: the batch's future holds the whole call.
-                Box::pin(gatherer.join(msg, |batch| self.call_batch(batch))).await
+                let outcome = Box::pin(gatherer.join(msg, |batch| self.call_batch(batch))).await;
+                outcome.unwrap_or_else(|| {
+                    Outcome::Failed(Failure::HostCapacity(
+                        "the call for its batch was abandoned (the host is stopping); retried"
+                            .into(),
+                    ))
+                })
             }
         }
     }
@@ -192,7 +198,7 @@ impl Dispatcher {
             }
             Err(failure) => Err(failure.with_stderr(store.data().stderr_lines())),
         };
-        batch::outcomes(n, result)
+        batch_outcomes(n, result)
     }
 
     /// A store for a call on behalf of `origin`: a warm one with its instance when reuse is
@@ -265,6 +271,22 @@ impl Dispatcher {
     }
 }
 
+/// The outcomes of a batch call for `n` messages: the handler's dispositions one for one, or
+/// the same failure for each when the call failed or answered for another number.
+fn batch_outcomes(n: usize, result: Result<Vec<Outcome>, Failure>) -> Vec<Outcome> {
+    match result {
+        Ok(outcomes) if outcomes.len() == n => outcomes,
+        Ok(outcomes) => {
+            let failure = Failure::Trap(format!(
+                "handle-batch returned {} dispositions for {n} messages",
+                outcomes.len()
+            ));
+            vec![Outcome::Failed(failure); n]
+        }
+        Err(failure) => vec![Outcome::Failed(failure); n],
+    }
+}
+
 impl From<HandlerPre<HostState>> for Entry {
     fn from(pre: HandlerPre<HostState>) -> Self {
         Entry::Handler(pre)
@@ -280,5 +302,25 @@ fn origin_of(msg: &Message) -> Origin {
         seq: msg.stream_seq,
         delivered: msg.delivered,
         traceparent: telemetry::current_traceparent().or_else(|| trace::find(headers)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_number_of_dispositions_fails_every_message() {
+        let two = vec![Outcome::Ack, Outcome::Ack];
+        assert_eq!(batch_outcomes(2, Ok(two.clone())), two);
+        let wrong = batch_outcomes(3, Ok(two));
+        assert_eq!(wrong.len(), 3);
+        assert!(wrong.iter().all(|o| matches!(o,
+            Outcome::Failed(Failure::Trap(why)) if why == "handle-batch returned 2 dispositions for 3 messages")));
+        let failed = batch_outcomes(2, Err(Failure::Timeout(Duration::from_secs(1))));
+        assert_eq!(
+            failed,
+            vec![Outcome::Failed(Failure::Timeout(Duration::from_secs(1))); 2]
+        );
     }
 }

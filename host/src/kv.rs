@@ -2,106 +2,15 @@
 //! writable), then the JetStream KV bucket over the component's own connection (its tenant's,
 //! so the server checks again), with every error mapped to the contract's `kv-error`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use async_nats::jetstream::context::KeyValueErrorKind;
 use async_nats::jetstream::kv::{
     self as nats_kv, CreateErrorKind, EntryErrorKind, Operation, PutErrorKind, UpdateErrorKind,
 };
 
 use crate::bindings::jetwasm::runtime::kv;
 use crate::bindings::{Entry, KvError};
-use crate::config::KvGrant;
+use crate::buckets::{refused, Access, Bucket};
 use crate::publish::Connection;
 use crate::sandbox::{ComponentEnv, HostState, Sink};
-
-/// A component's key-value buckets: what it was granted, and the buckets opened so far.
-pub struct Buckets {
-    grants: Vec<KvGrant>,
-    open: Mutex<HashMap<String, Bucket>>,
-}
-
-/// An opened bucket, with the largest value it accepts.
-#[derive(Clone)]
-struct Bucket {
-    store: nats_kv::Store,
-    max_value: u64,
-}
-
-/// Whether an operation reads or writes.
-#[derive(Clone, Copy, PartialEq)]
-enum Access {
-    Read,
-    Write,
-}
-
-impl Buckets {
-    /// The buckets `grants` names, none opened yet.
-    pub fn new(grants: Vec<KvGrant>) -> Self {
-        Buckets {
-            grants,
-            open: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Checks the grant for `access` to `bucket`.
-    fn check(&self, bucket: &str, access: Access) -> Result<(), KvError> {
-        match self.grants.iter().find(|g| g.bucket == bucket) {
-            None => Err(KvError::Denied(format!(
-                "bucket {bucket:?} is not granted to this component (its `kv` list)"
-            ))),
-            Some(grant) if grant.read_only && access == Access::Write => Err(KvError::Denied(
-                format!("bucket {bucket:?} is granted read-only to this component"),
-            )),
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// The granted bucket, opened over `connection` on first use.
-    async fn open(
-        &self,
-        connection: &Connection,
-        bucket: &str,
-        access: Access,
-    ) -> Result<Bucket, KvError> {
-        self.check(bucket, access)?;
-        if let Some(open) = self.lock().get(bucket) {
-            return Ok(open.clone());
-        }
-        let opened = connection
-            .denials
-            .during(crate::publish::JS_API, connection.js.get_key_value(bucket))
-            .await
-            .map_err(|subject| refused(&subject))?
-            .map_err(|e| match e.kind() {
-                KeyValueErrorKind::GetBucket => {
-                    let text = format!("{e:#}");
-                    if text.contains("not found") {
-                        KvError::NotFound(bucket.to_owned())
-                    } else {
-                        KvError::Unavailable(format!("opening bucket {bucket:?}: {text}"))
-                    }
-                }
-                _ => KvError::Unavailable(format!("opening bucket {bucket:?}: {e}")),
-            })?;
-        let server_max = connection.js.client().server_info().max_payload as u64;
-        let max_value = match u64::try_from(opened.stream.cached_info().config.max_message_size) {
-            Ok(limit) if limit > 0 => limit.min(server_max),
-            _ => server_max,
-        };
-        let open = Bucket {
-            store: opened,
-            max_value,
-        };
-        self.lock().insert(bucket.to_owned(), open.clone());
-        Ok(open)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bucket>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// The connection KV goes over: the component's sink's, when it publishes to JetStream.
 fn connection(env: &ComponentEnv) -> Result<&Connection, KvError> {
@@ -277,42 +186,9 @@ fn unavailable(e: &dyn std::error::Error) -> KvError {
     KvError::Unavailable(e.to_string())
 }
 
-/// The server refused the connection `subject`: its permissions do not allow the bucket.
-fn refused(subject: &str) -> KvError {
-    KvError::Denied(format!(
-        "{subject} (refused by the NATS server: the connection's permissions do not allow it)"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn buckets() -> Buckets {
-        Buckets::new(vec![
-            KvGrant {
-                bucket: "carts".into(),
-                read_only: false,
-            },
-            KvGrant {
-                bucket: "prices".into(),
-                read_only: true,
-            },
-        ])
-    }
-
-    #[test]
-    fn grants_decide_reads_and_writes() {
-        let buckets = buckets();
-        assert!(buckets.check("carts", Access::Write).is_ok());
-        assert!(buckets.check("prices", Access::Read).is_ok());
-        let read_only = buckets.check("prices", Access::Write).unwrap_err();
-        assert!(matches!(&read_only, KvError::Denied(why) if why.contains("read-only")));
-        let other = buckets.check("orders", Access::Read).unwrap_err();
-        assert!(
-            matches!(&other, KvError::Denied(why) if why.contains("\"orders\" is not granted"))
-        );
-    }
 
     #[test]
     fn keys_are_checked_as_jetstream_does() {

@@ -26,6 +26,7 @@ pub mod admission;
 pub mod batch;
 pub mod binding;
 pub mod bindings;
+pub mod buckets;
 pub mod check;
 pub mod compile_cache;
 pub mod components;

@@ -103,7 +103,7 @@ pub struct ComponentEnv {
     /// Where publishes go (and key-value operations, when that is a server).
     pub sink: Sink,
     /// The key-value buckets it may use.
-    pub kv: crate::kv::Buckets,
+    pub kv: crate::buckets::Buckets,
     /// The rate limit on the component's log lines.
     pub log_budget: LogBudget,
     /// The rate limit on the host's lines about the component's calls.

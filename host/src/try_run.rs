@@ -119,7 +119,7 @@ impl Trier {
             publish: PublishPolicy::new(allowed),
             max_publishes: limits.max_publishes,
             sink: Sink::Capture(captured.clone()),
-            kv: crate::kv::Buckets::new(Vec::new()),
+            kv: crate::buckets::Buckets::new(Vec::new()),
             log_budget: LogBudget::default(),
             host_log: LogBudget::default(),
             account: Arc::new(Account::new(
