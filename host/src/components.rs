@@ -382,6 +382,7 @@ pub(crate) fn environment(
         config: component.config.clone(),
         publish: component.publish.clone(),
         max_publishes: component.limits.max_publishes,
+        derive_message_ids: component.derive_message_ids,
         sink,
         kv: crate::buckets::Buckets::new(component.kv.clone()),
         log_budget: LogBudget::default(),

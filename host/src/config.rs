@@ -189,6 +189,10 @@ pub struct Component {
     pub publish: PublishPolicy,
     /// The key-value buckets it may use (`kv = [...]`).
     pub kv: Vec<KvGrant>,
+    /// Whether a publish without a message id gets one derived from what is processed
+    /// (`message_ids = "derived"`, the default), or goes without (`"given"`: only the ids the
+    /// component gives; the stream then tracks no id for it).
+    pub derive_message_ids: bool,
     /// The `config` table as the strings the component reads, sorted by key.
     pub config: Vec<(String, String)>,
 }

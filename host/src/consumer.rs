@@ -238,7 +238,9 @@ async fn run_lane(
                 info.delivered.stream_sequence,
                 info.ack_floor.stream_sequence,
             );
-            gate.recover(delivered, floor);
+            for released in gate.recover(delivered, floor) {
+                waiting.push(released);
+            }
             if gate.recovering() {
                 tracing::info!(handler = %binding.name, delivered, ack_floor = floor, "messages up to {delivered} are unacknowledged (a host stopped with them): later ones wait for their redelivery, so that no key's messages overtake each other");
             }

@@ -86,12 +86,13 @@ impl publish::Host for HostState {
         headers: Vec<(String, String)>,
         msg_id: Option<String>,
     ) -> wasmtime::Result<Result<PublishAck, PublishError>> {
-        let ready = self.prepare(Outgoing {
+        let message = Outgoing {
             subject,
             payload,
             headers,
             msg_id,
-        });
+        };
+        let ready = self.prepare(message, self.env.derive_message_ids);
         let mut results = self.deliver(vec![ready]).await;
         Ok(results.pop().expect("one result per publish"))
     }
@@ -100,7 +101,11 @@ impl publish::Host for HostState {
         &mut self,
         messages: Vec<Outgoing>,
     ) -> wasmtime::Result<Vec<Result<PublishAck, PublishError>>> {
-        let batch = messages.into_iter().map(|m| self.prepare(m)).collect();
+        let derive = self.env.derive_message_ids;
+        let batch = messages
+            .into_iter()
+            .map(|m| self.prepare(m, derive))
+            .collect();
         Ok(self.deliver(batch).await)
     }
 
@@ -131,8 +136,8 @@ impl Ready {
 
 impl HostState {
     /// Counts one publish against the call's limit, checks it and stamps its headers (the
-    /// call's traceparent, the message id given or derived).
-    fn prepare(&mut self, message: Outgoing) -> Result<Ready, PublishError> {
+    /// call's traceparent, the message id given, or derived when `derive` says so).
+    fn prepare(&mut self, message: Outgoing, derive: bool) -> Result<Ready, PublishError> {
         let Outgoing {
             subject,
             payload,
@@ -161,8 +166,9 @@ impl HostState {
                 Sink::Capture(_) => CAPTURED_MAX_PAYLOAD,
             },
         };
-        let id = msg_id.unwrap_or_else(|| derived_msg_id(&env.name, &self.origin, self.published));
-        match check(&subject, payload.len(), headers, &id, &allowance) {
+        let id = msg_id
+            .or_else(|| derive.then(|| derived_msg_id(&env.name, &self.origin, self.published)));
+        match check(&subject, payload.len(), headers, id.as_deref(), &allowance) {
             Ok(headers) => Ok(Ready {
                 subject,
                 headers,
@@ -247,9 +253,8 @@ impl HostState {
         }
         let mut batch = Vec::with_capacity(messages.len());
         for (n, message) in messages.into_iter().enumerate() {
-            let mut ready = self.prepare(message).map_err(|e| in_batch(n, e))?;
-            ready.headers = without_msg_id(&ready.headers);
-            batch.push(ready);
+            // No id: JetStream refuses one inside an atomic batch.
+            batch.push(self.prepare(message, false).map_err(|e| in_batch(n, e))?);
         }
         let env = self.env.clone();
         match &env.sink {
@@ -297,19 +302,6 @@ async fn pipelined(
     (slots.into_iter())
         .map(|slot| slot.and_then(|()| acked.next().expect("one result per message sent")))
         .collect()
-}
-
-/// `headers` without the message id (JetStream refuses one inside an atomic batch).
-fn without_msg_id(headers: &async_nats::HeaderMap) -> async_nats::HeaderMap {
-    let mut kept = async_nats::HeaderMap::new();
-    for (name, values) in headers.iter() {
-        if *name != async_nats::header::NATS_MESSAGE_ID {
-            for value in values {
-                kept.append(name.clone(), value.clone());
-            }
-        }
-    }
-    kept
 }
 
 /// Most messages in one atomic batch (the server's limit).

@@ -116,8 +116,13 @@ impl<M> KeyGate<M> {
     /// (in flight on a host that died, or handed back), their redeliveries come only after
     /// their ack wait, and later messages of their keys would otherwise overtake them: until
     /// the ack floor reaches `delivered`, every later message waits (see [`Self::recovered`]).
-    pub fn recover(&mut self, delivered: u64, ack_floor: u64) {
-        self.recovering = (ack_floor < delivered).then_some(delivered);
+    /// Returns the messages a recovery of an earlier bind held that may run now.
+    pub fn recover(&mut self, delivered: u64, ack_floor: u64) -> Vec<M> {
+        if ack_floor < delivered {
+            self.recovering = self.recovering.max(Some(delivered));
+            return Vec::new();
+        }
+        self.recovered(ack_floor)
     }
 
     /// Whether later messages wait for earlier ones' redeliveries.
@@ -350,7 +355,7 @@ mod tests {
     fn after_a_crash_later_messages_wait_until_every_earlier_one_is_settled() {
         let mut gate = KeyGate::default();
         // The last host was delivered up to 10 and acked up to 7: 8..=10 come back later.
-        gate.recover(10, 7);
+        assert_eq!(gate.recover(10, 7), Vec::<&str>::new());
         assert!(gate.recovering());
         assert_eq!(gate.admit("a".into(), 11, "a11"), None, "a new one waits");
         assert_eq!(gate.admit("b".into(), 12, "b12"), None);
@@ -381,9 +386,19 @@ mod tests {
     #[test]
     fn a_consumer_with_nothing_unacknowledged_needs_no_recovery() {
         let mut gate = KeyGate::<&str>::default();
-        gate.recover(10, 10);
+        assert_eq!(gate.recover(10, 10), Vec::<&str>::new());
         assert!(!gate.recovering());
         assert_eq!(gate.admit("a".into(), 11, "a11"), Some("a11"));
+    }
+
+    #[test]
+    fn a_rebind_that_finds_everything_acknowledged_releases_what_waited() {
+        let mut gate = KeyGate::default();
+        assert_eq!(gate.recover(10, 7), Vec::<&str>::new());
+        assert_eq!(gate.admit("a".into(), 11, "a11"), None);
+        // The pull failed and the lane bound the consumer again: all acked meanwhile.
+        assert_eq!(gate.recover(12, 12), ["a11"]);
+        assert!(!gate.recovering());
     }
 
     #[test]

@@ -34,12 +34,12 @@ pub struct Allowance<'a> {
 
 /// Checks a component's publish before anything is sent, in the order the contract documents
 /// (quota, subject, permission, size, headers, message id), and returns the headers to send,
-/// with `msg_id` as the message id.
+/// with `msg_id`, if any, as the message id.
 pub fn check(
     subject: &str,
     payload_len: usize,
     headers: Vec<(String, String)>,
-    msg_id: &str,
+    msg_id: Option<&str>,
     allowance: &Allowance<'_>,
 ) -> Result<HeaderMap, PublishError> {
     if allowance.nth > allowance.max_publishes {
@@ -60,9 +60,11 @@ pub fn check(
         return Err(PublishError::TooLarge(allowance.max_payload as u64));
     }
     let mut map = header_map(headers).map_err(PublishError::Invalid)?;
-    let id = HeaderValue::from_str(msg_id)
-        .map_err(|e| PublishError::Invalid(format!("message id {msg_id:?}: {e}")))?;
-    map.insert(NATS_MESSAGE_ID, id);
+    if let Some(msg_id) = msg_id {
+        let id = HeaderValue::from_str(msg_id)
+            .map_err(|e| PublishError::Invalid(format!("message id {msg_id:?}: {e}")))?;
+        map.insert(NATS_MESSAGE_ID, id);
+    }
     Ok(map)
 }
 
@@ -429,7 +431,13 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect();
-        match check(subject, len, headers, id, &allowance(nth, &only_orders)) {
+        match check(
+            subject,
+            len,
+            headers,
+            Some(id),
+            &allowance(nth, &only_orders),
+        ) {
             Ok(_) => "published".into(),
             Err(e) => format!("{e:?}"),
         }
@@ -477,7 +485,7 @@ mod tests {
             "orders.a",
             1,
             headers,
-            "orders:ORDERS:1:1",
+            Some("orders:ORDERS:1:1"),
             &allowance(1, &anything),
         )
         .unwrap();
@@ -486,6 +494,11 @@ mod tests {
         assert_eq!(
             map.get(NATS_MESSAGE_ID).unwrap().as_str(),
             "orders:ORDERS:1:1"
+        );
+        let bare = check("orders.a", 1, Vec::new(), None, &allowance(1, &anything)).unwrap();
+        assert!(
+            bare.get(NATS_MESSAGE_ID).is_none(),
+            "no id given, none derived"
         );
     }
 

@@ -100,6 +100,8 @@ pub struct ComponentEnv {
     pub publish: PublishPolicy,
     /// Most publishes per call.
     pub max_publishes: u32,
+    /// Whether a publish without a message id gets a derived one.
+    pub derive_message_ids: bool,
     /// Where publishes go (and key-value operations, when that is a server).
     pub sink: Sink,
     /// The key-value buckets it may use.

@@ -118,6 +118,7 @@ impl Trier {
             config,
             publish: PublishPolicy::new(allowed),
             max_publishes: limits.max_publishes,
+            derive_message_ids: true,
             sink: Sink::Capture(captured.clone()),
             kv: crate::buckets::Buckets::new(Vec::new()),
             log_budget: LogBudget::default(),

@@ -269,22 +269,22 @@ async fn publishing(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()
 
     let burst = env_or("BENCH_BURST", 100_000);
     let window = env_or("BENCH_BURST_WINDOW", 1000);
-    let (mut native, mut with_ids, mut component) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut native, mut with_ids) = (Vec::new(), Vec::new());
+    let (mut component, mut given) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let n = publish_native_pipelined(js, burst, window, false).await?;
         let i = publish_native_pipelined(js, burst, window, true).await?;
-        let c = publish_component_batched(js, burst, window).await?;
-        println!("pipelined publish round {round}: native {n:>7.0} msgs/s   native with ids {i:>7.0} msgs/s   component (publish-batch) {c:>7.0} msgs/s   ratios {:.2} / {:.2}", c / n, c / i);
+        let c = publish_component_batched(js, burst, window, "derived").await?;
+        let g = publish_component_batched(js, burst, window, "given").await?;
+        println!("pipelined publish round {round}: native {n:>7.0} msgs/s   native with ids {i:>7.0} msgs/s   component (publish-batch) {c:>7.0} msgs/s ({:.2} / {:.2})   component, message_ids = given {g:>7.0} msgs/s ({:.2})", c / n, c / i, g / n);
         native.push(n);
         with_ids.push(i);
         component.push(c);
+        given.push(g);
     }
-    let (n, i, c) = (
-        median(&mut native),
-        median(&mut with_ids),
-        median(&mut component),
-    );
-    println!("pipelined publish median ({burst} publishes, {window} acks in flight): native {n:.0} msgs/s, native with a message id and traceparent each (what the component sends) {i:.0} msgs/s, component with publish-batch {c:.0} msgs/s; ratio {:.2} to native, {:.2} to native with ids", c / n, c / i);
+    let (n, i) = (median(&mut native), median(&mut with_ids));
+    let (c, g) = (median(&mut component), median(&mut given));
+    println!("pipelined publish median ({burst} publishes, {window} acks in flight): native {n:.0} msgs/s, native with a message id and traceparent each (what the component sends) {i:.0} msgs/s, component with publish-batch {c:.0} msgs/s (ratio {:.2} to native, {:.2} to native with ids); with message_ids = \"given\" {g:.0} msgs/s (ratio {:.2} to native)", c / n, c / i, g / n);
 
     Ok(())
 }
@@ -354,22 +354,29 @@ async fn publish_native_pipelined(
 }
 
 /// A publisher component making the same publishes through `publish-batch`, `window` at a
-/// time.
+/// time, with `message_ids` (`derived` or `given`).
 async fn publish_component_batched(
     js: &jetstream::Context,
     n: usize,
     window: usize,
+    message_ids: &str,
 ) -> anyhow::Result<f64> {
-    burst(js, n, &format!(", batch = {window}")).await
+    burst(js, n, &format!(", batch = {window}"), message_ids).await
 }
 
 /// A publisher component making the same publishes in one tick, through the `publish` import.
 async fn publish_component(js: &jetstream::Context, n: usize) -> anyhow::Result<f64> {
-    burst(js, n, "").await
+    burst(js, n, "", "derived").await
 }
 
-/// The burst publisher's tick rate: `n` publishes, with `extra` config keys.
-async fn burst(js: &jetstream::Context, n: usize, extra: &str) -> anyhow::Result<f64> {
+/// The burst publisher's tick rate: `n` publishes, with `extra` config keys and
+/// `message_ids`.
+async fn burst(
+    js: &jetstream::Context,
+    n: usize,
+    extra: &str,
+    message_ids: &str,
+) -> anyhow::Result<f64> {
     let text = format!(
         r#"
 [[publisher]]
@@ -377,6 +384,7 @@ name = "burst"
 component = "{}"
 every = "1h"
 publish = ["benchpub.out"]
+message_ids = "{message_ids}"
 limits = {{ max_publishes = {n}, timeout = "10m", cpu_time = "10m" }}
 config = {{ count = {n}, subject = "benchpub.out"{extra} }}
 "#,

@@ -1876,3 +1876,27 @@ async fn warm_instances_unused_for_warm_idle_are_dropped() {
         "the next message gets a new instance"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_given_message_ids_a_publish_without_one_carries_none() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let handler = "message_ids = \"given\"\nconfig = { output_subject = \"orders.processed\" }";
+    let host = setup.host("orders", handler).await;
+    setup.publish_all((0..3).map(order)).await;
+    setup.drained(Duration::from_secs(20), &host).await;
+    let processed: Vec<_> = (setup.messages("ORDERS").await.into_iter())
+        .filter(|m| m.subject.as_str() == "orders.processed")
+        .collect();
+    assert_eq!(processed.len(), 3, "{}", tail(&host.log()));
+    for message in processed {
+        let headers = message.headers;
+        assert!(
+            headers.get("Nats-Msg-Id").is_none(),
+            "no derived id: {headers:?}"
+        );
+        assert!(
+            headers.get("traceparent").is_some(),
+            "the trace still goes on"
+        );
+    }
+}

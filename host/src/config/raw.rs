@@ -70,6 +70,7 @@ pub struct Common<'a> {
     pub component: &'a PathBuf,
     pub publish: &'a [String],
     pub kv: &'a [RawKvGrant],
+    pub message_ids: RawMessageIds,
     pub limits: &'a LimitOverrides,
     pub config: &'a BTreeMap<String, toml::Value>,
 }
@@ -98,6 +99,8 @@ pub struct RawHandler {
     #[serde(default)]
     pub kv: Vec<RawKvGrant>,
     #[serde(default)]
+    pub message_ids: RawMessageIds,
+    #[serde(default)]
     pub confirm_acks: bool,
     pub ordering: Option<RawOrdering>,
     pub shadow: Option<RawShadow>,
@@ -109,6 +112,15 @@ pub struct RawHandler {
     pub limits: LimitOverrides,
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+}
+
+/// `message_ids = "derived" | "given"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawMessageIds {
+    #[default]
+    Derived,
+    Given,
 }
 
 /// One entry of `kv = [...]`: a bucket name, or a table saying how.
@@ -189,6 +201,8 @@ pub struct RawPublisher {
     #[serde(default)]
     pub kv: Vec<RawKvGrant>,
     #[serde(default)]
+    pub message_ids: RawMessageIds,
+    #[serde(default)]
     pub limits: LimitOverrides,
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
@@ -206,6 +220,7 @@ macro_rules! common {
                     component: &self.component,
                     publish: &self.publish,
                     kv: &self.kv,
+                    message_ids: self.message_ids,
                     limits: &self.limits,
                     config: &self.config,
                 }

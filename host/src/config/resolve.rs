@@ -7,7 +7,9 @@ use std::str::FromStr;
 
 use bytesize::ByteSize;
 
-use super::raw::{Common, RawBatch, RawConfig, RawHandler, RawInstances, RawKvGrant, RawPublisher};
+use super::raw::{
+    Common, RawBatch, RawConfig, RawHandler, RawInstances, RawKvGrant, RawMessageIds, RawPublisher,
+};
 use super::tenant::{check_counts, check_member, defaults_for, tenants};
 use super::*;
 use crate::schedule::Schedule;
@@ -278,6 +280,7 @@ pub(super) fn component(
         limits,
         publish: PublishPolicy::new(common.publish.to_vec()),
         kv,
+        derive_message_ids: common.message_ids == RawMessageIds::Derived,
         config,
     };
     check_member(&component, defaults.tenants, problems);
