@@ -99,20 +99,27 @@ impl Deployments {
     }
 
     /// Loads and starts the config file's components; fails before any starts, listing every
-    /// problem with the streams they need, or on the first that cannot run, naming it.
+    /// problem with the streams they need, or on the first that cannot run, naming it. The
+    /// checks and the loads run side by side.
     pub async fn start_configured(&self, components: &[DropIn]) -> anyhow::Result<()> {
-        let mut problems = Vec::new();
-        for what in components {
-            problems.extend(self.loader.topology_problems(what).await);
-        }
+        let checks = components
+            .iter()
+            .map(|what| self.loader.topology_problems(what));
+        let problems: Vec<String> = (futures::future::join_all(checks).await)
+            .into_iter()
+            .flatten()
+            .collect();
         if !problems.is_empty() {
             anyhow::bail!(
                 "the streams do not fit the config:\n  - {}",
                 problems.join("\n  - ")
             );
         }
-        for what in components {
-            let loaded = self.loader.load(what).await?;
+        // Loaded together (each compiles, or reads its cache entry, on a blocking thread),
+        // then started in the config's order.
+        let loads = components.iter().map(|what| self.loader.load(what));
+        let loaded = futures::future::try_join_all(loads).await?;
+        for (what, loaded) in components.iter().zip(loaded) {
             let status = status_of(what, Source::Config);
             let running = self.launcher.start(loaded).await?;
             self.versions(&status, None);
