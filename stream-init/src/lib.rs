@@ -20,6 +20,7 @@
 mod apply;
 pub mod connect;
 pub mod destructive;
+mod fields;
 pub mod plan;
 pub mod spec;
 pub mod subject;
