@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use async_nats::jetstream::context::KeyValueErrorKind;
+use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind, KeyValueErrorKind};
 use async_nats::jetstream::kv as nats_kv;
+use async_nats::jetstream::ErrorCode;
 
 use crate::bindings::KvError;
 use crate::config::KvGrant;
@@ -75,15 +76,10 @@ impl Buckets {
             .await
             .map_err(|subject| refused(&subject))?
             .map_err(|e| match e.kind() {
-                KeyValueErrorKind::GetBucket => {
-                    let text = format!("{e:#}");
-                    if text.contains("not found") {
-                        KvError::NotFound(bucket.to_owned())
-                    } else {
-                        KvError::Unavailable(format!("opening bucket {bucket:?}: {text}"))
-                    }
+                KeyValueErrorKind::GetBucket if no_such_stream(&e) => {
+                    KvError::NotFound(bucket.to_owned())
                 }
-                _ => KvError::Unavailable(format!("opening bucket {bucket:?}: {e}")),
+                _ => KvError::Unavailable(format!("opening bucket {bucket:?}: {e:#}")),
             })?;
         let server_max = connection.js.client().server_info().max_payload as u64;
         let max_value = match u64::try_from(opened.stream.cached_info().config.max_message_size) {
@@ -101,6 +97,17 @@ impl Buckets {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bucket>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Whether opening a bucket failed because its stream does not exist (JetStream's error
+/// code, not the message's wording).
+fn no_such_stream(error: &(dyn std::error::Error + 'static)) -> bool {
+    let source = error.source();
+    let Some(stream) = source.and_then(|s| s.downcast_ref::<GetStreamError>()) else {
+        return false;
+    };
+    matches!(stream.kind(), GetStreamErrorKind::JetStream(api)
+        if api.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// The server refused the connection `subject`: its permissions do not allow the bucket.

@@ -154,8 +154,8 @@ impl Denials {
     }
 }
 
-/// Publishes and waits for the PubAck. A timed-out publish is retried once with the same
-/// message id, which the stream deduplicates. While the connection is down it fails at once
+/// Publishes and waits for the PubAck. A timed-out publish with a message id is retried once
+/// (the stream deduplicates it); one without is not. While the connection is down it fails at once
 /// with `unavailable` and sends nothing: the client would otherwise buffer the message and
 /// store it on reconnect, long after the caller was told it failed. A publish the server
 /// refuses (the connection's permissions) fails with `denied` as soon as the server says so.
@@ -214,30 +214,42 @@ async fn acked(
                     duplicate: ack.duplicate,
                 })
             }
-            Err(e) => match e.kind() {
-                PublishErrorKind::StreamNotFound => {
-                    return Err(no_stream_or_unavailable(js, subject).await)
-                }
-                PublishErrorKind::TimedOut if attempt < 2 => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                PublishErrorKind::TimedOut => return Err(PublishError::Timeout),
-                PublishErrorKind::MaxPayloadExceeded => {
-                    return Err(PublishError::TooLarge(
-                        js.client().server_info().max_payload as u64,
-                    ))
-                }
-                _ => return Err(PublishError::Unavailable(e.to_string())),
-            },
+            // A timed-out publish with an id is sent again (the stream drops a second copy);
+            // one without an id is not, since the first may have been stored.
+            Err(e) if e.kind() == PublishErrorKind::TimedOut && attempt < 2 && has_id(&headers) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(ack_error(js, subject, e).await),
         }
+    }
+}
+
+/// Whether a publish carries a message id, so that sending it again stores it once.
+fn has_id(headers: &HeaderMap) -> bool {
+    headers.get(NATS_MESSAGE_ID).is_some()
+}
+
+/// The contract's error for a publish the stream did not acknowledge.
+async fn ack_error(
+    js: &jetstream::Context,
+    subject: String,
+    error: jetstream::context::PublishError,
+) -> PublishError {
+    match error.kind() {
+        PublishErrorKind::StreamNotFound => no_stream_or_unavailable(js, subject).await,
+        PublishErrorKind::TimedOut => PublishError::Timeout,
+        PublishErrorKind::MaxPayloadExceeded => {
+            PublishError::TooLarge(js.client().server_info().max_payload as u64)
+        }
+        _ => PublishError::Unavailable(error.to_string()),
     }
 }
 
 /// Publishes every message of `batch` at once and then awaits their PubAcks together: what
 /// the client does for a burst, far faster than [`publish_acked`] one after another. A
 /// message whose ack does not come back fine (a timeout, no stream, a refusal) is published
-/// again through [`publish_acked`], with the same message id (so the stream stores it once),
-/// which says what went wrong.
+/// again through [`publish_acked`] when it has a message id (so the stream stores it once),
+/// which says what went wrong; without one it is not sent twice, and the error is its own.
 pub async fn publish_pipelined(
     connection: &Connection,
     batch: Vec<(String, HeaderMap, bytes::Bytes)>,
@@ -258,16 +270,20 @@ pub async fn publish_pipelined(
     }
     let mut results = Vec::with_capacity(sent.len());
     for (ack, (subject, headers, payload)) in sent {
-        let acked = match ack {
-            Some(ack) => ack.await.ok(),
-            None => None,
-        };
-        results.push(match acked {
-            Some(ack) => Ok(PublishAck {
-                stream: ack.stream,
-                seq: ack.sequence,
-                duplicate: ack.duplicate,
-            }),
+        results.push(match ack {
+            Some(ack) => match ack.await {
+                Ok(ack) => Ok(PublishAck {
+                    stream: ack.stream,
+                    seq: ack.sequence,
+                    duplicate: ack.duplicate,
+                }),
+                // Sent again only with an id: the first may have been stored.
+                Err(_) if has_id(&headers) => {
+                    publish_acked(connection, subject, headers, payload).await
+                }
+                Err(e) => Err(ack_error(js, subject, e).await),
+            },
+            // Not sent at all.
             None => publish_acked(connection, subject, headers, payload).await,
         });
     }
