@@ -116,7 +116,9 @@ async fn compile_and_fit(component: &Path) -> anyhow::Result<(Vec<&'static str>,
     let linker = crate::imports::linker(&engine)?;
     let cache = CompileCache::default_dir()
         .map(|dir| CompileCache::new(dir, crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64()));
-    let compiled = loader::compile(&engine, component, cache.as_ref()).await?;
+    let compiled = loader::compile(&engine, component, cache.as_ref())
+        .await?
+        .component;
     let verdicts = [
         verdict::<HandlerPre<HostState>>(&linker, &compiled),
         verdict::<BatchHandlerPre<HostState>>(&linker, &compiled),

@@ -2,10 +2,12 @@
 //! settings, so that a restart or a second host loads a large (Python, JavaScript) component in
 //! milliseconds instead of compiling it again.
 //!
-//! An entry is `<key>.cwasm`: the SHA-256 digest of the compiled artifact, then the artifact.
-//! The digest is checked before wasmtime sees the bytes, so a corrupt entry is detected (not
-//! executed) and rebuilt; an entry wasmtime refuses (another wasmtime version or engine
-//! setting) is rebuilt too. The cache only ever speeds things up: when it cannot be read or
+//! An entry is `<key>.cwasm`: the compiled artifact, then its XXH3-128 checksum. The checksum
+//! is checked before wasmtime sees the artifact, so a corrupt entry is detected (not executed)
+//! and rebuilt; an entry wasmtime refuses (another wasmtime version or engine setting) is
+//! rebuilt too. A valid entry is memory-mapped by wasmtime, not copied: a Python component's
+//! entry is ~35 MB, read at every start. (The checksum guards against damage, not against
+//! someone who can write the cache folder: they could as well replace the host's binary.) The cache only ever speeds things up: when it cannot be read or
 //! written, the component is compiled as if there were none, with a warning.
 //!
 //! The folder is kept under a size cap: after each write, the least recently used entries
@@ -17,12 +19,12 @@ use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-/// Length of the digest that starts every entry.
-const DIGEST_LEN: usize = 32;
+/// Length of the checksum that ends every entry.
+const CHECKSUM_LEN: usize = 16;
 
 /// Where a loaded component came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,15 +65,17 @@ impl CompileCache {
         &self.dir
     }
 
-    /// The component compiled from `wasm`: from its cache entry when a valid one exists, else
-    /// compiled and stored. Blocking; `shown` names the component in warnings.
+    /// The component whose file has the SHA-256 `wasm_sha256`: from its cache entry when a
+    /// valid one exists, else compiled from what `read_wasm` returns and stored. Blocking;
+    /// `shown` names the component in warnings.
     pub fn load(
         &self,
         engine: &Engine,
-        wasm: &[u8],
+        wasm_sha256: &[u8; 32],
+        read_wasm: impl FnOnce() -> anyhow::Result<Vec<u8>>,
         shown: &str,
-    ) -> wasmtime::Result<(Component, Source)> {
-        let entry = self.entry(engine, wasm);
+    ) -> anyhow::Result<(Component, Source)> {
+        let entry = self.entry(engine, wasm_sha256);
         match self.read(engine, &entry) {
             Ok(Some(component)) => return Ok((component, Source::Cached)),
             Ok(None) => {}
@@ -81,7 +85,7 @@ impl CompileCache {
                 "compile cache entry rebuilt: {why}"
             ),
         }
-        let component = Component::from_binary(engine, wasm)?;
+        let component = Component::from_binary(engine, &read_wasm()?)?;
         if let Err(why) = self.write(&entry, &component) {
             tracing::warn!(component = shown, dir = %self.dir.display(), "compile cache not written: {why:#}");
         }
@@ -91,12 +95,13 @@ impl CompileCache {
         Ok((component, Source::Compiled))
     }
 
-    /// The entry for `wasm` compiled by `engine`.
-    fn entry(&self, engine: &Engine, wasm: &[u8]) -> PathBuf {
+    /// The entry for the component whose SHA-256 is `wasm_sha256`, compiled by `engine`.
+    fn entry(&self, engine: &Engine, wasm_sha256: &[u8; 32]) -> PathBuf {
         let mut settings = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut settings);
         let key = Sha256::new()
-            .chain_update(wasm)
+            .chain_update(ENTRY_FORMAT)
+            .chain_update(wasm_sha256)
             .chain_update(settings.finish().to_le_bytes())
             .chain_update(env!("CARGO_PKG_VERSION"))
             .finalize();
@@ -105,28 +110,36 @@ impl CompileCache {
 
     /// The entry's component; `None` when there is no entry, an error when it is unusable.
     fn read(&self, engine: &Engine, entry: &Path) -> Result<Option<Component>, String> {
-        let bytes = match std::fs::read(entry) {
-            Ok(bytes) => bytes,
+        let file = match std::fs::File::open(entry) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("cannot read it: {e}")),
         };
-        if bytes.len() < DIGEST_LEN {
+        #[allow(unsafe_code)]
+        // SAFETY: entries are only ever replaced by a rename or removed, never changed in
+        // place, so the mapped file keeps its contents while the map lives (this function).
+        let bytes =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map it: {e}"))?;
+        let Some(split) = bytes.len().checked_sub(CHECKSUM_LEN) else {
             return Err("it is truncated".to_owned());
+        };
+        let (artifact, checksum) = bytes.split_at(split);
+        if checksum != checksum_of(artifact) {
+            return Err("it is corrupt (checksum mismatch)".to_owned());
         }
-        let (digest, artifact) = bytes.split_at(DIGEST_LEN);
-        if Sha256::digest(artifact).as_slice() != digest {
-            return Err("it is corrupt (digest mismatch)".to_owned());
-        }
+        drop(bytes);
         // Mark it used, for eviction; a failure here only makes it look older.
         let _ = std::fs::File::options()
             .append(true)
             .open(entry)
             .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         #[allow(unsafe_code)]
-        // SAFETY: the bytes are exactly what `Component::serialize` wrote for this engine
-        // configuration: the digest above rules out corruption, and wasmtime itself checks
-        // that the artifact matches this engine's version and settings.
-        unsafe { Component::deserialize(engine, artifact) }
+        // SAFETY: the file is what `Component::serialize` wrote for this engine configuration
+        // (the checksum above rules out damage; wasmtime ignores the bytes after its artifact
+        // and checks that the artifact matches this engine's version and settings), and it
+        // is never changed in place, only replaced by a rename (by another host storing the
+        // same component) or removed, which leave wasmtime's mapping as it was.
+        unsafe { Component::deserialize_file(engine, entry) }
             .map(Some)
             .map_err(|e| format!("wasmtime refused it: {e}"))
     }
@@ -138,13 +151,16 @@ impl CompileCache {
         let mut file = tempfile::Builder::new()
             .prefix(PARTIAL_PREFIX)
             .tempfile_in(&self.dir)?;
-        file.write_all(&Sha256::digest(&artifact))?;
         file.write_all(&artifact)?;
+        file.write_all(&checksum_of(&artifact))?;
         file.as_file().sync_all()?;
         file.persist(entry)?;
         Ok(())
     }
 }
+
+/// Part of every key: a new entry layout gets new keys instead of refusing old entries.
+const ENTRY_FORMAT: &[u8] = b"xxh3-128-trailer";
 
 /// Entries being written start with this; renamed into place when complete.
 const PARTIAL_PREFIX: &str = ".partial-";
@@ -184,6 +200,11 @@ impl CompileCache {
     }
 }
 
+/// The checksum that ends an entry holding `artifact`.
+fn checksum_of(artifact: &[u8]) -> [u8; CHECKSUM_LEN] {
+    xxhash_rust::xxh3::xxh3_128(artifact).to_le_bytes()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -197,6 +218,23 @@ mod tests {
         (core module $m (func (export "f") (result i32) i32.const 42))
         (core instance $i (instantiate $m))
         (func (export "f") (result u32) (canon lift (core func $i "f"))))"#;
+
+    impl CompileCache {
+        /// `load`, hashing `wasm` itself.
+        fn load_wasm(
+            &self,
+            engine: &Engine,
+            wasm: &[u8],
+            shown: &str,
+        ) -> anyhow::Result<(Component, Source)> {
+            self.load(
+                engine,
+                &Sha256::digest(wasm).into(),
+                || Ok(wasm.to_vec()),
+                shown,
+            )
+        }
+    }
 
     fn engine() -> Engine {
         Engine::default()
@@ -229,10 +267,10 @@ mod tests {
             crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
         );
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
-        let (first, source) = cache.load(&engine, &wasm, "f").unwrap();
+        let (first, source) = cache.load_wasm(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Compiled);
         assert_eq!(call_f(&engine, &first), 42);
-        let (second, source) = cache.load(&engine, &wasm, "f").unwrap();
+        let (second, source) = cache.load_wasm(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Cached);
         assert_eq!(call_f(&engine, &second), 42);
         only_entry(cache.dir());
@@ -246,19 +284,25 @@ mod tests {
             crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
         );
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
-        cache.load(&engine, &wasm, "f").unwrap();
+        cache.load_wasm(&engine, &wasm, "f").unwrap();
         let entry = only_entry(dir.path());
         let mut bytes = std::fs::read(&entry).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
         std::fs::write(&entry, &bytes).unwrap();
-        let (component, source) = cache.load(&engine, &wasm, "f").unwrap();
+        let (component, source) = cache.load_wasm(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Compiled, "a corrupt entry must not be used");
         assert_eq!(call_f(&engine, &component), 42);
-        assert_eq!(cache.load(&engine, &wasm, "f").unwrap().1, Source::Cached);
+        assert_eq!(
+            cache.load_wasm(&engine, &wasm, "f").unwrap().1,
+            Source::Cached
+        );
 
         std::fs::write(&entry, b"short").unwrap();
-        assert_eq!(cache.load(&engine, &wasm, "f").unwrap().1, Source::Compiled);
+        assert_eq!(
+            cache.load_wasm(&engine, &wasm, "f").unwrap().1,
+            Source::Compiled
+        );
     }
 
     #[test]
@@ -274,18 +318,27 @@ mod tests {
             config.epoch_interruption(true);
             Engine::new(&config).unwrap()
         });
-        cache.load(&engine, &wasm, "f").unwrap();
+        cache.load_wasm(&engine, &wasm, "f").unwrap();
         // Another engine's settings give another key: both live side by side.
-        assert_eq!(cache.load(&other, &wasm, "f").unwrap().1, Source::Compiled);
-        assert_eq!(cache.load(&other, &wasm, "f").unwrap().1, Source::Cached);
-        assert_eq!(cache.load(&engine, &wasm, "f").unwrap().1, Source::Cached);
+        assert_eq!(
+            cache.load_wasm(&other, &wasm, "f").unwrap().1,
+            Source::Compiled
+        );
+        assert_eq!(
+            cache.load_wasm(&other, &wasm, "f").unwrap().1,
+            Source::Cached
+        );
+        assert_eq!(
+            cache.load_wasm(&engine, &wasm, "f").unwrap().1,
+            Source::Cached
+        );
 
         // A stale entry under the right key (say, written by another wasmtime) is refused by
         // wasmtime, then rebuilt.
-        let entry = cache.entry(&engine, &wasm);
-        let foreign = cache.entry(&other, &wasm);
+        let entry = cache.entry(&engine, &Sha256::digest(&wasm).into());
+        let foreign = cache.entry(&other, &Sha256::digest(&wasm).into());
         std::fs::copy(&foreign, &entry).unwrap();
-        let (component, source) = cache.load(&engine, &wasm, "f").unwrap();
+        let (component, source) = cache.load_wasm(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Compiled);
         assert_eq!(call_f(&engine, &component), 42);
     }
@@ -301,28 +354,28 @@ mod tests {
             dir.path(),
             crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
         );
-        unbounded.load(&engine, &wasm(1), "1").unwrap();
+        unbounded.load_wasm(&engine, &wasm(1), "1").unwrap();
         let one_entry = std::fs::metadata(only_entry(dir.path())).unwrap().len();
         // Room for two entries: a third evicts the one used longest ago.
         let cache = CompileCache::new(dir.path(), one_entry * 2 + one_entry / 2);
         std::thread::sleep(std::time::Duration::from_millis(20));
-        cache.load(&engine, &wasm(2), "2").unwrap();
+        cache.load_wasm(&engine, &wasm(2), "2").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(
-            cache.load(&engine, &wasm(1), "1").unwrap().1,
+            cache.load_wasm(&engine, &wasm(1), "1").unwrap().1,
             Source::Cached
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
-        cache.load(&engine, &wasm(3), "3").unwrap();
+        cache.load_wasm(&engine, &wasm(3), "3").unwrap();
         let left = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(left, 2);
         assert_eq!(
-            cache.load(&engine, &wasm(1), "1").unwrap().1,
+            cache.load_wasm(&engine, &wasm(1), "1").unwrap().1,
             Source::Cached,
             "used recently"
         );
         assert_eq!(
-            cache.load(&engine, &wasm(2), "2").unwrap().1,
+            cache.load_wasm(&engine, &wasm(2), "2").unwrap().1,
             Source::Compiled,
             "evicted"
         );
@@ -345,7 +398,7 @@ mod tests {
             dir.path(),
             crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
         )
-        .load(&engine(), &wasm, "f")
+        .load_wasm(&engine(), &wasm, "f")
         .unwrap();
         assert!(!abandoned.exists(), "an abandoned partial entry is removed");
         assert!(
@@ -362,7 +415,7 @@ mod tests {
             crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
         );
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
-        let (component, source) = cache.load(&engine, &wasm, "f").unwrap();
+        let (component, source) = cache.load_wasm(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Compiled);
         assert_eq!(call_f(&engine, &component), 42);
     }

@@ -29,13 +29,20 @@ use crate::metrics::{HandlerMetrics, Metrics};
 use crate::publish::JS_API;
 use crate::sandbox::{ComponentEnv, Sink};
 use crate::shadow::Shadow;
-use crate::status;
 use crate::tenant::{Tenant, Tenants};
 use crate::timer_publisher::TimerPublisher;
 use crate::{consumer, engine, imports, loader, topology};
 
 /// A component loaded and checked, ready to start.
-pub enum Loaded {
+pub struct Loaded {
+    /// Its version: [`crate::status::version_of`] of the bytes loaded.
+    pub version: String,
+    /// What runs it.
+    pub runner: Runner,
+}
+
+/// What runs a loaded component.
+pub enum Runner {
     /// A handler, not bound yet.
     Handler(Arc<Binding>),
     /// A timer publisher, not ticking yet.
@@ -183,9 +190,7 @@ impl Loader {
         let tenant = self.tenant_of(what)?;
         let loading = async {
             match what {
-                DropIn::Handler(handler) => {
-                    Ok(Loaded::Handler(self.handler(handler, tenant).await?))
-                }
+                DropIn::Handler(handler) => self.handler(handler, tenant).await,
                 DropIn::Publisher(publisher) => self.publisher(publisher, tenant).await,
             }
         };
@@ -196,27 +201,29 @@ impl Loader {
     }
 
     /// A handler, loaded and checked against its world, its consumer found.
-    async fn handler(
-        &self,
-        handler: &Handler,
-        tenant: &Arc<Tenant>,
-    ) -> anyhow::Result<Arc<Binding>> {
+    async fn handler(&self, handler: &Handler, tenant: &Arc<Tenant>) -> anyhow::Result<Loaded> {
         let component = &handler.component;
         let label = || format!("handler {}", component.name);
         let (engine, linker, cache) = (&self.engine, &self.linker, self.cache.as_ref());
         let wasm = &component.wasm;
-        let entry = match handler.batch {
-            None => Entry::Handler(
-                loader::load::<HandlerPre<_>>(engine, linker, wasm, cache)
+        let (entry, digest) = match handler.batch {
+            None => {
+                let checked = loader::load::<HandlerPre<_>>(engine, linker, wasm, cache)
                     .await
-                    .with_context(label)?,
-            ),
-            Some(batch) => Entry::Batch {
-                pre: loader::load::<BatchHandlerPre<_>>(engine, linker, wasm, cache)
+                    .with_context(label)?;
+                (Entry::Handler(checked.pre), checked.version)
+            }
+            Some(batch) => {
+                let checked = loader::load::<BatchHandlerPre<_>>(engine, linker, wasm, cache)
                     .await
-                    .with_context(label)?,
-                gatherer: Gatherer::new(batch.max, batch.max_wait),
-            },
+                    .with_context(label)?;
+                let gatherer = Gatherer::new(batch.max, batch.max_wait);
+                let entry = Entry::Batch {
+                    pre: checked.pre,
+                    gatherer,
+                };
+                (entry, checked.version)
+            }
         };
         let env = environment(component, tenant, jetstream_sink(tenant), &self.admission);
         let metrics = self.metrics.handler(&tenant.name, &component.name);
@@ -237,7 +244,7 @@ impl Loader {
             dispatcher: Dispatcher::new(entry, env, limits, reuse, metrics.instances.clone()),
             max_message_size: limits.max_message_size.as_u64() as usize,
             sweep_delay: limits.timeout + SWEEP_MARGIN,
-            digest: status::version_of(&component.wasm).unwrap_or_default(),
+            digest: digest.clone(),
             shadow,
             warm_idle: self.runtime.warm_idle,
         };
@@ -271,7 +278,10 @@ impl Loader {
         ));
         consumer::check_bindable(tenant.js(), &binding).await?;
         tracing::info!(handler = %component.name, tenant = %tenant.name, component = %component.wasm.display(), instances = ?handler.instances, "handler loaded");
-        Ok(binding)
+        Ok(Loaded {
+            version: digest,
+            runner: Runner::Handler(binding),
+        })
     }
 
     /// A publisher, loaded and checked against its world.
@@ -285,25 +295,32 @@ impl Loader {
             tracing::info_span!("publisher", name = %component.name, component = %path.display());
         Ok(match &publisher.trigger {
             Trigger::Http(route) => {
-                let pre = loader::load::<ProxyPre<_>>(engine, linker, path, cache)
+                let checked = loader::load::<ProxyPre<_>>(engine, linker, path, cache)
                     .await
                     .with_context(label)?;
                 span.in_scope(|| tracing::info!(method = %route.method, path = %route.path, "http publisher loaded"));
-                let publisher = HttpPublisher::new(pre, env, limits, route.clone());
-                Loaded::Http(Arc::new(publisher))
+                let publisher = HttpPublisher::new(checked.pre, env, limits, route.clone());
+                Loaded {
+                    version: checked.version,
+                    runner: Runner::Http(Arc::new(publisher)),
+                }
             }
             Trigger::Schedule(schedule) => {
-                let pre = loader::load::<PublisherPre<_>>(engine, linker, path, cache)
+                let checked = loader::load::<PublisherPre<_>>(engine, linker, path, cache)
                     .await
                     .with_context(label)?;
                 span.in_scope(|| tracing::info!(?schedule, "timer publisher loaded"));
-                Loaded::Timer(Arc::new(TimerPublisher::new(
-                    pre,
+                let publisher = TimerPublisher::new(
+                    checked.pre,
                     env,
                     limits,
                     schedule.clone(),
                     self.metrics.publisher(&tenant.name, &component.name),
-                )))
+                );
+                Loaded {
+                    version: checked.version,
+                    runner: Runner::Timer(Arc::new(publisher)),
+                }
             }
         })
     }
@@ -349,7 +366,8 @@ impl Loader {
             self.cache.as_ref(),
         )
         .await
-        .with_context(what)?;
+        .with_context(what)?
+        .pre;
         let captured = Arc::new(Mutex::new(Vec::new()));
         let env = environment(
             live,

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::binding::Binding;
-use crate::components::{Loaded, Loader};
+use crate::components::{Loaded, Loader, Runner};
 use crate::config::DropIn;
 use crate::drop_in::{self, Found};
 use crate::http_publisher::HttpPublisher;
@@ -120,8 +120,8 @@ impl Deployments {
         let loads = components.iter().map(|what| self.loader.load(what));
         let loaded = futures::future::try_join_all(loads).await?;
         for (what, loaded) in components.iter().zip(loaded) {
-            let status = status_of(what, Source::Config);
-            let running = self.launcher.start(loaded).await?;
+            let status = status_of(what, Source::Config, Some(loaded.version));
+            let running = self.launcher.start(loaded.runner).await?;
             self.versions(&status, None);
             let entry = Entry {
                 source: Source::Config,
@@ -195,13 +195,13 @@ impl Deployments {
             let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
                 source,
                 fingerprint: None,
-                status: status_of(what, source),
+                status: status_of(what, source, None),
                 running: None,
             });
             if entry.running.is_none() {
                 entry.status = ComponentStatus {
                     state: "loading".into(),
-                    ..status_of(what, source)
+                    ..status_of(what, source, None)
                 };
             }
         }
@@ -236,8 +236,8 @@ impl Deployments {
         revision: Option<u64>,
         started: Instant,
     ) -> anyhow::Result<()> {
-        let loaded = self.loader.load(drop_in).await?;
-        let mut status = status_of(drop_in, source);
+        let Loaded { version, runner } = self.loader.load(drop_in).await?;
+        let mut status = status_of(drop_in, source, Some(version));
         status.revision = revision;
         let (old, old_version) = {
             let mut entries = self.entries();
@@ -245,8 +245,8 @@ impl Deployments {
             let old_version = running.and_then(|_| entries[name].status.version.clone());
             // A handler of the same shape takes the new version in place; a new consumer
             // declaration rebinds, so the lanes read the consumer's settings again.
-            if let (Some(Running::Handler { binding, .. }), Loaded::Handler(new)) =
-                (running, &loaded)
+            if let (Some(Running::Handler { binding, .. }), Runner::Handler(new)) =
+                (running, &runner)
             {
                 if binding.shape() == new.shape() && binding.declared == new.declared {
                     binding.replace(new.version());
@@ -257,7 +257,7 @@ impl Deployments {
                     return Ok(());
                 }
             }
-            if let Loaded::Http(publisher) = &loaded {
+            if let Runner::Http(publisher) = &runner {
                 let key = route_key(publisher);
                 let own = matches!(running, Some(Running::Http { route, .. }) if *route == key);
                 if !own && self.launcher.serves(&key) {
@@ -270,7 +270,7 @@ impl Deployments {
         if let Some(old) = old {
             self.launcher.stop(name, old);
         }
-        let running = self.launcher.start(loaded).await?;
+        let running = self.launcher.start(runner).await?;
         self.versions(&status, old_version.as_deref());
         match &old_version {
             Some(old) => log_swap(name, Some(old), &status, started),
@@ -486,8 +486,8 @@ fn log_swap(name: &str, old: Option<&str>, new: &ComponentStatus, started: Insta
     tracing::info!(elapsed = ?started.elapsed(), "{name}: {old} → {new}");
 }
 
-/// The status of `what`, running, from `source`.
-fn status_of(what: &DropIn, source: Source) -> ComponentStatus {
+/// The status of `what`, running `version` (none yet while it loads), from `source`.
+fn status_of(what: &DropIn, source: Source, version: Option<String>) -> ComponentStatus {
     let component = what.component();
     let kind = match what {
         DropIn::Handler(_) => "handler",
@@ -502,7 +502,7 @@ fn status_of(what: &DropIn, source: Source) -> ComponentStatus {
         kind: Some(kind.to_owned()),
         source: source.as_str().to_owned(),
         component: Some(component.wasm.display().to_string()),
-        version: crate::status::version_of(&component.wasm),
+        version,
         state: "running".to_owned(),
         error: None,
         in_flight: None,

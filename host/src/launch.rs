@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::binding::Binding;
-use crate::components::Loaded;
+use crate::components::Runner;
 use crate::http_publisher::HttpPublisher;
 use crate::{consumer, sweeper, timer_publisher};
 
@@ -57,9 +57,9 @@ impl Launcher {
     }
 
     /// Starts a loaded component: a handler bound, a timer ticking, a route served.
-    pub async fn start(&self, loaded: Loaded) -> anyhow::Result<Running> {
-        Ok(match loaded {
-            Loaded::Handler(binding) => {
+    pub async fn start(&self, runner: Runner) -> anyhow::Result<Running> {
+        Ok(match runner {
+            Runner::Handler(binding) => {
                 let stop = self.shutdown.child_token();
                 let js = binding.tenant.js().clone();
                 sweeper::start(binding.clone(), &js, &stop, &self.calls)
@@ -73,13 +73,13 @@ impl Launcher {
                 consumer::start(binding.clone(), &js, &stop, &self.calls);
                 Running::Handler { binding, stop }
             }
-            Loaded::Timer(publisher) => {
+            Runner::Timer(publisher) => {
                 let stop = self.shutdown.child_token();
                 self.calls
                     .spawn(timer_publisher::run(publisher, stop.clone()));
                 Running::Timer { stop }
             }
-            Loaded::Http(publisher) => {
+            Runner::Http(publisher) => {
                 let route = route_key(&publisher);
                 self.routes.rcu(|routes| {
                     let mut routes = Routes::clone(routes);

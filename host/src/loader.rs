@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::Engine;
 
@@ -58,17 +59,34 @@ impl World for ProxyPre<HostState> {
     }
 }
 
+/// A component compiled (or loaded from the cache).
+pub struct Compiled {
+    /// The component.
+    pub component: Component,
+    /// Its version: [`crate::status::version_of`] of the bytes it was compiled from.
+    pub version: String,
+}
+
+/// A component checked against world `W`.
+pub struct Checked<W> {
+    /// What instantiates it.
+    pub pre: W,
+    /// Its version: [`crate::status::version_of`] of the bytes it was compiled from.
+    pub version: String,
+}
+
 /// Reads, compiles (or loads from `cache`) and checks the component at `path` against world `W`.
 pub async fn load<W: World>(
     engine: &Engine,
     linker: &Linker<HostState>,
     path: &Path,
     cache: Option<&CompileCache>,
-) -> anyhow::Result<W> {
-    let component = compile(engine, path, cache).await?;
+) -> anyhow::Result<Checked<W>> {
+    let Compiled { component, version } = compile(engine, path, cache).await?;
     check_shape(&component).with_context(|| format!("component {}", path.display()))?;
-    check::<W>(linker, &component)
-        .with_context(|| format!("{} does not fit the {} world", path.display(), W::NAME))
+    let pre = check::<W>(linker, &component)
+        .with_context(|| format!("{} does not fit the {} world", path.display(), W::NAME))?;
+    Ok(Checked { pre, version })
 }
 
 /// The contract versions (`0.1.0`, `0.2.0`) whose interfaces `component` imports; none
@@ -114,12 +132,13 @@ pub fn check<W: World>(linker: &Linker<HostState>, component: &Component) -> any
 }
 
 /// Reads `path` (at most [`MAX_COMPONENT_BYTES`]) and compiles it on a blocking thread, or
-/// loads it from `cache` when that holds a valid entry for it.
+/// loads it from `cache` when that holds a valid entry for it. The file is read once: its
+/// digest keys the cache and names the version.
 pub async fn compile(
     engine: &Engine,
     path: &Path,
     cache: Option<&CompileCache>,
-) -> anyhow::Result<Component> {
+) -> anyhow::Result<Compiled> {
     let shown = path.display().to_string();
     let size = std::fs::metadata(path)
         .with_context(|| format!("reading component {shown}"))?
@@ -127,22 +146,61 @@ pub async fn compile(
     if size > MAX_COMPONENT_BYTES {
         bail!("component {shown} is {size} bytes, over the {MAX_COMPONENT_BYTES}-byte cap");
     }
-    let bytes = std::fs::read(path).with_context(|| format!("reading component {shown}"))?;
-    check_is_component(&bytes).with_context(|| format!("component {shown}"))?;
-    let (engine, cache, name) = (engine.clone(), cache.cloned(), shown.clone());
+    let (engine, cache, path) = (engine.clone(), cache.cloned(), path.to_owned());
     let started = Instant::now();
-    let compiling = tokio::task::spawn_blocking(move || match cache {
-        Some(cache) => cache.load(&engine, &bytes, &name),
-        None => Ok((Component::from_binary(&engine, &bytes)?, Source::Compiled)),
+    let name = shown.clone();
+    let compiling = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (sha256, head) =
+            digest_file(&path).with_context(|| format!("reading component {name}"))?;
+        check_is_component(&head).with_context(|| format!("component {name}"))?;
+        let read = || read_unchanged(&path, &sha256);
+        let (component, source) = match cache {
+            Some(cache) => cache.load(&engine, &sha256, read, &name),
+            None => read().and_then(|wasm| {
+                let component = Component::from_binary(&engine, &wasm)?;
+                Ok((component, Source::Compiled))
+            }),
+        }
+        .with_context(|| format!("compiling component {name}"))?;
+        Ok((component, source, crate::status::version_from(&sha256)))
     });
-    let (component, source) = match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
-        Ok(joined) => joined?
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("compiling component {shown}"))?,
+    let (component, source, version) = match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await
+    {
+        Ok(joined) => joined??,
         Err(_) => bail!("compiling component {shown} took longer than {COMPILE_TIMEOUT:?}"),
     };
     tracing::debug!(component = %shown, ?source, elapsed = ?started.elapsed(), "component ready");
-    Ok(component)
+    Ok(Compiled { component, version })
+}
+
+/// The SHA-256 of the file at `path`, read in chunks (a component found in the compile cache
+/// is never read whole), and its first bytes.
+fn digest_file(path: &Path) -> std::io::Result<([u8; 32], Vec<u8>)> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let (mut sha256, mut chunk) = (Sha256::new(), vec![0; 256 << 10]);
+    let mut head = Vec::new();
+    loop {
+        match file.read(&mut chunk)? {
+            0 => return Ok((sha256.finalize().into(), head)),
+            n => {
+                if head.len() < 8 {
+                    head.extend_from_slice(&chunk[..n.min(8)]);
+                }
+                sha256.update(&chunk[..n]);
+            }
+        }
+    }
+}
+
+/// The bytes of the file at `path`, which must still have the SHA-256 `expected`.
+fn read_unchanged(path: &Path, expected: &[u8; 32]) -> anyhow::Result<Vec<u8>> {
+    let shown = path.display();
+    let wasm = std::fs::read(path).with_context(|| format!("reading component {shown}"))?;
+    if Sha256::digest(&wasm).as_slice() != expected {
+        bail!("component {shown} changed while it was being loaded; it is loaded again when its new version is complete");
+    }
+    Ok(wasm)
 }
 
 /// Tells a component from a core module or something else, with advice for each.

@@ -197,7 +197,8 @@ async fn dispatcher(
     let component = &handler.component;
     let pre = loader::load::<HandlerPre<_>>(&engine, &linker, &component.wasm, cache.as_ref())
         .await
-        .with_context(|| format!("handler {}", component.name))?;
+        .with_context(|| format!("handler {}", component.name))?
+        .pre;
     let sink = match publish {
         true => Sink::JetStream(Box::new(tenant.connection.clone())),
         false => Sink::Capture(captured.clone()),

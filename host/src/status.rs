@@ -45,11 +45,15 @@ pub struct ComponentStatus {
 /// The component's version: the first 12 hex digits of the file's SHA-256.
 pub fn version_of(wasm: &Path) -> Option<String> {
     let bytes = std::fs::read(wasm).ok()?;
-    let digest = Sha256::digest(&bytes);
-    Some(digest.iter().take(6).fold(String::new(), |mut hex, byte| {
+    Some(version_from(&Sha256::digest(&bytes)))
+}
+
+/// The version of a component whose file has the SHA-256 `digest` (see [`version_of`]).
+pub fn version_from(digest: &[u8]) -> String {
+    digest.iter().take(6).fold(String::new(), |mut hex, byte| {
         let _ = write!(hex, "{byte:02x}");
         hex
-    }))
+    })
 }
 
 /// One tenant and what its components use of its quotas on this host.

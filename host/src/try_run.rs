@@ -103,7 +103,9 @@ impl Trier {
         let linker = imports::linker(&engine)?;
         let cache = CompileCache::default_dir()
             .map(|dir| CompileCache::new(dir, crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64()));
-        let compiled = loader::compile(&engine, component, cache.as_ref()).await?;
+        let compiled = loader::compile(&engine, component, cache.as_ref())
+            .await?
+            .component;
         let captured = Arc::new(Mutex::new(Vec::new()));
         config.sort();
         let allowed = if publish.is_empty() {
