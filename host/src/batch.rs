@@ -52,6 +52,11 @@ impl<T> Gatherer<T> {
         }
     }
 
+    /// A gatherer with the same settings and no batch open.
+    pub fn empty_like(&self) -> Self {
+        Gatherer::new(self.max, self.max_wait)
+    }
+
     /// `msg`'s outcome, from the call `run` makes for the batch it joins (`run` gets the
     /// batch's messages in arrival order and returns one outcome per message, in order).
     /// `None` when the call was abandoned (the host stopping) or gave no outcome for it.

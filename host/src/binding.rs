@@ -60,8 +60,12 @@ pub struct Version {
     pub digest: String,
     /// The candidate version a sample of messages also runs through, if any.
     pub shadow: Option<Arc<Shadow>>,
-    /// How long its warm instances may go unused before they are dropped.
+    /// How long its warm instances may go unused before they are dropped, and its pool
+    /// slots before they are released (see the `reload` module).
     pub warm_idle: Duration,
+    /// How to load its component again to release its pool slots; `None` without a compile
+    /// cache.
+    pub reload: Option<crate::reload::Reload>,
 }
 
 /// What shapes a handler's lanes and pulls: a new version with the same shape replaces the
@@ -131,5 +135,12 @@ impl Binding {
     /// running calls finish on it.
     pub fn replace(&self, version: Arc<Version>) -> Arc<Version> {
         self.current.swap(version)
+    }
+
+    /// Makes `version` handle every message from now on if `current` still does; true if it
+    /// did.
+    pub fn replace_if_current(&self, current: &Arc<Version>, version: Arc<Version>) -> bool {
+        let previous = self.current.compare_and_swap(current, version);
+        Arc::ptr_eq(&previous, current)
     }
 }

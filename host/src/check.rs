@@ -112,6 +112,7 @@ async fn compile_and_fit(component: &Path) -> anyhow::Result<(Vec<&'static str>,
         reservable: 1,
         instances: 1,
         max_memory: 64 << 20,
+        keep_resident: crate::config::DEFAULT_KEEP_RESIDENT.as_u64() as usize,
     })?;
     let linker = crate::imports::linker(&engine)?;
     let cache = CompileCache::default_dir()

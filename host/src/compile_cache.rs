@@ -95,6 +95,14 @@ impl CompileCache {
         Ok((component, Source::Compiled))
     }
 
+    /// The component whose file has the SHA-256 `wasm_sha256`, from its cache entry; `None`
+    /// when there is no valid one. Blocking.
+    pub fn cached(&self, engine: &Engine, wasm_sha256: &[u8; 32]) -> Option<Component> {
+        self.read(engine, &self.entry(engine, wasm_sha256))
+            .ok()
+            .flatten()
+    }
+
     /// The entry for the component whose SHA-256 is `wasm_sha256`, compiled by `engine`.
     fn entry(&self, engine: &Engine, wasm_sha256: &[u8; 32]) -> PathBuf {
         let mut settings = std::hash::DefaultHasher::new();

@@ -27,6 +27,7 @@ use crate::http_publisher::HttpPublisher;
 use crate::log_budget::LogBudget;
 use crate::metrics::{HandlerMetrics, Metrics};
 use crate::publish::JS_API;
+use crate::reload::Reload;
 use crate::sandbox::{ComponentEnv, Sink};
 use crate::shadow::Shadow;
 use crate::tenant::{Tenant, Tenants};
@@ -97,6 +98,7 @@ pub fn pool_size<'a>(
         reservable: capacity,
         instances: capacity + SPARE_INSTANCES,
         max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+        keep_resident: usize::try_from(runtime.keep_resident.as_u64()).unwrap_or(usize::MAX),
     })
 }
 
@@ -125,6 +127,7 @@ impl Loader {
         let engine = engine::new(pool)?;
         let runtime = &config.runtime;
         let admission = Admission::with_gauges(pool.reservable as usize, metrics.pool());
+        metrics.pool().watch(&engine);
         let cache_dir = (runtime.compile_cache.clone()).or_else(CompileCache::default_dir);
         Ok(Loader {
             linker: imports::linker(&engine)?,
@@ -206,12 +209,12 @@ impl Loader {
         let label = || format!("handler {}", component.name);
         let (engine, linker, cache) = (&self.engine, &self.linker, self.cache.as_ref());
         let wasm = &component.wasm;
-        let (entry, digest) = match handler.batch {
+        let (entry, digest, sha256) = match handler.batch {
             None => {
                 let checked = loader::load::<HandlerPre<_>>(engine, linker, wasm, cache)
                     .await
                     .with_context(label)?;
-                (Entry::Handler(checked.pre), checked.version)
+                (Entry::Handler(checked.pre), checked.version, checked.sha256)
             }
             Some(batch) => {
                 let checked = loader::load::<BatchHandlerPre<_>>(engine, linker, wasm, cache)
@@ -222,7 +225,7 @@ impl Loader {
                     pre: checked.pre,
                     gatherer,
                 };
-                (entry, checked.version)
+                (entry, checked.version, checked.sha256)
             }
         };
         let env = environment(component, tenant, jetstream_sink(tenant), &self.admission);
@@ -247,6 +250,7 @@ impl Loader {
             digest: digest.clone(),
             shadow,
             warm_idle: self.runtime.warm_idle,
+            reload: cache.map(|cache| Reload::new(engine, linker, cache, sha256)),
         };
         let shape = Shape {
             stream: handler.stream.clone(),
@@ -401,6 +405,7 @@ pub(crate) fn environment(
         publish: component.publish.clone(),
         max_publishes: component.limits.max_publishes,
         derive_message_ids: component.derive_message_ids,
+        stamp_traceparent: component.stamp_traceparent,
         sink,
         kv: crate::buckets::Buckets::new(component.kv.clone()),
         log_budget: LogBudget::default(),

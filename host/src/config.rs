@@ -101,7 +101,20 @@ pub struct Runtime {
     /// memory back; the next message gets a new one.
     #[serde(with = "humantime_serde")]
     pub warm_idle: Duration,
+    /// Bytes of each linear memory the instance pool keeps resident (zeroed in place rather
+    /// than given back) when an instance ends, so the next instance of the same component
+    /// finds its pages mapped: fresh sandboxes run twice as fast with the default as with 0,
+    /// and the pool's unused slots hold up to this much each until their component goes idle
+    /// (see the `reload` module). Most a host can keep: [`MAX_KEEP_RESIDENT`].
+    pub keep_resident: ByteSize,
 }
+
+/// The instance pool's keep-resident size per linear memory unless `[runtime] keep_resident`
+/// says: the Rust template's whole memory (1.06 MiB) and then some.
+pub const DEFAULT_KEEP_RESIDENT: ByteSize = ByteSize::mib(2);
+
+/// The largest `[runtime] keep_resident` accepted.
+pub const MAX_KEEP_RESIDENT: ByteSize = ByteSize::mib(64);
 
 /// Instances kept for drop-ins added while the host runs, unless `[runtime] max_instances`
 /// says.
@@ -125,6 +138,7 @@ impl Default for Runtime {
             max_instances: None,
             registry: false,
             warm_idle: Duration::from_secs(30),
+            keep_resident: DEFAULT_KEEP_RESIDENT,
         }
     }
 }
@@ -193,6 +207,11 @@ pub struct Component {
     /// (`message_ids = "derived"`, the default), or goes without (`"given"`: only the ids the
     /// component gives; the stream then tracks no id for it).
     pub derive_message_ids: bool,
+    /// Whether a publish without a `traceparent` header gets the call's, so the trace goes
+    /// on (`traceparent = "stamped"`, the default), or goes without (`"given"`: only the
+    /// headers the component gives; with `message_ids = "given"` too, a publish with no
+    /// headers of its own is sent bare, as cheap for the server as it gets).
+    pub stamp_traceparent: bool,
     /// The `config` table as the strings the component reads, sorted by key.
     pub config: Vec<(String, String)>,
 }

@@ -10,7 +10,8 @@
 //! in flight) and serves later messages, one at a time; it is discarded after any failure
 //! and after its quota of messages.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
@@ -68,6 +69,22 @@ impl Entry {
             Entry::Batch { pre, .. } => pre.engine(),
         }
     }
+
+    /// The same world for `component` (checked against `linker`), a batch handler with an
+    /// empty gatherer of the same settings.
+    pub fn like(
+        &self,
+        component: &wasmtime::component::Component,
+        linker: &wasmtime::component::Linker<HostState>,
+    ) -> anyhow::Result<Entry> {
+        Ok(match self {
+            Entry::Handler(_) => Entry::Handler(crate::loader::check(linker, component)?),
+            Entry::Batch { gatherer, .. } => Entry::Batch {
+                pre: crate::loader::check(linker, component)?,
+                gatherer: gatherer.empty_like(),
+            },
+        })
+    }
 }
 
 /// An instance of either world.
@@ -94,6 +111,12 @@ pub struct Dispatcher {
     reuse: Option<u32>,
     warm: Mutex<Vec<Warm>>,
     instances_created: IntCounter,
+    /// Whether it made an instance yet: only then can the pool hold slots warm for it.
+    used: AtomicBool,
+    /// When its last call ended, in milliseconds since [`epoch`].
+    last_done: AtomicU64,
+    /// Claimed by whoever reloads its component (see the `reload` module), once.
+    reloading: AtomicBool,
 }
 
 impl Dispatcher {
@@ -119,7 +142,31 @@ impl Dispatcher {
             reuse,
             warm: Mutex::new(Vec::new()),
             instances_created,
+            used: AtomicBool::new(false),
+            last_done: AtomicU64::new(millis_since_epoch()),
+            reloading: AtomicBool::new(false),
         }
+    }
+
+    /// What it runs.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// A dispatcher like this one running `entry` (the same component loaded again).
+    pub fn with_entry(&self, entry: Entry) -> Dispatcher {
+        let counter = self.instances_created.clone();
+        Dispatcher::new(entry, self.env.clone(), self.limits, self.reuse, counter)
+    }
+
+    /// Claims the reload of its component when it made instances, keeps none warm, and no
+    /// call of it ended for `idle`; true once at most.
+    pub fn claim_idle_reload(&self, idle: Duration) -> bool {
+        let quiet = millis_since_epoch().saturating_sub(self.last_done.load(Ordering::Relaxed));
+        self.used.load(Ordering::Relaxed)
+            && self.warm() == 0
+            && u128::from(quiet) >= idle.as_millis()
+            && !self.reloading.swap(true, Ordering::AcqRel)
     }
 
     /// Calls `handle` on `msg`, on a warm instance when one is free and reuse is on, else on
@@ -164,6 +211,8 @@ impl Dispatcher {
             Ok((instance, disposition))
         });
         let result = sandbox::run(&self.limits, turn, call).await;
+        self.last_done
+            .store(millis_since_epoch(), Ordering::Relaxed);
         let recorded = store.data_mut().recorded.take().unwrap_or_default();
         let outcome = match result {
             Ok((instance, disposition)) => {
@@ -191,7 +240,10 @@ impl Dispatcher {
             let dispositions = handler.call_handle_batch(&mut store, &batch).await?;
             Ok((instance, dispositions))
         });
-        let result = match sandbox::run(&self.limits, turn, call).await {
+        let result = sandbox::run(&self.limits, turn, call).await;
+        self.last_done
+            .store(millis_since_epoch(), Ordering::Relaxed);
+        let result = match result {
             Ok((instance, dispositions)) => {
                 self.checkin(store, instance, served);
                 Ok(dispositions.into_iter().map(Outcome::from).collect())
@@ -238,6 +290,7 @@ impl Dispatcher {
     /// A new instance of the component in `store`.
     async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Instance> {
         self.instances_created.inc();
+        self.used.store(true, Ordering::Relaxed);
         Ok(match &self.entry {
             Entry::Handler(pre) => Instance::Handler(pre.instantiate_async(store).await?),
             Entry::Batch { pre, .. } => Instance::Batch(pre.instantiate_async(store).await?),
@@ -269,6 +322,13 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Milliseconds since the first time this was asked: a clock an atomic can hold.
+fn millis_since_epoch() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The outcomes of a batch call for `n` messages: the handler's dispositions one for one, or

@@ -30,6 +30,9 @@ pub struct PoolSize {
     pub instances: u32,
     /// The largest linear memory any handler may grow to, in bytes.
     pub max_memory: usize,
+    /// Bytes of each linear memory kept resident between instances (`[runtime]
+    /// keep_resident`).
+    pub keep_resident: usize,
 }
 
 /// Builds the engine and starts its epoch ticker (a thread that stops with the engine).
@@ -50,7 +53,7 @@ pub fn new(pool: PoolSize) -> anyhow::Result<Engine> {
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
         .max_tables_per_component(TABLES_PER_COMPONENT)
-        .linear_memory_keep_resident(2 << 20)
+        .linear_memory_keep_resident(pool.keep_resident)
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Yes);
     let mut config = Config::new();

@@ -92,7 +92,7 @@ impl publish::Host for HostState {
             headers,
             msg_id,
         };
-        let ready = self.prepare(message, self.env.derive_message_ids);
+        let ready = self.prepare(message, self.env.derive_message_ids, self.max_payload());
         let mut results = self.deliver(vec![ready]).await;
         Ok(results.pop().expect("one result per publish"))
     }
@@ -101,10 +101,10 @@ impl publish::Host for HostState {
         &mut self,
         messages: Vec<Outgoing>,
     ) -> wasmtime::Result<Vec<Result<PublishAck, PublishError>>> {
-        let derive = self.env.derive_message_ids;
+        let (derive, max_payload) = (self.env.derive_message_ids, self.max_payload());
         let batch = messages
             .into_iter()
-            .map(|m| self.prepare(m, derive))
+            .map(|m| self.prepare(m, derive, max_payload))
             .collect();
         Ok(self.deliver(batch).await)
     }
@@ -135,9 +135,24 @@ impl Ready {
 }
 
 impl HostState {
-    /// Counts one publish against the call's limit, checks it and stamps its headers (the
-    /// call's traceparent, the message id given, or derived when `derive` says so).
-    fn prepare(&mut self, message: Outgoing, derive: bool) -> Result<Ready, PublishError> {
+    /// The largest payload a publish may carry: the server's, read once per import call (the
+    /// client hands out a copy of the whole server info).
+    fn max_payload(&self) -> usize {
+        match &self.env.sink {
+            Sink::JetStream(connection) => connection.js.client().server_info().max_payload,
+            Sink::Capture(_) => CAPTURED_MAX_PAYLOAD,
+        }
+    }
+
+    /// Counts one publish against the call's limit, checks it (its payload against
+    /// `max_payload`) and stamps its headers (the call's traceparent, the message id given,
+    /// or derived when `derive` says so).
+    fn prepare(
+        &mut self,
+        message: Outgoing,
+        derive: bool,
+        max_payload: usize,
+    ) -> Result<Ready, PublishError> {
         let Outgoing {
             subject,
             payload,
@@ -145,10 +160,8 @@ impl HostState {
             msg_id,
         } = message;
         self.published += 1;
-        if !headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case(trace::TRACEPARENT))
-        {
+        let stamp = self.env.stamp_traceparent;
+        if stamp && !(headers.iter()).any(|(k, _)| k.eq_ignore_ascii_case(trace::TRACEPARENT)) {
             // An exported call's traceparent names its own span: the publish hangs under it.
             let traceparent = match self.origin.traceparent() {
                 Some(own) if telemetry::enabled() => own.to_owned(),
@@ -161,10 +174,7 @@ impl HostState {
             nth: self.published,
             max_publishes: env.max_publishes,
             policy: &env.publish,
-            max_payload: match &env.sink {
-                Sink::JetStream(connection) => connection.js.client().server_info().max_payload,
-                Sink::Capture(_) => CAPTURED_MAX_PAYLOAD,
-            },
+            max_payload,
         };
         let id = msg_id
             .or_else(|| derive.then(|| derived_msg_id(&env.name, &self.origin, self.published)));
@@ -251,10 +261,13 @@ impl HostState {
                  Nats-Msg-Id inside an atomic batch"
             )));
         }
-        let mut batch = Vec::with_capacity(messages.len());
+        let (mut batch, max_payload) = (Vec::with_capacity(messages.len()), self.max_payload());
         for (n, message) in messages.into_iter().enumerate() {
             // No id: JetStream refuses one inside an atomic batch.
-            batch.push(self.prepare(message, false).map_err(|e| in_batch(n, e))?);
+            batch.push(
+                self.prepare(message, false, max_payload)
+                    .map_err(|e| in_batch(n, e))?,
+            );
         }
         let env = self.env.clone();
         match &env.sink {

@@ -61,6 +61,7 @@ pub mod publish;
 pub mod pull;
 pub mod quota;
 pub mod registry;
+pub mod reload;
 pub mod replay;
 pub mod response_body;
 pub mod run;

@@ -65,6 +65,8 @@ pub struct Compiled {
     pub component: Component,
     /// Its version: [`crate::status::version_of`] of the bytes it was compiled from.
     pub version: String,
+    /// The SHA-256 of those bytes: its key in the compile cache.
+    pub sha256: [u8; 32],
 }
 
 /// A component checked against world `W`.
@@ -73,6 +75,8 @@ pub struct Checked<W> {
     pub pre: W,
     /// Its version: [`crate::status::version_of`] of the bytes it was compiled from.
     pub version: String,
+    /// The SHA-256 of those bytes: its key in the compile cache.
+    pub sha256: [u8; 32],
 }
 
 /// Reads, compiles (or loads from `cache`) and checks the component at `path` against world `W`.
@@ -82,11 +86,19 @@ pub async fn load<W: World>(
     path: &Path,
     cache: Option<&CompileCache>,
 ) -> anyhow::Result<Checked<W>> {
-    let Compiled { component, version } = compile(engine, path, cache).await?;
+    let Compiled {
+        component,
+        version,
+        sha256,
+    } = compile(engine, path, cache).await?;
     check_shape(&component).with_context(|| format!("component {}", path.display()))?;
     let pre = check::<W>(linker, &component)
         .with_context(|| format!("{} does not fit the {} world", path.display(), W::NAME))?;
-    Ok(Checked { pre, version })
+    Ok(Checked {
+        pre,
+        version,
+        sha256,
+    })
 }
 
 /// The contract versions (`0.1.0`, `0.2.0`) whose interfaces `component` imports; none
@@ -162,15 +174,18 @@ pub async fn compile(
             }),
         }
         .with_context(|| format!("compiling component {name}"))?;
-        Ok((component, source, crate::status::version_from(&sha256)))
+        Ok((component, source, sha256))
     });
-    let (component, source, version) = match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await
-    {
+    let (component, source, sha256) = match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
         Ok(joined) => joined??,
         Err(_) => bail!("compiling component {shown} took longer than {COMPILE_TIMEOUT:?}"),
     };
     tracing::debug!(component = %shown, ?source, elapsed = ?started.elapsed(), "component ready");
-    Ok(Compiled { component, version })
+    Ok(Compiled {
+        component,
+        version: crate::status::version_from(&sha256),
+        sha256,
+    })
 }
 
 /// The SHA-256 of the file at `path`, read in chunks (a component found in the compile cache

@@ -3,6 +3,8 @@
 //! publisher its ticks or requests; per tenant its memory. Every series carries the
 //! component's `tenant` (`default` for the host's own).
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -26,6 +28,8 @@ pub struct Metrics {
     shadow: IntCounterVec,
     /// `jetwasm_warm_instances{handler}`: instances kept warm for later messages.
     warm: IntGaugeVec,
+    /// `jetwasm_idle_reloads_total{handler}`: components reloaded to release pool slots.
+    reloads: IntCounterVec,
     /// `jetwasm_consumer_pending{handler}`: messages not yet delivered (NaN while unknown).
     pending: GaugeVec,
     /// `jetwasm_consumer_ack_pending{handler}`: delivered, not yet acked (NaN while unknown).
@@ -60,6 +64,41 @@ pub struct PoolMetrics {
     pub in_use: IntGauge,
     /// `jetwasm_pool_calls_waiting`.
     pub waiting: IntGauge,
+    /// `jetwasm_pool_idle_slots` and `jetwasm_pool_idle_resident_bytes`, read from the
+    /// engine's allocator at each scrape.
+    idle: IdlePoolGauges,
+}
+
+/// The pool's slots that ran a component and are unused now, and the memory they keep
+/// resident (`[runtime] keep_resident` per linear memory, at most), as wasmtime counts them.
+#[derive(Clone)]
+struct IdlePoolGauges {
+    slots: IntGauge,
+    resident: IntGauge,
+    allocator: Arc<OnceLock<wasmtime::PoolingAllocatorMetrics>>,
+}
+
+impl PoolMetrics {
+    /// Reads the idle-slot gauges from `engine`'s instance pool from now on.
+    pub fn watch(&self, engine: &wasmtime::Engine) {
+        if let Some(allocator) = engine.pooling_allocator_metrics() {
+            let _ = self.idle.allocator.set(allocator);
+        }
+    }
+
+    /// Sets the idle-slot gauges from the engine's allocator, when one is watched.
+    fn refresh(&self) {
+        if let Some(allocator) = self.idle.allocator.get() {
+            let slots = allocator.unused_warm_memories()
+                + allocator.unused_warm_tables()
+                + allocator.unused_warm_stacks();
+            let resident = allocator.unused_memory_bytes_resident()
+                + allocator.unused_table_bytes_resident()
+                + allocator.unused_stack_bytes_resident().unwrap_or(0);
+            self.idle.slots.set(i64::from(slots));
+            self.idle.resident.set(resident as i64);
+        }
+    }
 }
 
 /// One publisher's metrics, resolved once.
@@ -106,6 +145,8 @@ pub struct HandlerMetrics {
     pub instances: IntCounter,
     /// Instances kept warm now.
     pub warm: IntGauge,
+    /// Reloads of its component after it went idle (see the `reload` module).
+    pub reloads: IntCounter,
     /// Shadow runs by result: agree, differ, skipped.
     pub shadow: [(&'static str, IntCounter); 3],
     /// Messages the consumer has not delivered yet; NaN while unknown (no answer from the
@@ -212,6 +253,11 @@ impl Metrics {
             "Instances a handler with reused instances keeps warm for later messages (dropped after [runtime] warm_idle unused)",
             &["tenant", "handler"],
         );
+        let reloads = counters(
+            "jetwasm_idle_reloads_total",
+            "Times a handler's component was loaded again after [runtime] warm_idle without calls, releasing the instance-pool slots it kept warm",
+            &["tenant", "handler"],
+        );
         let shadow = counters(
             "jetwasm_shadow_total",
             "Messages also run through a handler's shadow candidate, by result: agree, differ, or skipped (one already running)",
@@ -295,6 +341,23 @@ impl Metrics {
                     "Calls waiting for an instance of the host's pool ([runtime] max_instances)",
                 ),
             ),
+            idle: IdlePoolGauges {
+                slots: registered(
+                    &registry,
+                    IntGauge::new(
+                        "jetwasm_pool_idle_slots",
+                        "Slots of the instance pool (memories, tables, stacks) that ran a component and are unused now",
+                    ),
+                ),
+                resident: registered(
+                    &registry,
+                    IntGauge::new(
+                        "jetwasm_pool_idle_resident_bytes",
+                        "Memory the instance pool's unused slots keep resident ([runtime] keep_resident per linear memory at most); released when their component goes idle for [runtime] warm_idle",
+                    ),
+                ),
+                allocator: Arc::default(),
+            },
         };
         Metrics {
             registry,
@@ -308,6 +371,7 @@ impl Metrics {
             instances,
             shadow,
             warm,
+            reloads,
             pending,
             ack_pending,
             redelivered,
@@ -393,6 +457,7 @@ impl Metrics {
             dead_letters: self.dead_letters.with_label_values(&labels),
             instances: self.instances.with_label_values(&labels),
             warm: self.warm.with_label_values(&labels),
+            reloads: self.reloads.with_label_values(&labels),
             shadow: ["agree", "differ", "skipped"].map(|result| {
                 (
                     result,
@@ -409,6 +474,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.pool.refresh();
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

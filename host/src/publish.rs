@@ -199,9 +199,7 @@ async fn acked(
                 "not connected to NATS (reconnecting); nothing was published".to_owned(),
             ));
         }
-        let sent = js
-            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-            .await;
+        let sent = send(js, subject.clone(), headers.clone(), payload.clone()).await;
         let result = match sent {
             Ok(ack) => ack.await,
             Err(e) => return Err(PublishError::Unavailable(e.to_string())),
@@ -263,31 +261,51 @@ pub async fn publish_pipelined(
     }
     let mut sent = Vec::with_capacity(batch.len());
     for (subject, headers, payload) in batch {
-        let ack = js
-            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-            .await;
-        sent.push((ack.ok(), (subject, headers, payload)));
+        // A copy to send again, kept only for a message with an id: without one, the first
+        // may have been stored.
+        let again = has_id(&headers).then(|| (headers.clone(), payload.clone()));
+        let ack = send(js, subject.clone(), headers, payload).await;
+        sent.push((subject, ack, again));
     }
     let mut results = Vec::with_capacity(sent.len());
-    for (ack, (subject, headers, payload)) in sent {
-        results.push(match ack {
-            Some(ack) => match ack.await {
-                Ok(ack) => Ok(PublishAck {
+    for (subject, ack, again) in sent {
+        results.push(match (ack, again) {
+            (Ok(ack), again) => match (ack.await, again) {
+                (Ok(ack), _) => Ok(PublishAck {
                     stream: ack.stream,
                     seq: ack.sequence,
                     duplicate: ack.duplicate,
                 }),
-                // Sent again only with an id: the first may have been stored.
-                Err(_) if has_id(&headers) => {
+                (Err(_), Some((headers, payload))) => {
                     publish_acked(connection, subject, headers, payload).await
                 }
-                Err(e) => Err(ack_error(js, subject, e).await),
+                (Err(e), None) => Err(ack_error(js, subject, e).await),
             },
-            // Not sent at all.
-            None => publish_acked(connection, subject, headers, payload).await,
+            (Err(_), Some((headers, payload))) => {
+                publish_acked(connection, subject, headers, payload).await
+            }
+            // Never handed to the connection: nothing was published; the guest may try again.
+            (Err(e), None) => Err(PublishError::Unavailable(format!(
+                "{subject}: not sent ({e}); nothing was published"
+            ))),
         });
     }
     results
+}
+
+/// Hands a publish to the connection; one with no headers goes without a header block,
+/// which costs the server less.
+async fn send(
+    js: &jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+    if headers.is_empty() {
+        js.publish(subject, payload).await
+    } else {
+        js.publish_with_headers(subject, headers, payload).await
+    }
 }
 
 /// Publishes `batch` as one JetStream atomic batch (nats-server 2.12+, a stream with

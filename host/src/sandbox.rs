@@ -102,6 +102,9 @@ pub struct ComponentEnv {
     pub max_publishes: u32,
     /// Whether a publish without a message id gets a derived one.
     pub derive_message_ids: bool,
+    /// Stamp the call's `traceparent` on a publish that has none (see
+    /// [`crate::config::Component::stamp_traceparent`]).
+    pub stamp_traceparent: bool,
     /// Where publishes go (and key-value operations, when that is a server).
     pub sink: Sink,
     /// The key-value buckets it may use.

@@ -99,6 +99,7 @@ impl Trier {
             reservable: 1,
             instances: 2,
             max_memory: limits.memory.as_u64() as usize,
+            keep_resident: crate::config::DEFAULT_KEEP_RESIDENT.as_u64() as usize,
         })?;
         let linker = imports::linker(&engine)?;
         let cache = CompileCache::default_dir()
@@ -121,6 +122,7 @@ impl Trier {
             publish: PublishPolicy::new(allowed),
             max_publishes: limits.max_publishes,
             derive_message_ids: true,
+            stamp_traceparent: true,
             sink: Sink::Capture(captured.clone()),
             kv: crate::buckets::Buckets::new(Vec::new()),
             log_budget: LogBudget::default(),

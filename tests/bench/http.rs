@@ -59,6 +59,7 @@ pub async fn bench(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()>
         reservable: connections as u32,
         instances: (connections + 16) as u32,
         max_memory: 64 << 20,
+        keep_resident: jetwasm::config::DEFAULT_KEEP_RESIDENT.as_u64() as usize,
     })?;
     let baseline_tuned = serve_plain_wasmtime(&plain, tuned, &shutdown)?;
     println!("HTTP: POST /orders, {connections} keep-alive connections, {secs}s per run");

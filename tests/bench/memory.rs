@@ -3,6 +3,7 @@
 //! ready, right after every handler has handled `BENCH_MEMORY_MESSAGES` orders (default 4000),
 //! and `BENCH_MEMORY_SETTLE_SECS` later (default 60), with fresh instances and with reused
 //! ones. The question #17 asks: does memory come back after a load stops?
+//! `BENCH_KEEP_RESIDENT` sets `[runtime] keep_resident`. `BENCH_MEMORY_SMAPS=DIR` saves the host's `/proc/PID/smaps` there after the settle.
 
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ pub async fn bench() -> anyhow::Result<()> {
             "streams = \"{}\"\n\n[runtime]\nhttp = \"{{http}}\"\n",
             spec.display()
         );
+        if let Ok(size) = std::env::var("BENCH_KEEP_RESIDENT") {
+            config.push_str(&format!("keep_resident = \"{size}\"\n"));
+        }
         for (lang, wasm) in LANGS {
             config.push_str(&format!(
                 "\n[[handler]]\nname = \"{lang}\"\ncomponent = \"{}\"\nstream = \"ORDERS\"\nconsumer = \"{lang}\"\npublish = [\"orders.processed\"]\ninstances = \"{mode}\"\nconfig = {{ output_subject = \"orders.processed\" }}\n",
@@ -52,6 +56,11 @@ pub async fn bench() -> anyhow::Result<()> {
         let loaded = mib(host.rss_bytes()?);
         tokio::time::sleep(settle).await;
         let settled = mib(host.rss_bytes()?);
+        if let Ok(dir) = std::env::var("BENCH_MEMORY_SMAPS") {
+            // Every mapping's sizes, to tell the instance pool's slots from the heap.
+            let smaps = std::fs::read(format!("/proc/{}/smaps", host.pid()))?;
+            std::fs::write(format!("{dir}/smaps-{mode}.txt"), smaps)?;
+        }
         let parts: Vec<String> = [
             ("status", "RssAnon"),
             ("status", "RssFile"),

@@ -39,7 +39,7 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
 use harness::{handler_wasm, NatsServer};
 use jetwasm::bindings::Message;
-use jetwasm::components::{Loaded, Loader};
+use jetwasm::components::{Loaded, Loader, Runner};
 use jetwasm::config::Config;
 use jetwasm::metrics::Metrics;
 use jetwasm::scaffold::{self, Kind, Lang};
@@ -158,7 +158,26 @@ async fn main() -> anyhow::Result<()> {
     let (_server, js) = bench_server().await?;
     fill(&js, messages).await?;
     println!("{messages} messages of 64 bytes in a memory stream; {rounds} rounds; 2-core machine");
+    let n = fresh(&js, messages, rounds).await?;
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("fresh") {
+        return Ok(());
+    }
 
+    per_language(&js, messages, n).await?;
+
+    publishing(&js, rounds).await?;
+    batches(&js, messages, rounds).await?;
+
+    http::bench(&js, rounds).await?;
+    deploy::bench().await?;
+    tenants::bench().await?;
+    fleet::bench().await
+}
+
+/// The fresh sandbox per message against a native pull consumer (`BENCH_ONLY=fresh`: this
+/// part alone), the minimal component beside it, and one sandboxed call's p50/p99; returns the
+/// native median.
+async fn fresh(js: &jetstream::Context, messages: usize, rounds: usize) -> anyhow::Result<f64> {
     // The host's own floor: the smallest component the handler world allows (no imports at
     // all), beside the Rust no-op (whose std brings WASI's stdio and environment shims).
     let scratch = tempfile::tempdir()?;
@@ -167,15 +186,9 @@ async fn main() -> anyhow::Result<()> {
 
     let (mut native, mut host, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let n = drain_native(&js, &format!("native{round}"), messages).await?;
-        let h = drain_host(
-            &js,
-            &handler_wasm("noop"),
-            &format!("host{round}"),
-            messages,
-        )
-        .await?;
-        let m = drain_host(&js, &minimal, &format!("minimal{round}"), messages).await?;
+        let n = drain_native(js, &format!("native{round}"), messages).await?;
+        let h = drain_host(js, &handler_wasm("noop"), &format!("host{round}"), messages).await?;
+        let m = drain_host(js, &minimal, &format!("minimal{round}"), messages).await?;
         println!(
             "round {round}: native {:>9.0} msgs/s   host {:>9.0} msgs/s   ratio {:.2}   host, minimal component {:>9.0} msgs/s   ratio {:.2}",
             n.rate,
@@ -201,21 +214,13 @@ async fn main() -> anyhow::Result<()> {
     let calls = env_or("BENCH_CALLS", 20_000);
     for (what, component) in [("Rust no-op", handler_wasm("noop")), ("minimal", minimal)] {
         let config = host_config(&component, "fresh", "unused")?;
-        let (p50, p99) = call_overhead(&js, &config, calls).await?;
+        let (p50, p99) = call_overhead(js, &config, calls).await?;
         println!(
             "sandboxed call, {what} (new store + instance + handle): p50 {p50:?}, p99 {p99:?}"
         );
     }
 
-    per_language(&js, messages, n).await?;
-
-    publishing(&js, rounds).await?;
-    batches(&js, messages, rounds).await?;
-
-    http::bench(&js, rounds).await?;
-    deploy::bench().await?;
-    tenants::bench().await?;
-    fleet::bench().await
+    Ok(n)
 }
 
 /// A server for the benchmark, with the memory stream `BENCH` (subjects `bench.>`).
@@ -270,21 +275,29 @@ async fn publishing(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()
     let burst = env_or("BENCH_BURST", 100_000);
     let window = env_or("BENCH_BURST_WINDOW", 1000);
     let (mut native, mut with_ids) = (Vec::new(), Vec::new());
-    let (mut component, mut given) = (Vec::new(), Vec::new());
+    let (mut component, mut given, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    const GIVEN: &str = "message_ids = \"given\"";
+    const BARE: &str = "message_ids = \"given\"\ntraceparent = \"given\"";
     for round in 1..=rounds {
         let n = publish_native_pipelined(js, burst, window, false).await?;
         let i = publish_native_pipelined(js, burst, window, true).await?;
-        let c = publish_component_batched(js, burst, window, "derived").await?;
-        let g = publish_component_batched(js, burst, window, "given").await?;
-        println!("pipelined publish round {round}: native {n:>7.0} msgs/s   native with ids {i:>7.0} msgs/s   component (publish-batch) {c:>7.0} msgs/s ({:.2} / {:.2})   component, message_ids = given {g:>7.0} msgs/s ({:.2})", c / n, c / i, g / n);
+        let c = publish_component_batched(js, burst, window, "").await?;
+        let g = publish_component_batched(js, burst, window, GIVEN).await?;
+        let b = publish_component_batched(js, burst, window, BARE).await?;
+        println!("pipelined publish round {round}: native {n:>7.0} msgs/s   native with ids {i:>7.0} msgs/s   component (publish-batch) {c:>7.0} msgs/s ({:.2} / {:.2})   component, message_ids = given {g:>7.0} msgs/s ({:.2})   component, bare {b:>7.0} msgs/s ({:.2})", c / n, c / i, g / n, b / n);
         native.push(n);
         with_ids.push(i);
         component.push(c);
         given.push(g);
+        bare.push(b);
     }
     let (n, i) = (median(&mut native), median(&mut with_ids));
-    let (c, g) = (median(&mut component), median(&mut given));
-    println!("pipelined publish median ({burst} publishes, {window} acks in flight): native {n:.0} msgs/s, native with a message id and traceparent each (what the component sends) {i:.0} msgs/s, component with publish-batch {c:.0} msgs/s (ratio {:.2} to native, {:.2} to native with ids); with message_ids = \"given\" {g:.0} msgs/s (ratio {:.2} to native)", c / n, c / i, g / n);
+    let (c, g, b) = (
+        median(&mut component),
+        median(&mut given),
+        median(&mut bare),
+    );
+    println!("pipelined publish median ({burst} publishes, {window} acks in flight): native {n:.0} msgs/s, native with a message id and traceparent each (what the component sends) {i:.0} msgs/s, component with publish-batch {c:.0} msgs/s (ratio {:.2} to native, {:.2} to native with ids); with message_ids = \"given\" {g:.0} msgs/s (ratio {:.2} to native); bare (message_ids and traceparent = \"given\": no headers, as native) {b:.0} msgs/s (ratio {:.2} to native)", c / n, c / i, g / n, b / n);
 
     Ok(())
 }
@@ -354,29 +367,24 @@ async fn publish_native_pipelined(
 }
 
 /// A publisher component making the same publishes through `publish-batch`, `window` at a
-/// time, with `message_ids` (`derived` or `given`).
+/// time, with the publisher keys `keys` (e.g. `message_ids = "given"`).
 async fn publish_component_batched(
     js: &jetstream::Context,
     n: usize,
     window: usize,
-    message_ids: &str,
+    keys: &str,
 ) -> anyhow::Result<f64> {
-    burst(js, n, &format!(", batch = {window}"), message_ids).await
+    burst(js, n, &format!(", batch = {window}"), keys).await
 }
 
 /// A publisher component making the same publishes in one tick, through the `publish` import.
 async fn publish_component(js: &jetstream::Context, n: usize) -> anyhow::Result<f64> {
-    burst(js, n, "", "derived").await
+    burst(js, n, "", "").await
 }
 
-/// The burst publisher's tick rate: `n` publishes, with `extra` config keys and
-/// `message_ids`.
-async fn burst(
-    js: &jetstream::Context,
-    n: usize,
-    extra: &str,
-    message_ids: &str,
-) -> anyhow::Result<f64> {
+/// The burst publisher's tick rate: `n` publishes, with `extra` config keys and the
+/// publisher keys `keys`.
+async fn burst(js: &jetstream::Context, n: usize, extra: &str, keys: &str) -> anyhow::Result<f64> {
     let text = format!(
         r#"
 [[publisher]]
@@ -384,15 +392,15 @@ name = "burst"
 component = "{}"
 every = "1h"
 publish = ["benchpub.out"]
-message_ids = "{message_ids}"
+{keys}
 limits = {{ max_publishes = {n}, timeout = "10m", cpu_time = "10m" }}
 config = {{ count = {n}, subject = "benchpub.out"{extra} }}
 "#,
         handler_wasm("fixture_publish_burst").display()
     );
     let config = Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
-    let publisher = match load_all(&config, js).await?.remove(0) {
-        Loaded::Timer(publisher) => publisher,
+    let publisher = match load_all(&config, js).await?.remove(0).runner {
+        Runner::Timer(publisher) => publisher,
         _ => anyhow::bail!("the burst publisher is a timer publisher"),
     };
     let firing = jetwasm::schedule::Firing {
@@ -578,7 +586,7 @@ fn batch_config(component: &Path, consumer: &str) -> anyhow::Result<Config> {
     let in_flight = env_or("BENCH_IN_FLIGHT", 64).max(200);
     let prefetch = env_or("BENCH_PREFETCH", 1024);
     let text = format!(
-        r#"
+        r#"{}
 [[handler]]
 name = "bench"
 component = "{}"
@@ -587,6 +595,7 @@ consumer = "{consumer}"
 batch = {{ max = 100, max_wait = "5ms" }}
 limits = {{ max_in_flight = {in_flight}, prefetch = {prefetch} }}
 "#,
+        runtime_section(),
         component.display()
     );
     Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))
@@ -597,7 +606,7 @@ fn host_config(component: &Path, instances: &str, consumer: &str) -> anyhow::Res
     let in_flight = env_or("BENCH_IN_FLIGHT", 64);
     let prefetch = env_or("BENCH_PREFETCH", 1024);
     let text = format!(
-        r#"
+        r#"{}
 [[handler]]
 name = "bench"
 component = "{}"
@@ -606,9 +615,19 @@ consumer = "{consumer}"
 instances = "{instances}"
 limits = {{ max_in_flight = {in_flight}, prefetch = {prefetch} }}
 "#,
+        runtime_section(),
         component.display()
     );
     Config::parse(&text, Path::new(".")).map_err(|e| anyhow::anyhow!(e.join("; ")))
+}
+
+/// `[runtime] keep_resident = BENCH_KEEP_RESIDENT` when that is set (e.g. `"512KiB"`), to
+/// measure what the pool's keep-resident size buys; else nothing (the default).
+fn runtime_section() -> String {
+    match std::env::var("BENCH_KEEP_RESIDENT") {
+        Ok(size) => format!("[runtime]\nkeep_resident = \"{size}\"\n"),
+        Err(_) => String::new(),
+    }
 }
 
 /// A row per language and instance mode: the `jetwasm new` handler draining the last
@@ -729,8 +748,8 @@ async fn handlers(
     let loaded = load_all(config, js).await?;
     Ok(loaded
         .into_iter()
-        .filter_map(|loaded| match loaded {
-            Loaded::Handler(binding) => Some(binding),
+        .filter_map(|loaded| match loaded.runner {
+            Runner::Handler(binding) => Some(binding),
             _ => None,
         })
         .collect())

@@ -1877,6 +1877,65 @@ async fn warm_instances_unused_for_warm_idle_are_dropped() {
     );
 }
 
+/// Memory comes back with fresh instances too: once a handler has had no call for `[runtime]
+/// warm_idle`, its component is loaded again (from the compile cache) and wasmtime releases
+/// the pool slots the old copy kept warm; later messages run on the new copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_handler_releases_the_pool_slots_it_kept_warm() {
+    let setup = Setup::new("").await;
+    let config = setup.config(&handler_wasm("orders"), "", "warm_idle = \"2s\"");
+    let host = Host::start(&setup.server.url, &config).await.unwrap();
+    setup.publish_all((0..500).map(order)).await;
+    setup.drained(Duration::from_secs(30), &host).await;
+    let resident = "jetwasm_pool_idle_resident_bytes";
+    let held = host.metric(resident).unwrap();
+    assert!(held > 0.0, "the burst's slots are kept warm: {held}");
+    host.wait_metric(
+        "jetwasm_idle_reloads_total{handler=\"h\"}",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("the idle handler's component is reloaded");
+    let released = host.metric(resident).unwrap();
+    assert!(
+        released < held,
+        "its warm slots are released: {held} -> {released} bytes"
+    );
+    setup.publish_all((500..600).map(order)).await;
+    setup.drained(Duration::from_secs(30), &host).await;
+    assert_eq!(host.metric(&sample("ack")).unwrap(), 600.0);
+}
+
+/// `traceparent = "given"` with `message_ids = "given"`: a publish the component gives no
+/// headers is sent without any (as cheap for the server as a bare native publish), one at a
+/// time and in a `publish-batch` alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_given_ids_and_traceparent_a_publish_without_headers_is_sent_bare() {
+    let setup = Setup::new("").await;
+    for batch in ["", ", batch = 3"] {
+        let extra = format!(
+            "every = \"300ms\"\nmessage_ids = \"given\"\ntraceparent = \"given\"\nconfig = {{ count = 3, subject = \"orders.created\"{batch} }}"
+        );
+        let config = setup.publisher_config(&handler_wasm("fixture_publish_burst"), &extra);
+        let host = Host::start(&setup.server.url, &config).await.unwrap();
+        let ok = "jetwasm_publisher_ticks_total{outcome=\"ok\",publisher=\"p\"}";
+        host.wait_metric(ok, 1.0, Duration::from_secs(10))
+            .await
+            .unwrap();
+        drop(host);
+        let published = setup.messages("ORDERS").await;
+        assert!(published.len() >= 3, "{}", published.len());
+        for message in published {
+            assert!(
+                message.headers.is_empty(),
+                "no headers{batch}: {:?}",
+                message.headers
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_given_message_ids_a_publish_without_one_carries_none() {
     let setup = Setup::new(QUICK_RETRIES).await;

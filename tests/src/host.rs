@@ -242,7 +242,12 @@ impl Host {
         }
     }
 
-    /// The host's resident memory, from /proc.
+    /// The host process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The host's resident memory (`VmRSS`), in bytes.
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
         self.proc_bytes("status", "VmRSS")
     }

@@ -71,6 +71,7 @@ pub struct Common<'a> {
     pub publish: &'a [String],
     pub kv: &'a [RawKvGrant],
     pub message_ids: RawMessageIds,
+    pub traceparent: RawTraceparent,
     pub limits: &'a LimitOverrides,
     pub config: &'a BTreeMap<String, toml::Value>,
 }
@@ -101,6 +102,8 @@ pub struct RawHandler {
     #[serde(default)]
     pub message_ids: RawMessageIds,
     #[serde(default)]
+    pub traceparent: RawTraceparent,
+    #[serde(default)]
     pub confirm_acks: bool,
     pub ordering: Option<RawOrdering>,
     pub shadow: Option<RawShadow>,
@@ -120,6 +123,15 @@ pub struct RawHandler {
 pub enum RawMessageIds {
     #[default]
     Derived,
+    Given,
+}
+
+/// `traceparent = "stamped" | "given"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawTraceparent {
+    #[default]
+    Stamped,
     Given,
 }
 
@@ -203,6 +215,8 @@ pub struct RawPublisher {
     #[serde(default)]
     pub message_ids: RawMessageIds,
     #[serde(default)]
+    pub traceparent: RawTraceparent,
+    #[serde(default)]
     pub limits: LimitOverrides,
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
@@ -221,6 +235,7 @@ macro_rules! common {
                     publish: &self.publish,
                     kv: &self.kv,
                     message_ids: self.message_ids,
+                    traceparent: self.traceparent,
                     limits: &self.limits,
                     config: &self.config,
                 }

@@ -9,6 +9,7 @@ use bytesize::ByteSize;
 
 use super::raw::{
     Common, RawBatch, RawConfig, RawHandler, RawInstances, RawKvGrant, RawMessageIds, RawPublisher,
+    RawTraceparent,
 };
 use super::tenant::{check_counts, check_member, defaults_for, tenants};
 use super::*;
@@ -53,6 +54,13 @@ pub(super) fn resolve(raw: RawConfig, base: &Path, problems: &mut Problems) -> C
                 "runtime.max_instances is {n}: it must be 1 to {MAX_INSTANCES}"
             ));
         }
+    }
+    if raw.runtime.keep_resident > MAX_KEEP_RESIDENT {
+        problems.add(format!(
+            "runtime.keep_resident is {}: it must be at most {}",
+            raw.runtime.keep_resident.display().iec(),
+            MAX_KEEP_RESIDENT.display().iec()
+        ));
     }
     if raw.runtime.max_failures == 0 {
         problems.add("runtime.max_failures must be at least 1");
@@ -281,6 +289,7 @@ pub(super) fn component(
         publish: PublishPolicy::new(common.publish.to_vec()),
         kv,
         derive_message_ids: common.message_ids == RawMessageIds::Derived,
+        stamp_traceparent: common.traceparent == RawTraceparent::Stamped,
         config,
     };
     check_member(&component, defaults.tenants, problems);

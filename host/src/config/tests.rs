@@ -495,6 +495,23 @@ fn max_instances_is_unset_by_default_and_never_zero() {
 }
 
 #[test]
+fn keep_resident_defaults_to_2_mib_and_has_a_ceiling() {
+    let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
+    assert_eq!(config.runtime.keep_resident, ByteSize::mib(2));
+    let with =
+        |v: &str| EXAMPLE.replacen("[runtime]", &format!("[runtime]\nkeep_resident = {v}"), 1);
+    let none = Config::parse(&with("0"), Path::new(".")).unwrap();
+    assert_eq!(none.runtime.keep_resident, ByteSize::b(0));
+    let set = Config::parse(&with("\"512KiB\""), Path::new(".")).unwrap();
+    assert_eq!(set.runtime.keep_resident, ByteSize::kib(512));
+    let err = Config::parse(&with("\"1GiB\""), Path::new(".")).unwrap_err();
+    assert_eq!(
+        err,
+        vec!["runtime.keep_resident is 1.0 GiB: it must be at most 64.0 MiB"]
+    );
+}
+
+#[test]
 fn a_manifest_may_declare_its_own_consumer_with_the_stream_init_keys() {
     let config = Config::parse(EXAMPLE, Path::new(".")).unwrap();
     let wasm = Path::new("audit.wasm");
