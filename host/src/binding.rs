@@ -139,8 +139,55 @@ impl Binding {
 
     /// Makes `version` handle every message from now on if `current` still does; true if it
     /// did.
-    pub fn replace_if_current(&self, current: &Arc<Version>, version: Arc<Version>) -> bool {
+    fn replace_if_current(&self, current: &Arc<Version>, version: Arc<Version>) -> bool {
         let previous = self.current.compare_and_swap(current, version);
         Arc::ptr_eq(&previous, current)
+    }
+
+    /// Reloads the component when the current version qualifies (see the `reload` module),
+    /// releasing the pool slots it kept warm; a version replaced meanwhile (a deploy) is left
+    /// to its successor.
+    pub async fn give_back_idle_memory(&self) {
+        let old = self.version();
+        let Some(reload) = old.reload.clone() else {
+            return;
+        };
+        if !old.dispatcher.claim_idle_reload(old.warm_idle) {
+            return;
+        }
+        let current = old.clone();
+        let loading = move || reload.entry_like(current.dispatcher.entry());
+        let entry = match tokio::task::spawn_blocking(loading).await {
+            Ok(Ok(Some(entry))) => entry,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(handler = %self.name, "idle handler's component not reloaded: {e:#}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(handler = %self.name, "idle handler's component not reloaded: {e}");
+                return;
+            }
+        };
+        let new = Arc::new(old.with_dispatcher(old.dispatcher.with_entry(entry)));
+        if self.replace_if_current(&old, new) {
+            self.metrics.reloads.inc();
+            tracing::debug!(handler = %self.name, "idle for warm_idle: component reloaded, its warm pool slots released");
+        }
+    }
+}
+
+impl Version {
+    /// This version running `dispatcher`.
+    fn with_dispatcher(&self, dispatcher: Dispatcher) -> Version {
+        Version {
+            dispatcher,
+            max_message_size: self.max_message_size,
+            sweep_delay: self.sweep_delay,
+            digest: self.digest.clone(),
+            shadow: self.shadow.clone(),
+            warm_idle: self.warm_idle,
+            reload: self.reload.clone(),
+        }
     }
 }

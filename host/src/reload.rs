@@ -10,12 +10,9 @@
 //! old copy goes with the last call holding it, and its slots' memory with it. The next
 //! message instantiates in a cold slot: a few page faults, once.
 
-use std::sync::Arc;
-
 use wasmtime::component::Linker;
 use wasmtime::Engine;
 
-use crate::binding::{Binding, Version};
 use crate::compile_cache::CompileCache;
 use crate::dispatch::Entry;
 use crate::sandbox::HostState;
@@ -48,57 +45,10 @@ impl Reload {
 
     /// `entry`'s component loaded again, for the same world; `None` when its cache entry is
     /// gone (it is then kept as it is). Blocking.
-    fn entry_like(&self, entry: &Entry) -> anyhow::Result<Option<Entry>> {
+    pub fn entry_like(&self, entry: &Entry) -> anyhow::Result<Option<Entry>> {
         match self.cache.cached(&self.engine, &self.sha256) {
             Some(component) => Ok(Some(entry.like(&component, &self.linker)?)),
             None => Ok(None),
-        }
-    }
-}
-
-/// Reloads `binding`'s component when its current version qualifies (see the module's
-/// documentation); a version replaced meanwhile (a deploy) is left to its successor.
-pub async fn give_back_idle_memory(binding: &Binding) {
-    let old = binding.version();
-    let Some(reload) = old.reload.clone() else {
-        return;
-    };
-    if !old.dispatcher.claim_idle_reload(old.warm_idle) {
-        return;
-    }
-    let current = old.clone();
-    let entry =
-        tokio::task::spawn_blocking(move || reload.entry_like(current.dispatcher.entry())).await;
-    let entry = match entry {
-        Ok(Ok(Some(entry))) => entry,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::warn!(handler = %binding.name, "idle handler's component not reloaded: {e:#}");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(handler = %binding.name, "idle handler's component not reloaded: {e}");
-            return;
-        }
-    };
-    let new = Arc::new(old.with_dispatcher(old.dispatcher.with_entry(entry)));
-    if binding.replace_if_current(&old, new) {
-        binding.metrics.reloads.inc();
-        tracing::debug!(handler = %binding.name, "idle for warm_idle: component reloaded, its warm pool slots released");
-    }
-}
-
-impl Version {
-    /// This version running `dispatcher`.
-    fn with_dispatcher(&self, dispatcher: crate::dispatch::Dispatcher) -> Version {
-        Version {
-            dispatcher,
-            max_message_size: self.max_message_size,
-            sweep_delay: self.sweep_delay,
-            digest: self.digest.clone(),
-            shadow: self.shadow.clone(),
-            warm_idle: self.warm_idle,
-            reload: self.reload.clone(),
         }
     }
 }

@@ -84,7 +84,7 @@ pub async fn watch(
             tracing::debug!(handler = %binding.name, dropped, "warm instances unused for warm_idle dropped");
         }
         binding.metrics.warm.set(version.dispatcher.warm() as i64);
-        crate::reload::give_back_idle_memory(&binding).await;
+        binding.give_back_idle_memory().await;
         let idle = silence.observe(activity.received.load(Ordering::Relaxed), Instant::now());
         let Ok(info) = consumer.info().await else {
             binding.metrics.pending.set(f64::NAN);
