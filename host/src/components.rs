@@ -228,7 +228,7 @@ impl Loader {
                 (entry, checked.version, checked.sha256)
             }
         };
-        let env = environment(component, tenant, jetstream_sink(tenant), &self.admission);
+        let env = self.environment(component, tenant, jetstream_sink(tenant));
         let metrics = self.metrics.handler(&tenant.name, &component.name);
         let limits = component.limits;
         let reuse = match handler.instances {
@@ -291,7 +291,7 @@ impl Loader {
     /// A publisher, loaded and checked against its world.
     async fn publisher(&self, publisher: &Publisher, tenant: &Tenant) -> anyhow::Result<Loaded> {
         let component = &publisher.component;
-        let env = environment(component, tenant, jetstream_sink(tenant), &self.admission);
+        let env = self.environment(component, tenant, jetstream_sink(tenant));
         let (path, limits) = (&component.wasm, component.limits);
         let label = || format!("publisher {}", component.name);
         let (engine, linker, cache) = (&self.engine, &self.linker, self.cache.as_ref());
@@ -373,12 +373,7 @@ impl Loader {
         .with_context(what)?
         .pre;
         let captured = Arc::new(Mutex::new(Vec::new()));
-        let env = environment(
-            live,
-            tenant,
-            Sink::Capture(captured.clone()),
-            &self.admission,
-        );
+        let env = self.environment(live, tenant, Sink::Capture(captured.clone()));
         // Its instances are not the handler's: counted nowhere.
         let instances = IntCounter::new("shadow_instances", "unregistered").expect("a valid name");
         let dispatcher = Dispatcher::new(pre, env, live.limits, None, instances);
@@ -391,13 +386,24 @@ impl Loader {
     }
 }
 
-/// What a component's imports see: its name, config, publish policy and quota, its tenant's
-/// account, and where its publishes go (`sink`).
+impl Loader {
+    /// What a component's imports see: its name, config, publish policy and quota, its
+    /// tenant's account, and where its publishes go (`sink`); its memory is counted in its
+    /// gauge (a shadow's in its live version's).
+    fn environment(&self, component: &Component, tenant: &Tenant, sink: Sink) -> Arc<ComponentEnv> {
+        let memory = (self.metrics).component_memory(&tenant.name, &component.name);
+        environment(component, tenant, sink, &self.admission, memory)
+    }
+}
+
+/// What a component's imports see (see [`Loader::environment`]), its memory counted in
+/// `memory`.
 pub(crate) fn environment(
     component: &Component,
     tenant: &Tenant,
     sink: Sink,
     admission: &Admission,
+    memory: prometheus::IntGauge,
 ) -> Arc<ComponentEnv> {
     Arc::new(ComponentEnv {
         name: component.name.as_str().into(),
@@ -411,6 +417,7 @@ pub(crate) fn environment(
         log_budget: LogBudget::default(),
         host_log: LogBudget::default(),
         account: tenant.account.clone(),
+        memory,
         admission: admission.clone(),
     })
 }

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use prometheus::IntGauge;
+
 use crate::quota::Account;
 
 /// The error a call fails with when the guest tries to grow memory past its cap.
@@ -33,7 +35,9 @@ impl std::error::Error for MemoryLimitExceeded {}
 pub struct MemoryLimiter {
     limit: usize,
     account: Arc<Account>,
-    /// Bytes counted against the account.
+    /// The component's gauge of the memory its live instances hold.
+    gauge: IntGauge,
+    /// Bytes counted against the account (and in the gauge).
     held: u64,
 }
 
@@ -41,11 +45,13 @@ pub struct MemoryLimiter {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl MemoryLimiter {
-    /// A limiter allowing `limit` bytes per linear memory, counted against `account`.
-    pub fn new(limit: usize, account: Arc<Account>) -> Self {
+    /// A limiter allowing `limit` bytes per linear memory, counted against `account` and
+    /// in `gauge`.
+    pub fn new(limit: usize, account: Arc<Account>, gauge: IntGauge) -> Self {
         MemoryLimiter {
             limit,
             account,
+            gauge,
             held: 0,
         }
     }
@@ -54,6 +60,7 @@ impl MemoryLimiter {
 impl Drop for MemoryLimiter {
     fn drop(&mut self) {
         self.account.memory.shrink(self.held);
+        self.gauge.sub(i64::try_from(self.held).unwrap_or(i64::MAX));
     }
 }
 
@@ -76,6 +83,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             .grow(more)
             .map_err(wasmtime::Error::new)?;
         self.held += more;
+        self.gauge.add(i64::try_from(more).unwrap_or(i64::MAX));
         Ok(true)
     }
 

@@ -52,6 +52,8 @@ pub struct Metrics {
     versions: IntGaugeVec,
     /// `jetwasm_tenant_memory_bytes{tenant}`: linear memory its live instances hold.
     tenant_memory: IntGaugeVec,
+    /// `jetwasm_component_memory_bytes{tenant, component}`: the same per component.
+    component_memory: IntGaugeVec,
     /// `jetwasm_pool_instances_in_use` and `jetwasm_pool_calls_waiting`: the host's instance
     /// pool (see the `admission` module).
     pool: PoolMetrics,
@@ -326,6 +328,11 @@ impl Metrics {
             "Linear memory a tenant's live instances hold (its max_memory caps it)",
             &["tenant"],
         );
+        let component_memory = gauges(
+            "jetwasm_component_memory_bytes",
+            "Linear memory a handler's or publisher's live instances hold (calls running, instances kept warm); resident memory is at most this plus what the pool keeps (jetwasm_pool_idle_resident_bytes)",
+            &["tenant", "component"],
+        );
         let pool = PoolMetrics {
             in_use: registered(
                 &registry,
@@ -363,6 +370,7 @@ impl Metrics {
             registry,
             pool,
             tenant_memory,
+            component_memory,
             versions,
             outcomes,
             latency,
@@ -427,6 +435,11 @@ impl Metrics {
     /// The gauge of the memory `tenant`'s live instances hold.
     pub fn tenant_memory(&self, tenant: &str) -> IntGauge {
         self.tenant_memory.with_label_values(&[tenant])
+    }
+
+    /// The gauge of the memory the live instances of component `name` of `tenant` hold.
+    pub fn component_memory(&self, tenant: &str, name: &str) -> IntGauge {
+        self.component_memory.with_label_values(&[tenant, name])
     }
 
     /// The metrics of publisher `name` of `tenant`, every counter starting at zero.

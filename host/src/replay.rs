@@ -204,7 +204,8 @@ async fn dispatcher(
         false => Sink::Capture(captured.clone()),
     };
     let admission = crate::admission::Admission::new(pool.reservable as usize);
-    let env = components::environment(component, tenant, sink, &admission);
+    let memory = prometheus::IntGauge::new("replay_memory", "unregistered")?;
+    let env = components::environment(component, tenant, sink, &admission, memory);
     let reuse = match handler.instances {
         Instances::Fresh => None,
         Instances::Reuse { per_instance } => Some(per_instance),

@@ -115,6 +115,9 @@ pub struct ComponentEnv {
     pub host_log: LogBudget,
     /// Its tenant's quota account.
     pub account: Arc<Account>,
+    /// The gauge of the linear memory its live instances hold
+    /// (`jetwasm_component_memory_bytes`).
+    pub memory: prometheus::IntGauge,
     /// The host's instance pool, which its calls take turns at.
     pub admission: Admission,
 }
@@ -175,7 +178,11 @@ impl HostState {
                 env: Some(env.clone()),
             },
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(limits.memory.as_u64() as usize, env.account.clone()),
+            limiter: MemoryLimiter::new(
+                limits.memory.as_u64() as usize,
+                env.account.clone(),
+                env.memory.clone(),
+            ),
             budget: Budget::new(limits),
             env,
             origin,

@@ -134,6 +134,7 @@ impl Trier {
                 Gate::new(1).share(0, 1),
                 prometheus::IntGauge::new("try_memory", "memory")?,
             )),
+            memory: prometheus::IntGauge::new("try_component_memory", "unregistered")?,
             admission: crate::admission::Admission::new(1),
         });
         let kind = if let Ok(pre) = loader::check::<HandlerPre<_>>(&linker, &compiled) {

@@ -1858,11 +1858,19 @@ async fn warm_instances_unused_for_warm_idle_are_dropped() {
     host.wait_metric(warm, 1.0, Duration::from_secs(5))
         .await
         .expect("instances kept warm after the burst");
+    let memory = "jetwasm_component_memory_bytes{component=\"h\"}";
+    let held = host.metric(memory).unwrap();
+    assert!(held > 0.0, "the warm instances' memory is counted: {held}");
     let deadline = Instant::now() + Duration::from_secs(15);
     while host.metric(warm).unwrap() > 0.0 {
         assert!(Instant::now() < deadline, "warm instances never dropped");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(
+        host.metric(memory).unwrap(),
+        0.0,
+        "and uncounted once dropped"
+    );
     let created = host
         .metric("jetwasm_instances_total{handler=\"h\"}")
         .unwrap();
