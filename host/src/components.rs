@@ -106,7 +106,7 @@ pub fn pool_size<'a>(
 /// and the compile cache.
 pub struct Loader {
     engine: wasmtime::Engine,
-    linker: wasmtime::component::Linker<crate::sandbox::HostState>,
+    linker: Arc<wasmtime::component::Linker<crate::sandbox::HostState>>,
     cache: Option<CompileCache>,
     pool: engine::PoolSize,
     admission: Admission,
@@ -130,7 +130,7 @@ impl Loader {
         metrics.pool().watch(&engine);
         let cache_dir = (runtime.compile_cache.clone()).or_else(CompileCache::default_dir);
         Ok(Loader {
-            linker: imports::linker(&engine)?,
+            linker: Arc::new(imports::linker(&engine)?),
             engine,
             cache: cache_dir.map(|dir| CompileCache::new(dir, runtime.compile_cache_max.as_u64())),
             pool,

@@ -10,6 +10,8 @@
 //! old copy goes with the last call holding it, and its slots' memory with it. The next
 //! message instantiates in a cold slot: a few page faults, once.
 
+use std::sync::Arc;
+
 use wasmtime::component::Linker;
 use wasmtime::Engine;
 
@@ -21,7 +23,7 @@ use crate::sandbox::HostState;
 #[derive(Clone)]
 pub struct Reload {
     engine: Engine,
-    linker: Linker<HostState>,
+    linker: Arc<Linker<HostState>>,
     cache: CompileCache,
     sha256: [u8; 32],
 }
@@ -31,13 +33,13 @@ impl Reload {
     /// and `linker`.
     pub fn new(
         engine: &Engine,
-        linker: &Linker<HostState>,
+        linker: &Arc<Linker<HostState>>,
         cache: &CompileCache,
         sha256: [u8; 32],
     ) -> Reload {
         Reload {
             engine: engine.clone(),
-            linker: linker.clone(),
+            linker: Arc::clone(linker),
             cache: cache.clone(),
             sha256,
         }
