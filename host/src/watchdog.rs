@@ -13,8 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::binding::Binding;
 
-/// How often the consumer's state is read.
+/// How often the consumer's state is read while the lane receives messages.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often once the lane has been silent for [`STALL_AFTER`]: a thousand idle handlers
+/// would otherwise ask the server for their consumers' state a thousand times a second.
+const IDLE_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// Idle time, with messages pending and slots free, after which the pull counts as stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(15);
 
@@ -69,13 +72,13 @@ pub async fn watch(
     activity: Arc<Activity>,
     pull: CancellationToken,
 ) {
-    let mut every = tokio::time::interval(CHECK_EVERY);
     let mut silence = Silence::new(Instant::now());
     let mut drift = String::new();
+    let mut next = Duration::ZERO;
     loop {
         tokio::select! {
             _ = pull.cancelled() => return,
-            _ = every.tick() => {}
+            _ = tokio::time::sleep(next) => {}
         }
         let version = binding.version();
         (version.dispatcher.env().host_log).report_dropped(&binding.name);
@@ -86,6 +89,7 @@ pub async fn watch(
         binding.metrics.warm.set(version.dispatcher.warm() as i64);
         binding.give_back_idle_memory().await;
         let idle = silence.observe(activity.received.load(Ordering::Relaxed), Instant::now());
+        next = check_after(idle);
         let Ok(info) = consumer.info().await else {
             binding.metrics.pending.set(f64::NAN);
             binding.metrics.ack_pending.set(f64::NAN);
@@ -109,6 +113,15 @@ pub async fn watch(
             pull.cancel();
             return;
         }
+    }
+}
+
+/// When to read the consumer's state next, after `idle` without a message.
+fn check_after(idle: Duration) -> Duration {
+    if idle >= STALL_AFTER {
+        IDLE_CHECK_EVERY
+    } else {
+        CHECK_EVERY
     }
 }
 
@@ -150,6 +163,17 @@ mod tests {
         assert!(
             !is_stalled(5, STALL_AFTER / 2, 1),
             "not silent for long enough"
+        );
+    }
+
+    #[test]
+    fn a_silent_lane_is_checked_less_often() {
+        assert_eq!(check_after(Duration::ZERO), CHECK_EVERY);
+        assert_eq!(check_after(STALL_AFTER / 2), CHECK_EVERY);
+        assert_eq!(check_after(STALL_AFTER), IDLE_CHECK_EVERY);
+        assert!(
+            IDLE_CHECK_EVERY < STALL_AFTER,
+            "a stall is still seen soon after"
         );
     }
 
