@@ -373,7 +373,7 @@ pub struct FilterArgs {
     /// The dead-letter stream [default: the stream capturing PREFIX.>]
     #[arg(long)]
     dead_letters: Option<String>,
-    /// The dead-letter subject prefix ([runtime] dead_letter)
+    /// The dead-letter subject prefix (`[runtime] dead_letter`)
     #[arg(long, default_value = "deadletter")]
     prefix: String,
     #[command(flatten)]

@@ -113,7 +113,7 @@ pub struct Dispatcher {
     instances_created: IntCounter,
     /// Whether it made an instance yet: only then can the pool hold slots warm for it.
     used: AtomicBool,
-    /// When its last call ended, in milliseconds since [`epoch`].
+    /// When its last call ended ([`millis_since_epoch`]).
     last_done: AtomicU64,
     /// Claimed by whoever reloads its component (see the `reload` module), once.
     reloading: AtomicBool,
