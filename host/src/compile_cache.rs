@@ -285,6 +285,28 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_component_is_loaded_again_without_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::new(
+            dir.path(),
+            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
+        );
+        let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
+        let sha256: [u8; 32] = Sha256::digest(&wasm).into();
+        assert!(
+            cache.cached(&engine, &sha256).is_none(),
+            "nothing stored yet"
+        );
+        cache.load_wasm(&engine, &wasm, "f").unwrap();
+        let again = cache.cached(&engine, &sha256).expect("its entry");
+        assert_eq!(call_f(&engine, &again), 42);
+        assert!(
+            cache.cached(&engine, &[0; 32]).is_none(),
+            "another component's key"
+        );
+    }
+
+    #[test]
     fn a_corrupt_or_truncated_entry_is_detected_and_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let cache = CompileCache::new(

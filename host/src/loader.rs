@@ -236,6 +236,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_file_is_hashed_in_chunks_as_a_whole_and_read_only_while_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.wasm");
+        // Larger than one chunk, so the digest spans several reads.
+        let bytes: Vec<u8> = (0..(600 << 10)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let (sha256, head) = digest_file(&path).unwrap();
+        assert_eq!(sha256.as_slice(), Sha256::digest(&bytes).as_slice());
+        assert_eq!(&head[..8], &bytes[..8]);
+        assert_eq!(read_unchanged(&path, &sha256).unwrap(), bytes);
+        std::fs::write(&path, b"another version").unwrap();
+        let changed = read_unchanged(&path, &sha256).unwrap_err().to_string();
+        assert!(
+            changed.contains("changed while it was being loaded"),
+            "{changed}"
+        );
+    }
+
+    #[test]
     fn tells_components_from_modules_and_junk() {
         assert!(check_is_component(b"\0asm\x0d\x00\x01\x00rest").is_ok());
         let module = check_is_component(b"\0asm\x01\x00\x00\x00")
