@@ -199,7 +199,9 @@ async fn acked(
                 "not connected to NATS (reconnecting); nothing was published".to_owned(),
             ));
         }
-        let sent = send(js, subject.clone(), headers.clone(), payload.clone()).await;
+        let sent = js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await;
         let result = match sent {
             Ok(ack) => ack.await,
             Err(e) => return Err(PublishError::Unavailable(e.to_string())),
@@ -264,7 +266,7 @@ pub async fn publish_pipelined(
         // A copy to send again, kept only for a message with an id: without one, the first
         // may have been stored.
         let again = has_id(&headers).then(|| (headers.clone(), payload.clone()));
-        let ack = send(js, subject.clone(), headers, payload).await;
+        let ack = (js.publish_with_headers(subject.clone(), headers, payload)).await;
         sent.push((subject, ack, again));
     }
     let mut results = Vec::with_capacity(sent.len());
@@ -291,21 +293,6 @@ pub async fn publish_pipelined(
         });
     }
     results
-}
-
-/// Hands a publish to the connection; one with no headers goes without a header block,
-/// which costs the server less.
-async fn send(
-    js: &jetstream::Context,
-    subject: String,
-    headers: HeaderMap,
-    payload: bytes::Bytes,
-) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
-    if headers.is_empty() {
-        js.publish(subject, payload).await
-    } else {
-        js.publish_with_headers(subject, headers, payload).await
-    }
 }
 
 /// Publishes `batch` as one JetStream atomic batch (nats-server 2.12+, a stream with
