@@ -263,33 +263,28 @@ pub async fn publish_pipelined(
     }
     let mut sent = Vec::with_capacity(batch.len());
     for (subject, headers, payload) in batch {
-        // A copy to send again, kept only for a message with an id: without one, the first
-        // may have been stored.
-        let again = has_id(&headers).then(|| (headers.clone(), payload.clone()));
-        let ack = (js.publish_with_headers(subject.clone(), headers, payload)).await;
-        sent.push((subject, ack, again));
+        let ack = js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await;
+        sent.push((ack.ok(), (subject, headers, payload)));
     }
     let mut results = Vec::with_capacity(sent.len());
-    for (subject, ack, again) in sent {
-        results.push(match (ack, again) {
-            (Ok(ack), again) => match (ack.await, again) {
-                (Ok(ack), _) => Ok(PublishAck {
+    for (ack, (subject, headers, payload)) in sent {
+        results.push(match ack {
+            Some(ack) => match ack.await {
+                Ok(ack) => Ok(PublishAck {
                     stream: ack.stream,
                     seq: ack.sequence,
                     duplicate: ack.duplicate,
                 }),
-                (Err(_), Some((headers, payload))) => {
+                // Sent again only with an id: the first may have been stored.
+                Err(_) if has_id(&headers) => {
                     publish_acked(connection, subject, headers, payload).await
                 }
-                (Err(e), None) => Err(ack_error(js, subject, e).await),
+                Err(e) => Err(ack_error(js, subject, e).await),
             },
-            (Err(_), Some((headers, payload))) => {
-                publish_acked(connection, subject, headers, payload).await
-            }
-            // Never handed to the connection: nothing was published; the guest may try again.
-            (Err(e), None) => Err(PublishError::Unavailable(format!(
-                "{subject}: not sent ({e}); nothing was published"
-            ))),
+            // Not sent at all.
+            None => publish_acked(connection, subject, headers, payload).await,
         });
     }
     results
