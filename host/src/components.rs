@@ -250,7 +250,7 @@ impl Loader {
             digest: digest.clone(),
             shadow,
             warm_idle: self.runtime.warm_idle,
-            reload: cache.map(|cache| Reload::new(engine, linker, cache, sha256)),
+            reload: cache.map(|cache| Reload::new(linker, cache, sha256)),
         };
         let shape = Shape {
             stream: handler.stream.clone(),

@@ -63,7 +63,8 @@ pub enum Entry {
 }
 
 impl Entry {
-    fn engine(&self) -> &wasmtime::Engine {
+    /// The engine its component was compiled for.
+    pub fn engine(&self) -> &wasmtime::Engine {
         match self {
             Entry::Handler(pre) => pre.engine(),
             Entry::Batch { pre, .. } => pre.engine(),

@@ -13,7 +13,6 @@
 use std::sync::Arc;
 
 use wasmtime::component::Linker;
-use wasmtime::Engine;
 
 use crate::compile_cache::CompileCache;
 use crate::dispatch::Entry;
@@ -22,23 +21,16 @@ use crate::sandbox::HostState;
 /// How to load a handler's component again: from its compile cache entry.
 #[derive(Clone)]
 pub struct Reload {
-    engine: Engine,
     linker: Arc<Linker<HostState>>,
     cache: CompileCache,
     sha256: [u8; 32],
 }
 
 impl Reload {
-    /// Loads the component whose file has the SHA-256 `sha256` from `cache`, with `engine`
-    /// and `linker`.
-    pub fn new(
-        engine: &Engine,
-        linker: &Arc<Linker<HostState>>,
-        cache: &CompileCache,
-        sha256: [u8; 32],
-    ) -> Reload {
+    /// Loads the component whose file has the SHA-256 `sha256` from `cache`, checked against
+    /// `linker`.
+    pub fn new(linker: &Arc<Linker<HostState>>, cache: &CompileCache, sha256: [u8; 32]) -> Reload {
         Reload {
-            engine: engine.clone(),
             linker: Arc::clone(linker),
             cache: cache.clone(),
             sha256,
@@ -48,7 +40,7 @@ impl Reload {
     /// `entry`'s component loaded again, for the same world; `None` when its cache entry is
     /// gone (it is then kept as it is). Blocking.
     pub fn entry_like(&self, entry: &Entry) -> anyhow::Result<Option<Entry>> {
-        match self.cache.cached(&self.engine, &self.sha256) {
+        match self.cache.cached(entry.engine(), &self.sha256) {
             Some(component) => Ok(Some(entry.like(&component, &self.linker)?)),
             None => Ok(None),
         }
