@@ -244,6 +244,11 @@ mod tests {
         }
     }
 
+    /// A cache in `dir` of the default size.
+    fn cache_in(dir: impl Into<PathBuf>) -> CompileCache {
+        CompileCache::new(dir, crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64())
+    }
+
     fn engine() -> Engine {
         Engine::default()
     }
@@ -270,10 +275,7 @@ mod tests {
     #[test]
     fn compiles_once_then_loads_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(
-            dir.path().join("compiled"),
-            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
-        );
+        let cache = cache_in(dir.path().join("compiled"));
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
         let (first, source) = cache.load_wasm(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Compiled);
@@ -287,10 +289,7 @@ mod tests {
     #[test]
     fn a_cached_component_is_loaded_again_without_its_file() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(
-            dir.path(),
-            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
-        );
+        let cache = cache_in(dir.path());
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
         let sha256: [u8; 32] = Sha256::digest(&wasm).into();
         assert!(
@@ -309,10 +308,7 @@ mod tests {
     #[test]
     fn a_corrupt_or_truncated_entry_is_detected_and_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(
-            dir.path(),
-            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
-        );
+        let cache = cache_in(dir.path());
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
         cache.load_wasm(&engine, &wasm, "f").unwrap();
         let entry = only_entry(dir.path());
@@ -338,10 +334,7 @@ mod tests {
     #[test]
     fn an_entry_from_another_engine_setting_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(
-            dir.path(),
-            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
-        );
+        let cache = cache_in(dir.path());
         let wasm = wat::parse_str(WAT).unwrap();
         let (engine, other) = (engine(), {
             let mut config = wasmtime::Config::new();
@@ -380,10 +373,7 @@ mod tests {
         let wasm = |n: i32| {
             wat::parse_str(WAT.replace("i32.const 42", &format!("i32.const {n}"))).unwrap()
         };
-        let unbounded = CompileCache::new(
-            dir.path(),
-            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
-        );
+        let unbounded = cache_in(dir.path());
         unbounded.load_wasm(&engine, &wasm(1), "1").unwrap();
         let one_entry = std::fs::metadata(only_entry(dir.path())).unwrap().len();
         // Room for two entries: a third evicts the one used longest ago.
@@ -424,12 +414,9 @@ mod tests {
         let abandoned = partial("crashed", ABANDONED_AFTER * 2);
         let in_progress = partial("writing", std::time::Duration::from_secs(1));
         let wasm = wat::parse_str(WAT).unwrap();
-        CompileCache::new(
-            dir.path(),
-            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
-        )
-        .load_wasm(&engine(), &wasm, "f")
-        .unwrap();
+        cache_in(dir.path())
+            .load_wasm(&engine(), &wasm, "f")
+            .unwrap();
         assert!(!abandoned.exists(), "an abandoned partial entry is removed");
         assert!(
             in_progress.exists(),
@@ -440,10 +427,7 @@ mod tests {
     #[test]
     fn an_unwritable_cache_still_compiles() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        let cache = CompileCache::new(
-            file.path().join("not-a-dir"),
-            crate::config::DEFAULT_COMPILE_CACHE_MAX.as_u64(),
-        );
+        let cache = cache_in(file.path().join("not-a-dir"));
         let (engine, wasm) = (engine(), wat::parse_str(WAT).unwrap());
         let (component, source) = cache.load_wasm(&engine, &wasm, "f").unwrap();
         assert_eq!(source, Source::Compiled);
