@@ -146,34 +146,37 @@ impl Binding {
 
     /// Reloads the component when the current version qualifies (see the `reload` module),
     /// releasing the pool slots it kept warm; a version replaced meanwhile (a deploy) is left
-    /// to its successor.
-    pub async fn give_back_idle_memory(&self) {
+    /// to its successor. True when it reloaded (and dropped the old copy, unless a call still
+    /// held it).
+    pub async fn give_back_idle_memory(&self) -> bool {
         let old = self.version();
         let Some(reload) = old.reload.clone() else {
-            return;
+            return false;
         };
         if !old.dispatcher.claim_idle_reload(old.warm_idle) {
-            return;
+            return false;
         }
         let current = old.clone();
         let loading = move || reload.entry_like(current.dispatcher.entry());
         let entry = match tokio::task::spawn_blocking(loading).await {
             Ok(Ok(Some(entry))) => entry,
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => return false,
             Ok(Err(e)) => {
                 tracing::warn!(handler = %self.name, "idle handler's component not reloaded: {e:#}");
-                return;
+                return false;
             }
             Err(e) => {
                 tracing::warn!(handler = %self.name, "idle handler's component not reloaded: {e}");
-                return;
+                return false;
             }
         };
         let new = Arc::new(old.with_dispatcher(old.dispatcher.with_entry(entry)));
-        if self.replace_if_current(&old, new) {
-            self.metrics.reloads.inc();
-            tracing::debug!(handler = %self.name, "idle for warm_idle: component reloaded, its warm pool slots released");
+        if !self.replace_if_current(&old, new) {
+            return false;
         }
+        self.metrics.reloads.inc();
+        tracing::debug!(handler = %self.name, "idle for warm_idle: component reloaded, its warm pool slots released");
+        true
     }
 }
 

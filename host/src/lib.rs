@@ -45,6 +45,7 @@ pub mod fair_share;
 pub mod fleet;
 pub mod folder;
 mod guest_output;
+mod heap;
 pub mod http_publisher;
 pub mod imports;
 pub mod kv;

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::binding::Binding;
+use crate::heap;
 
 /// How often the consumer's state is read while the lane receives messages.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -87,7 +88,10 @@ pub async fn watch(
             tracing::debug!(handler = %binding.name, dropped, "warm instances unused for warm_idle dropped");
         }
         binding.metrics.warm.set(version.dispatcher.warm() as i64);
-        binding.give_back_idle_memory().await;
+        drop(version);
+        if binding.give_back_idle_memory().await || dropped > 0 {
+            heap::release_freed();
+        }
         let idle = silence.observe(activity.received.load(Ordering::Relaxed), Instant::now());
         next = check_after(idle);
         let Ok(info) = consumer.info().await else {

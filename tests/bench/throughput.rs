@@ -29,7 +29,8 @@
 //! `BENCH_HTTP_SECS` (default 5), `BENCH_TENANT_SECS` (default 10) and `BENCH_TENANT_MESSAGES`
 //! (default 50000), `BENCH_FLEET_MESSAGES` (default 50000); `BENCH_ONLY=deploy`, `tenants`,
 //! `fleet`, `publish`, `batches`, `density` or `memory` runs that part alone (`memory` runs only then: it takes minutes, see
-//! the `memory` module).
+//! the `memory` module); `fresh` runs the first part alone, `languages` it and the
+//! per-language rows.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -164,6 +165,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     per_language(&js, messages, n).await?;
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("languages") {
+        return Ok(());
+    }
 
     publishing(&js, rounds).await?;
     batches(&js, messages, rounds).await?;

@@ -1,0 +1,50 @@
+//! Heap memory freed by dropped instances handed back to the system.
+//!
+//! glibc's allocator keeps what a program frees in its arenas for the next allocation, and
+//! under load the host spreads instances' stores, tables and buffers over several arenas. When
+//! a load stops and the host drops the instances it no longer keeps warm, hundreds of MiB can
+//! stay resident, free but never returned. [`release_freed`] asks glibc to give those pages
+//! back (`malloc_trim`); the watchdog calls it after a handler dropped warm instances or
+//! reloaded its component.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set when memory was freed since the last trim began.
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Set while a trim runs.
+static TRIMMING: AtomicBool = AtomicBool::new(false);
+
+/// Hands the heap's free pages back to the system, off the async threads. Calls that arrive
+/// while a trim runs are folded into one more trim after it, so memory freed meanwhile is
+/// returned too.
+pub fn release_freed() {
+    REQUESTED.store(true, Ordering::Release);
+    if TRIMMING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::task::spawn_blocking(|| loop {
+        while REQUESTED.swap(false, Ordering::AcqRel) {
+            trim();
+        }
+        TRIMMING.store(false, Ordering::Release);
+        // A request that came after the last swap but before the flag fell would be lost:
+        // take it over unless another trimmer already did.
+        if !REQUESTED.load(Ordering::Acquire) || TRIMMING.swap(true, Ordering::AcqRel) {
+            return;
+        }
+    });
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    #[allow(unsafe_code)]
+    // SAFETY: `malloc_trim` only walks and madvises glibc's own arenas, under their locks; it
+    // takes no pointers from us.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators return memory on their own (or offer no way to ask).
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
