@@ -174,6 +174,9 @@ impl Binding {
         if !self.replace_if_current(&old, new) {
             return false;
         }
+        // Dropped before the reload is counted, so that whoever sees the count sees the old
+        // copy's slots released (unless a call still holds it).
+        drop(old);
         self.metrics.reloads.inc();
         tracing::debug!(handler = %self.name, "idle for warm_idle: component reloaded, its warm pool slots released");
         true

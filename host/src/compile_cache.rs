@@ -23,6 +23,8 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+use crate::engine;
+
 /// Length of the checksum that ends every entry.
 const CHECKSUM_LEN: usize = 16;
 
@@ -85,13 +87,25 @@ impl CompileCache {
                 "compile cache entry rebuilt: {why}"
             ),
         }
-        let component = Component::from_binary(engine, &read_wasm()?)?;
-        if let Err(why) = self.write(&entry, &component) {
-            tracing::warn!(component = shown, dir = %self.dir.display(), "compile cache not written: {why:#}");
-        }
+        let artifact = engine::precompile(engine, &read_wasm()?)?;
+        // Run from the entry written, as a cached start does: its code mapped from the file
+        // (shared, paged in as used) rather than a private copy kept resident.
+        let stored = match self.write(&entry, &artifact) {
+            Ok(()) => self.read(engine, &entry).ok().flatten(),
+            Err(why) => {
+                tracing::warn!(component = shown, dir = %self.dir.display(), "compile cache not written: {why:#}");
+                None
+            }
+        };
         if let Err(why) = self.evict() {
             tracing::warn!(dir = %self.dir.display(), "compile cache not pruned: {why}");
         }
+        let component = match stored {
+            Some(component) => component,
+            #[allow(unsafe_code)]
+            // SAFETY: the artifact was just made by `precompile` for this engine's settings.
+            None => unsafe { Component::deserialize(engine, &artifact)? },
+        };
         Ok((component, Source::Compiled))
     }
 
@@ -142,7 +156,7 @@ impl CompileCache {
             .open(entry)
             .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         #[allow(unsafe_code)]
-        // SAFETY: the file is what `Component::serialize` wrote for this engine configuration
+        // SAFETY: the file is what `engine::precompile` made for this engine configuration
         // (the checksum above rules out damage; wasmtime ignores the bytes after its artifact
         // and checks that the artifact matches this engine's version and settings), and it
         // is never changed in place, only replaced by a rename (by another host storing the
@@ -152,15 +166,14 @@ impl CompileCache {
             .map_err(|e| format!("wasmtime refused it: {e}"))
     }
 
-    /// Stores `component` at `entry`, atomically (a reader sees the old entry or the new one).
-    fn write(&self, entry: &Path, component: &Component) -> anyhow::Result<()> {
-        let artifact = component.serialize()?;
+    /// Stores `artifact` at `entry`, atomically (a reader sees the old entry or the new one).
+    fn write(&self, entry: &Path, artifact: &[u8]) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let mut file = tempfile::Builder::new()
             .prefix(PARTIAL_PREFIX)
             .tempfile_in(&self.dir)?;
-        file.write_all(&artifact)?;
-        file.write_all(&checksum_of(&artifact))?;
+        file.write_all(artifact)?;
+        file.write_all(&checksum_of(artifact))?;
         file.as_file().sync_all()?;
         file.persist(entry)?;
         Ok(())
@@ -324,6 +337,9 @@ mod tests {
             Source::Cached
         );
 
+        // Damaged in place only once nothing runs from it: a component runs from its entry's
+        // mapping (the cache itself only ever renames or removes entries).
+        drop(component);
         std::fs::write(&entry, b"short").unwrap();
         assert_eq!(
             cache.load_wasm(&engine, &wasm, "f").unwrap().1,

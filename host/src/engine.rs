@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use wasmtime::component::Component;
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
     Strategy,
@@ -80,4 +81,60 @@ pub fn new(pool: PoolSize) -> anyhow::Result<Engine> {
             }
         })?;
     Ok(engine)
+}
+
+/// `wasm` compiled for `engine` by a compiler of its own, as an artifact `engine` can load:
+/// wasmtime keeps an engine's compiler state (its largest function's buffers, ~100 MiB after
+/// an interpreter's component) for as long as the engine lives, so the engine that runs the
+/// components never compiles one itself. Blocking.
+pub fn precompile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut config = engine.config().clone();
+    // The same code and settings without a second instance pool (no instance runs here).
+    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    let artifact = Engine::new(&config)?.precompile_component(wasm)?;
+    crate::heap::trim_now();
+    Ok(artifact)
+}
+
+/// `wasm` compiled for `engine` (see [`precompile`]). Blocking.
+pub fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Component> {
+    let artifact = precompile(engine, wasm)?;
+    #[allow(unsafe_code)]
+    // SAFETY: the artifact was just made by `precompile` for this engine's settings, in this
+    // process, and is not changed while wasmtime reads (copies) it.
+    let component = unsafe { Component::deserialize(engine, &artifact)? };
+    Ok(component)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_compiled_apart_runs_on_the_pooling_engine() {
+        let engine = new(PoolSize {
+            reservable: 1,
+            instances: 2,
+            max_memory: 1 << 20,
+            keep_resident: 0,
+        })
+        .unwrap();
+        let wasm = wat::parse_str(
+            r#"(component
+                (core module $m (func (export "f") (result i32) i32.const 42))
+                (core instance $i (instantiate $m))
+                (func (export "f") (result u32) (canon lift (core func $i "f"))))"#,
+        )
+        .unwrap();
+        let component = compile(&engine, &wasm).unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        store.set_epoch_deadline(1_000);
+        let instance = wasmtime::component::Linker::new(&engine)
+            .instantiate(&mut store, &component)
+            .unwrap();
+        let f = instance
+            .get_typed_func::<(), (u32,)>(&mut store, "f")
+            .unwrap();
+        assert_eq!(f.call(&mut store, ()).unwrap().0, 42);
+    }
 }

@@ -5,7 +5,8 @@
 //! a load stops and the host drops the instances it no longer keeps warm, hundreds of MiB can
 //! stay resident, free but never returned. [`release_freed`] asks glibc to give those pages
 //! back (`malloc_trim`); the watchdog calls it after a handler dropped warm instances or
-//! reloaded its component.
+//! reloaded its component, and compiling a component ends with [`trim_now`] (once its compiler
+//! is dropped).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,6 +34,11 @@ pub fn release_freed() {
             return;
         }
     });
+}
+
+/// [`release_freed`] on the calling thread, for code that is blocking anyway.
+pub fn trim_now() {
+    trim();
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

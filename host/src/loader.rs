@@ -15,6 +15,7 @@ use crate::bindings::batch_handler::BatchHandlerPre;
 use crate::bindings::publisher::PublisherPre;
 use crate::bindings::HandlerPre;
 use crate::compile_cache::{CompileCache, Source};
+use crate::engine;
 use crate::sandbox::HostState;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -168,10 +169,9 @@ pub async fn compile(
         let read = || read_unchanged(&path, &sha256);
         let (component, source) = match cache {
             Some(cache) => cache.load(&engine, &sha256, read, &name),
-            None => read().and_then(|wasm| {
-                let component = Component::from_binary(&engine, &wasm)?;
-                Ok((component, Source::Compiled))
-            }),
+            None => {
+                read().and_then(|wasm| Ok((engine::compile(&engine, &wasm)?, Source::Compiled)))
+            }
         }
         .with_context(|| format!("compiling component {name}"))?;
         Ok((component, source, sha256))

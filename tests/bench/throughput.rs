@@ -282,11 +282,19 @@ async fn publishing(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()
     let (mut component, mut given, mut bare) = (Vec::new(), Vec::new(), Vec::new());
     const GIVEN: &str = "message_ids = \"given\"";
     const BARE: &str = "message_ids = \"given\"\ntraceparent = \"given\"";
+    // Each burst starts on an empty stream: a memory stream gets slower to append to as it
+    // grows, which would favour whichever burst runs first.
+    let out = js.get_stream("BENCHPUB").await?;
     for round in 1..=rounds {
+        out.purge().await?;
         let n = publish_native_pipelined(js, burst, window, false).await?;
+        out.purge().await?;
         let i = publish_native_pipelined(js, burst, window, true).await?;
+        out.purge().await?;
         let c = publish_component_batched(js, burst, window, "").await?;
+        out.purge().await?;
         let g = publish_component_batched(js, burst, window, GIVEN).await?;
+        out.purge().await?;
         let b = publish_component_batched(js, burst, window, BARE).await?;
         println!("pipelined publish round {round}: native {n:>7.0} msgs/s   native with ids {i:>7.0} msgs/s   component (publish-batch) {c:>7.0} msgs/s ({:.2} / {:.2})   component, message_ids = given {g:>7.0} msgs/s ({:.2})   component, bare {b:>7.0} msgs/s ({:.2})", c / n, c / i, g / n, b / n);
         native.push(n);
