@@ -6,8 +6,9 @@ pub fn validate(subject: &str) -> Result<(), &'static str> {
     if subject.is_empty() {
         return Err("is empty");
     }
-    let tokens: Vec<&str> = subject.split('.').collect();
-    for (i, token) in tokens.iter().enumerate() {
+    // Token by token, without collecting them: a publish is checked on every call.
+    let mut tokens = subject.split('.').peekable();
+    while let Some(token) = tokens.next() {
         if token.is_empty() {
             return Err("has an empty token");
         }
@@ -17,7 +18,7 @@ pub fn validate(subject: &str) -> Result<(), &'static str> {
         if token.len() > 1 && (token.contains('*') || token.contains('>')) {
             return Err("uses a wildcard inside a token");
         }
-        if *token == ">" && i + 1 != tokens.len() {
+        if token == ">" && tokens.peek().is_some() {
             return Err("has '>' before the last token");
         }
     }
@@ -26,37 +27,35 @@ pub fn validate(subject: &str) -> Result<(), &'static str> {
 
 /// True when every subject matched by `inner` is also matched by `outer`.
 pub fn is_subset(inner: &str, outer: &str) -> bool {
-    let inner: Vec<&str> = inner.split('.').collect();
-    let outer: Vec<&str> = outer.split('.').collect();
-    for (i, o) in outer.iter().enumerate() {
-        if *o == ">" {
-            return inner.len() > i;
+    let mut inner = inner.split('.');
+    for o in outer.split('.') {
+        if o == ">" {
+            return inner.next().is_some();
         }
-        let Some(t) = inner.get(i) else {
+        let Some(t) = inner.next() else {
             return false;
         };
-        match (*o, *t) {
+        match (o, t) {
             ("*", ">") => return false,
             ("*", _) => {}
             (o, t) if o == t => {}
             _ => return false,
         }
     }
-    inner.len() == outer.len()
+    inner.next().is_none()
 }
 
 /// True when some subject is matched by both patterns.
 pub fn overlaps(a: &str, b: &str) -> bool {
-    let a: Vec<&str> = a.split('.').collect();
-    let b: Vec<&str> = b.split('.').collect();
-    for i in 0..a.len().max(b.len()) {
-        match (a.get(i), b.get(i)) {
-            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => return true,
-            (Some(x), Some(y)) if *x == "*" || *y == "*" || x == y => {}
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+            (None, None) => return true,
             _ => return false,
         }
     }
-    true
 }
 
 #[cfg(test)]
@@ -73,6 +72,8 @@ mod tests {
         assert!(validate("orders.>.x").is_err());
         assert!(validate("orders.a*").is_err());
         assert!(validate("or ders").is_err());
+        assert!(validate(">").is_ok());
+        assert!(validate("a.").is_err());
     }
 
     #[test]
@@ -87,6 +88,9 @@ mod tests {
         assert!(!is_subset("orders", "orders.>"));
         assert!(!is_subset("orders.*", "orders.created"));
         assert!(!is_subset("payments.x", "orders.*"));
+        assert!(!is_subset("orders.a", "orders"));
+        assert!(is_subset("orders", "orders"));
+        assert!(is_subset("a.b", ">"));
     }
 
     #[test]
@@ -99,6 +103,8 @@ mod tests {
             ("*.created", "orders.*", true),
             (">", "anything.at.all", true),
             ("a.b", "a.b.c", false),
+            ("a.b", "a.b", true),
+            ("a.*", "a", false),
         ] {
             assert_eq!(overlaps(a, b), expected, "{a} / {b}");
             assert_eq!(overlaps(b, a), expected, "{b} / {a}");

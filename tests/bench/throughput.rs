@@ -287,7 +287,8 @@ async fn publishing(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()
     let out = js.get_stream("BENCHPUB").await?;
     for round in 1..=rounds {
         out.purge().await?;
-        let n = publish_native_pipelined(js, burst, window, false).await?;
+        let native_cost = costed(burst, publish_native_pipelined(js, burst, window, false)).await?;
+        let n = native_cost.rate;
         out.purge().await?;
         let i = publish_native_pipelined(js, burst, window, true).await?;
         out.purge().await?;
@@ -295,8 +296,12 @@ async fn publishing(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()
         out.purge().await?;
         let g = publish_component_batched(js, burst, window, GIVEN).await?;
         out.purge().await?;
-        let b = publish_component_batched(js, burst, window, BARE).await?;
+        let bare_cost = costed(burst, publish_component_batched(js, burst, window, BARE)).await?;
+        let b = bare_cost.rate;
         println!("pipelined publish round {round}: native {n:>7.0} msgs/s   native with ids {i:>7.0} msgs/s   component (publish-batch) {c:>7.0} msgs/s ({:.2} / {:.2})   component, message_ids = given {g:>7.0} msgs/s ({:.2})   component, bare {b:>7.0} msgs/s ({:.2})", c / n, c / i, g / n, b / n);
+        println!(
+            "         CPU per message: native client {native_cost}; host, bare burst {bare_cost}"
+        );
         native.push(n);
         with_ids.push(i);
         component.push(c);
@@ -312,6 +317,23 @@ async fn publishing(js: &jetstream::Context, rounds: usize) -> anyhow::Result<()
     println!("pipelined publish median ({burst} publishes, {window} acks in flight): native {n:.0} msgs/s, native with a message id and traceparent each (what the component sends) {i:.0} msgs/s, component with publish-batch {c:.0} msgs/s (ratio {:.2} to native, {:.2} to native with ids); with message_ids = \"given\" {g:.0} msgs/s (ratio {:.2} to native); bare (message_ids and traceparent = \"given\": no headers, as native) {b:.0} msgs/s (ratio {:.2} to native)", c / n, c / i, g / n, b / n);
 
     Ok(())
+}
+
+/// What `run` (`n` messages) returns, its rate, with the CPU time per message it cost this
+/// process and the server.
+async fn costed(
+    n: usize,
+    run: impl std::future::Future<Output = anyhow::Result<f64>>,
+) -> anyhow::Result<Drain> {
+    let (local, server) = cpu_now();
+    let rate = run.await?;
+    let (local_now, server_now) = cpu_now();
+    let per = |d: Duration| d / u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(Drain {
+        rate,
+        local_cpu: per(local_now - local),
+        server_cpu: per(server_now - server),
+    })
 }
 
 /// Messages/s acked by `hosts` together (`acked` names the sample), from the first ack to the
