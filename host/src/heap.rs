@@ -9,31 +9,45 @@
 //! is dropped).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Least time between two trims: a trim walks every arena under its lock, and a thousand
+/// handlers dropping instances now and then must not keep one running.
+const MIN_GAP: Duration = Duration::from_secs(5);
 
 /// Set when memory was freed since the last trim began.
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 /// Set while a trim runs.
 static TRIMMING: AtomicBool = AtomicBool::new(false);
 
-/// Hands the heap's free pages back to the system, off the async threads. Calls that arrive
-/// while a trim runs are folded into one more trim after it, so memory freed meanwhile is
-/// returned too.
+/// Hands the heap's free pages back to the system, on a thread of its own. Calls that arrive
+/// while a trim runs, or less than [`MIN_GAP`] after it, are folded into one more trim at the
+/// end of the gap, so memory freed meanwhile is returned too.
 pub fn release_freed() {
     REQUESTED.store(true, Ordering::Release);
     if TRIMMING.swap(true, Ordering::AcqRel) {
         return;
     }
-    tokio::task::spawn_blocking(|| loop {
-        while REQUESTED.swap(false, Ordering::AcqRel) {
-            trim();
-        }
+    // A thread of its own, not the runtime's blocking pool: the runtime waits for those when
+    // the host stops, and this one may be sleeping out its gap.
+    let trimmer = std::thread::Builder::new()
+        .name("jetwasm-trim".into())
+        .spawn(|| loop {
+            while REQUESTED.swap(false, Ordering::AcqRel) {
+                trim();
+                std::thread::sleep(MIN_GAP);
+            }
+            TRIMMING.store(false, Ordering::Release);
+            // A request that came after the last swap but before the flag fell would be lost:
+            // take it over unless another trimmer already did.
+            if !REQUESTED.load(Ordering::Acquire) || TRIMMING.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        });
+    if trimmer.is_err() {
+        // Tried again at the next request.
         TRIMMING.store(false, Ordering::Release);
-        // A request that came after the last swap but before the flag fell would be lost:
-        // take it over unless another trimmer already did.
-        if !REQUESTED.load(Ordering::Acquire) || TRIMMING.swap(true, Ordering::AcqRel) {
-            return;
-        }
-    });
+    }
 }
 
 /// [`release_freed`] on the calling thread, for code that is blocking anyway.
