@@ -102,9 +102,7 @@ impl CompileCache {
         }
         let component = match stored {
             Some(component) => component,
-            #[allow(unsafe_code)]
-            // SAFETY: the artifact was just made by `precompile` for this engine's settings.
-            None => unsafe { Component::deserialize(engine, &artifact)? },
+            None => engine::load_precompiled(engine, &artifact)?,
         };
         Ok((component, Source::Compiled))
     }

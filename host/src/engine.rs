@@ -98,11 +98,16 @@ pub fn precompile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 /// `wasm` compiled for `engine` (see [`precompile`]). Blocking.
 pub fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Component> {
-    let artifact = precompile(engine, wasm)?;
+    load_precompiled(engine, &precompile(engine, wasm)?)
+}
+
+/// The component `artifact` holds, copied into memory: `artifact` must come from
+/// [`precompile`] for `engine`, in this process.
+pub fn load_precompiled(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
     #[allow(unsafe_code)]
-    // SAFETY: the artifact was just made by `precompile` for this engine's settings, in this
-    // process, and is not changed while wasmtime reads (copies) it.
-    let component = unsafe { Component::deserialize(engine, &artifact)? };
+    // SAFETY: `precompile` made the artifact for this engine's settings, in this process, and
+    // wasmtime copies it before this returns, so nothing can change it meanwhile.
+    let component = unsafe { Component::deserialize(engine, artifact)? };
     Ok(component)
 }
 

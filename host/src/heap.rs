@@ -34,7 +34,7 @@ pub fn release_freed() {
         .name("jetwasm-trim".into())
         .spawn(|| loop {
             while REQUESTED.swap(false, Ordering::AcqRel) {
-                trim();
+                trim_now();
                 std::thread::sleep(MIN_GAP);
             }
             TRIMMING.store(false, Ordering::Release);
@@ -50,13 +50,10 @@ pub fn release_freed() {
     }
 }
 
-/// [`release_freed`] on the calling thread, for code that is blocking anyway.
-pub fn trim_now() {
-    trim();
-}
-
+/// Hands the heap's free pages back to the system now, on the calling thread: for code that
+/// is blocking anyway.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() {
+pub fn trim_now() {
     #[allow(unsafe_code)]
     // SAFETY: `malloc_trim` only walks and madvises glibc's own arenas, under their locks; it
     // takes no pointers from us.
@@ -67,4 +64,4 @@ fn trim() {
 
 /// Other allocators return memory on their own (or offer no way to ask).
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
+pub fn trim_now() {}

@@ -1943,17 +1943,18 @@ async fn memory_comes_back_after_a_load(instances: &str) {
     // Tables keep `TABLE_KEEP_RESIDENT` per slot; a linear memory alone kept more. Read
     // until it falls: a call may still end on the old copy just after the swap.
     let bound = f64::from(1 << 20);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut released = host.metric(resident).unwrap();
-    while released >= bound && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        released = host.metric(resident).unwrap();
-    }
+    let released = fallen_to(bound, Duration::from_secs(10), || {
+        host.metric(resident).unwrap()
+    })
+    .await;
     assert!(
         released < bound,
         "its warm slots' memory is released: {held} -> {released} bytes"
     );
-    let settled = settled_rss(&host, idle_rss * 2, Duration::from_secs(20)).await;
+    let settled = fallen_to(idle_rss * 2, Duration::from_secs(20), || {
+        host.rss_bytes().unwrap()
+    })
+    .await;
     assert!(
         settled <= idle_rss * 2,
         "resident memory comes back: {} MiB idle, {} MiB after the load, {} MiB once idle",
@@ -1992,13 +1993,13 @@ async fn compiling_a_component_leaves_no_compiler_memory_behind() {
     assert_eq!(warm.metric(&sample("ack")).unwrap(), 3.0);
 }
 
-/// `host`'s resident memory once it is at most `goal`, or its last reading after `wait`.
-async fn settled_rss(host: &Host, goal: u64, wait: Duration) -> u64 {
+/// What `read` gives once it is at most `goal`, or its last reading after `wait`.
+async fn fallen_to<T: PartialOrd>(goal: T, wait: Duration, read: impl Fn() -> T) -> T {
     let deadline = Instant::now() + wait;
     loop {
-        let rss = host.rss_bytes().unwrap();
-        if rss <= goal || Instant::now() >= deadline {
-            return rss;
+        let value = read();
+        if value <= goal || Instant::now() >= deadline {
+            return value;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
