@@ -2,13 +2,15 @@
 //! in `handlers/templates/`, with the WIT contract and the toolchain script beside them, so that
 //! `./build.sh` alone builds a component this host runs.
 //!
-//! A template is `<lang>/build.sh` and any shared files, plus `<lang>/<kind>/` with the sources
-//! for that world. `{{name}}`, `{{name_snake}}`, `{{world}}` and `{{lang}}` are filled in.
+//! A template is `<lang>/build.sh` and any files shared by its kinds (at any depth), plus
+//! `<lang>/<kind>/` with the sources for that world. `{{name}}`, `{{name_snake}}`,
+//! `{{world}}` and `{{lang}}` are filled in.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use clap::ValueEnum as _;
 use include_dir::{include_dir, Dir, DirEntry};
 
 static TEMPLATES: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/../handlers/templates");
@@ -20,6 +22,9 @@ const TOOLCHAIN: &str = include_str!("../../handlers/toolchain.sh");
 pub enum Lang {
     /// Rust with wit-bindgen, built for wasm32-wasip2.
     Rust,
+    /// Rust without `std` (`alloc` only): no WASI imports, the cheapest fresh sandbox; no
+    /// HTTP publisher (that world is `wasi:http`).
+    RustLean,
     /// Python with componentize-py.
     Python,
     /// JavaScript with componentize-js.
@@ -34,6 +39,7 @@ impl fmt::Display for Lang {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Lang::Rust => "rust",
+            Lang::RustLean => "rust-lean",
             Lang::Python => "python",
             Lang::Js => "js",
             Lang::Go => "go",
@@ -80,7 +86,17 @@ pub fn create(kind: Kind, name: &str, lang: Lang, dir: &Path) -> anyhow::Result<
         .with_context(|| format!("no templates for {lang}"))?;
     let kind_dir = lang_dir
         .get_dir(format!("{lang}/{}", kind.world()))
-        .with_context(|| format!("no {} template for {lang}", kind.world()))?;
+        .with_context(|| {
+            let with: Vec<String> = (Lang::value_variants().iter())
+                .filter(|l| TEMPLATES.get_dir(format!("{l}/{}", kind.world())).is_some())
+                .map(Lang::to_string)
+                .collect();
+            format!(
+                "no {} template for {lang}; there is one for {}",
+                kind.world(),
+                with.join(", ")
+            )
+        })?;
     let fill = |text: &str| {
         text.replace("{{name}}", name)
             .replace("{{name_snake}}", &name.replace('-', "_"))
@@ -88,8 +104,14 @@ pub fn create(kind: Kind, name: &str, lang: Lang, dir: &Path) -> anyhow::Result<
             .replace("{{lang}}", &lang.to_string())
     };
 
+    // The language's files outside the kinds' folders are every project's.
+    let kinds = [Kind::Handler, Kind::Publisher, Kind::HttpPublisher]
+        .map(|kind| Path::new(&lang.to_string()).join(kind.world()));
     let mut files: Vec<(PathBuf, String)> = Vec::new();
-    for file in lang_dir.files() {
+    for file in all_files(lang_dir) {
+        if kinds.iter().any(|kind| file.path().starts_with(kind)) {
+            continue;
+        }
         let relative = file.path().strip_prefix(lang.to_string())?;
         files.push((relative.to_owned(), fill(text(file)?)));
     }
@@ -302,6 +324,30 @@ mod tests {
 
         let again = create(Kind::Publisher, "tick-tock", Lang::Rust, dir.path()).unwrap_err();
         assert!(again.to_string().contains("already exists"), "{again}");
+    }
+
+    #[test]
+    fn a_lean_project_brings_its_runtime_and_has_no_http_publisher() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = create(Kind::Handler, "lean", Lang::RustLean, dir.path()).unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        assert!(read("src/lib.rs").contains("no_std"));
+        assert!(read("src/lean.rs").contains("fn cabi_realloc"));
+        assert!(read("build.rs").contains("--initial-memory"));
+        assert!(read("Cargo.toml").contains("default-features = false"));
+        assert!(
+            !root.join("handler").exists(),
+            "the kind's folder is not copied as such"
+        );
+
+        let http = create(Kind::HttpPublisher, "web", Lang::RustLean, dir.path()).unwrap_err();
+        let http = format!("{http:#}");
+        assert!(
+            http.contains(
+                "no http-publisher template for rust-lean; there is one for rust, python"
+            ),
+            "{http}"
+        );
     }
 
     /// The example orders handlers are built by exactly what `jetwasm new` writes, so the

@@ -28,7 +28,7 @@
 //! (default `rust,python,js,go,c`), `BENCH_HTTP_CONNECTIONS` (default 32) and
 //! `BENCH_HTTP_SECS` (default 5), `BENCH_TENANT_SECS` (default 10) and `BENCH_TENANT_MESSAGES`
 //! (default 50000), `BENCH_FLEET_MESSAGES` (default 50000); `BENCH_ONLY=deploy`, `tenants`,
-//! `fleet`, `publish`, `batches`, `density` or `memory` runs that part alone (`memory` runs only then: it takes minutes, see
+//! `fleet`, `publish`, `batches`, `calls` (see the `calls` module), `density` or `memory` runs that part alone (`memory` runs only then: it takes minutes, see
 //! the `memory` module); `fresh` runs the first part alone, `languages` it and the
 //! per-language rows.
 
@@ -47,6 +47,7 @@ use jetwasm::scaffold::{self, Kind, Lang};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod calls;
 mod density;
 mod deploy;
 mod fleet;
@@ -157,6 +158,9 @@ async fn main() -> anyhow::Result<()> {
     let messages = env_or("BENCH_MESSAGES", 100_000);
     let rounds = env_or("BENCH_ROUNDS", 3);
     let (_server, js) = bench_server().await?;
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("calls") {
+        return calls::bench(&js).await;
+    }
     fill(&js, messages).await?;
     println!("{messages} messages of 64 bytes in a memory stream; {rounds} rounds; 2-core machine");
     let n = fresh(&js, messages, rounds).await?;
@@ -183,40 +187,56 @@ async fn main() -> anyhow::Result<()> {
 /// native median.
 async fn fresh(js: &jetstream::Context, messages: usize, rounds: usize) -> anyhow::Result<f64> {
     // The host's own floor: the smallest component the handler world allows (no imports at
-    // all), beside the Rust no-op (whose std brings WASI's stdio and environment shims).
+    // all), beside the Rust no-op (whose std brings WASI's stdio and environment shims) and
+    // the same no-op from the lean template (no std, no WASI).
     let scratch = tempfile::tempdir()?;
     let minimal = scratch.path().join("minimal.wasm");
     std::fs::write(&minimal, wat::parse_str(MINIMAL_HANDLER)?)?;
 
-    let (mut native, mut host, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut native, mut host, mut lean, mut floor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let n = drain_native(js, &format!("native{round}"), messages).await?;
         let h = drain_host(js, &handler_wasm("noop"), &format!("host{round}"), messages).await?;
+        let l = drain_host(
+            js,
+            &handler_wasm("noop_lean"),
+            &format!("lean{round}"),
+            messages,
+        )
+        .await?;
         let m = drain_host(js, &minimal, &format!("minimal{round}"), messages).await?;
         println!(
-            "round {round}: native {:>9.0} msgs/s   host {:>9.0} msgs/s   ratio {:.2}   host, minimal component {:>9.0} msgs/s   ratio {:.2}",
+            "round {round}: native {:>9.0} msgs/s   host {:>9.0} msgs/s   ratio {:.2}   lean no-op {:.2}   minimal component {:.2}",
             n.rate,
             h.rate,
             h.rate / n.rate,
-            m.rate,
+            l.rate / n.rate,
             m.rate / n.rate
         );
         println!(
-            "         CPU per message: native client {n}; host {h}; host, minimal component {m}"
+            "         CPU per message: native client {n}; host {h}; lean no-op {l}; minimal component {m}"
         );
         native.push(n.rate);
         host.push(h.rate);
+        lean.push(l.rate);
         floor.push(m.rate);
     }
-    let (n, h, m) = (median(&mut native), median(&mut host), median(&mut floor));
+    let (n, h) = (median(&mut native), median(&mut host));
+    let (l, m) = (median(&mut lean), median(&mut floor));
     println!(
-        "median: native {n:.0} msgs/s, host (fresh sandbox per message) {h:.0} msgs/s, ratio {:.2}; with the minimal component {m:.0} msgs/s, ratio {:.2}",
+        "median: native {n:.0} msgs/s, host (fresh sandbox per message) {h:.0} msgs/s, ratio {:.2}; the lean (no_std) no-op {l:.0} msgs/s, ratio {:.2}; the minimal component {m:.0} msgs/s, ratio {:.2}",
         h / n,
+        l / n,
         m / n
     );
 
     let calls = env_or("BENCH_CALLS", 20_000);
-    for (what, component) in [("Rust no-op", handler_wasm("noop")), ("minimal", minimal)] {
+    for (what, component) in [
+        ("Rust no-op", handler_wasm("noop")),
+        ("lean Rust no-op", handler_wasm("noop_lean")),
+        ("minimal", minimal),
+    ] {
         let config = host_config(&component, "fresh", "unused")?;
         let (p50, p99) = call_overhead(js, &config, calls).await?;
         println!(
@@ -724,8 +744,17 @@ async fn call_overhead(
     config: &Config,
     calls: usize,
 ) -> anyhow::Result<(Duration, Duration)> {
-    // Loading a handler checks its consumer (made here if the drains did not); the calls
-    // here never pull from it.
+    let binding = unbound_handler(js, config).await?;
+    let times = timed_calls(&binding.version().dispatcher, calls).await;
+    Ok((times[calls / 2], times[calls * 99 / 100]))
+}
+
+/// `config`'s first handler, loaded to be called directly: loading checks its consumer (made
+/// here if the drains did not), which the calls never pull from.
+async fn unbound_handler(
+    js: &jetstream::Context,
+    config: &Config,
+) -> anyhow::Result<std::sync::Arc<jetwasm::binding::Binding>> {
     let name = config.handlers[0].consumer.clone();
     let consumer = pull::Config {
         durable_name: Some(name.clone()),
@@ -733,10 +762,26 @@ async fn call_overhead(
     };
     let stream = js.get_stream(STREAM).await?;
     stream.get_or_create_consumer(&name, consumer).await?;
-    let bindings = handlers(config, js).await?;
-    let version = bindings[0].version();
-    let dispatcher = &version.dispatcher;
-    let message = Message {
+    Ok(handlers(config, js).await?.remove(0))
+}
+
+/// How long each of `calls` calls of [`message`] took (each acked), shortest first.
+async fn timed_calls(dispatcher: &jetwasm::dispatch::Dispatcher, calls: usize) -> Vec<Duration> {
+    let message = message();
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let start = Instant::now();
+        let outcome = dispatcher.call(&message).await;
+        times.push(start.elapsed());
+        assert_eq!(outcome, jetwasm::dispatch::Outcome::Ack);
+    }
+    times.sort();
+    times
+}
+
+/// The message every timed call handles: 64 bytes on `bench.1`.
+fn message() -> Message {
+    Message {
         subject: "bench.1".into(),
         payload: vec![b'x'; 64],
         headers: vec![],
@@ -747,16 +792,7 @@ async fn call_overhead(
         delivered: 1,
         published_ms: 0,
         pending: 0,
-    };
-    let mut times = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let start = Instant::now();
-        let outcome = dispatcher.call(&message).await;
-        times.push(start.elapsed());
-        assert_eq!(outcome, jetwasm::dispatch::Outcome::Ack);
     }
-    times.sort();
-    Ok((times[calls / 2], times[calls * 99 / 100]))
 }
 
 fn median(values: &mut [f64]) -> f64 {

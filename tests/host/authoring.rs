@@ -111,12 +111,15 @@ fn check_names_a_wrong_signature_and_an_import_the_host_does_not_provide() {
 /// project's own `wit/` and `toolchain.sh`, not the repository's), then `jetwasm check`; an
 /// HTTP publisher is also sent requests with `jetwasm try`.
 fn new_builds_and_checks(lang: &str) {
+    new_kinds_build_and_check(lang, &["handler", "publisher", "http-publisher"]);
+}
+
+/// [`new_builds_and_checks`] for the `kinds` named (each is also its world); returns the
+/// folder holding the projects (`my-<kind>`).
+fn new_kinds_build_and_check(lang: &str, kinds: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (kind, world) in [
-        ("handler", "handler"),
-        ("publisher", "publisher"),
-        ("http-publisher", "http-publisher"),
-    ] {
+    for &kind in kinds {
+        let world = kind;
         let name = format!("my-{kind}");
         let out = Command::new(env!("CARGO_BIN_EXE_jetwasm"))
             .args(["new", kind, &name, "--lang", lang, "--dir"])
@@ -156,6 +159,7 @@ fn new_builds_and_checks(lang: &str) {
         }
         new_project_helps_editors(lang, &project, world);
     }
+    dir
 }
 
 /// A new project carries its language's API notes and, once built, the generated bindings
@@ -173,7 +177,7 @@ fn new_project_helps_editors(lang: &str, project: &Path, world: &str) {
             assert!(text.contains(name), "{lang} {world}: {path} lacks {name:?}");
         }
     };
-    if lang == "rust" {
+    if lang.starts_with("rust") {
         return; // rust-analyzer expands wit-bindgen's macro itself
     }
     let notes = std::fs::read_to_string(project.join("API.md")).unwrap();
@@ -490,6 +494,24 @@ fn new_projects_target() -> PathBuf {
 #[test]
 fn new_rust_projects_build_and_fit_their_world() {
     new_builds_and_checks("rust");
+}
+
+/// The lean template has no HTTP publisher (that world is `wasi:http`); its components import
+/// no WASI at all, only the contract.
+#[test]
+fn new_rust_lean_projects_build_and_fit_their_world() {
+    let dir = new_kinds_build_and_check("rust-lean", &["handler", "publisher"]);
+    for name in ["my-handler", "my-publisher"] {
+        let wasm = dir.path().join(name).join(format!("{name}.wasm"));
+        let engine = wasmtime::Engine::default();
+        let component = wasmtime::component::Component::from_file(&engine, &wasm).unwrap();
+        let ty = component.component_type();
+        let imports: Vec<&str> = ty.imports(&engine).map(|(name, _)| name).collect();
+        assert!(
+            !imports.is_empty() && imports.iter().all(|i| i.starts_with("jetwasm:runtime/")),
+            "{name}: {imports:?}"
+        );
+    }
 }
 
 #[test]

@@ -253,6 +253,41 @@ async fn a_trap_is_retried_with_backoff_then_dead_lettered_once() {
     assert_eq!(http_get(host.http, "/readyz").unwrap().0, 200);
 }
 
+/// A handler from the lean (`no_std`) template has no stderr: its panic handler logs the panic
+/// through the contract's log, then traps; the host handles that as any trap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lean_handlers_panic_is_logged_then_handled_as_a_trap() {
+    let setup = Setup::new(QUICK_RETRIES).await;
+    let host = setup.host("noop_lean", "").await;
+    setup
+        .publish_all(["fine".to_owned(), "panic".to_owned()])
+        .await;
+
+    let records = setup
+        .wait_dead_letters(1, Duration::from_secs(10), &host)
+        .await;
+    let reason = header(&records[0], "Jetwasm-Reason");
+    assert!(
+        reason.starts_with("trap:") && reason.ends_with("(delivery 3 of 3)"),
+        "{reason}"
+    );
+    setup.drained(Duration::from_secs(5), &host).await;
+    assert_eq!(host.metric(&sample("ack")).unwrap(), 1.0, "the other one");
+    assert_eq!(host.metric(&sample("trap")).unwrap(), 3.0);
+    let log = host.log();
+    let panics = (log.lines())
+        .filter(|line| line.contains("panicked at rust/noop-lean/src/lib.rs:"))
+        .filter(|line| line.ends_with(": noop-lean: asked to panic"))
+        .filter(|line| line.contains("message{handler=") && line.contains("seq=2"))
+        .count();
+    assert_eq!(
+        panics,
+        3,
+        "one line per delivery, in its span: {}",
+        tail(&log)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_failing_calls_is_counted_in_full_and_logged_at_most_a_hundred_lines_a_second() {
     let setup = Setup::new("max_deliver = 1").await;
