@@ -105,8 +105,9 @@ pub fn create(kind: Kind, name: &str, lang: Lang, dir: &Path) -> anyhow::Result<
     };
 
     // The language's files outside the kinds' folders are every project's.
-    let kinds = [Kind::Handler, Kind::Publisher, Kind::HttpPublisher]
-        .map(|kind| Path::new(&lang.to_string()).join(kind.world()));
+    let kinds: Vec<PathBuf> = (Kind::value_variants().iter())
+        .map(|kind| Path::new(&lang.to_string()).join(kind.world()))
+        .collect();
     let mut files: Vec<(PathBuf, String)> = Vec::new();
     for file in all_files(lang_dir) {
         if kinds.iter().any(|kind| file.path().starts_with(kind)) {

@@ -28,9 +28,9 @@
 //! (default `rust,python,js,go,c`), `BENCH_HTTP_CONNECTIONS` (default 32) and
 //! `BENCH_HTTP_SECS` (default 5), `BENCH_TENANT_SECS` (default 10) and `BENCH_TENANT_MESSAGES`
 //! (default 50000), `BENCH_FLEET_MESSAGES` (default 50000); `BENCH_ONLY=deploy`, `tenants`,
-//! `fleet`, `publish`, `batches`, `calls` (see the `calls` module), `density` or `memory` runs that part alone (`memory` runs only then: it takes minutes, see
-//! the `memory` module); `fresh` runs the first part alone, `languages` it and the
-//! per-language rows.
+//! `fleet`, `publish`, `batches`, `calls` (see the `calls` module), `density` or `memory`
+//! runs that part alone (`memory` runs only then: it takes minutes, see the `memory` module);
+//! `fresh` runs the first part alone, `languages` it and the per-language rows.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
