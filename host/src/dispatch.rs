@@ -220,7 +220,7 @@ impl Dispatcher {
                 self.checkin(store, instance, served);
                 disposition.into()
             }
-            Err(failure) => Outcome::Failed(failure.with_stderr(store.data().stderr_lines())),
+            Err(failure) => Outcome::Failed(failure.with_guest_words(store.data().guest_words())),
         };
         (outcome, recorded)
     }
@@ -249,7 +249,7 @@ impl Dispatcher {
                 self.checkin(store, instance, served);
                 Ok(dispositions.into_iter().map(Outcome::from).collect())
             }
-            Err(failure) => Err(failure.with_stderr(store.data().stderr_lines())),
+            Err(failure) => Err(failure.with_guest_words(store.data().guest_words())),
         };
         batch_outcomes(n, result)
     }

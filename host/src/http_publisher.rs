@@ -141,7 +141,7 @@ impl HttpPublisher {
                         .await
                 };
                 let result = sandbox::run(&limits, turn, std::pin::pin!(call)).await;
-                result.map_err(|failure| failure.with_stderr(store.data().stderr_lines()))
+                result.map_err(|failure| failure.with_guest_words(store.data().guest_words()))
             }
             .instrument(span),
         );

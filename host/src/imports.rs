@@ -12,7 +12,7 @@ use crate::bindings::{v0_1, Handler, Outgoing, PublishAck, PublishError};
 use crate::log_budget::{Verdict, LINES_PER_SECOND};
 use crate::origin::Origin;
 use crate::publish::{check, publish_acked, publish_atomic, publish_pipelined, Allowance};
-use crate::sandbox::{Captured, HostState, Sink};
+use crate::sandbox::{Captured, HostState, Sink, LAST_ERROR_CHARS};
 use crate::{telemetry, trace};
 
 /// A linker with WASI (no capabilities), `wasi:http` (incoming only: outgoing requests are
@@ -30,6 +30,10 @@ impl types::Host for HostState {}
 
 impl log::Host for HostState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        // Kept whether or not the line is logged: a trap's reason quotes it.
+        if matches!(level, log::Level::Error) {
+            self.last_error = Some(message.chars().take(LAST_ERROR_CHARS).collect());
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

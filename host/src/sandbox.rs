@@ -48,11 +48,11 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The failure with what the guest wrote to stderr during the call (`lines`), if it is a
-    /// trap: the guest's own words for its crash (a panic message, an exception).
-    pub fn with_stderr(self, lines: Option<String>) -> Failure {
-        match (self, lines) {
-            (Failure::Trap(what), Some(lines)) => Failure::Trap(format!("{what}; stderr: {lines}")),
+    /// The failure with the guest's own words for its crash (a panic message, an exception:
+    /// see [`HostState::guest_words`]), if it is a trap.
+    pub fn with_guest_words(self, words: Option<String>) -> Failure {
+        match (self, words) {
+            (Failure::Trap(what), Some(words)) => Failure::Trap(format!("{what}; {words}")),
             (failure, _) => failure,
         }
     }
@@ -166,7 +166,14 @@ pub struct HostState {
     pub(crate) turn: TurnCell,
     /// The pool instance this store's instance holds (see the `admission` module).
     pub(crate) permit: Option<Permit>,
+    /// The last line the current call logged at error level (its first
+    /// [`LAST_ERROR_CHARS`] characters): a component without stderr (the lean Rust template)
+    /// logs its panic there before it traps.
+    pub(crate) last_error: Option<String>,
 }
+
+/// How much of an error line a trap's reason quotes.
+pub const LAST_ERROR_CHARS: usize = 500;
 
 impl HostState {
     /// Store data for calls of `env`'s component, the first on behalf of `origin`.
@@ -190,14 +197,19 @@ impl HostState {
             recorded: None,
             turn: TurnCell::default(),
             permit: None,
+            last_error: None,
         }
     }
 
-    /// The first and last lines the current call wrote to stderr, if it wrote any.
-    pub fn stderr_lines(&self) -> Option<String> {
-        self.wasi
-            .as_ref()
-            .and_then(|wasi| wasi.output[1].kept_lines())
+    /// What the guest said as the current call ended, for a trap's reason: the first and last
+    /// lines it wrote to stderr, else the last error it logged; nothing if neither.
+    pub fn guest_words(&self) -> Option<String> {
+        let stderr = (self.wasi.as_ref()).and_then(|wasi| wasi.output[1].kept_lines());
+        match (stderr, &self.last_error) {
+            (Some(lines), _) => Some(format!("stderr: {lines}")),
+            (None, Some(line)) => Some(format!("last error logged: {line}")),
+            (None, None) => None,
+        }
     }
 
     /// Starts another call on the same store (a reused instance): a new origin, publish
@@ -209,6 +221,7 @@ impl HostState {
         }
         self.origin = origin;
         self.published = 0;
+        self.last_error = None;
         self.budget = Budget::new(limits);
     }
 }

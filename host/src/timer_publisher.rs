@@ -76,7 +76,7 @@ impl TimerPublisher {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(TickError::Returned(reason)),
             Err(failure) => Err(TickError::Failed(
-                failure.with_stderr(store.data().stderr_lines()),
+                failure.with_guest_words(store.data().guest_words()),
             )),
         };
         if let Some(span) = &otel {

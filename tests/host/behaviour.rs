@@ -254,7 +254,8 @@ async fn a_trap_is_retried_with_backoff_then_dead_lettered_once() {
 }
 
 /// A handler from the lean (`no_std`) template has no stderr: its panic handler logs the panic
-/// through the contract's log, then traps; the host handles that as any trap.
+/// through the contract's log, then traps; the host handles that as any trap, and quotes the
+/// logged line in the trap's reason as it quotes a std component's stderr.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lean_handlers_panic_is_logged_then_handled_as_a_trap() {
     let setup = Setup::new(QUICK_RETRIES).await;
@@ -271,12 +272,17 @@ async fn a_lean_handlers_panic_is_logged_then_handled_as_a_trap() {
         reason.starts_with("trap:") && reason.ends_with("(delivery 3 of 3)"),
         "{reason}"
     );
+    assert!(
+        reason.contains("; last error logged: panicked at rust/noop-lean/src/lib.rs:")
+            && reason.contains(": noop-lean: asked to panic"),
+        "{reason}"
+    );
     setup.drained(Duration::from_secs(5), &host).await;
     assert_eq!(host.metric(&sample("ack")).unwrap(), 1.0, "the other one");
     assert_eq!(host.metric(&sample("trap")).unwrap(), 3.0);
     let log = host.log();
     let panics = (log.lines())
-        .filter(|line| line.contains("panicked at rust/noop-lean/src/lib.rs:"))
+        .filter(|line| line.contains("jetwasm::imports: panicked at rust/noop-lean/src/lib.rs:"))
         .filter(|line| line.ends_with(": noop-lean: asked to panic"))
         .filter(|line| line.contains("message{handler=") && line.contains("seq=2"))
         .count();
