@@ -13,9 +13,25 @@ use jetwasm::publish::{publish_acked, Connection, Denials};
 
 const STREAMS: [&str; 2] = ["ORDERS", "DEADLETTER"];
 
+/// The replica count `stream` is configured with. Asks again for up to 30 s while the
+/// stream does not answer: after a node is lost, the stream (or the meta group) may still be
+/// electing a leader, and a stream info request times out meanwhile.
 async fn replicas(js: &jetstream::Context, stream: &str) -> usize {
-    let mut stream = js.get_stream(stream).await.unwrap();
-    stream.info().await.unwrap().config.num_replicas
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = async {
+            let mut handle = js.get_stream(stream).await?;
+            anyhow::Ok(handle.info().await?.config.num_replicas)
+        };
+        match info.await {
+            Ok(replicas) => return replicas,
+            Err(e) if Instant::now() < deadline => {
+                println!("stream {stream} did not answer ({e:#}); asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("stream {stream} did not answer within 30s: {e:#}"),
+        }
+    }
 }
 
 /// Applies `deploy/streams.toml` as the compose file's one-shot service does, through
