@@ -278,4 +278,47 @@ mod tests {
         let found = fresh_call(&engine, &component, "scatter", 0, || {});
         assert_eq!(found, 0, "a page the last instance wrote was not reset");
     }
+
+    /// Functions a module's start function takes with `ref.func` (what dynamically linked
+    /// components such as componentize-py's do by the thousand) are reached through the
+    /// code offsets the carried wasmtime patch caches per module and per instance.
+    #[test]
+    fn functions_taken_by_ref_func_at_start_run_in_every_fresh_instance() {
+        let engine = new(PoolSize {
+            reservable: 1,
+            instances: 2,
+            max_memory: 1 << 20,
+            keep_resident: 0,
+        })
+        .unwrap();
+        let wasm = wat::parse_str(
+            r#"(component
+                (core module $m
+                    (type $t (func (result i32)))
+                    (table 2 funcref)
+                    (elem declare func $eleven $thirty_one)
+                    (func $eleven (result i32) i32.const 11)
+                    (func $thirty_one (result i32) i32.const 31)
+                    (func $start
+                        (table.set (i32.const 0) (ref.func $eleven))
+                        (table.set (i32.const 1) (ref.func $thirty_one)))
+                    (start $start)
+                    (func (export "sum") (result i32)
+                        (i32.add
+                            (call_indirect (type $t) (i32.const 0))
+                            (call_indirect (type $t) (i32.const 1)))))
+                (core instance $i (instantiate $m))
+                (func (export "sum") (result u32) (canon lift (core func $i "sum"))))"#,
+        )
+        .unwrap();
+        let component = compile(&engine, &wasm).unwrap();
+        let linker = wasmtime::component::Linker::<()>::new(&engine);
+        for _ in 0..3 {
+            let mut store = wasmtime::Store::new(&engine, ());
+            store.set_epoch_deadline(1_000);
+            let instance = linker.instantiate(&mut store, &component).unwrap();
+            let sum = (instance.get_typed_func::<(), (u32,)>(&mut store, "sum")).unwrap();
+            assert_eq!(sum.call(&mut store, ()).unwrap().0, 42);
+        }
+    }
 }

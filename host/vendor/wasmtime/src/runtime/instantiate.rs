@@ -7,6 +7,7 @@ use crate::code::EngineCode;
 use crate::prelude::*;
 use crate::profiling_agent::ProfilingAgent;
 use crate::runtime::vm::CompiledModuleId;
+use wasmtime_environ::EntityRef;
 use alloc::sync::Arc;
 use core::ops::Range;
 use core::str;
@@ -25,6 +26,10 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// jetwasm patch: per defined function, where its array-to-wasm trampoline and its body
+    /// start in the text section (`u32::MAX`: none), looked up once for the module instead of
+    /// on every `ref.func` of every instance (see `defined_funcref_starts`).
+    funcref_starts: crate::sync::OnceLock<Box<[(u32, u32)]>>,
 }
 
 impl CompiledModule {
@@ -58,6 +63,7 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            funcref_starts: crate::sync::OnceLock::new(),
         };
         ret.register_profiling(profiler)?;
 
@@ -129,6 +135,36 @@ impl CompiledModule {
         let start = usize::try_from(loc.start).unwrap();
         let end = usize::try_from(loc.start + loc.length).unwrap();
         start..end
+    }
+
+    /// jetwasm patch: where the array-to-wasm trampoline and the body of the defined function
+    /// `index` start in the text section, the code pointers of its `VMFuncRef`.
+    ///
+    /// The same as `function_range` of `FuncKey::ArrayToWasmTrampoline` and
+    /// `FuncKey::DefinedWasmFunction`, from a table built once per module. Module start
+    /// functions of dynamically linked components (componentize-py's Python) take thousands
+    /// of `ref.func`s on every instantiation, and those two lookups were most of a fresh
+    /// instance's time.
+    pub fn defined_funcref_starts(&self, index: DefinedFuncIndex) -> (usize, usize) {
+        let starts = self.funcref_starts.get_or_init(|| {
+            let module_index = self.module.module_index;
+            let start = |key| self.index.func_loc(key).map_or(u32::MAX, |loc| loc.start);
+            (0..self.module.num_defined_funcs())
+                .map(|i| {
+                    let i = DefinedFuncIndex::new(i);
+                    (
+                        start(FuncKey::ArrayToWasmTrampoline(module_index, i)),
+                        start(FuncKey::DefinedWasmFunction(module_index, i)),
+                    )
+                })
+                .collect()
+        });
+        let (array_to_wasm, wasm) = starts[index.index()];
+        assert!(
+            array_to_wasm != u32::MAX && wasm != u32::MAX,
+            "defined function should be present"
+        );
+        (array_to_wasm as usize, wasm as usize)
     }
 
     /// Get the Wasm-to-array trampoline for the given signature, as a

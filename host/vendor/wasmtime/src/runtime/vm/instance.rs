@@ -44,6 +44,13 @@ use wasmtime_wmemcheck::Wmemcheck;
 mod allocator;
 pub use allocator::*;
 
+/// jetwasm patch: where the code of a `VMFuncRef` being initialized is: by its keys, or
+/// (defined functions) by the offsets in the text section the module's table gives.
+enum FuncrefCode {
+    Keys(FuncKey, FuncKey),
+    Starts((usize, usize)),
+}
+
 /// A type that roughly corresponds to a WebAssembly instance, but is also used
 /// for host-defined objects.
 ///
@@ -144,6 +151,12 @@ pub struct Instance {
     /// cross-thread stuff used in `InstancePre`)
     store: Option<VMStoreRawPtr>,
 
+    /// jetwasm patch: the text section of this instance's module in its store, once a
+    /// `VMFuncRef` needed it: finding it in the store's module registry took two tree
+    /// lookups on every `ref.func`. The store keeps that code, unmoved, for as long as it
+    /// lives, so longer than this instance.
+    store_text: Option<SendSyncPtr<[u8]>>,
+
     /// Additional context used by compiled wasm code. This field is last, and
     /// represents a dynamically-sized array that extends beyond the nominal
     /// end of the struct (similar to a flexible array member).
@@ -209,6 +222,7 @@ impl Instance {
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
+            store_text: None,
             vmctx: OwnedVMContext::new(),
         })?;
 
@@ -880,19 +894,17 @@ impl Instance {
         let func = &module.functions[index];
         let type_index = func.signature.unwrap_engine_type_index();
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
-        let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
-        let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
-        // SAFETY: the type/offset/keys here are all valid for the defined
+        // jetwasm patch: the code's offsets from the module's table (the same as the
+        // `ArrayToWasmTrampoline` and `DefinedWasmFunction` keys' ranges), not two lookups.
+        let starts = FuncrefCode::Starts(
+            self.runtime_module()
+                .expect("funcref impossible in fake module")
+                .compiled_module()
+                .defined_funcref_starts(def_index),
+        );
+        // SAFETY: the type/offset/code here are all valid for the defined
         // function at `def_index`.
-        unsafe {
-            self.initialize_and_return_funcref(
-                registry,
-                type_index,
-                vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
-            )
-        }
+        unsafe { self.initialize_and_return_funcref(registry, type_index, vmctx_offset, starts) }
     }
 
     fn get_start_func_ref(
@@ -909,17 +921,10 @@ impl Instance {
         let vmctx_offset = self.offsets().vmctx_startup_func_ref();
         let array_to_wasm_key = FuncKey::ModuleStartup(Abi::Array, module.module_index);
         let wasm_key = FuncKey::ModuleStartup(Abi::Wasm, module.module_index);
+        let keys = FuncrefCode::Keys(array_to_wasm_key, wasm_key);
         // SAFETY: the type/offset/keys here are all valid for the module
         // startup function.
-        unsafe {
-            self.initialize_and_return_funcref(
-                registry,
-                type_index,
-                vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
-            )
-        }
+        unsafe { self.initialize_and_return_funcref(registry, type_index, vmctx_offset, keys) }
     }
 
     /// Common implementation of initializing a `VMFuncRef` stored within this
@@ -932,12 +937,11 @@ impl Instance {
     /// functions here. Effectively all the arguments here must be "logically
     /// correct" for the `VMFuncRef` being initialized.
     unsafe fn initialize_and_return_funcref(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         registry: &ModuleRegistry,
         type_index: VMSharedTypeIndex,
         vmctx_offset: u32,
-        array_to_wasm_key: FuncKey,
-        wasm_key: FuncKey,
+        code: FuncrefCode,
     ) -> Option<NonNull<VMFuncRef>> {
         // For now, we eagerly initialize an funcref struct in-place whenever
         // asked for a reference to it. This is mostly fine, because in practice
@@ -960,26 +964,49 @@ impl Instance {
         // it's better for instantiation performance if we don't have to track
         // "is-initialized" state at all!
 
-        let module_with_code = ModuleWithCode::in_store(
-            registry,
-            self.runtime_module()
-                .expect("funcref impossible in fake module"),
-        )
-        .expect("module not in store");
+        let (array_to_wasm, wasm): (NonNull<u8>, NonNull<u8>) = match code {
+            FuncrefCode::Keys(array_to_wasm_key, wasm_key) => {
+                let module = self.runtime_module();
+                let module_with_code = ModuleWithCode::in_store(
+                    registry,
+                    module.expect("funcref impossible in fake module"),
+                )
+                .expect("module not in store");
+                (
+                    NonNull::from(module_with_code.function(array_to_wasm_key)).cast(),
+                    NonNull::from(module_with_code.function(wasm_key)).cast(),
+                )
+            }
+            FuncrefCode::Starts((array_to_wasm, wasm)) => {
+                let text = match self.store_text {
+                    Some(text) => text,
+                    None => {
+                        let module = self.runtime_module();
+                        let text = ModuleWithCode::in_store(
+                            registry,
+                            module.expect("funcref impossible in fake module"),
+                        )
+                        .expect("module not in store")
+                        .text();
+                        let text = SendSyncPtr::from(text);
+                        // SAFETY: see `store_mut`.
+                        unsafe { self.as_mut().get_unchecked_mut() }.store_text = Some(text);
+                        text
+                    }
+                };
+                // SAFETY: the store keeps its code for longer than this instance, unmoved
+                // (see `store_text`).
+                let text = unsafe { text.as_ref() };
+                (
+                    NonNull::from(&text[array_to_wasm..]).cast(),
+                    NonNull::from(&text[wasm..]).cast(),
+                )
+            }
+        };
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
+        let array_call = VmPtr::from(array_to_wasm.cast());
 
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
-            )
-            .unwrap(),
-        ));
+        let wasm_call = Some(VmPtr::from(wasm.cast::<VMWasmCallFunction>()));
 
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
