@@ -349,7 +349,7 @@ pub unsafe fn reset_with_pagemap(
             scanned += region.len();
         }
         bytes_resident += scanned;
-        pages_left -= scanned / host_page_size;
+        pages_left = pages_left.saturating_sub(scanned / host_page_size);
 
         // The region buffer filled up before the end: scan on from where the
         // kernel stopped, as long as the budget allows.
