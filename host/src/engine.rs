@@ -115,15 +115,21 @@ pub fn load_precompiled(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Comp
 mod tests {
     use super::*;
 
+    /// An engine with a pool of `instances` instances of up to 1 MiB of memory each,
+    /// keeping `keep_resident` bytes of each memory slot resident.
+    fn small_engine(instances: u32, keep_resident: usize) -> Engine {
+        new(PoolSize {
+            reservable: 1,
+            instances,
+            max_memory: 1 << 20,
+            keep_resident,
+        })
+        .unwrap()
+    }
+
     #[test]
     fn a_component_compiled_apart_runs_on_the_pooling_engine() {
-        let engine = new(PoolSize {
-            reservable: 1,
-            instances: 2,
-            max_memory: 1 << 20,
-            keep_resident: 0,
-        })
-        .unwrap();
+        let engine = small_engine(2, 0);
         let wasm = wat::parse_str(
             r#"(component
                 (core module $m (func (export "f") (result i32) i32.const 42))
@@ -171,13 +177,7 @@ mod tests {
     /// An engine whose pool has one instance slot, so each instance takes the last one's
     /// memory slot, keeping up to the host's default 2 MiB resident.
     fn one_slot_engine() -> (Engine, Component) {
-        let engine = new(PoolSize {
-            reservable: 1,
-            instances: 1,
-            max_memory: 1 << 20,
-            keep_resident: 2 << 20,
-        })
-        .unwrap();
+        let engine = small_engine(1, 2 << 20);
         let component = compile(&engine, &wat::parse_str(DIRTIER).unwrap()).unwrap();
         (engine, component)
     }
@@ -284,13 +284,7 @@ mod tests {
     /// code offsets the carried wasmtime patch caches per module and per instance.
     #[test]
     fn functions_taken_by_ref_func_at_start_run_in_every_fresh_instance() {
-        let engine = new(PoolSize {
-            reservable: 1,
-            instances: 2,
-            max_memory: 1 << 20,
-            keep_resident: 0,
-        })
-        .unwrap();
+        let engine = small_engine(2, 0);
         let wasm = wat::parse_str(
             r#"(component
                 (core module $m
